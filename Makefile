@@ -1,0 +1,34 @@
+# Set-up, demo and tests; every target creates .venv and installs the project when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+demo: setup
+	$(VENV)/bin/deeperbench run sweeps/smoke.yaml --out runs/demo
+	$(VENV)/bin/deeperbench report runs/demo -o runs/demo/report.html
+
+test: setup chromium
+	$(PY) -m pytest -q
+
+test-slow: setup chromium
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) benchmarks/harness_overhead.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,71 @@
+"""The Backend interface both frameworks implement, and the timing loop they share."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Protocol
+
+DEVICE_KINDS = ("cpu", "cuda", "tpu")
+
+
+class DeviceUnavailable(RuntimeError):
+    """The requested device kind is not present on this machine."""
+
+
+class Memory(Protocol):
+    """Peak device memory of one call and bytes kept for its backward."""
+
+    def peak_bytes(self, fn: Callable[..., Any], *args: Any) -> int | None:
+        """Peak bytes allocated while running ``fn(*args)``; None where the device keeps no count."""
+
+    def saved_bytes(self, fn: Callable[..., Any], *args: Any) -> int:
+        """Bytes that the forward ``fn(*args)`` keeps for its backward."""
+
+
+class Backend(Protocol):
+    """One framework: devices, timing, memory, seeding, environment, operators (``ops``)."""
+
+    name: str
+    memory: Memory
+    ops: ModuleType
+
+    def devices(self) -> list[str]:
+        """Device kinds present here, among cpu, cuda, tpu."""
+
+    def device(self, kind: str) -> Any:
+        """The framework's device object for ``kind``; DeviceUnavailable if absent."""
+
+    def set_threads(self, n: int) -> None:
+        """Use ``n`` CPU threads for intra-op parallelism."""
+
+    def time_once(self, fn: Callable[[], Any], kind: str) -> float:
+        """Seconds one call of ``fn`` takes on a device of ``kind``, synchronised."""
+
+    def env_info(self) -> dict[str, Any]:
+        """Framework and driver versions, device names and memory."""
+
+    def to_numpy(self, x: Any) -> Any:
+        """A host NumPy copy of a framework array."""
+
+
+def timer(
+    backend: Backend, fn: Callable[[], Any], *, kind: str, warmup: int = 2, repeats: int = 10
+) -> list[float]:
+    """Time ``fn`` ``repeats`` times after ``warmup`` untimed calls; return every sample in seconds.
+
+    The warm-up calls absorb compilation (jit, autotuning, lazy initialisation), so no sample
+    includes it; each sample is synchronised on the device (CUDA events, ``block_until_ready``).
+    """
+    if warmup < 1 or repeats < 1:
+        raise ValueError(f"timer needs warmup >= 1 and repeats >= 1, got {warmup=}, {repeats=}")
+    for _ in range(warmup):
+        backend.time_once(fn, kind)
+    return [backend.time_once(fn, kind) for _ in range(repeats)]
+
+
+def wall_seconds(fn: Callable[[], Any], sync: Callable[[Any], Any]) -> float:
+    """Wall-clock seconds of ``fn()`` followed by ``sync`` on its result (host-side devices)."""
+    start = time.perf_counter()
+    sync(fn())
+    return time.perf_counter() - start

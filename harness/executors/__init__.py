@@ -1,0 +1,20 @@
+"""Executors by name: ``ray`` (default; embedded or a cluster) and ``local`` (child processes, no Ray)."""
+from __future__ import annotations
+
+import importlib
+
+from harness.registry import Registry
+
+from ._base import Executor, OnDone
+
+REGISTRY: Registry[type] = Registry("executor")
+REGISTRY.register("ray", lambda: importlib.import_module("harness.executors.ray_executor").RayExecutor)
+REGISTRY.register("local", lambda: importlib.import_module("harness.executors.local").LocalExecutor)
+
+
+def make(name: str, address: str | None = None) -> Executor:
+    """A new executor ``name``; ``address`` is the Ray cluster to join (ray only)."""
+    return REGISTRY.get(name)(address)
+
+
+__all__ = ["REGISTRY", "Executor", "OnDone", "make"]

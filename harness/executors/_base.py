@@ -1,0 +1,39 @@
+"""What every executor offers the runner, and the host facts they share."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from harness.sweep import Trial
+from harness.trial import Outcome
+
+OnDone = Callable[[Trial, Outcome], None]
+
+
+class Executor(Protocol):
+    """Runs trials somewhere and reports each outcome to ``on_done`` as soon as it is known."""
+
+    def resolve_device(self, device: str) -> str:
+        """``auto`` -> cuda, tpu or cpu from the resources this executor can reach."""
+
+    def node_cpus(self) -> float:
+        """CPUs of one node: what a timed CPU trial takes."""
+
+    def check(self, trial: Trial) -> None:
+        """Raise UserError if no node can ever run ``trial``."""
+
+    def run(self, trials: list[Trial], on_done: OnDone) -> None:
+        """Run ``trials``; every trial gets exactly one call of ``on_done``."""
+
+    def close(self) -> None:
+        """Release workers and connections."""
+
+
+def local_accelerator() -> str:
+    """cuda or tpu when this host has one (by its device files, no framework import), else cpu."""
+    if os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"):
+        return "cuda"
+    if os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0"):
+        return "tpu"
+    return "cpu"

@@ -1,0 +1,69 @@
+"""The local executor: trials one at a time, each in a spawned child process, no Ray."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import multiprocessing as mp
+import os
+import time
+from multiprocessing.connection import Connection
+
+from harness.errors import UserError
+from harness.executors._base import OnDone, local_accelerator
+from harness.sweep import Trial
+from harness.trial import execute, unfinished
+
+
+def _child(trial: Trial, conn: Connection) -> None:
+    threads = str(max(1, math.floor(trial.num_cpus)))
+    os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    conn.send(execute(trial))
+    conn.close()
+
+
+class LocalExecutor:
+    """Spawns one child per trial so that timeouts and crashes are recorded as with Ray."""
+
+    def __init__(self, address: str | None = None) -> None:
+        if address:
+            raise UserError(f"--address: the local executor runs on this host only; got {address!r} (use --executor ray)")
+
+    def resolve_device(self, device: str) -> str:
+        return local_accelerator() if device == "auto" else device
+
+    def node_cpus(self) -> float:
+        return float(os.cpu_count() or 1)
+
+    def check(self, trial: Trial) -> None:
+        if trial.resources.tpus or trial.resources.gpus > 1:
+            raise UserError(f"resources: the local executor runs one trial on this host; it cannot give "
+                            f"gpus={trial.resources.gpus}, tpus={trial.resources.tpus}")
+
+    def run(self, trials: list[Trial], on_done: OnDone) -> None:
+        ctx = mp.get_context("spawn")
+        for trial in trials:
+            start_wall, started = dt.datetime.now(dt.timezone.utc), time.monotonic()
+            receiver, sender = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_child, args=(trial, sender), daemon=True)
+            proc.start()
+            sender.close()
+            outcome = None
+            if receiver.poll(trial.timeout_s):
+                try:
+                    outcome = receiver.recv()
+                except EOFError:
+                    pass
+            if outcome is not None:
+                proc.join()
+            elif proc.is_alive() and time.monotonic() - started >= trial.timeout_s:
+                proc.kill()
+                proc.join()
+                outcome = unfinished(trial, "timeout", f"exceeded timeout_s={trial.timeout_s:g}", started, start_wall)
+            else:
+                proc.join()
+                outcome = unfinished(trial, "crashed", f"worker process died (exit code {proc.exitcode})",
+                                     started, start_wall)
+            on_done(trial, outcome)
+
+    def close(self) -> None:
+        pass

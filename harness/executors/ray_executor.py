@@ -1,0 +1,172 @@
+"""The Ray executor: trials as calls on reused worker actors (or fresh worker tasks) on a cluster.
+
+Where to connect, in order: the ``--address`` given, then ``RAY_ADDRESS``, then a new embedded
+local instance. A trial's timeout starts when it is handed to a ready worker.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import os
+import time
+from typing import Any
+
+import ray
+from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
+
+from harness.errors import UserError
+from harness.executors._base import OnDone
+from harness.sweep import Trial
+from harness.trial import Outcome, execute, unfinished
+
+RETRIES = 1
+"""How many times a trial whose worker died is run again on a fresh worker before it counts as crashed."""
+
+
+def _with_node(outcome: Outcome) -> Outcome:
+    outcome.env["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    return outcome
+
+
+@ray.remote
+class TrialWorker:
+    """A reused worker process: imports the frameworks once, then runs trial after trial."""
+
+    def ping(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, trial: Trial) -> Outcome:
+        return _with_node(execute(trial))
+
+
+@ray.remote
+def _run_in_fresh_worker(trial: Trial) -> Outcome:
+    return _with_node(execute(trial))
+
+
+@dataclasses.dataclass
+class _Running:
+    trial: Trial
+    attempt: int
+    started: float
+    start_wall: dt.datetime
+    actor: Any = None
+
+
+def _demand(trial: Trial) -> dict[str, float]:
+    need = {"CPU": trial.num_cpus, "GPU": trial.resources.gpus, "TPU": float(trial.resources.tpus)}
+    return {k: v for k, v in need.items() if v}
+
+
+def _options(trial: Trial) -> dict[str, Any]:
+    opts: dict[str, Any] = {"num_cpus": trial.num_cpus, "num_gpus": trial.resources.gpus}
+    if trial.resources.tpus:
+        opts["resources"] = {"TPU": trial.resources.tpus}
+    return opts
+
+
+class RayExecutor:
+    """Runs trials on a Ray cluster, at most as many at once as the nodes' resources allow."""
+
+    def __init__(self, address: str | None = None, connect_timeout_s: float = 30.0) -> None:
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            address = address or os.environ.get("RAY_ADDRESS")
+            try:
+                ray.init(address=address, include_dashboard=False, configure_logging=False,
+                         log_to_driver=False, _node_ip_address="127.0.0.1" if not address else None)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise UserError(f"--address: cannot reach a Ray cluster at '{address}': "
+                                f"{' '.join(str(err).split())[:200]}") from None
+
+    def _nodes(self) -> list[dict[str, float]]:
+        return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+    def resolve_device(self, device: str) -> str:
+        if device != "auto":
+            return device
+        totals = ray.cluster_resources()
+        return "cuda" if totals.get("GPU") else "tpu" if totals.get("TPU") else "cpu"
+
+    def node_cpus(self) -> float:
+        return max((n.get("CPU", 0.0) for n in self._nodes()), default=1.0)
+
+    def _slots(self, trial: Trial) -> int:
+        """How many trials like ``trial`` the cluster's nodes can hold at once."""
+        need = _demand(trial)
+        return sum(min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items()) for node in self._nodes())
+
+    def check(self, trial: Trial) -> None:
+        if self._slots(trial) < 1:
+            have = "; ".join(", ".join(f"{k}={v:g}" for k, v in n.items() if k in ("CPU", "GPU", "TPU"))
+                             for n in self._nodes())
+            raise UserError(f"resources: no node can run a trial needing {_demand(trial)}; nodes have: {have}")
+
+    def run(self, trials: list[Trial], on_done: OnDone) -> None:
+        if not trials:
+            return
+        slots = self._slots(trials[0])
+        pending: list[tuple[Trial, int]] = [(t, 0) for t in trials]
+        running: dict[ray.ObjectRef, _Running] = {}
+        starting: dict[ray.ObjectRef, Any] = {}  # ping ref -> actor that has not answered yet
+        idle: list[Any] = []
+        actor_mode = trials[0].isolation == "actor"
+
+        def launch(trial: Trial, attempt: int, actor: Any) -> None:
+            ref = actor.run.remote(trial) if actor_mode else _run_in_fresh_worker.options(
+                **_options(trial), max_retries=0).remote(trial)
+            running[ref] = _Running(trial, attempt, time.monotonic(), dt.datetime.now(dt.timezone.utc), actor)
+
+        def finish(run: _Running, status: str, error: str) -> None:
+            on_done(run.trial, unfinished(run.trial, status, error, run.started, run.start_wall))
+
+        try:
+            while pending or running:
+                while pending and actor_mode and len(idle) + len(starting) + len(running) < slots:
+                    actor = TrialWorker.options(**_options(pending[0][0]), max_restarts=0).remote()
+                    starting[actor.ping.remote()] = actor
+                while pending and (idle if actor_mode else len(running) < slots):
+                    trial, attempt = pending.pop(0)
+                    launch(trial, attempt, idle.pop() if actor_mode else None)
+                ready, _ = ray.wait([*running, *starting], num_returns=1, timeout=0.2)
+                for ref in ready:
+                    if ref in starting:
+                        actor = starting.pop(ref)
+                        try:
+                            ray.get(ref)
+                            idle.append(actor)
+                        except RayActorError:
+                            pass  # a worker that cannot start is replaced on the next pass
+                        continue
+                    run = running.pop(ref)
+                    try:
+                        on_done(run.trial, ray.get(ref))
+                        if actor_mode:
+                            idle.append(run.actor)
+                    except OutOfMemoryError as err:
+                        if actor_mode:
+                            ray.kill(run.actor, no_restart=True)
+                        finish(run, "oom", f"killed by Ray's memory monitor: {' '.join(str(err).split())[:300]}")
+                    except (RayActorError, WorkerCrashedError) as err:
+                        if run.attempt < RETRIES:
+                            pending.insert(0, (run.trial, run.attempt + 1))
+                        else:
+                            finish(run, "crashed", f"worker died {run.attempt + 1} times; last: {type(err).__name__}")
+                now = time.monotonic()
+                for ref, run in list(running.items()):
+                    if now - run.started > run.trial.timeout_s:
+                        del running[ref]
+                        if actor_mode:
+                            ray.kill(run.actor, no_restart=True)
+                        else:
+                            ray.cancel(ref, force=True)
+                        finish(run, "timeout", f"exceeded timeout_s={run.trial.timeout_s:g}; worker stopped")
+        finally:
+            for actor in [*idle, *starting.values(), *(r.actor for r in running.values() if r.actor)]:
+                ray.kill(actor, no_restart=True)
+
+    def close(self) -> None:
+        if self._owns and ray.is_initialized():
+            ray.shutdown()
+

@@ -1,0 +1,90 @@
+"""Run one trial in the current process and classify how it ended (ok, skipped, failed, oom)."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+import backends
+import workloads
+from harness.sweep import Trial
+from harness.workload import Context, Record, Skip, metric_map
+
+STATUSES = ("ok", "failed", "oom", "timeout", "crashed", "skipped")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How a trial ended, its records, and where and when it ran."""
+
+    status: str
+    records: list[Record]
+    started_at: dt.datetime
+    duration_s: float
+    host: str
+    device_name: str | None = None
+    error: str | None = None
+    env: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def host_env() -> dict[str, Any]:
+    """Host facts every row carries: hostname, Python, platform."""
+    return {"hostname": socket.gethostname(), "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def unfinished(trial: Trial, status: str, error: str, started: float, start_wall: dt.datetime) -> Outcome:
+    """The outcome of a trial that did not come back (timeout, crashed), recorded by the driver."""
+    return Outcome(status=status, records=[], started_at=start_wall, duration_s=time.monotonic() - started,
+                   host=socket.gethostname(), error=f"{trial.workload} trial {trial.key}: {error}",
+                   env=host_env())
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__ or "RESOURCE_EXHAUSTED" in str(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line, then where it was raised."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {os.path.basename(frame.filename)}:{frame.lineno} in {frame.name})" if frame else ""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}{where}"
+
+
+def execute(trial: Trial) -> Outcome:
+    """Run ``trial`` here: set threads, load its backend, call the workload, catch what it raises."""
+    start_wall = dt.datetime.now(dt.timezone.utc)
+    started = time.monotonic()
+    env = host_env()
+    device_name = None
+    try:
+        workload = workloads.get(trial.workload)
+        backend = backends.get(trial.backend)
+        threads = max(1, math.floor(trial.num_cpus))
+        backend.set_threads(threads)
+        backend.device(trial.device)
+        device_name = backend.device_name(trial.device)
+        env |= backend.env_info()
+        ctx = Context(seed=trial.seed, device=trial.device, num_cpus=threads,
+                      deadline=started + trial.timeout_s, logger=logging.getLogger(f"deeperbench.{trial.workload}"))
+        records = workload.run(workload.Params.model_validate(trial.params), backend, ctx)
+        known = metric_map(workload)
+        for r in records:
+            if r.metric not in known:
+                raise ValueError(f"record of undeclared metric '{r.metric}'; declared: {', '.join(known)}")
+        status, error = "ok", None
+    except Skip as exc:
+        records, status, error = [], "skipped", str(exc)
+    except Exception as exc:  # noqa: BLE001 -- failure is a result (STYLE.md rule 8)
+        records, status = [], "oom" if _is_oom(exc) else "failed"
+        error = f"{trial.workload} trial {trial.key}: {_describe(exc)}"
+    return Outcome(status=status, records=records, started_at=start_wall, duration_s=time.monotonic() - started,
+                   host=env["hostname"], device_name=device_name, error=error, env=env)

@@ -1,0 +1,125 @@
+"""What a workload module declares and returns: metrics, records, checks, the trial context."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Annotated, Any, Literal, Protocol
+
+import pydantic
+
+Direction = Literal["lower", "higher"]
+Reduction = Literal["median", "last", "max", "min", "mean"]
+
+
+def _parse_float(value: Any) -> Any:
+    """Accept YAML strings such as ``1e-4`` (YAML 1.1 reads them as strings) and ``4/3``."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(Fraction(text)) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError):
+            return value
+    return value
+
+
+Float = Annotated[float, pydantic.BeforeValidator(_parse_float)]
+"""A float parameter that also takes ``1e-4`` and ``4/3`` written as YAML strings."""
+
+
+class Params(pydantic.BaseModel):
+    """Base of every workload's parameters: frozen, unknown keys are errors."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A metric a workload records: unit, which direction is better, how samples reduce."""
+
+    name: str
+    unit: str
+    direction: Direction
+    reduce: Reduction
+    doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One observed value of a trial.
+
+    ``step`` is a training step or epoch, ``sample`` the index of a timing repeat, ``tag`` a
+    label inside the trial (a parameter tensor, a layer/head); each is None where it does not apply.
+    """
+
+    metric: str
+    value: float
+    step: int | None = None
+    sample: int | None = None
+    tag: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A claim of the thesis stated as a test on measured data.
+
+    ``passed`` is None when the data needed was not measured (the report says so).
+    """
+
+    name: str
+    claim: str
+    passed: bool | None
+    measured: str
+
+
+class Skip(Exception):
+    """Raised by ``run`` for a combination the workload cannot run; recorded as ``skipped``."""
+
+
+@dataclasses.dataclass
+class Context:
+    """What a trial gets from the harness: seed, device kind, logger, deadline, CPU count."""
+
+    seed: int
+    device: str
+    num_cpus: int
+    deadline: float
+    logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("deeperbench"))
+
+    def time_left_s(self) -> float:
+        """Seconds until the trial's timeout (monotonic clock)."""
+        return self.deadline - time.monotonic()
+
+
+class Workload(Protocol):
+    """The shape of a workload module (see STYLE.md rule 1)."""
+
+    name: str
+    version: int
+    backends: Sequence[str]
+    metrics: Sequence[Metric]
+    Params: type[Params]
+    smoke: Params
+    run: Callable[..., list[Record]]
+    figures: Callable[[Any], list[Any]]
+    checks: Callable[[Any], list[Check]]
+
+
+REQUIRED = ("name", "version", "backends", "metrics", "Params", "smoke", "run", "figures", "checks")
+
+
+def validate_module(module: Any) -> Workload:
+    """Check that a module has the workload shape; raise naming what is missing."""
+    missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+    if missing:
+        raise TypeError(f"workload module {module.__name__} lacks {', '.join(missing)}")
+    if not isinstance(module.smoke, module.Params):
+        raise TypeError(f"workload {module.name}: smoke must be a {module.Params.__name__}")
+    return module
+
+
+def metric_map(workload: Workload) -> dict[str, Metric]:
+    """The workload's metrics by name."""
+    return {m.name: m for m in workload.metrics}

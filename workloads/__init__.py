@@ -1,0 +1,45 @@
+"""Workload modules, one per thesis experiment; the registry loads them lazily by name.
+
+Third-party workloads register through the entry-point group ``deeperbench.workloads``
+(``name = "package.module"``).
+"""
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from harness.registry import Registry
+from harness.workload import Workload, validate_module
+
+BUILTIN = {
+    "device_roofline": "workloads.device_roofline",
+    "harness_probe": "workloads.harness_probe",
+}
+
+REGISTRY: Registry[Workload] = Registry("workload")
+
+
+def _loader(module_name: str):
+    def load() -> Workload:
+        return validate_module(importlib.import_module(module_name))
+
+    return load
+
+
+for _name, _module in BUILTIN.items():
+    REGISTRY.register(_name, _loader(_module))
+for _ep in entry_points(group="deeperbench.workloads"):
+    REGISTRY.register(_ep.name, _loader(_ep.value))
+
+
+def get(name: str) -> Workload:
+    """The workload module registered as ``name``."""
+    return REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    """All registered workload names."""
+    return REGISTRY.names()
+
+
+__all__ = ["REGISTRY", "get", "names"]

@@ -1,0 +1,77 @@
+"""harness_probe: a trial that does nothing, sleeps, raises, dies or runs out of memory, on purpose.
+
+It measures the harness itself (per-trial overhead, ``benchmarks/harness_overhead.py``) and shows
+that every way a trial can end is recorded (``sweeps/faults.yaml``, the executor tests).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Literal
+
+import pandas as pd
+import pydantic
+
+from backends import Backend
+from harness.workload import Check, Context, Metric, Params as _Params, Record, Skip
+from results.aggregate import summarize
+
+name = "harness_probe"
+version = 1
+backends = ("torch", "jax")
+metrics = (Metric("trial_s", "s", "lower", "median", "wall time inside the trial"),)
+
+
+class Params(_Params):
+    """What the trial does: ``noop``, ``sleep`` for ``sleep_s``, ``raise``, ``exit`` (kills its worker), ``oom``, ``skip``."""
+
+    mode: Literal["noop", "sleep", "raise", "exit", "oom", "skip"] = "noop"
+    sleep_s: pydantic.NonNegativeFloat | None = None
+    index: pydantic.NonNegativeInt = pydantic.Field(0, description="tells apart otherwise equal trials")
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _sleep_only_when_sleeping(cls, data: dict) -> dict:
+        if isinstance(data, dict) and data.get("mode", "noop") != "sleep":
+            return {**data, "sleep_s": None}
+        return data
+
+
+def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
+    """Do what ``params.mode`` says; record the time it took."""
+    start = time.perf_counter()
+    if params.mode == "sleep":
+        time.sleep(params.sleep_s or 0.0)
+    elif params.mode == "raise":
+        raise RuntimeError("harness_probe raised on purpose")
+    elif params.mode == "exit":
+        os._exit(3)
+    elif params.mode == "oom":
+        raise MemoryError("harness_probe ran out of memory on purpose")
+    elif params.mode == "skip":
+        raise Skip("harness_probe skipped on purpose")
+    return [Record("trial_s", time.perf_counter() - start)]
+
+
+def figures(table: pd.DataFrame) -> list:
+    """Time inside each trial, per backend and mode."""
+    import plotly.express as px
+
+    per = summarize(table, metrics)
+    if per.empty:
+        return []
+    return [px.bar(per, x="p_mode", y="median", color="backend", barmode="group",
+                   title="harness_probe: time inside the trial", labels={"median": "s", "p_mode": "mode"})]
+
+
+def checks(table: pd.DataFrame) -> list[Check]:
+    """A no-op trial takes under a millisecond inside the trial: the harness' time is outside it."""
+    per = summarize(table, metrics)
+    noop = per[per["p_mode"] == "noop"]["median"]
+    claim = "a no-op trial spends under 1 ms inside the trial"
+    if noop.empty:
+        return [Check("no-op", claim, None, "no no-op trial")]
+    return [Check("no-op", claim, bool(noop.max() < 1e-3), f"max median {noop.max():.2e} s")]
+
+
+smoke = Params(mode="noop")
