@@ -76,7 +76,10 @@ def run(spec: str, out: str, *, executor_name: str = "ray", address: str | None 
     try:
         trials = plan(spec, executor, backend=backend, device=device)
         store = Store(out)
-        stored = {k: v for s in {t.sweep for t in trials} for k, v in store.statuses(s).items()}
+        sweeps = sorted({t.sweep for t in trials})
+        for name in sweeps:
+            store.remove_temporary(name)
+        stored = {k: v for name in sweeps for k, v in store.statuses(name).items()}
         todo = [t for t in trials if force or stored.get(t.key) != "ok"]
         run_id, sha = uuid.uuid4().hex[:12], git_sha()
         counts: Counter = Counter()
@@ -96,4 +99,4 @@ def run(spec: str, out: str, *, executor_name: str = "ray", address: str | None 
     finally:
         executor.close()
     return RunSummary(counts=counts, already_done=len(trials) - len(todo), out=out,
-                      sweeps=sorted({t.sweep for t in trials}))
+                      sweeps=sweeps)

@@ -1,6 +1,7 @@
 """Sweep specs: YAML documents read into validated pydantic models (DESIGN.md, "Sweep spec")."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,7 +107,44 @@ def validate_sweep(doc: Any) -> tuple[Sweep, Workload]:
     if sweep.search:
         _check_names("parameter", "search.space", list(sweep.search.space), fields)
         _check_names("metric", "search.metric", [sweep.search.metric], [m.name for m in workload.metrics])
+    normalised_rules(workload, sweep)
+    for point in grid_points(sweep.grid):
+        validate_params(workload, point)
     return sweep, workload
+
+
+def grid_points(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cartesian product of the grid: lists sweep, scalars fix."""
+    keys = list(grid)
+    axes = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
+def validate_params(workload: Workload, point: dict[str, Any], where: str = "grid") -> dict[str, Any]:
+    """Validate a grid point with the workload's Params; return the JSON dump (defaults, nulls filled)."""
+    try:
+        return workload.Params.model_validate(point).model_dump(mode="json")
+    except pydantic.ValidationError as err:
+        raise UserError(one_line_error(err, where)) from None
+
+
+def excluded(params: dict[str, Any], rules: list[dict[str, Any]]) -> bool:
+    return any(all(params.get(k) == v for k, v in rule.items()) for rule in rules)
+
+
+def normalised_rules(workload: Workload, sweep: Sweep) -> list[dict[str, Any]]:
+    """Exclude entries with each value coerced by its field's type, as grid values are."""
+    rules = []
+    for i, rule in enumerate(sweep.exclude):
+        norm = {}
+        for key, value in rule.items():
+            adapter = pydantic.TypeAdapter(workload.Params.model_fields[key].annotation)
+            try:
+                norm[key] = adapter.dump_python(adapter.validate_python(value), mode="json")
+            except pydantic.ValidationError as err:
+                raise UserError(one_line_error(err, f"exclude[{i}].{key}")) from None
+        rules.append(norm)
+    return rules
 
 
 def load_specs(path: str | Path) -> list[tuple[Sweep, Workload]]:

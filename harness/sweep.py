@@ -7,10 +7,7 @@ import itertools
 import json
 from typing import Any
 
-import pydantic
-
-from harness.errors import UserError
-from harness.spec import Resources, Sweep, one_line_error
+from harness.spec import Resources, Sweep, excluded, grid_points, normalised_rules, validate_params
 from harness.workload import Workload
 
 
@@ -46,40 +43,6 @@ def trial_key(workload: str, version: int, backend: str, device: str, params: di
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def grid_points(grid: dict[str, Any]) -> list[dict[str, Any]]:
-    """The cartesian product of the grid: lists sweep, scalars fix."""
-    keys = list(grid)
-    axes = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
-
-
-def validate_params(workload: Workload, point: dict[str, Any], where: str = "grid") -> dict[str, Any]:
-    """Validate a grid point with the workload's Params; return the JSON dump (defaults, nulls filled)."""
-    try:
-        return workload.Params.model_validate(point).model_dump(mode="json")
-    except pydantic.ValidationError as err:
-        raise UserError(one_line_error(err, where)) from None
-
-
-def _excluded(params: dict[str, Any], rules: list[dict[str, Any]]) -> bool:
-    return any(all(params.get(k) == v for k, v in rule.items()) for rule in rules)
-
-
-def _normalised_rules(workload: Workload, sweep: Sweep) -> list[dict[str, Any]]:
-    """Exclude entries with each value coerced by its field's type, as grid values are."""
-    rules = []
-    for i, rule in enumerate(sweep.exclude):
-        norm = {}
-        for key, value in rule.items():
-            adapter = pydantic.TypeAdapter(workload.Params.model_fields[key].annotation)
-            try:
-                norm[key] = adapter.dump_python(adapter.validate_python(value), mode="json")
-            except pydantic.ValidationError as err:
-                raise UserError(one_line_error(err, f"exclude[{i}].{key}")) from None
-        rules.append(norm)
-    return rules
-
-
 def expand(sweep: Sweep, workload: Workload, *, device: str, node_cpus: float = 1.0) -> list[Trial]:
     """All trials of ``sweep`` on ``device`` (``auto`` already resolved), deduplicated by key.
 
@@ -88,12 +51,12 @@ def expand(sweep: Sweep, workload: Workload, *, device: str, node_cpus: float = 
     """
     if device == "auto":
         raise ValueError("expand needs a resolved device, not 'auto'")
-    rules = _normalised_rules(workload, sweep)
+    rules = normalised_rules(workload, sweep)
     cpus = sweep.resources.cpus or (1.0 if sweep.resources.gpus or sweep.resources.tpus else node_cpus)
     trials: dict[str, Trial] = {}
     for point in grid_points(sweep.grid):
         params = validate_params(workload, point)
-        if _excluded(params, rules):
+        if excluded(params, rules):
             continue
         for backend, repeat in itertools.product(sweep.backends, range(sweep.repeats)):
             key = trial_key(workload.name, workload.version, backend, device, params, repeat)

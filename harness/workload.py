@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import typing
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Annotated, Any, Literal, Protocol
@@ -29,10 +30,23 @@ Float = Annotated[float, pydantic.BeforeValidator(_parse_float)]
 """A float parameter that also takes ``1e-4`` and ``4/3`` written as YAML strings."""
 
 
+def _has_float(annotation: Any) -> bool:
+    return annotation is float or any(_has_float(a) for a in typing.get_args(annotation))
+
+
 class Params(pydantic.BaseModel):
-    """Base of every workload's parameters: frozen, unknown keys are errors."""
+    """Base of every workload's parameters: frozen, unknown keys are errors.
+
+    Every float field (also Optional or constrained) takes ``1e-4`` and ``4/3`` written in YAML.
+    """
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _floats_from_yaml(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return _parse_float(value) if field is not None and _has_float(field.annotation) else value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,6 +80,15 @@ class Store:
                       if i.type == pafs.FileType.File and i.path.endswith(".parquet")
                       and not os.path.basename(i.path).startswith(_TMP))
 
+    def remove_temporary(self, sweep: str) -> int:
+        """Delete the temporary files a killed run left under ``sweep``; return how many."""
+        selector = pafs.FileSelector(f"{self.root}/{sweep}", recursive=True, allow_not_found=True)
+        stale = [i.path for i in self.fs.get_file_info(selector)
+                 if i.type == pafs.FileType.File and os.path.basename(i.path).startswith(_TMP)]
+        for path in stale:
+            self.fs.delete_file(path)
+        return len(stale)
+
     def _readable(self, files: list[str]) -> list[str]:
         """The files whose Parquet footer reads; a half-written one is skipped with a warning."""
         good = []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 
+from harness.errors import UserError
 from harness.registry import Registry
 
 from ._base import Executor, OnDone
@@ -14,7 +15,11 @@ REGISTRY.register("local", lambda: importlib.import_module("harness.executors.lo
 
 def make(name: str, address: str | None = None) -> Executor:
     """A new executor ``name``; ``address`` is the Ray cluster to join (ray only)."""
-    return REGISTRY.get(name)(address)
+    try:
+        cls = REGISTRY.get(name)
+    except KeyError as err:
+        raise UserError(f"--executor: {err.args[0]}") from None
+    return cls(address)
 
 
 __all__ = ["REGISTRY", "Executor", "OnDone", "make"]

@@ -1,0 +1,137 @@
+"""The small ViT's configuration and its NumPy initial weights, shared by both backends.
+
+The same ``(config, seed)`` gives the same weights in ``backends/torch/vit.py`` and
+``backends/jax/vit.py``, so the two forwards can be compared. Framework-free on purpose.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from .init import normal, uniform
+
+NORMALIZATIONS = ("softmax", "sinkhorn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """A Vision Transformer with a class token, pre-norm blocks and softmax or Sinkhorn attention.
+
+    ``mlp_dim=None`` drops the MLP of every block: the attention-only model of Fig. 5.6 is
+    ``ViTConfig(depth=1, heads=1, mlp_dim=None, ...)`` (see ``attention_only``). The MLP block's
+    weights live under ``params["blocks"][i]["mlp"]`` and ``vit_apply`` takes the MLP function as
+    an argument, so a mixture of experts can replace it without touching the attention.
+    """
+
+    image_size: int = 8
+    channels: int = 1
+    num_classes: int = 10
+    patch: int = 2
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_dim: int | None = 128
+    normalization: str = "softmax"
+    sinkhorn_iters: int = 3
+    implicit: bool = False
+
+    def __post_init__(self) -> None:
+        for field in ("image_size", "channels", "num_classes", "patch", "width", "depth", "heads", "sinkhorn_iters"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ViTConfig.{field}={value!r}: expected an integer >= 1")
+        if self.mlp_dim is not None and (not isinstance(self.mlp_dim, int) or self.mlp_dim < 1):
+            raise ValueError(f"ViTConfig.mlp_dim={self.mlp_dim!r}: expected an integer >= 1 or None (no MLP)")
+        if self.image_size % self.patch:
+            sides = [p for p in range(1, self.image_size + 1) if self.image_size % p == 0]
+            raise ValueError(f"ViTConfig.patch={self.patch}: must divide image_size={self.image_size}; "
+                             f"allowed: {', '.join(map(str, sides))}")
+        if self.width % self.heads:
+            raise ValueError(f"ViTConfig.heads={self.heads}: must divide width={self.width}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"ViTConfig.normalization={self.normalization!r}: allowed {', '.join(NORMALIZATIONS)}")
+
+    @classmethod
+    def attention_only(cls, **kwargs: Any) -> ViTConfig:
+        """One layer, one head, no MLP: the self-attention module alone (Fig. 5.6)."""
+        return cls(**({"depth": 1, "heads": 1} | kwargs | {"mlp_dim": None}))
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch) ** 2
+
+    @property
+    def tokens(self) -> int:
+        """Sequence length: the patches and the class token."""
+        return self.num_patches + 1
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * self.patch * self.patch
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+def _linear(seed: int, fan_in: int, fan_out: int, dtype: str, bias: bool = True) -> dict[str, np.ndarray]:
+    """PyTorch's nn.Linear initialisation, stored as (in, out) so that y = x @ w + b."""
+    bound = 1.0 / math.sqrt(fan_in)
+    out = {"w": uniform(seed, (fan_in, fan_out), bound=bound, dtype=dtype)}
+    if bias:
+        out["b"] = uniform(seed + 1, (fan_out,), bound=bound, dtype=dtype)
+    return out
+
+
+def _norm(width: int, dtype: str) -> dict[str, np.ndarray]:
+    return {"scale": np.ones(width, dtype), "bias": np.zeros(width, dtype)}
+
+
+def init_mlp(config: ViTConfig, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """One block's MLP weights: width -> mlp_dim -> width."""
+    up, down = _linear(seed, config.width, config.mlp_dim, dtype), _linear(seed + 2, config.mlp_dim, config.width, dtype)
+    return {"w1": up["w"], "b1": up["b"], "w2": down["w"], "b2": down["b"]}
+
+
+def init_params(config: ViTConfig, seed: int, dtype: str = "float32") -> dict[str, Any]:
+    """Initial weights of the ViT as a nested dict of NumPy arrays (the same in both backends).
+
+    Args:
+        config: the architecture.
+        seed: weights seed; tensor ``i`` draws from ``1000 * seed + 10 * i`` (and the next few).
+        dtype: NumPy dtype name of every array.
+
+    Returns:
+        ``{"embed": {"w", "b"}, "cls": (width,), "pos": (tokens, width), "blocks": [{"ln1",
+        "attn": {"wqkv", "wo", "bo"}, "ln2", "mlp"}...], "head": {"ln", "w", "b"}}``; linear weights
+        are (in, out); class token and positions are N(0, 1) as in the Sinkformers ViT.
+
+    References:
+        Thesis section 5.6.4 (ViT), Fig. 5.6 (attention-only model).
+    """
+    base = 1000 * seed
+    inner = config.heads * config.head_dim
+    params: dict[str, Any] = {
+        "embed": _linear(base, config.patch_dim, config.width, dtype),
+        "cls": normal(base + 10, (config.width,), dtype=dtype),
+        "pos": normal(base + 20, (config.tokens, config.width), dtype=dtype),
+        "blocks": [],
+    }
+    for layer in range(config.depth):
+        s = base + 100 * (layer + 1)
+        block: dict[str, Any] = {
+            "ln1": _norm(config.width, dtype),
+            "attn": {"wqkv": _linear(s, config.width, 3 * inner, dtype, bias=False)["w"],
+                     "wo": _linear(s + 10, inner, config.width, dtype)["w"],
+                     "bo": _linear(s + 10, inner, config.width, dtype)["b"]},
+        }
+        if config.mlp_dim is not None:
+            block["ln2"] = _norm(config.width, dtype)
+            block["mlp"] = init_mlp(config, s + 20, dtype)
+        params["blocks"].append(block)
+    head = _linear(base + 30, config.width, config.num_classes, dtype)
+    params["head"] = {"ln": _norm(config.width, dtype), "w": head["w"], "b": head["b"]}
+    return params
