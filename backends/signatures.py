@@ -19,8 +19,66 @@ class Copy(Protocol):
     def __call__(self, x: Array) -> Array: ...
 
 
+class Sinkhorn(Protocol):
+    """Log-domain Sinkhorn: ``n_iter`` alternating row/column normalisations (thesis eq. 5.3, 5.13)."""
+
+    def __call__(self, scores: Array, n_iter: int, mask: Array | None = None, implicit: bool = False) -> Array: ...
+
+
+class Attention(Protocol):
+    """Dot-product attention normalised by softmax or Sinkhorn; returns (out, weights) (eq. 5.1, 5.4)."""
+
+    def __call__(self, q: Array, k: Array, v: Array, normalization: str = "softmax", sinkhorn_iters: int = 3,
+                 mask: Array | None = None, implicit: bool = False) -> tuple[Array, Array]: ...
+
+
+class FusedAttention(Protocol):
+    """The framework's fused softmax attention on (B, H, T, d) inputs (the speed baseline)."""
+
+    def __call__(self, q: Array, k: Array, v: Array) -> Array: ...
+
+
+class VitInit(Protocol):
+    """The ViT's initial weights from ``backends.vit_init`` on a device (same seed, same weights)."""
+
+    def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
+
+
+class VitApply(Protocol):
+    """ViT forward: (logits, per-layer attention matrices); ``mlp`` replaces the block MLP."""
+
+    def __call__(self, params: Any, images: Array, config: Any, mlp: Any = None) -> tuple[Array, list[Array]]: ...
+
+
+class VitTrainerObject(Protocol):
+    """What ``vit_trainer`` returns: the framework's training loop behind one interface."""
+
+    params: Any
+
+    def compile(self, images: Array, labels: Array, batch: int) -> None: ...
+
+    def fit_epoch(self, images: Array, labels: Array, order: Any, batch: int) -> tuple[float, float]: ...
+
+    def predict(self, images: Array, batch: int = 500) -> Any: ...
+
+    def attention(self, images: Array) -> list[Any]: ...
+
+
+class VitTrainer(Protocol):
+    """A trainer (Adam or SGD on cross-entropy) of a ViT starting from ``params``."""
+
+    def __call__(self, config: Any, params: Any, lr: float, optimizer: str = "adam",
+                 mlp: Any = None) -> VitTrainerObject: ...
+
+
 OPS: dict[str, type] = {
     "matmul": Matmul,
     "copy": Copy,
+    "sinkhorn": Sinkhorn,
+    "attention": Attention,
+    "fused_attention": FusedAttention,
+    "vit_init": VitInit,
+    "vit_apply": VitApply,
+    "vit_trainer": VitTrainer,
 }
 """Operator name -> its Protocol; every backend's ``ops`` module exports each name."""

@@ -15,3 +15,8 @@ def assert_close(actual, expected, dtype: str = "float64", **override) -> None:
     """``np.testing.assert_allclose`` with the tolerance of ``dtype`` (``override`` wins)."""
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
                                **(TOL[dtype] | override))
+
+
+def dtype_eps(dtype: str) -> float:
+    """Rounding error of one accumulated result in ``dtype``, relative to the largest element."""
+    return {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2}[dtype]
