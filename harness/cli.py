@@ -13,7 +13,7 @@ from harness.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark sweeps of the thesis' algorithms on Ray; Parquet results; HTML reports.")
-out_console = Console()
+out_console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 
@@ -45,6 +45,36 @@ def run(
     out_console.print(f"{counts}; {summary.already_done} already stored ok.", markup=False)
     out_console.print(f"results: {summary.out}", markup=False)
     out_console.print(f"report:  deeperbench report {summary.out}", markup=False)
+
+
+@app.command()
+def search(
+    spec: Path = typer.Argument(..., help="sweep YAML with a search section"),
+    trials: int = typer.Option(..., help="trials in the study in total (a search run again resumes)"),
+    parallel: int = typer.Option(2, help="trials in flight at once"),
+    storage: Optional[str] = typer.Option(None, help="Optuna RDB URL; default sqlite:///OUT/optuna.db"),
+    out: str = typer.Option("runs/search", help="results directory"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join"),
+    executor: str = typer.Option("ray", help="ray | local"),
+    backend: Optional[str] = typer.Option(None, help="the backend to search on, if the spec lists several"),
+    device: Optional[str] = typer.Option(None, help="override the spec's device"),
+) -> None:
+    """Optuna search over the spec's search.space; trials run in parallel on Ray and go to the store."""
+    from harness.search import run_search
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        s = run_search(str(spec), trials, out, parallel=parallel, storage=storage, executor_name=executor,
+                       address=address, backend=backend, device=device, console=err_console)
+    except UserError as err:
+        _fail(err)
+    out_console.print(f"study {s.study}: {s.finished} complete trials ({s.asked_now} asked now); storage {s.storage}",
+                      markup=False)
+    if s.best_number is None:
+        out_console.print("no feasible complete trial yet", markup=False)
+    else:
+        out_console.print(f"best: trial {s.best_number}, value {s.best_value:.6g}, params {s.best_params}", markup=False)
+    out_console.print(f"report:  deeperbench report {out}", markup=False)
 
 
 @app.command()

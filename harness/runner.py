@@ -95,7 +95,8 @@ def run(spec: str, out: str, *, executor_name: str = "ray", address: str | None 
                 if outcome.status not in ("ok", "skipped"):
                     console.print(f"[red]{outcome.status}[/red] {outcome.error}")
 
-            executor.run(todo, on_done)
+            for name in sweeps:  # one sweep at a time: each has its own resources and isolation
+                executor.run([t for t in todo if t.sweep == name], on_done)
     finally:
         executor.close()
     return RunSummary(counts=counts, already_done=len(trials) - len(todo), out=out,

@@ -29,21 +29,36 @@ class Resources(_Strict):
     tpus: pydantic.NonNegativeInt = 0
 
 
-class FloatRange(_Strict):
-    """A float (or, with ``int: true``, integer) range for a search."""
+class Range(_Strict):
+    """A float range for a search, or an integer one with ``int: true``; ``log`` samples log-uniformly."""
 
     low: Float
     high: Float
     log: bool = False
     int: bool = False
 
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError(f"needs low < high (and low > 0 with log); got low={self.low}, high={self.high}")
+        return self
+
+
+class Constraint(_Strict):
+    """A bound a trial's reduced metric must meet to count as feasible."""
+
+    metric: str
+    max: Float | None = None
+    min: Float | None = None
+
 
 class Search(_Strict):
-    """An Optuna search over ``space``, optimising ``metric`` in ``direction``."""
+    """An Optuna search over ``space`` (ranges or lists of choices), optimising ``metric``."""
 
     metric: str
     direction: Literal["minimize", "maximize"]
-    space: dict[str, FloatRange | list[Any]]
+    space: dict[str, Range | list[Any]] = pydantic.Field(min_length=1)
+    constraints: list[Constraint] = []
 
 
 class Sweep(_Strict):
@@ -106,7 +121,10 @@ def validate_sweep(doc: Any) -> tuple[Sweep, Workload]:
             raise UserError(f"grid.{key}: empty list; give one value or a list of values")
     if sweep.search:
         _check_names("parameter", "search.space", list(sweep.search.space), fields)
-        _check_names("metric", "search.metric", [sweep.search.metric], [m.name for m in workload.metrics])
+        metric_names = [m.name for m in workload.metrics]
+        _check_names("metric", "search.metric", [sweep.search.metric], metric_names)
+        for i, c in enumerate(sweep.search.constraints):
+            _check_names("metric", f"search.constraints[{i}].metric", [c.metric], metric_names)
     normalised_rules(workload, sweep)
     for point in grid_points(sweep.grid):
         validate_params(workload, point)

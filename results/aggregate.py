@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from harness.workload import Metric
+from harness.workload import Metric, Record
 
 TRIAL_COLUMNS = ["workload", "backend", "device_kind", "device_name", "params", "repeat", "trial_key"]
 """What identifies a trial's rows; ``params`` excludes the repeat, so repeats group together."""
@@ -16,6 +16,16 @@ TRIAL_COLUMNS = ["workload", "backend", "device_kind", "device_name", "params", 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of finished trials that carry a value."""
     return df[(df["status"] == "ok") & df["metric"].notna()]
+
+
+def reduce_records(records: Sequence[Record], metric: Metric) -> float | None:
+    """One trial's value of ``metric`` from its records, reduced as declared (None if not recorded).
+
+    Records with several tags (layers, parameter tensors) are reduced together.
+    """
+    rows = sorted((r for r in records if r.metric == metric.name),
+                  key=lambda r: (r.step if r.step is not None else -1, r.sample if r.sample is not None else -1))
+    return _reduce(pd.Series([r.value for r in rows]), metric.reduce) if rows else None
 
 
 def _reduce(values: pd.Series, how: str) -> float:

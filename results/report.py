@@ -13,6 +13,7 @@ import pandas as pd
 import workloads
 from harness.workload import Check
 from results.aggregate import summarize
+from results.search_report import search_html
 from results.store import Store
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;
@@ -92,6 +93,8 @@ def build(out: str, path: str | None = None) -> tuple[str, int]:
             section, n = _workload_html(name, df[df["workload"] == name])
             sections.append(section)
             n_figs += n
+    searches, n_search_figs = search_html(df, out)
+    n_figs += n_search_figs
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>deeperbench report</title>
 <style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head><body>
@@ -99,6 +102,7 @@ def build(out: str, path: str | None = None) -> tuple[str, int]:
 generated {generated}.</p>
 <h2>Device limits (device_roofline)</h2>{_limits_html(df)}
 {''.join(sections)}
+{searches}
 <h2>Environment of each device</h2>{_env_html(df)}
 <h2>Trials that did not finish</h2>{_failed_html(df)}
 </body></html>"""

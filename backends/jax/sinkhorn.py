@@ -177,4 +177,8 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     def to_bthd(x: jax.Array) -> jax.Array:
         return jnp.swapaxes(x, 1, 2)
 
-    return jnp.swapaxes(jax.nn.dot_product_attention(to_bthd(q), to_bthd(k), to_bthd(v)), 1, 2)
+    # jax.nn.dot_product_attention promotes its logits with float32 internally, which strict dtype
+    # promotion rejects for float64 inputs; the inputs here share one dtype, so standard is safe.
+    with jax.numpy_dtype_promotion("standard"):
+        out = jax.nn.dot_product_attention(to_bthd(q), to_bthd(k), to_bthd(v))
+    return jnp.swapaxes(out, 1, 2)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from harness.sweep import Trial
@@ -23,8 +23,11 @@ class Executor(Protocol):
     def check(self, trial: Trial) -> None:
         """Raise UserError if no node can ever run ``trial``."""
 
-    def run(self, trials: list[Trial], on_done: OnDone) -> None:
-        """Run ``trials``; every trial gets exactly one call of ``on_done``."""
+    def run(self, trials: Iterable[Trial], on_done: OnDone, *, max_in_flight: int | None = None) -> None:
+        """Run ``trials`` (drawn lazily, one when a worker is free), at most ``max_in_flight`` at once.
+
+        Every trial gets exactly one call of ``on_done``.
+        """
 
     def close(self) -> None:
         """Release workers and connections."""

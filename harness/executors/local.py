@@ -6,6 +6,7 @@ import math
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Iterable
 from multiprocessing.connection import Connection
 
 from harness.errors import UserError
@@ -39,7 +40,7 @@ class LocalExecutor:
             raise UserError(f"resources: the local executor runs one trial on this host; it cannot give "
                             f"gpus={trial.resources.gpus}, tpus={trial.resources.tpus}")
 
-    def run(self, trials: list[Trial], on_done: OnDone) -> None:
+    def run(self, trials: Iterable[Trial], on_done: OnDone, *, max_in_flight: int | None = None) -> None:
         ctx = mp.get_context("spawn")
         for trial in trials:
             start_wall, started = dt.datetime.now(dt.timezone.utc), time.monotonic()

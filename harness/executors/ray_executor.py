@@ -10,6 +10,8 @@ import datetime as dt
 import math
 import os
 import time
+from collections import deque
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import ray
@@ -103,15 +105,30 @@ class RayExecutor:
                              for n in self._nodes())
             raise UserError(f"resources: no node can run a trial needing {_demand(trial)}; nodes have: {have}")
 
-    def run(self, trials: list[Trial], on_done: OnDone) -> None:
-        if not trials:
+    def run(self, trials: Iterable[Trial], on_done: OnDone, *, max_in_flight: int | None = None) -> None:
+        source = iter(trials)
+        first = next(source, None)
+        if first is None:
             return
-        slots = self._slots(trials[0])
-        pending: list[tuple[Trial, int]] = [(t, 0) for t in trials]
+        slots = self._slots(first)
+        if isinstance(trials, Sized):
+            slots = min(slots, len(trials))
+        if max_in_flight:
+            slots = min(slots, max_in_flight)
+        queue: deque[tuple[Trial, int]] = deque([(first, 0)])  # (trial, attempt): retries go first
+        exhausted = False
         running: dict[ray.ObjectRef, _Running] = {}
         starting: dict[ray.ObjectRef, Any] = {}  # ping ref -> actor that has not answered yet
         idle: list[Any] = []
-        actor_mode = trials[0].isolation == "actor"
+        actor_mode = first.isolation == "actor"
+
+        def take() -> tuple[Trial, int] | None:
+            nonlocal exhausted
+            if queue:
+                return queue.popleft()
+            trial = None if exhausted else next(source, None)
+            exhausted = trial is None
+            return None if trial is None else (trial, 0)
 
         def launch(trial: Trial, attempt: int, actor: Any) -> None:
             ref = actor.run.remote(trial) if actor_mode else _run_in_fresh_worker.options(
@@ -121,14 +138,22 @@ class RayExecutor:
         def finish(run: _Running, status: str, error: str) -> None:
             on_done(run.trial, unfinished(run.trial, status, error, run.started, run.start_wall))
 
+        def stop(run: _Running, ref: ray.ObjectRef) -> None:
+            if actor_mode:
+                ray.kill(run.actor, no_restart=True)
+            else:
+                ray.cancel(ref, force=True)
+
         try:
-            while pending or running:
-                while pending and actor_mode and len(idle) + len(starting) + len(running) < slots:
-                    actor = TrialWorker.options(**_options(pending[0][0]), max_restarts=0).remote()
+            while queue or running or not exhausted:
+                while actor_mode and len(idle) + len(starting) + len(running) < slots and (queue or not exhausted):
+                    actor = TrialWorker.options(**_options(first), max_restarts=0).remote()
                     starting[actor.ping.remote()] = actor
-                while pending and (idle if actor_mode else len(running) < slots):
-                    trial, attempt = pending.pop(0)
-                    launch(trial, attempt, idle.pop() if actor_mode else None)
+                while idle if actor_mode else len(running) < slots:
+                    item = take()
+                    if item is None:
+                        break
+                    launch(*item, idle.pop() if actor_mode else None)
                 ready, _ = ray.wait([*running, *starting], num_returns=1, timeout=0.2)
                 for ref in ready:
                     if ref in starting:
@@ -145,22 +170,18 @@ class RayExecutor:
                         if actor_mode:
                             idle.append(run.actor)
                     except OutOfMemoryError as err:
-                        if actor_mode:
-                            ray.kill(run.actor, no_restart=True)
+                        stop(run, ref)
                         finish(run, "oom", f"killed by Ray's memory monitor: {' '.join(str(err).split())[:300]}")
                     except (RayActorError, WorkerCrashedError) as err:
                         if run.attempt < RETRIES:
-                            pending.insert(0, (run.trial, run.attempt + 1))
+                            queue.appendleft((run.trial, run.attempt + 1))
                         else:
                             finish(run, "crashed", f"worker died {run.attempt + 1} times; last: {type(err).__name__}")
                 now = time.monotonic()
                 for ref, run in list(running.items()):
                     if now - run.started > run.trial.timeout_s:
                         del running[ref]
-                        if actor_mode:
-                            ray.kill(run.actor, no_restart=True)
-                        else:
-                            ray.cancel(ref, force=True)
+                        stop(run, ref)
                         finish(run, "timeout", f"exceeded timeout_s={run.trial.timeout_s:g}; worker stopped")
         finally:
             for actor in [*idle, *starting.values(), *(r.actor for r in running.values() if r.actor)]:

@@ -1,0 +1,210 @@
+"""What defines a residual network of the memory issue, validated once for both backends.
+
+Both backends' ``residual_net`` build a :class:`ResidualConfig` here (so the same arguments give
+the same errors) and draw the weights from :func:`init_params` (so the same seed gives the same
+weights). The config is hashable: JAX uses it as a static argument.
+
+References: thesis eq. 2.1 and 2.8 (Euler and Heun ResNets), 4.2 (Momentum ResNet),
+4.4 (RevNet), section 2.4 (adjoint method), section 4.3.1 (exact reversal).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from . import fixed_point
+
+MODELS = ("resnet", "checkpoint", "momentum", "momentum_reversible", "adjoint_euler", "adjoint_heun", "revnet")
+"""Model names; each is a forward rule and a way to get the gradient (see RULE and BACKWARD)."""
+
+RULE = {"resnet": "euler", "checkpoint": "euler", "adjoint_euler": "euler", "adjoint_heun": "heun",
+        "momentum": "momentum", "momentum_reversible": "momentum", "revnet": "revnet"}
+"""The forward rule of each model: euler (eq. 2.1), heun (2.8), momentum (4.2), revnet (4.4)."""
+
+BACKWARD = {"resnet": "backprop", "checkpoint": "checkpoint", "momentum": "backprop",
+            "momentum_reversible": "exact", "revnet": "exact", "adjoint_euler": "adjoint",
+            "adjoint_heun": "adjoint"}
+"""How the gradient is computed: backprop (activations stored), checkpoint (one per block),
+exact (activations recomputed bit for bit from the output: fixed point, no storage),
+adjoint (activations recomputed approximately by reversing the step, eq. 2.6 and 2.9)."""
+
+BLOCKS = ("mlp", "conv")
+TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+"""Residual functions: the MLP of Fig. 4.2, a pre-activation conv block, or a torchvision ResNet
+(torch only; its depth is its own)."""
+
+ACTIVATIONS = ("tanh", "relu")
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualConfig:
+    """A validated residual network: architecture, forward rule, backward, numerics.
+
+    ``gamma_n / gamma_d`` is the momentum term (momentum models), ``scale`` the step h that
+    multiplies f, ``frac_bits`` the fixed-point format (exact models), ``steps_per_word`` and
+    ``words`` the buffer schedule (momentum_reversible).
+    """
+
+    model: str
+    depth: int
+    width: int
+    hidden: int
+    block: str
+    activation: str
+    tied: bool
+    gamma_n: int
+    gamma_d: int
+    scale: float
+    frac_bits: int
+    image_size: int
+    backprop: bool
+    dtype: str
+    steps_per_word: int
+    words: int
+
+    @property
+    def rule(self) -> str:
+        """Forward rule: euler, heun, momentum or revnet."""
+        return RULE[self.model]
+
+    @property
+    def backward(self) -> str:
+        """backprop, checkpoint, exact or adjoint (``backprop=True`` forces backprop)."""
+        return "backprop" if self.backprop else BACKWARD[self.model]
+
+    @property
+    def gamma(self) -> float:
+        """gamma as a float (the float models' multiplier)."""
+        return self.gamma_n / self.gamma_d
+
+    @property
+    def coef(self) -> float:
+        """What multiplies f in the velocity update: (1 - gamma) h (eq. 4.2 with step h)."""
+        return (self.gamma_d - self.gamma_n) / self.gamma_d * self.scale
+
+    @property
+    def sets(self) -> int:
+        """Parameter sets per family: depth (Euler, momentum, RevNet) or depth + 1 (Heun, eq. 2.8)."""
+        return self.depth + 1 if self.rule == "heun" else self.depth
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """Residual-function families: ("",) or, for a RevNet, ("phi", "psi") (eq. 4.4)."""
+        return ("phi", "psi") if self.rule == "revnet" else ("",)
+
+    @property
+    def fixed_point(self) -> bool:
+        """Whether the state is held in int64 fixed point (exactly reversible models)."""
+        return self.backward == "exact"
+
+    def input_shape(self, batch: int) -> tuple[int, ...]:
+        """Shape of an input batch: (batch, width) or (batch, width, image_size, image_size)."""
+        if self.block == "mlp":
+            return (batch, self.width)
+        return (batch, self.width, self.image_size, self.image_size)
+
+
+def make_config(model: str, *, depth: int, width: int, hidden: int | None = None, block: str = "mlp",
+                activation: str = "tanh", tied: bool = False, gamma: float | str | None = None,
+                scale: float | None = None, frac_bits: int | None = None, image_size: int | None = None,
+                backprop: bool = False, dtype: str = "float32") -> ResidualConfig:
+    """Validate the constructor arguments of ``residual_net``; errors name the field and what is allowed.
+
+    Args: as ``residual_net`` (see backends/signatures.py, ``ResidualNet``).
+
+    Returns:
+        The config; gamma defaults to 1 - 1/(50 depth) (Fig. 4.2), scale to 1/depth for the
+        Euler and Heun rules (eq. 2.1, 2.8) and to 1 for momentum and RevNet (eq. 4.2, 4.4).
+    """
+    if model not in MODELS:
+        raise ValueError(f"model={model!r} is unknown; allowed: {', '.join(MODELS)}")
+    if block not in BLOCKS:
+        raise ValueError(f"block={block!r} is not a block of this constructor; allowed: {', '.join(BLOCKS)}"
+                         f" (torchvision names {', '.join(TORCHVISION)} are built by the torch backend only)")
+    if not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth={depth!r} must be an integer >= 1")
+    if not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width={width!r} must be an integer >= 1")
+    hidden = width if hidden is None else hidden
+    if not isinstance(hidden, (int, np.integer)) or hidden < 1:
+        raise ValueError(f"hidden={hidden!r} must be an integer >= 1")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    if block == "conv":
+        image_size = 8 if image_size is None else image_size
+        if image_size < 1:
+            raise ValueError(f"image_size={image_size} must be >= 1")
+    else:
+        image_size = 0
+    rule = RULE[model]
+    if rule == "momentum":
+        g = fixed_point.default_gamma(depth) if gamma is None else fixed_point.ratio(gamma)
+        if BACKWARD[model] == "exact" and not backprop and g == 0:
+            raise ValueError(f"gamma={gamma!r}: momentum_reversible needs gamma in (0, 1]; "
+                             "gamma = 0 is a ResNet, whose step cannot be inverted (use model='resnet')")
+    else:
+        g = Fraction(0)
+    if scale is None:
+        scale = 1.0 / depth if rule in ("euler", "heun") else 1.0
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale={scale!r} must be a positive finite float")
+    exact = BACKWARD[model] == "exact" and not backprop
+    bits = fixed_point.frac_bits_for(dtype, frac_bits) if exact else 0
+    steps, words = (depth, 0)
+    if exact and rule == "momentum":
+        steps, words = fixed_point.buffer_schedule(g.numerator, g.denominator, depth)
+    return ResidualConfig(model=model, depth=int(depth), width=int(width), hidden=int(hidden), block=block,
+                          activation=activation, tied=bool(tied), gamma_n=g.numerator,
+                          gamma_d=g.denominator, scale=float(scale), frac_bits=bits,
+                          image_size=int(image_size), backprop=bool(backprop), dtype=dtype,
+                          steps_per_word=steps, words=words)
+
+
+def block_shapes(config: ResidualConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of one residual function's parameters, in a fixed order.
+
+    mlp: Linear(width -> hidden), activation, Linear(hidden -> width) (Fig. 4.2).
+    conv: pre-activation basic block, norm -> act -> conv3x3 -> norm -> act -> conv3x3
+    (He et al. 2016b; thesis section 2.5.2), the norms using batch statistics.
+    """
+    d, h = config.width, config.hidden
+    if config.block == "mlp":
+        return {"w1": (h, d), "b1": (h,), "w2": (d, h), "b2": (d,)}
+    return {"bn1.weight": (d,), "bn1.bias": (d,), "conv1.weight": (h, d, 3, 3),
+            "bn2.weight": (h,), "bn2.bias": (h,), "conv2.weight": (d, h, 3, 3)}
+
+
+def param_names(config: ResidualConfig) -> list[str]:
+    """Names of the parameter tensors (``phi.`` / ``psi.`` prefixed for a RevNet)."""
+    return [f"{fam}.{k}" if fam else k for fam in config.families for k in block_shapes(config)]
+
+
+def init_params(config: ResidualConfig, seed: int) -> dict[str, np.ndarray]:
+    """The network's initial weights, drawn with NumPy so both backends get the same ones.
+
+    Linear and conv weights and biases are uniform on +-1/sqrt(fan_in) (PyTorch's default), norm
+    weights 1 and biases 0. Untied: one independent draw per parameter set, stacked along a
+    leading axis of length ``config.sets``; tied: one draw shared by every layer.
+
+    Returns:
+        name -> float array of ``config.dtype``, shape ``(sets, *shape)`` or ``shape`` (tied).
+    """
+    out = {}
+    lead = () if config.tied else (config.sets,)
+    for index, name in enumerate(param_names(config)):
+        shape = block_shapes(config)[name.split(".", 1)[1] if config.rule == "revnet" else name]
+        if "bn" in name:
+            value = np.ones(lead + shape) if name.endswith("weight") else np.zeros(lead + shape)
+        else:
+            fan_in = {"b1": config.width, "b2": config.hidden}.get(name[-2:]) or int(np.prod(shape[1:]))
+            rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+            bound = 1.0 / math.sqrt(fan_in)
+            value = rng.uniform(-bound, bound, lead + shape)
+        out[name] = value.astype(config.dtype)
+    return out

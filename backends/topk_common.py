@@ -1,0 +1,222 @@
+"""NumPy-only parts of the relaxed top-k operators shared by both backends: argument checks and PAV.
+
+The relaxed top-k mask and top-k in magnitude (thesis 7.4) reduce to the isotonic problem (7.5)
+``v* = argmin_{v_1 >= ... >= v_n} sum_i h_i(v_i)`` on the sorted values ``s`` (of ``x`` for the
+mask, of ``|x|`` for the magnitude), with ``w = 1_k`` and ``R = (lam/p) ||.||_p^p``:
+
+- mask (phi(x) = x):          ``h_i(v) = r*(s_i - v) + w_i v``
+- magnitude (phi = x^2 / 2):  ``h_i(v) = r*(s_i - v) + w_i v^2 / 2``, plus ``v >= 0`` (never active)
+
+with ``r*(z) = (lam/q) |z/lam|^q``, ``1/p + 1/q = 1``; the output is ``y = grad R*(s - v)``
+(sorted order), i.e. ``y_i = sign(s_i - v_i) |(s_i - v_i)/lam|^(q-1)``. Only ``p = 2`` (q = 2) and
+``p = 4/3`` (q = 4) have a closed-form pooling step (7.A.6); ``e = q - 1`` is 1 or 3.
+
+PAV (appendix 7.B.2) runs here, one row per thread, compiled by numba when it is installed (the
+same code runs as plain Python, much slower, when it is not). JAX reaches it through
+``jax.pure_callback``; torch calls it on the host.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+try:  # numba is optional: the kernel below is plain Python that numba compiles when present
+    import numba
+
+    HAVE_NUMBA = True
+    prange = numba.prange
+except ImportError:  # pragma: no cover - exercised only where numba is absent
+    numba = None
+    HAVE_NUMBA = False
+    prange = range
+
+SOLVERS = ("threshold", "pav", "dykstra")
+"""Relaxed solvers: exact sort-and-search threshold, exact PAV, iterative Dykstra (p = 2 only)."""
+
+OPS = ("mask", "mag")
+"""``mask``: relaxed top-k mask (phi(x) = x); ``mag``: relaxed top-k in magnitude (phi(x) = x^2/2)."""
+
+DEFAULT_MAX_ITER = 1000
+"""Dykstra's iteration cap when ``max_iter`` is None."""
+
+MODE = {("mask", 1): 0, ("mask", 3): 1, ("mag", 1): 2, ("mag", 3): 3}
+"""Integer code of (operator, exponent e = q - 1) used by the PAV kernel."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TopkArgs:
+    """Validated arguments of a relaxed top-k call."""
+
+    k: int
+    lam: float
+    e: int
+    solver: str
+    max_iter: int | None
+    tol: float | None
+
+
+def exponent(p: float) -> int:
+    """``q - 1`` for the supported ``p`` (2 -> 1, 4/3 -> 3); ValueError for any other ``p``."""
+    try:
+        pf = float(p)
+    except (TypeError, ValueError):
+        pf = math.nan
+    if abs(pf - 2.0) < 1e-9:
+        return 1
+    if abs(pf - 4.0 / 3.0) < 1e-9:
+        return 3
+    raise ValueError(f"p={p!r} is not supported; allowed: 2 or 4/3 (the p-norms with a closed-form pooling step, "
+                     "thesis 7.A.6)")
+
+
+def check_args(n: int, k: object, lam: object, p: object, solver: object, max_iter: object,
+               tol: object) -> TopkArgs:
+    """Check the arguments of ``topk_mask``/``topk_mag`` for rows of length ``n``; raise naming the field.
+
+    Args:
+        n: length of the last axis of ``x``.
+        k, lam, p, solver, max_iter, tol: as passed to the operator.
+
+    Returns:
+        The validated arguments, ``p`` turned into the exponent ``e = q - 1``.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= n:
+        raise ValueError(f"k={k!r} must be an integer in [0, n] with n={n} (the last axis of x)")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(float(lam)) or float(lam) <= 0:
+        raise ValueError(f"lam={lam!r} must be a finite number > 0")
+    e = exponent(p)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} is not one of {', '.join(SOLVERS)}")
+    if solver != "dykstra" and (max_iter is not None or tol is not None):
+        raise ValueError(f"max_iter={max_iter!r} and tol={tol!r} apply to solver='dykstra' only; "
+                         f"solver={solver!r} is exact (leave them None)")
+    if solver == "dykstra":
+        if e != 1:
+            raise ValueError(f"solver='dykstra' needs p=2 (a Euclidean projection, thesis 7.5); got p={p!r}; "
+                             "use solver='threshold' or 'pav' for p=4/3")
+        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer))
+                                     or max_iter < 1):
+            raise ValueError(f"max_iter={max_iter!r} must be a positive integer or None (default {DEFAULT_MAX_ITER})")
+        if tol is not None and (not isinstance(tol, (int, float, np.floating)) or not float(tol) >= 0):
+            raise ValueError(f"tol={tol!r} must be a number >= 0 or None (a few ulps of max|x|)")
+    return TopkArgs(int(k), float(lam), e, str(solver), None if max_iter is None else int(max_iter),
+                    None if tol is None else float(tol))
+
+
+def default_tol(eps: float, scale: float) -> float:
+    """Dykstra's default stopping change: ``4 eps (1 + scale)``, i.e. the iterate stopped moving."""
+    return 4.0 * eps * (1.0 + scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# PAV kernel (plain Python; numba compiles it when installed). Blocks keep count, sum of w, mean
+# and centred second and third moments, merged with Chan/Pebay's formulas, so the p = 4/3 pooling
+# cubic is solved without cancellation.
+# ----------------------------------------------------------------------------------------------
+
+def _cubic_root(P: float, Q: float) -> float:
+    """The real root of ``d^3 + P d + Q = 0`` for ``P >= 0`` (hyperbolic form, no cancellation)."""
+    if P > 1e-300:
+        r = math.sqrt(P / 3.0)
+        return -2.0 * r * math.sinh(math.asinh(1.5 * Q / (P * r)) / 3.0)
+    return -math.copysign(abs(Q) ** (1.0 / 3.0), Q)
+
+
+def _pool(mode: int, lam: float, cnt: float, wsum: float, mu: float, m2: float, m3: float) -> float:
+    """``gamma_B* = argmin_g sum_{i in B} h_i(g)`` (eq. 7.6) from the block's moments (7.A.6)."""
+    if mode == 0:  # mask, p = 2
+        return mu - lam * wsum / cnt
+    if mode == 2:  # magnitude, p = 2
+        return cnt * mu / (cnt + lam * wsum)
+    l3 = lam * lam * lam
+    if mode == 1:  # mask, p = 4/3: sum (s_i - g)^3 = lam^3 W
+        return mu + _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
+    # magnitude, p = 4/3: sum (s_i - g)^3 = lam^3 W g
+    return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
+
+
+def _pav_row(s, w, lam, mode, v, bid):
+    """Decreasing isotonic solution ``v`` of one sorted row ``s`` and each element's block index."""
+    n = s.shape[0]
+    start = np.empty(n, np.int64)
+    cnt = np.empty(n, np.float64)
+    wsum = np.empty(n, np.float64)
+    mu = np.empty(n, np.float64)
+    m2 = np.empty(n, np.float64)
+    m3 = np.empty(n, np.float64)
+    gam = np.empty(n, np.float64)
+    top = -1
+    for i in range(n):
+        top += 1
+        start[top] = i
+        cnt[top] = 1.0
+        wsum[top] = w[i]
+        mu[top] = s[i]
+        m2[top] = 0.0
+        m3[top] = 0.0
+        gam[top] = _pool(mode, lam, 1.0, w[i], s[i], 0.0, 0.0)
+        while top > 0 and gam[top - 1] < gam[top]:  # a violation: pool the two last blocks
+            na, nb = cnt[top - 1], cnt[top]
+            nn = na + nb
+            d = mu[top] - mu[top - 1]
+            m3[top - 1] = (m3[top - 1] + m3[top] + d * d * d * na * nb * (na - nb) / (nn * nn)
+                           + 3.0 * d * (na * m2[top] - nb * m2[top - 1]) / nn)
+            m2[top - 1] = m2[top - 1] + m2[top] + d * d * na * nb / nn
+            mu[top - 1] = mu[top - 1] + d * nb / nn
+            cnt[top - 1] = nn
+            wsum[top - 1] = wsum[top - 1] + wsum[top]
+            top -= 1
+            gam[top] = _pool(mode, lam, cnt[top], wsum[top], mu[top], m2[top], m3[top])
+    for b in range(top + 1):
+        end = start[b + 1] if b < top else n
+        g = gam[b]
+        if mode >= 2 and g < 0.0:  # magnitude: v >= 0 (Nemeth and Nemeth: truncate)
+            g = 0.0
+        for i in range(start[b], end):
+            v[i] = g
+            bid[i] = b
+
+
+def _pav_rows(s, w, lam, mode, v, bid):
+    for r in prange(s.shape[0]):
+        _pav_row(s[r], w, lam, mode, v[r], bid[r])
+
+
+if HAVE_NUMBA:
+    _cubic_root = numba.njit(cache=True)(_cubic_root)
+    _pool = numba.njit(cache=True)(_pool)
+    _pav_row = numba.njit(cache=True)(_pav_row)
+    _pav_rows = numba.njit(cache=True, parallel=True)(_pav_rows)
+
+
+def pav(s: np.ndarray, k: int, lam: float, e: int, op: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact isotonic solution of the relaxed top-k problem by PAV, one row per thread.
+
+    Args:
+        s: (..., n) float32/float64, each row sorted in decreasing order (``x`` for the mask, ``|x|``
+            for the magnitude).
+        k: number of ones in ``w = 1_k``; ``lam``: regularisation strength > 0; ``e``: ``q - 1``
+            (1 for p = 2, 3 for p = 4/3); ``op``: ``mask`` or ``mag``.
+
+    Returns:
+        ``v`` (..., n) of ``s``'s dtype, the decreasing isotonic solution (blocks of equal values),
+        and ``bid`` (..., n) int32, each element's block index within its row (0, 1, ...).
+
+    References:
+        Thesis 7.5 (eq. 7.5, 7.6), 7.A.6 (pooling step), 7.B.2 (PAV, after Lim and Wright, 2016).
+    """
+    s = np.ascontiguousarray(s)
+    if s.dtype not in (np.float32, np.float64):
+        raise ValueError(f"s has dtype {s.dtype}; allowed: float32, float64")
+    shape = s.shape
+    n = shape[-1]
+    flat = s.reshape(-1, n)
+    w = (np.arange(n) < k).astype(np.float64)
+    v = np.empty_like(flat)
+    bid = np.empty(flat.shape, np.int32)
+    if flat.size:
+        _pav_rows(flat, w, float(lam), MODE[(op, e)], v, bid)
+    return v.reshape(shape), bid.reshape(shape)

@@ -1,0 +1,226 @@
+"""Solvers and closed-form VJPs of the relaxed top-k operators in torch, on (B, n) rows.
+
+``backends/topk_common.py`` states the isotonic problem. With ``e = q - 1`` (1 for p = 2, 3 for
+p = 4/3) and ``w = 1_k`` the exact solution pools one block around position k, so it is a clipped
+threshold (t found by a sort, prefix sums and two binary searches over the breakpoints):
+
+- mask: ``y_i = clip(((x_i - t)_+ / lam)^e, 0, 1)``, ``sum_i y_i = k``;
+- magnitude: with ``s = |x|`` and ``a_i = ((s_i - t)_+ / lam)^e``, ``z_i = clip(a_i / t, 0, 1)``
+  sums to k and ``y_i = sign(x_i) (a_i if z_i < 1 else Y(s_i))``, where ``Y(s)`` is the head
+  singleton ``Y + lam Y^(p-1) = s`` (``s / (1 + lam)`` for p = 2).
+
+Gradients are Prop. 7.8 with lam put back, applied per block (never an n x n matrix).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def head_value(s: torch.Tensor, lam: float, e: int) -> torch.Tensor:
+    """``Y(s)``, the magnitude operator's value on a saturated element: ``Y + lam Y^(p-1) = s``, s >= 0."""
+    if e == 1:
+        return s / (1.0 + lam)
+    r = math.sqrt(lam / 3.0)  # c = Y^(1/3) solves c^3 + lam c - s = 0
+    c = 2.0 * r * torch.sinh(torch.asinh(s * (1.5 / (lam * r))) / 3.0)
+    return c * c * c
+
+
+def head_slope(yh: torch.Tensor, lam: float, e: int) -> torch.Tensor:
+    """``dY/ds`` at ``Y = yh``: ``1 / (1 + lam (p - 1) Y^(p - 2))``."""
+    if e == 1:
+        return torch.full_like(yh, 1.0 / (1.0 + lam))
+    c2 = yh.abs().pow(2.0 / 3.0)
+    return c2 / (c2 + lam / 3.0)
+
+
+def _cubic_root(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """Real root of ``d^3 + P d + Q = 0`` for ``P >= 0`` (hyperbolic form, stable)."""
+    big = P > 1e-30
+    Ps = torch.where(big, P, torch.ones_like(P))
+    r = torch.sqrt(Ps / 3.0)
+    hyp = -2.0 * r * torch.sinh(torch.asinh(1.5 * Q / (Ps * r)) / 3.0)
+    return torch.where(big, hyp, -torch.sign(Q) * Q.abs().pow(1.0 / 3.0))
+
+
+def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
+    """Block value ``gamma_B*`` (eq. 7.6, 7.A.6) from count, sum of w, mean and centred moments."""
+    cnt = torch.clamp(cnt, min=1.0)
+    if e == 1:
+        return mu - lam * wsum / cnt if op == "mask" else cnt * mu / (cnt + lam * wsum)
+    l3 = lam ** 3
+    if op == "mask":
+        return mu + _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
+    return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
+
+
+def threshold_parts(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: str):
+    """Output of the threshold solution at ``t`` (B, 1), with the saturated and pooled masks."""
+    s = x if op == "mask" else x.abs()
+    a = ((s - t) / lam).clamp_min(0.0)
+    ae = a if e == 1 else a * a * a
+    if op == "mask":
+        sat = ae >= 1.0
+        return torch.where(sat, torch.ones_like(ae), ae), sat, (ae > 0) & ~sat, a
+    sat = ae >= t
+    y = torch.where(sat, head_value(s, lam, e), ae)
+    return torch.sign(x) * y, sat, (ae > 0) & ~sat, a
+
+
+def solve_threshold(s: torch.Tensor, k: int, lam: float, e: int, op: str) -> torch.Tensor:
+    """Threshold ``t`` (B, 1) of the exact solution, from rows ``s`` (B, n) sorted decreasingly.
+
+    F(t) (the mask's sum, or sum of z for the magnitude) falls with t and has breakpoints at the
+    s_i (an element turns positive) and the U_i (it saturates: s_i - lam, or Y(s_i)). One binary
+    search over the s_i finds how many elements are positive, one over the U_i how many are
+    saturated; the pooled block between them is solved in closed form with centred moments.
+    """
+    B, n = s.shape
+    U = s - lam if op == "mask" else head_value(s, lam, e)
+    c = s[:, k - 1:k]
+    u = s - c
+    zero = torch.zeros(B, 1, dtype=s.dtype)
+    pre = [torch.cat([zero, torch.cumsum(u ** j, dim=1)], dim=1) for j in ((1,) if e == 1 else (1, 2, 3))]
+
+    def fits(t: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """F(t) <= k, with elements [lo, hi) pooled and [0, lo) saturated."""
+        m = (hi - lo).to(s.dtype)
+        d = t - c
+        S = [p.gather(1, hi) - p.gather(1, lo) for p in pre]
+        g = (S[0] - m * d) / lam if e == 1 else (S[2] - 3 * d * S[1] + 3 * d * d * S[0] - m * d ** 3) / lam ** 3
+        if op == "mask":
+            return lo.to(s.dtype) + g <= k
+        return (t > 0) & (lo.to(s.dtype) * t + g <= k * t)
+
+    neg_s, neg_u = (-s).contiguous(), (-U).contiguous()
+    steps = math.ceil(math.log2(n + 1))
+    counts = []
+    for values in (s, U):
+        lo = torch.zeros(B, 1, dtype=torch.int64)
+        hi = torch.full((B, 1), n + 1, dtype=torch.int64)
+        for _ in range(steps):
+            live = hi - lo > 1
+            mid = (lo + hi) // 2
+            t = values.gather(1, (mid - 1).clamp(0, n - 1))
+            if values is s:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
+                ok = fits(t, torch.searchsorted(neg_u, -t, right=True), mid - 1)
+            else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
+                ok = fits(t, mid, torch.searchsorted(neg_s, -t, right=False))
+            lo = torch.where(live & ok, mid, lo)
+            hi = torch.where(live & ~ok, mid, hi)
+        counts.append(lo)
+    positive, saturated = counts
+    idx = torch.arange(n).unsqueeze(0)
+    block = (idx >= saturated) & (idx < positive)
+    cnt = block.sum(1, keepdim=True).to(s.dtype)
+    mu = torch.where(block, s, 0).sum(1, keepdim=True) / cnt.clamp_min(1.0)
+    dev = torch.where(block, s - mu, 0)
+    m2 = (dev * dev).sum(1, keepdim=True)
+    m3 = (dev * dev * dev).sum(1, keepdim=True)
+    t_block = pool(op, e, lam, cnt, (k - saturated).to(s.dtype), mu, m2, m3)
+    if k < n:
+        t_hard = s[:, k:k + 1]
+    else:
+        t_hard = s[:, -1:] - lam if op == "mask" else torch.zeros_like(zero)
+    return torch.where(cnt > 0, t_block, t_hard)
+
+
+def threshold_vjp(x: torch.Tensor, t: torch.Tensor, g: torch.Tensor, k: int, lam: float, e: int,
+                  op: str) -> torch.Tensor:
+    """``J^T g`` of the threshold solution (Prop. 7.8 on the one pooled block), elementwise, O(n)."""
+    y, sat, pooled, a = threshold_parts(x, t, lam, e, op)
+    D = torch.where(pooled, (e / lam) * a ** (e - 1), 0.0)
+    h = g if op == "mask" else g * torch.sign(x)
+    SD = D.sum(1, keepdim=True)
+    SDh = (D * h).sum(1, keepdim=True)
+    if op == "mask":
+        denom = SD
+    else:
+        denom = SD + (k - sat.sum(1, keepdim=True)).to(x.dtype)
+    mean = torch.where(denom > 0, SDh / torch.where(denom > 0, denom, 1.0), 0.0)
+    out = D * (h - mean)
+    if op == "mask":
+        return out
+    return torch.where(sat, head_slope(y, lam, e) * g, torch.sign(x) * out)
+
+
+def block_vjp(r: torch.Tensor, bid: torch.Tensor, h: torch.Tensor, k: int, lam: float, e: int,
+              op: str) -> torch.Tensor:
+    """``J^T h`` in sorted order for any block structure (PAV's, or the blocks Dykstra found).
+
+    Args:
+        r: (B, n) ``s - v``; bid: (B, n) int64 block index of each element; h: (B, n) cotangent
+            in sorted order (times sign(x) for the magnitude).
+
+    Returns:
+        (B, n): per block B, ``D_i (h_i - sum_B D h / (sum_B D + [mag] sum_B w))`` with
+        ``D_i = (e/lam) |r_i/lam|^(e-1)`` (Prop. 7.8 with lam; singletons give 0 or Y'(s)).
+    """
+    D = torch.full_like(r, 1.0 / lam) if e == 1 else (e / lam) * (r / lam) ** 2
+    SD = torch.zeros_like(r).scatter_add_(1, bid, D).gather(1, bid)
+    SDh = torch.zeros_like(r).scatter_add_(1, bid, D * h).gather(1, bid)
+    if op == "mag":
+        w = (torch.arange(r.shape[1]) < k).to(r.dtype).expand_as(r)
+        SD = SD + torch.zeros_like(r).scatter_add_(1, bid, w).gather(1, bid)
+    return D * (h - torch.where(SD > 0, SDh / torch.where(SD > 0, SD, 1.0), 0.0))
+
+
+def _project_pairs(z: torch.Tensor, c: torch.Tensor | None, offset: int) -> torch.Tensor:
+    """Projection onto ``{v_i >= v_{i+1}}`` for the pairs (offset, offset+1), (offset+2, ...) in the c-norm."""
+    B, n = z.shape
+    m = (n - offset) // 2
+    out = z.clone()
+    if m == 0:
+        return out
+    pair = z[:, offset:offset + 2 * m].reshape(B, m, 2)
+    a, b = pair[..., 0], pair[..., 1]
+    if c is None:
+        avg = 0.5 * (a + b)
+    else:
+        cp = c[offset:offset + 2 * m].reshape(m, 2)
+        avg = (cp[:, 0] * a + cp[:, 1] * b) / (cp[:, 0] + cp[:, 1])
+    viol = a < b
+    seg = out[:, offset:offset + 2 * m].view(B, m, 2)
+    seg[..., 0] = torch.where(viol, avg, a)
+    seg[..., 1] = torch.where(viol, avg, b)
+    return out
+
+
+def dykstra(target: torch.Tensor, c: torch.Tensor | None, max_iter: int, tol: float,
+            check_every: int = 10) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Dykstra's projection of ``target`` (B, n) onto the decreasing cone C1 ∩ C2 (Algorithm 7.7).
+
+    A plain eager loop (one host synchronisation every ``check_every`` iterations, for the stop
+    test: max |v^(k+1) - v^k| <= tol). ``c`` (n,) weights the norm (magnitude operator) or None.
+
+    Returns:
+        ``v`` (B, n), the block index of each element (B, n) int64 (blocks: runs of adjacent pairs
+        whose last correction is non-zero, i.e. whose constraint is active), iterations used.
+    """
+    v = target.clone()
+    p = torch.zeros_like(v)
+    q = torch.zeros_like(v)
+    it = 0
+    while it < max_iter:
+        it += 1
+        z = v + p
+        y = _project_pairs(z, c, 0)
+        p = z - y
+        z = y + q
+        v_new = _project_pairs(z, c, 1)
+        q = z - v_new
+        if it % check_every == 0 or it == max_iter:
+            change = float((v_new - v).abs().max()) if v.numel() else 0.0
+            v = v_new
+            if change <= tol:
+                break
+        else:
+            v = v_new
+    B, n = v.shape
+    link = torch.zeros(B, n, dtype=torch.bool)
+    link[:, 0:n - 1:2] = (p[:, 0:n - 1:2] != 0) | (p[:, 1:n:2] != 0)  # pair (i, i+1), i even: C1
+    link[:, 1:n - 1:2] = (q[:, 1:n - 1:2] != 0) | (q[:, 2:n:2] != 0)  # i odd: C2
+    start = torch.ones(B, n, dtype=torch.int64)
+    start[:, 1:] = (~link[:, :-1]).to(torch.int64)
+    return v, torch.cumsum(start, dim=1) - 1, it
