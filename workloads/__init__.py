@@ -14,6 +14,7 @@ from harness.workload import Workload, validate_module
 BUILTIN = {
     "device_roofline": "workloads.device_roofline",
     "harness_probe": "workloads.harness_probe",
+    "memory_depth": "workloads.memory_depth",
     "attention_stochasticity": "workloads.attention_stochasticity",
 }
 

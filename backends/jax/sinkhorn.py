@@ -47,17 +47,25 @@ def _iterate(scores: jax.Array, n_iter: int, mask: jax.Array | None) -> jax.Arra
         # gradient is 0, not NaN; exp() of it underflows to exactly 0 in the valid rows.
         cost = jnp.where(pair, scores, jnp.asarray(jnp.finfo(scores.dtype).min / 4, scores.dtype))
         log_col = zero
-    f = jnp.zeros_like(scores[..., :1])
-    g = jnp.zeros_like(scores[..., :1, :])
-    for step in range(n_iter):
-        if step % 2 == 0:
-            f = -jax.nn.logsumexp(cost + g, axis=-1, keepdims=True)
-            if rows is not None:
-                f = jnp.where(rows, f, zero)
-        else:
-            g = log_col - jax.nn.logsumexp(cost + f, axis=-2, keepdims=True)
-            if cols is not None:
-                g = jnp.where(cols, g, zero)
+
+    def row(g: jax.Array) -> jax.Array:
+        f = -jax.nn.logsumexp(cost + g, axis=-1, keepdims=True)
+        return f if rows is None else jnp.where(rows, f, zero)
+
+    def col(f: jax.Array) -> jax.Array:
+        g = log_col - jax.nn.logsumexp(cost + f, axis=-2, keepdims=True)
+        return g if cols is None else jnp.where(cols, g, zero)
+
+    def pair_step(_: int, fg: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        f = row(fg[1])
+        return f, col(f)
+
+    # One row and one column normalisation per loop step (a scan under reverse mode, so the
+    # gradient still goes through every iteration); an odd count ends with one more row.
+    f, g = jnp.zeros_like(scores[..., :1]), jnp.zeros_like(scores[..., :1, :])
+    f, g = jax.lax.fori_loop(0, n_iter // 2, pair_step, (f, g))
+    if n_iter % 2:
+        f = row(g)
     plan = jnp.exp(cost + f + g)
     return plan if pair is None else jnp.where(pair, plan, zero)
 
@@ -109,6 +117,7 @@ def _implicit_bwd(n_iter, residuals, grad):
 _implicit.defvjp(_implicit_fwd, _implicit_bwd)
 
 
+@functools.partial(jax.jit, static_argnames=("n_iter", "implicit"))
 def sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None = None,
              implicit: bool = False) -> jax.Array:
     """Sinkhorn's algorithm on ``exp(scores)`` in the log domain: ``n_iter`` row/column normalisations.
@@ -135,6 +144,7 @@ def sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None = None,
     return _iterate(scores, n_iter, mask)
 
 
+@functools.partial(jax.jit, static_argnames=("normalization", "sinkhorn_iters", "implicit"))
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, normalization: str = "softmax",
               sinkhorn_iters: int = 3, mask: jax.Array | None = None,
               implicit: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -165,6 +175,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, normalization: str = "so
     return weights @ v, weights
 
 
+@jax.jit
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Fused softmax attention (``jax.nn.dot_product_attention``), the baseline to beat.
 

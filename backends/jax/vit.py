@@ -67,6 +67,7 @@ def _patchify(images: jax.Array, patch: int) -> jax.Array:
     return x.transpose(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
+@functools.partial(jax.jit, static_argnames=("config", "mlp"))
 def vit_apply(params: Params, images: jax.Array, config: ViTConfig,
               mlp: MLP | None = None) -> tuple[jax.Array, list[jax.Array]]:
     """Logits of the ViT and the attention matrices of every layer.

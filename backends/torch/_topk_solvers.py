@@ -55,8 +55,23 @@ def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
     return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
 
 
+def threshold_output(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: str) -> torch.Tensor:
+    """Forward output at threshold ``t`` (B, 1): ``min(a^e, 1)`` (mask), ``sign(x) min(a^e, Y(|x|))`` (mag).
+
+    ``a = (s - t)_+ / lam``. For the magnitude, ``a^e >= Y(s)`` exactly when the element is
+    saturated (``a^e >= t``), so the minimum picks the right branch.
+    """
+    s = x if op == "mask" else x.abs()
+    a = (s - t).mul_(1.0 / lam).clamp_(min=0.0)
+    if e == 3:
+        a = a * a * a
+    if op == "mask":
+        return a.clamp_(max=1.0)
+    return torch.minimum(a, head_value(s, lam, e)).mul_(torch.sign(x))
+
+
 def threshold_parts(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: str):
-    """Output of the threshold solution at ``t`` (B, 1), with the saturated and pooled masks."""
+    """Output at threshold ``t`` (B, 1), with the saturated and pooled masks and ``(s - t)_+ / lam``."""
     s = x if op == "mask" else x.abs()
     a = ((s - t) / lam).clamp_min(0.0)
     ae = a if e == 1 else a * a * a
@@ -68,62 +83,94 @@ def threshold_parts(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: st
     return torch.sign(x) * y, sat, (ae > 0) & ~sat, a
 
 
-def solve_threshold(s: torch.Tensor, k: int, lam: float, e: int, op: str) -> torch.Tensor:
-    """Threshold ``t`` (B, 1) of the exact solution, from rows ``s`` (B, n) sorted decreasingly.
+def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str) -> torch.Tensor:
+    """Threshold ``t`` (B, 1) of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
 
-    F(t) (the mask's sum, or sum of z for the magnitude) falls with t and has breakpoints at the
-    s_i (an element turns positive) and the U_i (it saturates: s_i - lam, or Y(s_i)). One binary
-    search over the s_i finds how many elements are positive, one over the U_i how many are
-    saturated; the pooled block between them is solved in closed form with centred moments.
+    With ``s = -neg_s`` sorted decreasingly, F(t) (the mask's sum, or the sum of z for the
+    magnitude) falls with t and has breakpoints at the s_i (an element turns positive) and the U_i
+    (it saturates: s_i - lam, or Y(s_i)); t lies in (U(s_k), s_(k-1)) (0-based), so only the
+    elements of the window [L, R) with U_i < s_(k-1) and s_i > U(s_k) can pool. One binary search
+    over the s_i finds how many elements are positive, one over the U_i how many are saturated, and
+    the pooled block between them is solved in closed form. Prefix sums accumulate in float64, over
+    values clamped to the window and centred at s_(k-1), so they do not cancel. 1 <= k <= n.
     """
-    B, n = s.shape
-    U = s - lam if op == "mask" else head_value(s, lam, e)
-    c = s[:, k - 1:k]
-    u = s - c
-    zero = torch.zeros(B, 1, dtype=s.dtype)
-    pre = [torch.cat([zero, torch.cumsum(u ** j, dim=1)], dim=1) for j in ((1,) if e == 1 else (1, 2, 3))]
+    B, n = neg_s.shape
+    acc = torch.float64
+
+    def upper(s_val: torch.Tensor) -> torch.Tensor:  # U(s): where an element of value s saturates
+        return s_val - lam if op == "mask" else head_value(s_val, lam, e)
+
+    def saturation_level(t: torch.Tensor) -> torch.Tensor:  # U(s) >= t  <=>  s >= this
+        return t + lam if op == "mask" else t + lam * t.clamp_min(0.0) ** (1.0 / e)
+
+    def count_at_least(level: torch.Tensor) -> torch.Tensor:  # #{s_i >= level}
+        return torch.searchsorted(neg_s, -level, right=True)
+
+    def count_above(level: torch.Tensor) -> torch.Tensor:  # #{s_i > level}
+        return torch.searchsorted(neg_s, -level, right=False)
+
+    s_k1 = -neg_s[:, k - 1:k]
+    L = count_at_least(saturation_level(s_k1))
+    R = count_above(upper(-neg_s[:, k:k + 1])).clamp_min(k) if k < n else torch.full_like(L, n)
+    c = s_k1.to(acc)
+    u = neg_s.clamp(min=neg_s.gather(1, L), max=neg_s.gather(1, R - 1)).add_(s_k1).neg_()  # window, centred
+    pre = [torch.cumsum(u, dim=1, dtype=acc)]
+    if e == 3:
+        u2 = u * u
+        pre += [torch.cumsum(u2, dim=1, dtype=acc), torch.cumsum(u2.mul_(u), dim=1, dtype=acc)]
+
+    def sums(lo: torch.Tensor, hi: torch.Tensor) -> list[torch.Tensor]:
+        """Sums of u^j over [lo, hi) (0 when hi <= lo)."""
+        out = []
+        for p in pre:
+            at = lambda j: torch.where(j > 0, p.gather(1, (j - 1).clamp(0, n - 1)), 0.0)  # noqa: E731
+            out.append(torch.where(hi > lo, at(hi) - at(lo), 0.0))
+        return out
 
     def fits(t: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        """F(t) <= k, with elements [lo, hi) pooled and [0, lo) saturated."""
-        m = (hi - lo).to(s.dtype)
-        d = t - c
-        S = [p.gather(1, hi) - p.gather(1, lo) for p in pre]
+        """F(t) <= k, with elements [0, lo) saturated and [lo, hi) pooled."""
+        m = (hi - lo).clamp_min(0).to(acc)
+        ta = t.to(acc)
+        d = ta - c
+        S = sums(lo, hi)
         g = (S[0] - m * d) / lam if e == 1 else (S[2] - 3 * d * S[1] + 3 * d * d * S[0] - m * d ** 3) / lam ** 3
         if op == "mask":
-            return lo.to(s.dtype) + g <= k
-        return (t > 0) & (lo.to(s.dtype) * t + g <= k * t)
+            return lo.to(acc) + g <= k
+        return (ta > 0) & (lo.to(acc) * ta + g <= k * ta)
 
-    neg_s, neg_u = (-s).contiguous(), (-U).contiguous()
     steps = math.ceil(math.log2(n + 1))
     counts = []
-    for values in (s, U):
-        lo = torch.zeros(B, 1, dtype=torch.int64)
-        hi = torch.full((B, 1), n + 1, dtype=torch.int64)
+    # positive count in [k, R] (F(s_(k-1)) <= k - 1); saturated count in [L, k] (F(U_k) >= k + 1)
+    for positive_side, lo, hi in ((True, torch.full_like(L, k), R + 1), (False, L, torch.full_like(L, k + 1))):
         for _ in range(steps):
             live = hi - lo > 1
             mid = (lo + hi) // 2
-            t = values.gather(1, (mid - 1).clamp(0, n - 1))
-            if values is s:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
-                ok = fits(t, torch.searchsorted(neg_u, -t, right=True), mid - 1)
+            s_mid = -neg_s.gather(1, (mid - 1).clamp(0, n - 1))
+            if positive_side:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
+                ok = fits(s_mid, count_at_least(saturation_level(s_mid)), mid - 1)
             else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
-                ok = fits(t, mid, torch.searchsorted(neg_s, -t, right=False))
+                t = upper(s_mid)
+                ok = fits(t, mid, count_above(t))
             lo = torch.where(live & ok, mid, lo)
             hi = torch.where(live & ~ok, mid, hi)
         counts.append(lo)
     positive, saturated = counts
-    idx = torch.arange(n).unsqueeze(0)
-    block = (idx >= saturated) & (idx < positive)
-    cnt = block.sum(1, keepdim=True).to(s.dtype)
-    mu = torch.where(block, s, 0).sum(1, keepdim=True) / cnt.clamp_min(1.0)
-    dev = torch.where(block, s - mu, 0)
-    m2 = (dev * dev).sum(1, keepdim=True)
-    m3 = (dev * dev * dev).sum(1, keepdim=True)
-    t_block = pool(op, e, lam, cnt, (k - saturated).to(s.dtype), mu, m2, m3)
+    cnt = (positive - saturated).clamp_min(0).to(acc)
+    S = sums(saturated, positive)
+    mu_u = S[0] / cnt.clamp_min(1.0)
+    m2 = m3 = torch.zeros_like(mu_u)
+    if e == 3:
+        m2 = S[1] - cnt * mu_u * mu_u
+        m3 = S[2] - 3 * mu_u * S[1] + 2 * cnt * mu_u ** 3
+    t_block = pool(op, e, lam, cnt, (k - saturated).to(acc), c + mu_u, m2, m3).to(neg_s.dtype)
     if k < n:
-        t_hard = s[:, k:k + 1]
+        t_hard = -neg_s[:, k:k + 1]
     else:
-        t_hard = s[:, -1:] - lam if op == "mask" else torch.zeros_like(zero)
-    return torch.where(cnt > 0, t_block, t_hard)
+        t_hard = -neg_s[:, -1:] - lam if op == "mask" else torch.zeros_like(t_block)
+    t = torch.where(cnt > 0, t_block, t_hard)
+    if op == "mag":  # at most k non-zero |x_i|: all of them saturate, t = 0
+        t = torch.where(count_above(torch.zeros_like(t)) <= k, torch.zeros_like(t), t)
+    return t
 
 
 def threshold_vjp(x: torch.Tensor, t: torch.Tensor, g: torch.Tensor, k: int, lam: float, e: int,

@@ -1,6 +1,10 @@
 """The operators of the torch backend, under the names and signatures of ``backends.signatures``."""
 from .roofline import copy, matmul
+from .resnets import (host_peak_bytes, residual_apply, residual_functional, residual_net,
+                      residual_reconstruct, residual_trajectory, residual_vjp)
 from .sinkhorn import attention, fused_attention, sinkhorn
 from .vit import vit_apply, vit_init, vit_trainer
 
 __all__ = ["copy", "matmul", "attention", "fused_attention", "sinkhorn", "vit_apply", "vit_init", "vit_trainer"]
+__all__ += ["residual_net", "residual_apply", "residual_vjp", "residual_functional", "residual_trajectory",
+            "residual_reconstruct", "host_peak_bytes"]

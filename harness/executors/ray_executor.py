@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Sized
@@ -47,6 +48,24 @@ def _run_in_fresh_worker(trial: Trial) -> Outcome:
     return _with_node(execute(trial))
 
 
+def _probe(address: str, timeout_s: float) -> None:
+    """Fail fast when nothing listens at ``address`` (Ray itself retries for minutes)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address: expected HOST:PORT or ray://HOST:PORT, got '{address}'")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)).close()
+            return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise UserError(f"--address: nothing answers at '{address}' ({err.strerror or err}) "
+                                f"after {timeout_s:g} s; start the cluster or fix the address") from None
+            time.sleep(0.5)
+
+
 @dataclasses.dataclass
 class _Running:
     trial: Trial
@@ -71,10 +90,12 @@ def _options(trial: Trial) -> dict[str, Any]:
 class RayExecutor:
     """Runs trials on a Ray cluster, at most as many at once as the nodes' resources allow."""
 
-    def __init__(self, address: str | None = None, connect_timeout_s: float = 30.0) -> None:
+    def __init__(self, address: str | None = None, connect_timeout_s: float = 10.0) -> None:
         self._owns = not ray.is_initialized()
         if self._owns:
             address = address or os.environ.get("RAY_ADDRESS")
+            if address and address not in ("auto", "local"):
+                _probe(address, connect_timeout_s)
             try:
                 ray.init(address=address, include_dashboard=False, configure_logging=False,
                          log_to_driver=False, _node_ip_address="127.0.0.1" if not address else None)

@@ -1,0 +1,60 @@
+"""int64 fixed point and the exactly reversible multiplication by n/d, in JAX (see backends/fixed_point.py)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ..fixed_point import VALUE_BITS
+
+_LIMIT = 2**VALUE_BITS
+
+
+def quantize(y: jax.Array, frac_bits: int) -> tuple[jax.Array, jax.Array]:
+    """round(y 2**frac_bits) as int64, and a bool scalar: some value is out of range or not finite.
+
+    Args:
+        y: float array, any shape.
+        frac_bits: fractional bits of the format.
+
+    Returns:
+        (int64 array of y's shape, bool scalar: some |y| >= 2**(61 - frac_bits) or NaN).
+    """
+    s = y * (2.0**frac_bits)
+    bad = jnp.any(~(jnp.abs(s) < float(_LIMIT)))
+    return jnp.round(s).astype(jnp.int64), bad
+
+
+def dequantize(q: jax.Array, frac_bits: int, dtype: str) -> jax.Array:
+    """The float value of a fixed-point array (the conversion rounds to nearest, deterministically)."""
+    return q.astype(dtype) * (2.0**-frac_bits)
+
+
+def out_of_range(q: jax.Array) -> jax.Array:
+    """bool scalar: some |q| >= 2**61 (beyond it a sum of two values could wrap an int64)."""
+    return jnp.any(jnp.abs(q) >= _LIMIT)
+
+
+def mul_ratio(c: jax.Array, i: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Array]:
+    """c n / d rounded with a digit of the buffer, and the buffer word with the remainder pushed.
+
+    Args:
+        c: int64 values; i: int64 buffer word of the same shape (>= 0).
+        n, d: gamma = n/d, 0 < n < d.
+
+    Returns:
+        (floor((c n + (i mod n)) / d), (i div n) d + remainder): a bijection on (c, i).
+
+    References: thesis appendix 4.C (information buffer), backends/fixed_point.py (the order).
+    """
+    u, i = i % n, i // n
+    a, b = c // d, c % d
+    q = b * n + u
+    return a * n + q // d, i * d + q % d
+
+
+def div_ratio(c: jax.Array, i: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Array]:
+    """The exact inverse of :func:`mul_ratio`: the (c, i) it was given."""
+    r, i = i % d, i // d
+    a, b = c // n, c % n
+    p = b * d + r
+    return a * d + p // n, i * n + p % n

@@ -1,0 +1,277 @@
+"""Solvers and closed-form VJPs of the relaxed top-k operators in JAX, on (B, n) rows.
+
+The same algorithms as ``backends/torch/_topk_solvers.py`` (see its docstring and
+``backends/topk_common.py``): the exact threshold (sort, prefix sums, two binary searches as
+``lax.fori_loop``), Dykstra's projections (Algorithm 7.7) as one ``lax.while_loop`` with its stop
+test inside, and the VJPs of Prop. 7.8 per block (segment sums, never an n x n matrix).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def head_value(s: jax.Array, lam: float, e: int) -> jax.Array:
+    """``Y(s)``, the magnitude operator's value on a saturated element: ``Y + lam Y^(p-1) = s``, s >= 0."""
+    if e == 1:
+        return s / (1.0 + lam)
+    r = math.sqrt(lam / 3.0)  # c = Y^(1/3) solves c^3 + lam c - s = 0
+    c = 2.0 * r * jnp.sinh(jnp.arcsinh(s * (1.5 / (lam * r))) / 3.0)
+    return c * c * c
+
+
+def head_slope(yh: jax.Array, lam: float, e: int) -> jax.Array:
+    """``dY/ds`` at ``Y = yh``: ``1 / (1 + lam (p - 1) Y^(p - 2))``."""
+    if e == 1:
+        return jnp.full_like(yh, 1.0 / (1.0 + lam))
+    c2 = jnp.abs(yh) ** (2.0 / 3.0)
+    return c2 / (c2 + lam / 3.0)
+
+
+def _cubic_root(P: jax.Array, Q: jax.Array) -> jax.Array:
+    """Real root of ``d^3 + P d + Q = 0`` for ``P >= 0`` (hyperbolic form, stable)."""
+    big = P > 1e-30
+    Ps = jnp.where(big, P, jnp.ones_like(P))
+    r = jnp.sqrt(Ps / 3.0)
+    hyp = -2.0 * r * jnp.sinh(jnp.arcsinh(1.5 * Q / (Ps * r)) / 3.0)
+    return jnp.where(big, hyp, -jnp.cbrt(Q))
+
+
+def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
+    """Block value ``gamma_B*`` (eq. 7.6, 7.A.6) from count, sum of w, mean and centred moments."""
+    cnt = jnp.maximum(cnt, 1.0)
+    if e == 1:
+        return mu - lam * wsum / cnt if op == "mask" else cnt * mu / (cnt + lam * wsum)
+    l3 = lam ** 3
+    if op == "mask":
+        return mu + _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
+    return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
+
+
+def threshold_output(x: jax.Array, t: jax.Array, lam: float, e: int, op: str) -> jax.Array:
+    """Forward output at threshold ``t`` (B, 1): ``min(a^e, 1)`` (mask), ``sign(x) min(a^e, Y(|x|))`` (mag).
+
+    ``a = (s - t)_+ / lam``. For the magnitude, ``a^e >= Y(s)`` exactly when the element is
+    saturated (``a^e >= t``), so the minimum picks the right branch.
+    """
+    s = x if op == "mask" else jnp.abs(x)
+    a = jnp.maximum((s - t) * (1.0 / lam), 0.0)
+    if e == 3:
+        a = a * a * a
+    if op == "mask":
+        return jnp.minimum(a, 1.0)
+    return jnp.sign(x) * jnp.minimum(a, head_value(s, lam, e))
+
+
+def threshold_parts(x: jax.Array, t: jax.Array, lam: float, e: int, op: str):
+    """Output at threshold ``t`` (B, 1), with the saturated and pooled masks and ``(s - t)_+ / lam``."""
+    s = x if op == "mask" else jnp.abs(x)
+    a = jnp.maximum((s - t) / lam, 0.0)
+    ae = a if e == 1 else a * a * a
+    if op == "mask":
+        sat = ae >= 1.0
+        return jnp.where(sat, jnp.ones_like(ae), ae), sat, (ae > 0) & ~sat, a
+    sat = ae >= t
+    y = jnp.where(sat, head_value(s, lam, e), ae)
+    return jnp.sign(x) * y, sat, (ae > 0) & ~sat, a
+
+
+def _searchsorted(rows: jax.Array, t: jax.Array, side: str) -> jax.Array:
+    return jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))(rows, t).astype(jnp.int64)
+
+
+def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str) -> jax.Array:
+    """Threshold ``t`` (B, 1) of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
+
+    The algorithm of ``backends/torch/_topk_solvers.solve_threshold``: t lies in (U(s_k), s_(k-1)),
+    only the window [L, R) can pool; a binary search (``lax.fori_loop``) over the s_i counts the
+    positive elements, one over the U_i the saturated ones; the pooled block is solved in closed
+    form from prefix sums (accumulated in float64) of window-clamped values centred at s_(k-1).
+    1 <= k <= n.
+    """
+    B, n = neg_s.shape
+    acc = jnp.float64
+
+    def upper(s_val):  # U(s): where an element of value s saturates
+        return s_val - lam if op == "mask" else head_value(s_val, lam, e)
+
+    def saturation_level(t):  # U(s) >= t  <=>  s >= this
+        return t + lam if op == "mask" else t + lam * jnp.maximum(t, 0.0) ** (1.0 / e)
+
+    def count_at_least(level):  # #{s_i >= level}
+        return _searchsorted(neg_s, -level, "right")
+
+    def count_above(level):  # #{s_i > level}
+        return _searchsorted(neg_s, -level, "left")
+
+    s_k1 = -neg_s[:, k - 1:k]
+    L = count_at_least(saturation_level(s_k1))
+    R = jnp.maximum(count_above(upper(-neg_s[:, k:k + 1])), k) if k < n else jnp.full_like(L, n)
+    c = s_k1.astype(acc)
+    window_lo = jnp.take_along_axis(neg_s, L, 1)
+    window_hi = jnp.take_along_axis(neg_s, R - 1, 1)
+    u = -(jnp.clip(neg_s, window_lo, window_hi) + s_k1)  # s clamped to the window, centred at s_(k-1)
+    pre = [jnp.cumsum(u.astype(acc), axis=1)]
+    if e == 3:
+        u2 = u * u
+        pre += [jnp.cumsum(u2.astype(acc), axis=1), jnp.cumsum((u2 * u).astype(acc), axis=1)]
+
+    def sums(lo, hi):
+        """Sums of u^j over [lo, hi) (0 when hi <= lo)."""
+        out = []
+        for p in pre:
+            def at(j, p=p):
+                return jnp.where(j > 0, jnp.take_along_axis(p, jnp.clip(j - 1, 0, n - 1), 1), 0.0)
+            out.append(jnp.where(hi > lo, at(hi) - at(lo), 0.0))
+        return out
+
+    def fits(t, lo, hi):
+        """F(t) <= k, with elements [0, lo) saturated and [lo, hi) pooled."""
+        m = jnp.maximum(hi - lo, 0).astype(acc)
+        ta = t.astype(acc)
+        d = ta - c
+        S = sums(lo, hi)
+        g = (S[0] - m * d) / lam if e == 1 else (S[2] - 3 * d * S[1] + 3 * d * d * S[0] - m * d ** 3) / lam ** 3
+        if op == "mask":
+            return lo.astype(acc) + g <= k
+        return (ta > 0) & (lo.astype(acc) * ta + g <= k * ta)
+
+    steps = math.ceil(math.log2(n + 1))
+
+    def search(positive_side, lo, hi):
+        def body(_, state):
+            lo, hi = state
+            live = hi - lo > 1
+            mid = (lo + hi) // 2
+            s_mid = -jnp.take_along_axis(neg_s, jnp.clip(mid - 1, 0, n - 1), 1)
+            if positive_side:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
+                ok = fits(s_mid, count_at_least(saturation_level(s_mid)), mid - 1)
+            else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
+                t = upper(s_mid)
+                ok = fits(t, mid, count_above(t))
+            return jnp.where(live & ok, mid, lo), jnp.where(live & ~ok, mid, hi)
+
+        return lax.fori_loop(0, steps, body, (lo, hi))[0]
+
+    # positive count in [k, R] (F(s_(k-1)) <= k - 1); saturated count in [L, k] (F(U_k) >= k + 1)
+    positive = search(True, jnp.full_like(L, k), R + 1)
+    saturated = search(False, L, jnp.full_like(L, k + 1))
+    cnt = jnp.maximum(positive - saturated, 0).astype(acc)
+    S = sums(saturated, positive)
+    mu_u = S[0] / jnp.maximum(cnt, 1.0)
+    m2 = m3 = jnp.zeros_like(mu_u)
+    if e == 3:
+        m2 = S[1] - cnt * mu_u * mu_u
+        m3 = S[2] - 3 * mu_u * S[1] + 2 * cnt * mu_u ** 3
+    t_block = pool(op, e, lam, cnt, (k - saturated).astype(acc), c + mu_u, m2, m3).astype(neg_s.dtype)
+    if k < n:
+        t_hard = -neg_s[:, k:k + 1]
+    else:
+        t_hard = -neg_s[:, n - 1:] - lam if op == "mask" else jnp.zeros_like(t_block)
+    t = jnp.where(cnt > 0, t_block, t_hard)
+    if op == "mag":  # at most k non-zero |x_i|: all of them saturate, t = 0
+        t = jnp.where(count_above(jnp.zeros_like(t)) <= k, jnp.zeros_like(t), t)
+    return t
+
+
+def threshold_vjp(x: jax.Array, t: jax.Array, g: jax.Array, k: int, lam: float, e: int, op: str) -> jax.Array:
+    """``J^T g`` of the threshold solution (Prop. 7.8 on the one pooled block), elementwise, O(n)."""
+    y, sat, pooled, a = threshold_parts(x, t, lam, e, op)
+    D = jnp.where(pooled, (e / lam) * a ** (e - 1), 0.0)
+    h = g if op == "mask" else g * jnp.sign(x)
+    SD = jnp.sum(D, axis=1, keepdims=True)
+    SDh = jnp.sum(D * h, axis=1, keepdims=True)
+    if op == "mask":
+        denom = SD
+    else:
+        denom = SD + (k - jnp.sum(sat, axis=1, keepdims=True)).astype(x.dtype)
+    mean = jnp.where(denom > 0, SDh / jnp.where(denom > 0, denom, 1.0), 0.0)
+    out = D * (h - mean)
+    if op == "mask":
+        return out
+    return jnp.where(sat, head_slope(y, lam, e) * g, jnp.sign(x) * out)
+
+
+def _block_sum(values: jax.Array, bid: jax.Array) -> jax.Array:
+    n = values.shape[1]
+    sums = jax.vmap(lambda v, b: jax.ops.segment_sum(v, b, num_segments=n))(values, bid)
+    return jnp.take_along_axis(sums, bid, 1)
+
+
+def block_vjp(r: jax.Array, bid: jax.Array, h: jax.Array, k: int, lam: float, e: int, op: str) -> jax.Array:
+    """``J^T h`` in sorted order for any block structure (PAV's, or the blocks Dykstra found).
+
+    Args:
+        r: (B, n) ``s - v``; bid: (B, n) int block index of each element; h: (B, n) cotangent in
+            sorted order (times sign(x) for the magnitude).
+
+    Returns:
+        (B, n): per block B, ``D_i (h_i - sum_B D h / (sum_B D + [mag] sum_B w))`` with
+        ``D_i = (e/lam) |r_i/lam|^(e-1)`` (Prop. 7.8 with lam; singletons give 0 or Y'(s)).
+    """
+    D = jnp.full_like(r, 1.0 / lam) if e == 1 else (e / lam) * (r / lam) ** 2
+    SD = _block_sum(D, bid)
+    SDh = _block_sum(D * h, bid)
+    if op == "mag":
+        w = jnp.broadcast_to((jnp.arange(r.shape[1]) < k).astype(r.dtype), r.shape)
+        SD = SD + _block_sum(w, bid)
+    return D * (h - jnp.where(SD > 0, SDh / jnp.where(SD > 0, SD, 1.0), 0.0))
+
+
+def _project_pairs(z: jax.Array, c: jax.Array | None, offset: int) -> jax.Array:
+    """Projection onto ``{v_i >= v_{i+1}}`` for the pairs (offset, offset+1), (offset+2, ...) in the c-norm."""
+    B, n = z.shape
+    m = (n - offset) // 2
+    if m == 0:
+        return z
+    pair = z[:, offset:offset + 2 * m].reshape(B, m, 2)
+    a, b = pair[..., 0], pair[..., 1]
+    if c is None:
+        avg = 0.5 * (a + b)
+    else:
+        cp = c[offset:offset + 2 * m].reshape(m, 2)
+        ca, cb = jnp.expand_dims(cp[:, 0], 0), jnp.expand_dims(cp[:, 1], 0)
+        avg = (ca * a + cb * b) / (ca + cb)
+    viol = a < b
+    new = jnp.stack([jnp.where(viol, avg, a), jnp.where(viol, avg, b)], axis=-1).reshape(B, 2 * m)
+    return z.at[:, offset:offset + 2 * m].set(new)
+
+
+def dykstra(target: jax.Array, c: jax.Array | None, max_iter: int, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Dykstra's projection of ``target`` (B, n) onto the decreasing cone C1 ∩ C2 (Algorithm 7.7).
+
+    One ``lax.while_loop``: stops after ``max_iter`` iterations or when max |v^(k+1) - v^k| <= tol.
+    ``c`` (n,) weights the norm (magnitude operator) or None.
+
+    Returns:
+        ``v`` (B, n), the block index of each element (B, n) int32 (blocks: runs of adjacent pairs
+        whose last correction is non-zero), and the iterations used (int32 scalar).
+    """
+    B, n = target.shape
+
+    def cond(state):
+        it, _, _, _, change = state
+        return (it < max_iter) & (change > tol)
+
+    def body(state):
+        it, v, p, q, _ = state
+        z = v + p
+        y = _project_pairs(z, c, 0)
+        p = z - y
+        z = y + q
+        v_new = _project_pairs(z, c, 1)
+        q = z - v_new
+        change = jnp.max(jnp.abs(v_new - v)) if v.size else jnp.zeros((), v.dtype)
+        return it + 1, v_new, p, q, change
+
+    zeros = jnp.zeros_like(target)
+    init = (jnp.zeros((), jnp.int32), target, zeros, zeros, jnp.full((), jnp.inf, target.dtype))
+    it, v, p, q, _ = lax.while_loop(cond, body, init)
+    link = jnp.zeros((B, n), bool)
+    link = link.at[:, 0:n - 1:2].set((p[:, 0:n - 1:2] != 0) | (p[:, 1:n:2] != 0))
+    link = link.at[:, 1:n - 1:2].set((q[:, 1:n - 1:2] != 0) | (q[:, 2:n:2] != 0))
+    start = jnp.concatenate([jnp.ones((B, 1), jnp.int32), (~link[:, :-1]).astype(jnp.int32)], axis=1)
+    return v, jnp.cumsum(start, axis=1) - 1, it

@@ -1,0 +1,284 @@
+"""Relaxed top-k mask and top-k in magnitude (thesis chapter 7) in JAX, with closed-form gradients.
+
+Three solvers give the same operator: ``threshold`` (exact: sort, prefix sums, binary search in
+``lax.fori_loop``; jittable, no custom kernel), ``pav`` (exact: generic isotonic PAV on the host
+CPU through ``jax.pure_callback``, numba, one row per thread), ``dykstra`` (p = 2 only:
+Algorithm 7.7 as one ``lax.while_loop`` with its stop test). Gradients use the closed-form
+Jacobian of Prop. 7.8 through ``jax.custom_vjp`` (O(n) residuals per row). For Dykstra the
+gradient is the exact solution's at the blocks the unconverged iterate found.
+
+Inputs: any batch shape, along the last axis, float16/bfloat16 (computed in float32), float32 or
+float64 (pass dtypes explicitly: the backend runs in 64-bit mode). Integer or bool inputs raise
+ValueError (cast them first). NaN and +-inf raise ValueError when the call is eager; inside an
+outer ``jax.jit`` the values cannot be inspected, and a row with a non-finite entry gives NaNs.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..topk_common import DEFAULT_MAX_ITER, check_args, default_tol, pav
+from ._topk_solvers import block_vjp, dykstra, solve_threshold, threshold_output, threshold_vjp
+
+
+def _rows(x: jax.Array) -> jax.Array:
+    n = x.shape[-1]
+    rows = x.reshape(-1, n)
+    return rows.astype(jnp.float32) if rows.dtype in (jnp.float16, jnp.bfloat16) else rows
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _threshold(x, k, lam, e, op):
+    return _threshold_fwd(x, k, lam, e, op)[0]
+
+
+def _threshold_fwd(x, k, lam, e, op):
+    t = solve_threshold(jnp.sort(-x if op == "mask" else -jnp.abs(x), axis=1), k, lam, e, op)
+    return threshold_output(x, t, lam, e, op), (x, t)
+
+
+def _threshold_bwd(k, lam, e, op, res, g):
+    x, t = res
+    return (threshold_vjp(x, t, g, k, lam, e, op),)
+
+
+_threshold.defvjp(_threshold_fwd, _threshold_bwd)
+
+
+def _pav_host(k, lam, e, op, s):
+    v, bid = pav(np.asarray(s), k, lam, e, op)
+    return v, bid
+
+
+def _sorted_solve(x, k, lam, e, op, solver, max_iter, tol):
+    """Sort, solve the isotonic problem with PAV or Dykstra; return (s - v, block ids, perm, iterations)."""
+    B, n = x.shape
+    key = x if op == "mask" else jnp.abs(x)
+    neg, perm = lax.sort((-key, jnp.broadcast_to(jnp.arange(n), (B, n))), dimension=1, num_keys=1)
+    s = -neg
+    if solver == "pav":
+        shapes = (jax.ShapeDtypeStruct(s.shape, s.dtype), jax.ShapeDtypeStruct(s.shape, jnp.int32))
+        v, bid = jax.pure_callback(functools.partial(_pav_host, k, lam, e, op), shapes, s,
+                                   vmap_method="broadcast_all")
+        return s - v, bid, perm, None
+    w = (jnp.arange(n) < k).astype(s.dtype)
+    if op == "mask":
+        target, c = s - lam * jnp.expand_dims(w, 0), None
+    else:
+        c = 1.0 + lam * w
+        target = s / jnp.expand_dims(c, 0)
+    if tol is None:
+        eps = float(jnp.finfo(s.dtype).eps)
+        tol = default_tol(eps, 0.0) + 4.0 * eps * jnp.max(jnp.abs(s))
+    v, bid, it = dykstra(target, c, max_iter or DEFAULT_MAX_ITER, tol)
+    if op == "mag":
+        v = jnp.maximum(v, 0.0)
+    return s - v, bid, perm, it
+
+
+def _unsort(values, perm):
+    return jax.vmap(lambda v, p: jnp.zeros_like(v).at[p].set(v))(values, perm)
+
+
+def _sorted_output(x, r, perm, lam, e, op):
+    y = _unsort(r / lam if e == 1 else (r / lam) ** 3, perm)
+    return y if op == "mask" else jnp.sign(x) * y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6, 7))
+def _sorted(x, k, lam, e, op, solver, max_iter, tol):
+    return _sorted_fwd(x, k, lam, e, op, solver, max_iter, tol)[0]
+
+
+def _sorted_fwd(x, k, lam, e, op, solver, max_iter, tol):
+    r, bid, perm, _ = _sorted_solve(x, k, lam, e, op, solver, max_iter, tol)
+    return _sorted_output(x, r, perm, lam, e, op), (x, r, bid, perm)
+
+
+def _sorted_bwd(k, lam, e, op, solver, max_iter, tol, res, g):
+    x, r, bid, perm = res
+    h = g if op == "mask" else g * jnp.sign(x)
+    out = _unsort(block_vjp(r, bid, jnp.take_along_axis(h, perm, 1), k, lam, e, op), perm)
+    return (out if op == "mask" else jnp.sign(x) * out,)
+
+
+_sorted.defvjp(_sorted_fwd, _sorted_bwd)
+
+_STATIC = ("k", "op", "lam", "e", "solver", "max_iter", "tol", "info")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _relaxed_rows(x, *, k, op, lam, e, solver, max_iter, tol, info):
+    rows = _rows(x)
+    iterations = None
+    if k == 0 or rows.size == 0:
+        y = rows * 0.0
+    elif solver == "threshold":
+        y = _threshold(rows, k, lam, e, op)
+    elif info:
+        r, _, perm, iterations = _sorted_solve(rows, k, lam, e, op, solver, max_iter, tol)
+        y = _sorted_output(rows, r, perm, lam, e, op)
+    else:
+        y = _sorted(rows, k, lam, e, op, solver, max_iter, tol)
+    return y.astype(x.dtype).reshape(x.shape), iterations, jnp.all(jnp.isfinite(rows))
+
+
+_NOT_FINITE = "x contains NaN or +-inf; the relaxed top-k is defined for finite inputs only"
+
+
+@jax.jit
+def _all_finite(x):
+    return jnp.all(jnp.isfinite(x))
+
+
+def _checked(x, name: str = "x") -> jax.Array:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{name} has dtype {dtype or type(x).__name__}; allowed: floating arrays "
+                         "(cast integers first, e.g. x.astype(jnp.float32))")
+    if jnp.ndim(x) == 0:
+        raise ValueError(f"{name} is a scalar; the operators act along the last axis of an array with ndim >= 1")
+    return jnp.asarray(x)
+
+
+def _relaxed(x, k, op, lam, p, solver, max_iter, tol, *, info: bool = False):
+    x = _checked(x)
+    a = check_args(x.shape[-1], k, lam, p, solver, max_iter, tol)
+    y, it, finite = _relaxed_rows(x, k=a.k, op=op, lam=a.lam, e=a.e, solver=a.solver, max_iter=a.max_iter,
+                                  tol=a.tol, info=info)
+    if not isinstance(x, jax.core.Tracer) and not bool(finite):
+        raise ValueError(_NOT_FINITE)
+    return y, (None if it is None else int(it))
+
+
+def topk_mask(x: jax.Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
+              max_iter: int | None = None, tol: float | None = None) -> jax.Array:
+    """Relaxed top-k mask ``argmax_{y in P(1_k)} <x, y> - (lam/p) ||y||_p^p`` along the last axis.
+
+    Args:
+        x: (..., n) floating array, finite. k: int in [0, n]. lam: > 0; as lam -> 0 the mask tends
+            to the hard one. p: 2 (differentiable a.e.) or 4/3 (differentiable). solver:
+            ``threshold``, ``pav`` or ``dykstra`` (p = 2). max_iter, tol: Dykstra only (defaults
+            1000 and a few ulps of max|x|); None for the exact solvers.
+
+    Returns:
+        (..., n) of x's dtype, in [0, 1], summing to k per row, exactly 0 outside the top values.
+
+    References:
+        Thesis 7.3 (eq. 7.2), 7.4 (p-norm regularisation), 7.5 (PAV, Dykstra, Prop. 7.8).
+    """
+    return _relaxed(x, k, "mask", lam, p, solver, max_iter, tol)[0]
+
+
+def topk_mag(x: jax.Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
+             max_iter: int | None = None, tol: float | None = None) -> jax.Array:
+    """Relaxed top-k in magnitude ``y_{phi,R}(x, 1_k)``, phi(x) = x^2/2, along the last axis.
+
+    Args:
+        x, k, lam, p, solver, max_iter, tol: as for ``topk_mask``.
+
+    Returns:
+        (..., n) of x's dtype with x's signs: at most the pooled block beyond k is non-zero; the k
+        largest |x_i| far from the boundary give Y(|x_i|) (|x_i| / (1 + lam) for p = 2).
+
+    References:
+        Thesis 7.4 (eq. 7.4, k-support norm), Prop. 7.6 (reduction on |x|), 7.A.6 (pooling step).
+    """
+    return _relaxed(x, k, "mag", lam, p, solver, max_iter, tol)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _hard_mask(x, k):
+    if k == 0:
+        return jnp.zeros_like(x)
+    n = x.shape[-1]
+    rows = x.reshape(-1, n)
+    idx = lax.top_k(rows, k)[1]
+    return jax.vmap(lambda r, i: jnp.zeros_like(r).at[i].set(1.0))(rows, idx).reshape(x.shape)
+
+
+def hard_topk_mask(x: jax.Array, k: int) -> jax.Array:
+    """Hard top-k mask: 1 at the k largest entries of each row (``lax.top_k``'s choice on ties).
+
+    Args:
+        x: (..., n) floating array. k: int in [0, n].
+
+    Returns:
+        (..., n) of x's dtype with exactly k ones per row; its gradient is zero.
+
+    References:
+        Thesis 7.3 (topkmask, eq. 7.2).
+    """
+    x = _checked(x)
+    check_args(x.shape[-1], k, 1.0, 2.0, "threshold", None, None)
+    return _hard_mask(x, int(k))
+
+
+def hard_topk_mag(x: jax.Array, k: int) -> jax.Array:
+    """Hard top-k in magnitude ``x * topkmask(|x|)``.
+
+    Args:
+        x: (..., n) floating array. k: int in [0, n].
+
+    Returns:
+        (..., n): x where |x| is among the k largest of its row, else 0.
+
+    References:
+        Thesis 7.3 (topkmag).
+    """
+    x = _checked(x)
+    return x * hard_topk_mask(lax.stop_gradient(jnp.abs(x)), k)
+
+
+def _dispatch(x, k, op, lam, p, solver, max_iter, tol, info=False):
+    if solver == "hard":
+        return (hard_topk_mask if op == "mask" else hard_topk_mag)(x, k), None
+    if op not in ("mask", "mag"):
+        raise ValueError(f"op={op!r} is not one of mask, mag")
+    return _relaxed(x, k, op, lam, p, solver, max_iter, tol, info=info)
+
+
+def topk_solve(x: jax.Array, k: int, *, op: str = "mask", lam: float = 0.1, p: float = 2.0,
+               solver: str = "threshold", max_iter: int | None = None,
+               tol: float | None = None) -> tuple[jax.Array, int | None]:
+    """Forward only, with what the solver reports: (output, Dykstra's iterations or None).
+
+    Args:
+        x, k, lam, p, max_iter, tol: as for ``topk_mask``. op: ``mask`` or ``mag``. solver: as for
+            ``topk_mask``, or ``hard`` for the hard operator (lam, p, max_iter, tol ignored).
+
+    Returns:
+        The output of ``topk_mask``/``topk_mag``/the hard operator, and the iterations Dykstra
+        used (None for the other solvers).
+    """
+    return _dispatch(x, k, op, lam, p, solver, max_iter, tol, info=True)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "op", "lam", "p", "solver", "max_iter", "tol"))
+def _vjp(x, cotangent, *, k, op, lam, p, solver, max_iter, tol):
+    y, pullback = jax.vjp(lambda xx: _dispatch(xx, k, op, lam, p, solver, max_iter, tol)[0], x)
+    return y, pullback(cotangent)[0]
+
+
+def topk_vjp(x: jax.Array, k: int, cotangent: jax.Array, *, op: str = "mask", lam: float = 0.1,
+             p: float = 2.0, solver: str = "threshold", max_iter: int | None = None,
+             tol: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """Forward and backward in one call: (output, cotangent^T d output / d x), jitted.
+
+    Args:
+        x, k, op, lam, p, solver, max_iter, tol: as for ``topk_solve``. cotangent: x's shape.
+
+    Returns:
+        The output and the vector-Jacobian product (zeros for the hard mask).
+    """
+    x = _checked(x)
+    if solver != "hard":
+        check_args(x.shape[-1], k, lam, p, solver, max_iter, tol)
+    if not isinstance(x, jax.core.Tracer) and not bool(_all_finite(x)):
+        raise ValueError(_NOT_FINITE)
+    return _vjp(x, jnp.asarray(cotangent, x.dtype), k=int(k), op=op, lam=lam, p=p, solver=solver,
+                max_iter=max_iter, tol=tol)
