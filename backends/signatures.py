@@ -71,7 +71,67 @@ class VitTrainer(Protocol):
                  mlp: Any = None) -> VitTrainerObject: ...
 
 
+class ResidualNet(Protocol):
+    """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), same weights in both backends.
+
+    model: resnet | checkpoint | momentum | momentum_reversible | adjoint_euler | adjoint_heun |
+    revnet; block: mlp | conv (torch also resnet18 ... resnet152, via ``to_momentum``); gamma:
+    momentum term (float or "n/d", default 1 - 1/(50 depth)); scale: step h multiplying f
+    (default 1/depth for the Euler and Heun rules, 1 otherwise); frac_bits: fixed-point format of
+    the exact models; backprop: plain autodiff through the same forward rule (the reference).
+    """
+
+    def __call__(self, model: str, *, depth: int | None = None, width: int | None = None, hidden: int | None = None,
+                 block: str = "mlp", activation: str = "tanh", tied: bool = False,
+                 gamma: float | str | None = None, scale: float | None = None, frac_bits: int | None = None,
+                 image_size: int | None = None, backprop: bool = False, seed: int = 0, dtype: str = "float32",
+                 device: Any = "cpu") -> Any: ...
+
+
+class ResidualApply(Protocol):
+    """The network's output on x; its backward is the model's (stored, recomputed or reversed)."""
+
+    def __call__(self, net: Any, x: Array) -> Array: ...
+
+
+class ResidualVjp(Protocol):
+    """Gradients of <net(x), cotangent>: parameter name -> array (stacked over depth unless tied), "input"."""
+
+    def __call__(self, net: Any, x: Array, cotangent: Array) -> dict[str, Array]: ...
+
+
+class ResidualFunctional(Protocol):
+    """(forward(params, x), step(params, x, cotangent) -> gradients, params) for memory meters and timers."""
+
+    def __call__(self, net: Any) -> tuple[Any, Any, Any]: ...
+
+
+class ResidualTrajectory(Protocol):
+    """Forward activations x_n for n = 0, every, ... <= depth: (depth // every + 1, *x.shape)."""
+
+    def __call__(self, net: Any, x: Array, every: int = 1) -> Array: ...
+
+
+class ResidualReconstruct(Protocol):
+    """Activations recovered from the output by the model's reversal (as its backward does), same shape."""
+
+    def __call__(self, net: Any, x: Array, every: int = 1) -> Array: ...
+
+
+class HostPeakBytes(Protocol):
+    """Peak host bytes allocated while fn(*args) runs (torch CPU profiler); None where not measured."""
+
+    def __call__(self, fn: Any, *args: Any) -> int | None: ...
+
+
 OPS: dict[str, type] = {
+    "residual_net": ResidualNet,
+    "residual_apply": ResidualApply,
+    "residual_vjp": ResidualVjp,
+    "residual_functional": ResidualFunctional,
+    "residual_trajectory": ResidualTrajectory,
+    "residual_reconstruct": ResidualReconstruct,
+    "host_peak_bytes": HostPeakBytes,
     "matmul": Matmul,
     "copy": Copy,
     "sinkhorn": Sinkhorn,

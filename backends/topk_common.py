@@ -138,8 +138,8 @@ def _pool(mode: int, lam: float, cnt: float, wsum: float, mu: float, m2: float, 
     return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
 
 
-def _pav_row(s, w, lam, mode, v, bid):
-    """Decreasing isotonic solution ``v`` of one sorted row ``s`` and each element's block index."""
+def _pav_row(s, w, lam, mode, r, bid):
+    """``r = s - v`` for the decreasing isotonic solution ``v`` of one sorted row ``s``, and block indices."""
     n = s.shape[0]
     start = np.empty(n, np.int64)
     cnt = np.empty(n, np.float64)
@@ -176,13 +176,13 @@ def _pav_row(s, w, lam, mode, v, bid):
         if mode >= 2 and g < 0.0:  # magnitude: v >= 0 (Nemeth and Nemeth: truncate)
             g = 0.0
         for i in range(start[b], end):
-            v[i] = g
+            r[i] = s[i] - g  # in float64, so a float32 row keeps the precision of s - v
             bid[i] = b
 
 
-def _pav_rows(s, w, lam, mode, v, bid):
-    for r in prange(s.shape[0]):
-        _pav_row(s[r], w, lam, mode, v[r], bid[r])
+def _pav_rows(s, w, lam, mode, r, bid):
+    for row in prange(s.shape[0]):
+        _pav_row(s[row], w, lam, mode, r[row], bid[row])
 
 
 if HAVE_NUMBA:
@@ -202,8 +202,9 @@ def pav(s: np.ndarray, k: int, lam: float, e: int, op: str) -> tuple[np.ndarray,
             (1 for p = 2, 3 for p = 4/3); ``op``: ``mask`` or ``mag``.
 
     Returns:
-        ``v`` (..., n) of ``s``'s dtype, the decreasing isotonic solution (blocks of equal values),
-        and ``bid`` (..., n) int32, each element's block index within its row (0, 1, ...).
+        ``r = s - v`` (..., n) of ``s``'s dtype, where ``v`` is the decreasing isotonic solution
+        (blocks of equal values; the output is ``grad R*(r)``), and ``bid`` (..., n) int32, each
+        element's block index within its row (0, 1, ...).
 
     References:
         Thesis 7.5 (eq. 7.5, 7.6), 7.A.6 (pooling step), 7.B.2 (PAV, after Lim and Wright, 2016).
@@ -215,8 +216,8 @@ def pav(s: np.ndarray, k: int, lam: float, e: int, op: str) -> tuple[np.ndarray,
     n = shape[-1]
     flat = s.reshape(-1, n)
     w = (np.arange(n) < k).astype(np.float64)
-    v = np.empty_like(flat)
+    r = np.empty_like(flat)
     bid = np.empty(flat.shape, np.int32)
     if flat.size:
-        _pav_rows(flat, w, float(lam), MODE[(op, e)], v, bid)
-    return v.reshape(shape), bid.reshape(shape)
+        _pav_rows(flat, w, float(lam), MODE[(op, e)], r, bid)
+    return r.reshape(shape), bid.reshape(shape)

@@ -78,6 +78,49 @@ def search(
 
 
 @app.command()
+def submit(
+    spec: Path = typer.Argument(..., help="sweep YAML inside the project"),
+    address: str = typer.Option(..., help="the cluster's dashboard, e.g. http://HEAD:8265"),
+    out: str = typer.Option("$HOME/deeperbench-results", help="results path on the cluster, or a pyarrow URI"),
+    python: str = typer.Option("python", help="the Python the cluster runs the job with"),
+) -> None:
+    """Submit a sweep as a Ray job (Jobs API); prints the job id and how to follow it."""
+    from harness import jobs
+
+    try:
+        job_id = jobs.submit(str(spec), address, out, python=python)
+    except UserError as err:
+        _fail(err)
+    out_console.print(f"submitted {job_id}", markup=False)
+    out_console.print(f"follow:  deeperbench status {job_id} --address {address}", markup=False)
+    out_console.print(f"         deeperbench logs {job_id} --address {address}", markup=False)
+
+
+@app.command()
+def status(job_id: str = typer.Argument(..., metavar="JOB"),
+           address: str = typer.Option(..., help="the cluster's dashboard URL")) -> None:
+    """Status of a submitted job."""
+    from harness import jobs
+
+    try:
+        out_console.print(jobs.status(job_id, address), markup=False)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command()
+def logs(job_id: str = typer.Argument(..., metavar="JOB"),
+         address: str = typer.Option(..., help="the cluster's dashboard URL")) -> None:
+    """What a submitted job printed so far."""
+    from harness import jobs
+
+    try:
+        out_console.print(jobs.logs(job_id, address), markup=False, highlight=False)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command()
 def report(
     directory: str = typer.Argument(..., metavar="DIR", help="results directory or URI"),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="HTML file; default DIR/report.html"),

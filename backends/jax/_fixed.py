@@ -9,17 +9,18 @@ from ..fixed_point import VALUE_BITS
 _LIMIT = 2**VALUE_BITS
 
 
-def quantize(y: jax.Array, frac_bits: int) -> tuple[jax.Array, jax.Array]:
-    """round(y 2**frac_bits) as int64, and a bool scalar: some value is out of range or not finite.
+def quantize(y: jax.Array, frac_bits: int, coef: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """round(coef y 2**frac_bits) as int64, and a bool scalar: some value is out of range or not finite.
 
     Args:
         y: float array, any shape.
         frac_bits: fractional bits of the format.
+        coef: a factor applied in the same multiplication (the forward and the backward use this one function).
 
     Returns:
         (int64 array of y's shape, bool scalar: some |y| >= 2**(61 - frac_bits) or NaN).
     """
-    s = y * (2.0**frac_bits)
+    s = y * (coef * 2.0**frac_bits)
     bad = jnp.any(~(jnp.abs(s) < float(_LIMIT)))
     return jnp.round(s).astype(jnp.int64), bad
 

@@ -51,6 +51,14 @@ def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
     return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
 
 
+def _shifted(s: jax.Array, t: jax.Array) -> jax.Array:
+    """``s - t`` for a float64 ``t`` (B, 1): in s's dtype, t split in two parts so no precision is lost."""
+    if s.dtype == jnp.float64:
+        return s - t
+    hi = t.astype(s.dtype)
+    return (s - hi) - (t - hi.astype(t.dtype)).astype(s.dtype)
+
+
 def threshold_output(x: jax.Array, t: jax.Array, lam: float, e: int, op: str) -> jax.Array:
     """Forward output at threshold ``t`` (B, 1): ``min(a^e, 1)`` (mask), ``sign(x) min(a^e, Y(|x|))`` (mag).
 
@@ -58,7 +66,7 @@ def threshold_output(x: jax.Array, t: jax.Array, lam: float, e: int, op: str) ->
     saturated (``a^e >= t``), so the minimum picks the right branch.
     """
     s = x if op == "mask" else jnp.abs(x)
-    a = jnp.maximum((s - t) * (1.0 / lam), 0.0)
+    a = jnp.maximum(_shifted(s, t) * (1.0 / lam), 0.0)
     if e == 3:
         a = a * a * a
     if op == "mask":
@@ -69,12 +77,12 @@ def threshold_output(x: jax.Array, t: jax.Array, lam: float, e: int, op: str) ->
 def threshold_parts(x: jax.Array, t: jax.Array, lam: float, e: int, op: str):
     """Output at threshold ``t`` (B, 1), with the saturated and pooled masks and ``(s - t)_+ / lam``."""
     s = x if op == "mask" else jnp.abs(x)
-    a = jnp.maximum((s - t) / lam, 0.0)
+    a = jnp.maximum(_shifted(s, t) * (1.0 / lam), 0.0)
     ae = a if e == 1 else a * a * a
     if op == "mask":
         sat = ae >= 1.0
         return jnp.where(sat, jnp.ones_like(ae), ae), sat, (ae > 0) & ~sat, a
-    sat = ae >= t
+    sat = ae >= t.astype(x.dtype)
     y = jnp.where(sat, head_value(s, lam, e), ae)
     return jnp.sign(x) * y, sat, (ae > 0) & ~sat, a
 
@@ -84,7 +92,7 @@ def _searchsorted(rows: jax.Array, t: jax.Array, side: str) -> jax.Array:
 
 
 def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str) -> jax.Array:
-    """Threshold ``t`` (B, 1) of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
+    """Threshold ``t`` (B, 1) float64 of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
 
     The algorithm of ``backends/torch/_topk_solvers.solve_threshold``: t lies in (U(s_k), s_(k-1)),
     only the window [L, R) can pool; a binary search (``lax.fori_loop``) over the s_i counts the
@@ -166,14 +174,14 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str) -> ja
     if e == 3:
         m2 = S[1] - cnt * mu_u * mu_u
         m3 = S[2] - 3 * mu_u * S[1] + 2 * cnt * mu_u ** 3
-    t_block = pool(op, e, lam, cnt, (k - saturated).astype(acc), c + mu_u, m2, m3).astype(neg_s.dtype)
+    t_block = pool(op, e, lam, cnt, (k - saturated).astype(acc), c + mu_u, m2, m3)
     if k < n:
-        t_hard = -neg_s[:, k:k + 1]
+        t_hard = -neg_s[:, k:k + 1].astype(acc)
     else:
-        t_hard = -neg_s[:, n - 1:] - lam if op == "mask" else jnp.zeros_like(t_block)
+        t_hard = -neg_s[:, n - 1:].astype(acc) - lam if op == "mask" else jnp.zeros_like(t_block)
     t = jnp.where(cnt > 0, t_block, t_hard)
     if op == "mag":  # at most k non-zero |x_i|: all of them saturate, t = 0
-        t = jnp.where(count_above(jnp.zeros_like(t)) <= k, jnp.zeros_like(t), t)
+        t = jnp.where(count_above(jnp.zeros_like(s_k1)) <= k, jnp.zeros_like(t), t)
     return t
 
 

@@ -63,7 +63,7 @@ def _increment(cfg: ResidualConfig, p: Set, big: jax.Array):
     """(x as float, fixed-point coef f(x), out-of-range flag): the same function in both passes."""
     big = lax.optimization_barrier(big)
     xf = dequantize(big, cfg.frac_bits, cfg.dtype)
-    inc, bad = quantize(call(cfg, p, xf) * cfg.coef, cfg.frac_bits)
+    inc, bad = quantize(call(cfg, p, xf), cfg.frac_bits, cfg.coef)
     return xf, lax.optimization_barrier(inc), bad
 
 

@@ -55,7 +55,7 @@ def _increment(cfg: ResidualConfig, p: Set, big: jax.Array):
     """(float value, fixed-point h f(value), flag): the same function in the forward and backward."""
     big = lax.optimization_barrier(big)
     zf = dequantize(big, cfg.frac_bits, cfg.dtype)
-    inc, bad = quantize(call(cfg, p, zf) * cfg.scale, cfg.frac_bits)
+    inc, bad = quantize(call(cfg, p, zf), cfg.frac_bits, cfg.scale)
     return zf, lax.optimization_barrier(inc), bad
 
 

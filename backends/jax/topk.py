@@ -50,8 +50,7 @@ _threshold.defvjp(_threshold_fwd, _threshold_bwd)
 
 
 def _pav_host(k, lam, e, op, s):
-    v, bid = pav(np.asarray(s), k, lam, e, op)
-    return v, bid
+    return pav(np.asarray(s), k, lam, e, op)
 
 
 def _sorted_solve(x, k, lam, e, op, solver, max_iter, tol):
@@ -62,9 +61,9 @@ def _sorted_solve(x, k, lam, e, op, solver, max_iter, tol):
     s = -neg
     if solver == "pav":
         shapes = (jax.ShapeDtypeStruct(s.shape, s.dtype), jax.ShapeDtypeStruct(s.shape, jnp.int32))
-        v, bid = jax.pure_callback(functools.partial(_pav_host, k, lam, e, op), shapes, s,
+        r, bid = jax.pure_callback(functools.partial(_pav_host, k, lam, e, op), shapes, s,
                                    vmap_method="broadcast_all")
-        return s - v, bid, perm, None
+        return r, bid, perm, None
     w = (jnp.arange(n) < k).astype(s.dtype)
     if op == "mask":
         target, c = s - lam * jnp.expand_dims(w, 0), None

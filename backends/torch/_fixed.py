@@ -8,17 +8,18 @@ from ..fixed_point import VALUE_BITS
 _LIMIT = 2**VALUE_BITS
 
 
-def quantize(y: torch.Tensor, frac_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """round(y 2**frac_bits) as int64, and a 0-dim bool tensor: some value is out of range or NaN.
+def quantize(y: torch.Tensor, frac_bits: int, coef: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """round(coef y 2**frac_bits) as int64, and a 0-dim bool tensor: some value is out of range or NaN.
 
     Args:
         y: float tensor, any shape.
         frac_bits: fractional bits of the format.
+        coef: a factor applied in the same multiplication (the forward and the backward use this one function).
 
     Returns:
         (int64 tensor of y's shape, 0-dim bool: some |y| >= 2**(61 - frac_bits) or not finite).
     """
-    s = y * (2.0**frac_bits)
+    s = y * (coef * 2.0**frac_bits)
     bad = ~(s.abs() < float(_LIMIT))
     return torch.round(s).to(torch.int64), bad.any()
 

@@ -55,6 +55,14 @@ def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
     return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
 
 
+def _shifted(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``s - t`` for a float64 ``t`` (B, 1): in s's dtype, t split in two parts so no precision is lost."""
+    if s.dtype == torch.float64:
+        return s - t
+    hi = t.to(s.dtype)
+    return (s - hi).sub_((t - hi.to(t.dtype)).to(s.dtype))
+
+
 def threshold_output(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: str) -> torch.Tensor:
     """Forward output at threshold ``t`` (B, 1): ``min(a^e, 1)`` (mask), ``sign(x) min(a^e, Y(|x|))`` (mag).
 
@@ -62,7 +70,7 @@ def threshold_output(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: s
     saturated (``a^e >= t``), so the minimum picks the right branch.
     """
     s = x if op == "mask" else x.abs()
-    a = (s - t).mul_(1.0 / lam).clamp_(min=0.0)
+    a = _shifted(s, t).mul_(1.0 / lam).clamp_(min=0.0)
     if e == 3:
         a = a * a * a
     if op == "mask":
@@ -73,18 +81,18 @@ def threshold_output(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: s
 def threshold_parts(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: str):
     """Output at threshold ``t`` (B, 1), with the saturated and pooled masks and ``(s - t)_+ / lam``."""
     s = x if op == "mask" else x.abs()
-    a = ((s - t) / lam).clamp_min(0.0)
+    a = _shifted(s, t).mul_(1.0 / lam).clamp_(min=0.0)
     ae = a if e == 1 else a * a * a
     if op == "mask":
         sat = ae >= 1.0
         return torch.where(sat, torch.ones_like(ae), ae), sat, (ae > 0) & ~sat, a
-    sat = ae >= t
+    sat = ae >= t.to(x.dtype)
     y = torch.where(sat, head_value(s, lam, e), ae)
     return torch.sign(x) * y, sat, (ae > 0) & ~sat, a
 
 
 def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str) -> torch.Tensor:
-    """Threshold ``t`` (B, 1) of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
+    """Threshold ``t`` (B, 1) float64 of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
 
     With ``s = -neg_s`` sorted decreasingly, F(t) (the mask's sum, or the sum of z for the
     magnitude) falls with t and has breakpoints at the s_i (an element turns positive) and the U_i
@@ -162,14 +170,14 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str) ->
     if e == 3:
         m2 = S[1] - cnt * mu_u * mu_u
         m3 = S[2] - 3 * mu_u * S[1] + 2 * cnt * mu_u ** 3
-    t_block = pool(op, e, lam, cnt, (k - saturated).to(acc), c + mu_u, m2, m3).to(neg_s.dtype)
+    t_block = pool(op, e, lam, cnt, (k - saturated).to(acc), c + mu_u, m2, m3)
     if k < n:
-        t_hard = -neg_s[:, k:k + 1]
+        t_hard = -neg_s[:, k:k + 1].to(acc)
     else:
-        t_hard = -neg_s[:, -1:] - lam if op == "mask" else torch.zeros_like(t_block)
+        t_hard = -neg_s[:, -1:].to(acc) - lam if op == "mask" else torch.zeros_like(t_block)
     t = torch.where(cnt > 0, t_block, t_hard)
     if op == "mag":  # at most k non-zero |x_i|: all of them saturate, t = 0
-        t = torch.where(count_above(torch.zeros_like(t)) <= k, torch.zeros_like(t), t)
+        t = torch.where(count_above(torch.zeros_like(s_k1)) <= k, torch.zeros_like(t), t)
     return t
 
 

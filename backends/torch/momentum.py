@@ -92,7 +92,7 @@ def exact_forward(fam: Family, spec: ExactSpec, x: torch.Tensor, record: Record 
     if record:
         record(0, dequantize(big, bits, dtype))
     for k in range(len(fam)):
-        inc, worse = quantize(fam(k, dequantize(big, bits, dtype)) * spec.coef, bits)
+        inc, worse = quantize(fam(k, dequantize(big, bits, dtype)), bits, spec.coef)
         if spec.words:
             w = k // spec.steps_per_word
             vel, buf[w] = mul_ratio(vel, buf[w], spec.gamma_n, spec.gamma_d)
@@ -134,7 +134,7 @@ def exact_reverse(fam: Family, spec: ExactSpec, big: torch.Tensor, vel: torch.Te
             xf.requires_grad_()
             with torch.enable_grad():
                 out = fam(k, xf)
-        inc, _ = quantize(out.detach() * spec.coef, bits)
+        inc, _ = quantize(out.detach(), bits, spec.coef)
         vel = vel - inc
         if spec.words:
             w = k // spec.steps_per_word

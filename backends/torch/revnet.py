@@ -49,9 +49,9 @@ def exact_forward(phi: Family, psi: Family, scale: float, bits: int, x: torch.Te
     if record:
         record(0, dequantize(big, bits, dtype))
     for k in range(len(phi)):
-        inc, worse = quantize(phi(k, dequantize(big, bits, dtype)) * scale, bits)
+        inc, worse = quantize(phi(k, dequantize(big, bits, dtype)), bits, scale)
         vel = vel + inc
-        inc2, worse2 = quantize(psi(k, dequantize(vel, bits, dtype)) * scale, bits)
+        inc2, worse2 = quantize(psi(k, dequantize(vel, bits, dtype)), bits, scale)
         big = big + inc2
         bad = bad | worse | worse2 | out_of_range(vel) | out_of_range(big)
         if record:
@@ -85,10 +85,10 @@ def exact_reverse(phi: Family, psi: Family, scale: float, bits: int, big: torch.
     for k in reversed(range(len(phi))):
         vf = dequantize(vel, bits, dtype)
         out_psi = _eval(psi, k, vf, g is not None)
-        big = big - quantize(out_psi.detach() * scale, bits)[0]
+        big = big - quantize(out_psi.detach(), bits, scale)[0]
         xf = dequantize(big, bits, dtype)
         out_phi = _eval(phi, k, xf, g is not None)
-        vel = vel - quantize(out_phi.detach() * scale, bits)[0]
+        vel = vel - quantize(out_phi.detach(), bits, scale)[0]
         if g is not None:
             gv = gv + grads.vjp(out_psi, vf, psi.sets[k], gx * scale)
             gx = gx + grads.vjp(out_phi, xf, phi.sets[k], gv * scale)

@@ -61,9 +61,8 @@ def _sorted_solve(x, k, lam, e, op, solver, max_iter, tol):
     s, perm = torch.sort(x if op == "mask" else x.abs(), dim=1, descending=True)
     _check_sorted_finite(s)
     if solver == "pav":
-        v, bid = pav(s.detach().cpu().numpy(), k, lam, e, op)
-        v = torch.from_numpy(v).to(s.device)
-        return s - v, torch.from_numpy(bid).to(device=s.device, dtype=torch.int64), perm, None
+        r, bid = pav(s.detach().cpu().numpy(), k, lam, e, op)
+        return torch.from_numpy(r).to(s.device), torch.from_numpy(bid).to(device=s.device, dtype=torch.int64), perm, None
     w = (torch.arange(s.shape[1], device=s.device) < k).to(s.dtype)
     if op == "mask":
         target, c = s - lam * w, None

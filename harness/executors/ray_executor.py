@@ -106,6 +106,18 @@ class RayExecutor:
     def _nodes(self) -> list[dict[str, float]]:
         return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
+    def _scalable(self) -> list[tuple[dict[str, float], int]]:
+        """Node shapes the cluster's autoscaler may add, with how many of each (none without one)."""
+        try:
+            from ray._private.state import state
+
+            config = state.get_cluster_config()
+        except Exception:  # noqa: BLE001 -- no autoscaler state: a fixed cluster
+            return []
+        if config is None:
+            return []
+        return [(dict(group.resources), group.max_count) for group in config.node_group_configs if group.max_count]
+
     def resolve_device(self, device: str) -> str:
         if device != "auto":
             return device
@@ -116,15 +128,20 @@ class RayExecutor:
         return max((n.get("CPU", 0.0) for n in self._nodes()), default=1.0)
 
     def _slots(self, trial: Trial) -> int:
-        """How many trials like ``trial`` the cluster's nodes can hold at once."""
+        """How many trials like ``trial`` the cluster can hold at once, nodes the autoscaler may add included."""
         need = _demand(trial)
-        return sum(min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items()) for node in self._nodes())
+
+        def fits(node: dict[str, float]) -> int:
+            return min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items())
+
+        return sum(fits(n) for n in self._nodes()) + sum(fits(shape) * count for shape, count in self._scalable())
 
     def check(self, trial: Trial) -> None:
         if self._slots(trial) < 1:
-            have = "; ".join(", ".join(f"{k}={v:g}" for k, v in n.items() if k in ("CPU", "GPU", "TPU"))
-                             for n in self._nodes())
-            raise UserError(f"resources: no node can run a trial needing {_demand(trial)}; nodes have: {have}")
+            shapes = [*self._nodes(), *(shape for shape, _ in self._scalable())]
+            have = "; ".join(", ".join(f"{k}={v:g}" for k, v in n.items() if k in ("CPU", "GPU", "TPU")) for n in shapes)
+            raise UserError(f"resources: no node, present or that the autoscaler can add, can run a trial "
+                            f"needing {_demand(trial)}; nodes have: {have}")
 
     def run(self, trials: Iterable[Trial], on_done: OnDone, *, max_in_flight: int | None = None) -> None:
         source = iter(trials)
