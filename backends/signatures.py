@@ -124,6 +124,48 @@ class HostPeakBytes(Protocol):
     def __call__(self, fn: Any, *args: Any) -> int | None: ...
 
 
+class TopkMask(Protocol):
+    """Relaxed top-k mask along the last axis (thesis 7.4; solvers threshold, pav, dykstra)."""
+
+    def __call__(self, x: Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
+                 max_iter: int | None = None, tol: float | None = None) -> Array: ...
+
+
+class TopkMag(Protocol):
+    """Relaxed top-k in magnitude along the last axis (thesis 7.4, phi(x) = x^2/2)."""
+
+    def __call__(self, x: Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
+                 max_iter: int | None = None, tol: float | None = None) -> Array: ...
+
+
+class HardTopkMask(Protocol):
+    """Hard top-k mask (k ones per row) along the last axis (thesis 7.3)."""
+
+    def __call__(self, x: Array, k: int) -> Array: ...
+
+
+class HardTopkMag(Protocol):
+    """Hard top-k in magnitude ``x * topkmask(|x|)`` along the last axis (thesis 7.3)."""
+
+    def __call__(self, x: Array, k: int) -> Array: ...
+
+
+class TopkSolve(Protocol):
+    """Forward only: (output, Dykstra's iterations or None); ``solver="hard"`` gives the hard operator."""
+
+    def __call__(self, x: Array, k: int, *, op: str = "mask", lam: float = 0.1, p: float = 2.0,
+                 solver: str = "threshold", max_iter: int | None = None,
+                 tol: float | None = None) -> tuple[Array, int | None]: ...
+
+
+class TopkVjp(Protocol):
+    """Forward and backward in one call: (output, cotangent^T Jacobian) (Prop. 7.8)."""
+
+    def __call__(self, x: Array, k: int, cotangent: Array, *, op: str = "mask", lam: float = 0.1, p: float = 2.0,
+                 solver: str = "threshold", max_iter: int | None = None,
+                 tol: float | None = None) -> tuple[Array, Array]: ...
+
+
 OPS: dict[str, type] = {
     "residual_net": ResidualNet,
     "residual_apply": ResidualApply,
@@ -140,5 +182,11 @@ OPS: dict[str, type] = {
     "vit_init": VitInit,
     "vit_apply": VitApply,
     "vit_trainer": VitTrainer,
+    "topk_mask": TopkMask,
+    "topk_mag": TopkMag,
+    "hard_topk_mask": HardTopkMask,
+    "hard_topk_mag": HardTopkMag,
+    "topk_solve": TopkSolve,
+    "topk_vjp": TopkVjp,
 }
 """Operator name -> its Protocol; every backend's ``ops`` module exports each name."""

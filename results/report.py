@@ -44,7 +44,8 @@ def _limits_html(df: pd.DataFrame) -> str:
     if rows.empty:
         return "<p class=na>No device_roofline results in this directory: run it to see the device's limits.</p>"
     per_trial = rows.groupby(["backend", "device_name", "p_dtype", "metric", "trial_key"])["value"].median()
-    best = per_trial.groupby(["backend", "device_name", "p_dtype", "metric"]).max().unstack("metric").reset_index()
+    best = (per_trial.groupby(["backend", "device_name", "p_dtype", "metric"]).max().unstack("metric")
+            .reset_index().rename_axis(columns=None))
     return _table(best.rename(columns={"p_dtype": "dtype", "flop_per_s": "best matmul FLOP/s",
                                        "bytes_per_s": "best copy bytes/s"}))
 
@@ -88,11 +89,11 @@ def build(out: str, path: str | None = None) -> tuple[str, int]:
     df = Store(out).read().to_pandas()
     path = path or os.path.join(out, "report.html")
     sections, n_figs = [], 0
-    for name in sorted(df["workload"].dropna().unique()):
-        if name in workloads.REGISTRY:
-            section, n = _workload_html(name, df[df["workload"] == name])
-            sections.append(section)
-            n_figs += n
+    present = [n for n in sorted(df["workload"].dropna().unique()) if n in workloads.REGISTRY]
+    for name in present:
+        section, n = _workload_html(name, df[df["workload"] == name])
+        sections.append(section)
+        n_figs += n
     searches, n_search_figs = search_html(df, out)
     n_figs += n_search_figs
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -100,6 +101,7 @@ def build(out: str, path: str | None = None) -> tuple[str, int]:
 <style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head><body>
 <h1>deeperbench report</h1><p>{len(df['trial_key'].unique())} trials from <code>{html.escape(out)}</code>,
 generated {generated}.</p>
+<p>Workloads: {' · '.join(f"<a href='#{n}'>{n}</a>" for n in present)}</p>
 <h2>Device limits (device_roofline)</h2>{_limits_html(df)}
 {''.join(sections)}
 {searches}

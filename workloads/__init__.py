@@ -16,6 +16,7 @@ BUILTIN = {
     "harness_probe": "workloads.harness_probe",
     "memory_depth": "workloads.memory_depth",
     "attention_stochasticity": "workloads.attention_stochasticity",
+    "topk_runtime": "workloads.topk_runtime",
 }
 
 REGISTRY: Registry[Workload] = Registry("workload")

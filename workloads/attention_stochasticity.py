@@ -183,6 +183,7 @@ def _varying(df: pd.DataFrame, skip: tuple[str, ...]) -> list[str]:
 
 def figures(table: pd.DataFrame) -> list:
     """Fig. 5.2 column sums per epoch, Fig. 5.3 accuracy curves, Fig. 5.6 accuracy vs patch, time vs iterations."""
+    import plotly.express as px
     import plotly.graph_objects as go
 
     steps = _with_labels(summarize(table, metrics, by_step=True))
@@ -213,13 +214,16 @@ def figures(table: pd.DataFrame) -> list:
     for model, rows in acc.groupby("p_model"):
         extra = _varying(rows, label_skip)
         fig = go.Figure()
-        for (backend, params, metric), g in rows.groupby(["backend", "params", "metric"], sort=False):
-            g = g.sort_values("step")
-            first = g.iloc[0]
+        palette = px.colors.qualitative.Plotly
+        for i, ((backend, params), run) in enumerate(rows.sort_values("label").groupby(["backend", "params"], sort=False)):
+            first = run.iloc[0]
             name_ = f"{first['label']} {backend}" + "".join(f" {c[2:]}={first[c]}" for c in extra)
-            fig.add_trace(go.Scatter(x=g["step"], y=g["median"], mode="lines+markers",
-                                     name=f"{name_} ({'test' if metric == 'test_accuracy' else 'train'})",
-                                     line=dict(dash="solid" if metric == "test_accuracy" else "dot")))
+            for metric, g in run.groupby("metric"):
+                g = g.sort_values("step")
+                test = metric == "test_accuracy"
+                fig.add_trace(go.Scatter(x=g["step"], y=g["median"], mode="lines+markers", legendgroup=name_,
+                                         name=f"{name_} ({'test' if test else 'train'})",
+                                         line=dict(dash="solid" if test else "dot", color=palette[i % len(palette)])))
         fig.update_layout(title=f"Fig. 5.3/5.5: accuracy per epoch, softmax vs Sinkhorn, {model} (train dotted, test solid)",
                           xaxis_title="epoch", yaxis_title="accuracy")
         figs.append(fig)
@@ -237,18 +241,27 @@ def figures(table: pd.DataFrame) -> list:
                           xaxis_title="patch size (pixels)", yaxis_title="test accuracy")
         figs.append(fig)
 
-    times = final[final["metric"] == "epoch_time_s"]
+    times = final[final["metric"] == "epoch_time_s"].copy()
     if not times.empty:
+        times["key"] = times["params"].map(lambda p: _config_key(p, ("normalization", *_SINKHORN_ONLY)))
+        extra = _varying(times, label_skip)
         fig = go.Figure()
-        for (backend, device, model, norm), g in times.groupby(["backend", "device_name", "p_model", "p_normalization"]):
-            x = g["p_sinkhorn_iters"].fillna(1).astype(int) if norm == "sinkhorn" else pd.Series(1, index=g.index)
-            order = np.argsort(x.to_numpy())
-            fig.add_trace(go.Scatter(x=x.to_numpy()[order], y=g["median"].to_numpy()[order],
-                                     mode="lines+markers" if norm == "sinkhorn" else "markers",
-                                     marker=dict(symbol="circle" if norm == "sinkhorn" else "star", size=10),
-                                     name=f"{norm} {model} {backend} ({device})"))
-        fig.update_layout(title="Epoch time vs Sinkhorn iterations (softmax drawn at 1, where Sinkhorn equals it)",
-                          xaxis_title="sinkhorn_iters", yaxis_title="median epoch time (s)", xaxis_type="log")
+        palette = px.colors.qualitative.Plotly
+        for i, ((backend, device, _), g) in enumerate(times.groupby(["backend", "device_name", "key"])):
+            first = g.iloc[0]
+            base = f"{first['p_model']} {backend}" + "".join(f" {c[2:]}={first[c]}" for c in extra) + f" ({device})"
+            color = palette[i % len(palette)]
+            sink = g[g["p_normalization"] == "sinkhorn"].sort_values("p_sinkhorn_iters")
+            soft = g[g["p_normalization"] == "softmax"]
+            if not sink.empty:
+                fig.add_trace(go.Scatter(x=sink["p_sinkhorn_iters"], y=sink["median"], mode="lines+markers",
+                                         name=f"sinkhorn {base}", legendgroup=base, line=dict(color=color)))
+            if not soft.empty:
+                fig.add_trace(go.Scatter(x=[1] * len(soft), y=soft["median"], mode="markers", legendgroup=base,
+                                         name=f"softmax {base}", marker=dict(symbol="star", size=12, color=color)))
+        fig.update_layout(title="Epoch time vs Sinkhorn iterations (softmax: star at 1, where Sinkhorn equals it)",
+                          xaxis_title="sinkhorn_iters", yaxis_title="median epoch time (s)", xaxis_type="log",
+                          yaxis_type="log")
         figs.append(fig)
     return figs
 

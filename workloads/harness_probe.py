@@ -1,7 +1,7 @@
 """harness_probe: a trial that does nothing, sleeps, raises, dies or runs out of memory, on purpose.
 
 It measures the harness itself (per-trial overhead, ``benchmarks/harness_overhead.py``) and shows
-that every way a trial can end is recorded (``sweeps/faults.yaml``, the executor tests).
+that every way a trial can end is recorded (``sweeps/harness_probe.yaml``, the executor tests).
 """
 from __future__ import annotations
 

@@ -3,8 +3,10 @@ from .roofline import copy, matmul
 from .resnets import (host_peak_bytes, residual_apply, residual_functional, residual_net,
                       residual_reconstruct, residual_trajectory, residual_vjp)
 from .sinkhorn import attention, fused_attention, sinkhorn
+from .topk import hard_topk_mag, hard_topk_mask, topk_mag, topk_mask, topk_solve, topk_vjp
 from .vit import vit_apply, vit_init, vit_trainer
 
 __all__ = ["copy", "matmul", "attention", "fused_attention", "sinkhorn", "vit_apply", "vit_init", "vit_trainer"]
 __all__ += ["residual_net", "residual_apply", "residual_vjp", "residual_functional", "residual_trajectory",
             "residual_reconstruct", "host_peak_bytes"]
+__all__ += ["topk_mask", "topk_mag", "hard_topk_mask", "hard_topk_mag", "topk_solve", "topk_vjp"]

@@ -222,3 +222,15 @@ def test_signature_matches_its_protocol(op):
     protocol = [p.name for p in inspect.signature(OPS[op].__call__).parameters.values() if p.name != "self"]
     for name in BACKENDS:
         assert [p.name for p in inspect.signature(getattr(backends.get(name).ops, op)).parameters.values()] == protocol
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_implicit_backward_keeps_one_plan_instead_of_every_iteration(name, scores):
+    b = backends.get(name)
+    x = arr(name, scores)
+    if name == "torch":
+        x.requires_grad_(True)
+    plan_bytes = scores.size * 8
+    implicit = b.memory.saved_bytes(lambda c: b.ops.sinkhorn(c, 21, implicit=True), x)
+    unrolled = b.memory.saved_bytes(lambda c: b.ops.sinkhorn(c, 21), x)
+    assert implicit <= plan_bytes * 1.1 and unrolled >= 10 * plan_bytes, (implicit, unrolled)
