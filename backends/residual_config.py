@@ -208,3 +208,28 @@ def init_params(config: ResidualConfig, seed: int) -> dict[str, np.ndarray]:
             value = rng.uniform(-bound, bound, lead + shape)
         out[name] = value.astype(config.dtype)
     return out
+
+
+def with_weights(config: ResidualConfig, drawn: dict[str, np.ndarray],
+                 weights: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """``drawn`` with the arrays of ``weights`` put in (e.g. weights interpolated in depth, or zeros).
+
+    Args:
+        config: the network; drawn: from :func:`init_params`.
+        weights: name -> array of the same shape as ``drawn[name]`` ((sets, ...) or, tied, the
+            set's shape); names not given keep their draw.
+
+    Returns:
+        The merged weights, cast to ``config.dtype``.
+    """
+    if not weights:
+        return drawn
+    out = dict(drawn)
+    for key, value in weights.items():
+        if key not in drawn:
+            raise ValueError(f"weights: unknown parameter {key!r}; allowed: {', '.join(drawn)}")
+        value = np.asarray(value)
+        if value.shape != drawn[key].shape:
+            raise ValueError(f"weights[{key!r}] has shape {value.shape}; expected {drawn[key].shape}")
+        out[key] = value.astype(config.dtype)
+    return out

@@ -78,14 +78,15 @@ class ResidualNet(Protocol):
     revnet; block: mlp | conv (torch also resnet18 ... resnet152, via ``to_momentum``); gamma:
     momentum term (float or "n/d", default 1 - 1/(50 depth)); scale: step h multiplying f
     (default 1/depth for the Euler and Heun rules, 1 otherwise); frac_bits: fixed-point format of
-    the exact models; backprop: plain autodiff through the same forward rule (the reference).
+    the exact models; backprop: plain autodiff through the same forward rule (the reference);
+    weights: name -> NumPy array replacing the seeded draw (smooth or zero initialisations).
     """
 
     def __call__(self, model: str, *, depth: int | None = None, width: int | None = None, hidden: int | None = None,
                  block: str = "mlp", activation: str = "tanh", tied: bool = False,
                  gamma: float | str | None = None, scale: float | None = None, frac_bits: int | None = None,
-                 image_size: int | None = None, backprop: bool = False, seed: int = 0, dtype: str = "float32",
-                 device: Any = "cpu") -> Any: ...
+                 image_size: int | None = None, backprop: bool = False, weights: dict[str, Any] | None = None,
+                 seed: int = 0, dtype: str = "float32", device: Any = "cpu") -> Any: ...
 
 
 class ResidualApply(Protocol):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import typing
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -101,10 +100,6 @@ class Context:
     num_cpus: int
     deadline: float
     logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("deeperbench"))
-
-    def time_left_s(self) -> float:
-        """Seconds until the trial's timeout (monotonic clock)."""
-        return self.deadline - time.monotonic()
 
 
 class Workload(Protocol):

@@ -1,7 +1,6 @@
 """Summaries: each trial's samples reduced as its metric declares, then median and IQR over repeats."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,14 +63,3 @@ def summarize(df: pd.DataFrame, metrics: Sequence[Metric], *, by_step: bool = Fa
                  **{c: (c, "first") for c in pcols})
             .reset_index())
 
-
-def backend_ratio(summary: pd.DataFrame, metric: str, *, baseline: str = "torch") -> pd.DataFrame:
-    """Per configuration: each backend's median of ``metric``, and its ratio to ``baseline``'s."""
-    rows = summary[summary["metric"] == metric]
-    wide = rows.pivot_table(index=["device_kind", "params", "tag"], columns="backend", values="median",
-                            aggfunc="first", dropna=False).reset_index()
-    for backend in [c for c in wide.columns if c not in ("device_kind", "params", "tag")]:
-        if backend != baseline and baseline in wide.columns:
-            wide[f"{backend}/{baseline}"] = wide[backend] / wide[baseline]
-    wide["params"] = wide["params"].map(lambda p: ", ".join(f"{k}={v}" for k, v in json.loads(p).items()))
-    return wide

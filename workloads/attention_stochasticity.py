@@ -5,7 +5,7 @@ Sinkhorn attention on a real data set (scikit-learn's digits by default) and rec
 training (epoch 0) and after every epoch, on a fixed evaluation batch of test images, the
 distribution of the attention matrices' column sums and their rows' deviation from 1, per layer
 and head (tag ``layer<l>/head<h>``) and pooled (tag ``all``), beside the accuracies and the epoch
-time. Thesis chapter 5: Fig. 5.2 (column sums over epochs), Fig. 5.3/5.5 (accuracy, softmax vs
+time. The class token is a row and a column like any patch. Thesis chapter 5: Fig. 5.2 (column sums over epochs), Fig. 5.3/5.5 (accuracy, softmax vs
 Sinkhorn), Fig. 5.6 (accuracy vs patch size, attention-only).
 """
 from __future__ import annotations
@@ -231,10 +231,13 @@ def figures(table: pd.DataFrame) -> list:
     final = _with_labels(summarize(table, metrics))
     att = final[(final["metric"] == "test_accuracy") & (final["p_model"] == "attention_only")]
     if not att.empty and att["p_patch"].nunique() > 1:
+        att = att.assign(key=att["params"].map(lambda p: _config_key(p, ("patch", "normalization", *_SINKHORN_ONLY))))
+        extra = _varying(att, (*label_skip, "p_patch"))
         fig = go.Figure()
-        for (backend, label), g in att.groupby(["backend", "label"]):
+        for (backend, label, _), g in att.groupby(["backend", "label", "key"]):
             g = g.sort_values("p_patch")
-            fig.add_trace(go.Scatter(x=g["p_patch"], y=g["median"], mode="lines+markers", name=f"{label} {backend}",
+            name_ = f"{label} {backend}" + "".join(f" {c[2:]}={g.iloc[0][c]}" for c in extra)
+            fig.add_trace(go.Scatter(x=g["p_patch"], y=g["median"], mode="lines+markers", name=name_,
                                      error_y=dict(type="data", symmetric=False, array=g["q75"] - g["median"],
                                                   arrayminus=g["median"] - g["q25"])))
         fig.update_layout(title="Fig. 5.6: final test accuracy vs patch size, attention-only model (median, IQR)",

@@ -219,7 +219,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
             found = True
             label = ", ".join(str(k) for k in key if not (isinstance(k, float) and math.isnan(k)))
             out.append(Check(f"{metric} slope ({label})", claim, bool(res > 0 and rev < 0.02 * res),
-                             f"momentum_reversible {rev:.4g} B/layer, resnet {res:.4g} B/layer"
+                             f"momentum_reversible {rev:.1f} B/layer, resnet {res:.1f} B/layer"
                              + (f" ({100 * rev / res:.2f}%)" if res > 0 else "")))
         if not found:
             out.append(Check(f"{metric} slope", claim, None, "needs resnet and momentum_reversible at two depths or more"))

@@ -88,6 +88,14 @@ def add_at(cfg: ResidualConfig, acc: Set, k: Any, g: Set) -> Set:
                  for a, b in zip(acc, g))
 
 
+def add_pair_at(cfg: ResidualConfig, acc: Set, k: Any, g0: Set, g1: Set) -> Set:
+    """Add the gradients of sets k and k + 1 with one in-place window update (Heun's step uses both)."""
+    if cfg.tied:
+        return tuple(a + b + c for a, b, c in zip(acc, g0, g1))
+    return tuple(lax.dynamic_update_slice_in_dim(a, lax.dynamic_slice_in_dim(a, k, 2, 0) + jnp.stack([b, c]), k, 0)
+                 for a, b, c in zip(acc, g0, g1))
+
+
 def keeper(count: int, x: jax.Array) -> jax.Array:
     """A buffer for ``count`` kept activations plus one slot where the others are written."""
     return jnp.zeros((count + 1, *x.shape), x.dtype)

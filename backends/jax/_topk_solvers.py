@@ -91,14 +91,15 @@ def _searchsorted(rows: jax.Array, t: jax.Array, side: str) -> jax.Array:
     return jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))(rows, t).astype(jnp.int64)
 
 
-def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str) -> jax.Array:
+def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, search: str | None = None) -> jax.Array:
     """Threshold ``t`` (B, 1) float64 of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
 
     The algorithm of ``backends/torch/_topk_solvers.solve_threshold``: t lies in (U(s_k), s_(k-1)),
     only the window [L, R) can pool; a binary search (``lax.fori_loop``) over the s_i counts the
     positive elements, one over the U_i the saturated ones; the pooled block is solved in closed
     form from prefix sums (accumulated in float64) of window-clamped values centred at s_(k-1).
-    1 <= k <= n.
+    1 <= k <= n. ``search``: ``binary`` (the loops; CPU), ``all`` (every breakpoint at once, no
+    loop; accelerators) or None (chosen per platform by ``lax.platform_dependent``).
     """
     B, n = neg_s.shape
     acc = jnp.float64
@@ -116,7 +117,7 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str) -> ja
         return _searchsorted(neg_s, -level, "left")
 
     s_k1 = -neg_s[:, k - 1:k]
-    L = count_at_least(saturation_level(s_k1))
+    L = jnp.minimum(count_at_least(saturation_level(s_k1)), k - 1)  # < k but for |x| with zeros (t = 0 below)
     R = jnp.maximum(count_above(upper(-neg_s[:, k:k + 1])), k) if k < n else jnp.full_like(L, n)
     c = s_k1.astype(acc)
     window_lo = jnp.take_along_axis(neg_s, L, 1)
@@ -149,24 +150,40 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str) -> ja
 
     steps = math.ceil(math.log2(n + 1))
 
-    def search(positive_side, lo, hi):
-        def body(_, state):
-            lo, hi = state
-            live = hi - lo > 1
-            mid = (lo + hi) // 2
-            s_mid = -jnp.take_along_axis(neg_s, jnp.clip(mid - 1, 0, n - 1), 1)
-            if positive_side:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
-                ok = fits(s_mid, count_at_least(saturation_level(s_mid)), mid - 1)
-            else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
-                t = upper(s_mid)
-                ok = fits(t, mid, count_above(t))
-            return jnp.where(live & ok, mid, lo), jnp.where(live & ~ok, mid, hi)
+    def search_binary(_):
+        def run(positive_side, lo, hi):
+            def body(_, state):
+                lo, hi = state
+                live = hi - lo > 1
+                mid = (lo + hi) // 2
+                s_mid = -jnp.take_along_axis(neg_s, jnp.clip(mid - 1, 0, n - 1), 1)
+                if positive_side:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
+                    ok = fits(s_mid, count_at_least(saturation_level(s_mid)), mid - 1)
+                else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
+                    t = upper(s_mid)
+                    ok = fits(t, mid, count_above(t))
+                return jnp.where(live & ok, mid, lo), jnp.where(live & ~ok, mid, hi)
 
-        return lax.fori_loop(0, steps, body, (lo, hi))[0]
+            return lax.fori_loop(0, steps, body, (lo, hi))[0]
 
-    # positive count in [k, R] (F(s_(k-1)) <= k - 1); saturated count in [L, k] (F(U_k) >= k + 1)
-    positive = search(True, jnp.full_like(L, k), R + 1)
-    saturated = search(False, L, jnp.full_like(L, k + 1))
+        # positive count in [k, R] (F(s_(k-1)) <= k - 1); saturated count in [L, k] (F(U_k) >= k + 1)
+        return run(True, jnp.full_like(L, k), R + 1), run(False, L, jnp.full_like(L, k + 1))
+
+    def search_all(_):  # F at every breakpoint, the predicate holds on a prefix: count it
+        j = jnp.broadcast_to(jnp.expand_dims(jnp.arange(1, n + 1, dtype=jnp.int64), 0), (B, n))
+        s_all = -neg_s
+        ok = fits(s_all, count_at_least(saturation_level(s_all)), j - 1)
+        positive = k + jnp.sum(ok & (j > k) & (j <= R), axis=1, keepdims=True)
+        u_all = upper(s_all)
+        ok = fits(u_all, j, count_above(u_all))
+        return positive, L + jnp.sum(ok & (j > L) & (j <= k), axis=1, keepdims=True)
+
+    if search == "binary":
+        positive, saturated = search_binary(None)
+    elif search == "all":
+        positive, saturated = search_all(None)
+    else:
+        positive, saturated = lax.platform_dependent(None, cpu=search_binary, default=search_all)
     cnt = jnp.maximum(positive - saturated, 0).astype(acc)
     S = sums(saturated, positive)
     mu_u = S[0] / jnp.maximum(cnt, 1.0)
@@ -229,57 +246,60 @@ def block_vjp(r: jax.Array, bid: jax.Array, h: jax.Array, k: int, lam: float, e:
     return D * (h - jnp.where(SD > 0, SDh / jnp.where(SD > 0, SD, 1.0), 0.0))
 
 
-def _project_pairs(z: jax.Array, c: jax.Array | None, offset: int) -> jax.Array:
-    """Projection onto ``{v_i >= v_{i+1}}`` for the pairs (offset, offset+1), (offset+2, ...) in the c-norm."""
-    B, n = z.shape
-    m = (n - offset) // 2
+def _half_step(v: jax.Array, d: jax.Array, offset: int, w: tuple | None) -> tuple[jax.Array, jax.Array]:
+    """One projection of Algorithm 7.7: onto {v_i >= v_(i+1)} for the pairs from ``offset``.
+
+    ``d`` (B, m) holds the pairs' last corrections (the p or q of Algorithm 7.7: +w_b d on the
+    first element, -w_a d on the second), added back before projecting; returns (v, new d).
+    ``w`` is (w_a, w_b) (1, m), the pairs' weights in the c-norm, or None (unit weights).
+    """
+    B = v.shape[0]
+    m = d.shape[1]
     if m == 0:
-        return z
-    pair = z[:, offset:offset + 2 * m].reshape(B, m, 2)
-    a, b = pair[..., 0], pair[..., 1]
-    if c is None:
-        avg = 0.5 * (a + b)
-    else:
-        cp = c[offset:offset + 2 * m].reshape(m, 2)
-        ca, cb = jnp.expand_dims(cp[:, 0], 0), jnp.expand_dims(cp[:, 1], 0)
-        avg = (ca * a + cb * b) / (ca + cb)
-    viol = a < b
-    new = jnp.stack([jnp.where(viol, avg, a), jnp.where(viol, avg, b)], axis=-1).reshape(B, 2 * m)
-    return z.at[:, offset:offset + 2 * m].set(new)
+        return v, d
+    pair = v[:, offset:offset + 2 * m].reshape(B, m, 2)
+    wa, wb = (1.0, 1.0) if w is None else w
+    a = pair[..., 0] + wb * d
+    b = pair[..., 1] - wa * d
+    d = jnp.minimum(a - b, 0.0) / (wa + wb)
+    new = jnp.stack([a - wb * d, b + wa * d], axis=-1).reshape(B, 2 * m)
+    return v.at[:, offset:offset + 2 * m].set(new), d
 
 
 def dykstra(target: jax.Array, c: jax.Array | None, max_iter: int, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Dykstra's projection of ``target`` (B, n) onto the decreasing cone C1 ∩ C2 (Algorithm 7.7).
 
-    One ``lax.while_loop``: stops after ``max_iter`` iterations or when max |v^(k+1) - v^k| <= tol.
-    ``c`` (n,) weights the norm (magnitude operator) or None.
+    One ``lax.while_loop`` (a pair's correction is one number: its two entries are +w_b d and
+    -w_a d); stops after ``max_iter`` iterations or when max |v^(k+1) - v^k| <= tol. ``c`` (n,)
+    weights the norm (magnitude operator) or None.
 
     Returns:
         ``v`` (B, n), the block index of each element (B, n) int32 (blocks: runs of adjacent pairs
         whose last correction is non-zero), and the iterations used (int32 scalar).
     """
     B, n = target.shape
+    m1, m2 = n // 2, (n - 1) // 2
+    w1 = w2 = None
+    if c is not None:
+        w1 = (jnp.expand_dims(c[0:2 * m1:2], 0), jnp.expand_dims(c[1:2 * m1:2], 0))
+        w2 = (jnp.expand_dims(c[1:1 + 2 * m2:2], 0), jnp.expand_dims(c[2:2 + 2 * m2:2], 0))
 
     def cond(state):
         it, _, _, _, change = state
         return (it < max_iter) & (change > tol)
 
     def body(state):
-        it, v, p, q, _ = state
-        z = v + p
-        y = _project_pairs(z, c, 0)
-        p = z - y
-        z = y + q
-        v_new = _project_pairs(z, c, 1)
-        q = z - v_new
+        it, v, d1, d2, _ = state
+        v_new, d1 = _half_step(v, d1, 0, w1)
+        v_new, d2 = _half_step(v_new, d2, 1, w2)
         change = jnp.max(jnp.abs(v_new - v)) if v.size else jnp.zeros((), v.dtype)
-        return it + 1, v_new, p, q, change
+        return it + 1, v_new, d1, d2, change
 
-    zeros = jnp.zeros_like(target)
-    init = (jnp.zeros((), jnp.int32), target, zeros, zeros, jnp.full((), jnp.inf, target.dtype))
-    it, v, p, q, _ = lax.while_loop(cond, body, init)
+    init = (jnp.zeros((), jnp.int32), target, jnp.zeros((B, m1), target.dtype), jnp.zeros((B, m2), target.dtype),
+            jnp.full((), jnp.inf, target.dtype))
+    it, v, d1, d2, _ = lax.while_loop(cond, body, init)
     link = jnp.zeros((B, n), bool)
-    link = link.at[:, 0:n - 1:2].set((p[:, 0:n - 1:2] != 0) | (p[:, 1:n:2] != 0))
-    link = link.at[:, 1:n - 1:2].set((q[:, 1:n - 1:2] != 0) | (q[:, 2:n:2] != 0))
+    link = link.at[:, 0:2 * m1:2].set(d1 != 0)
+    link = link.at[:, 1:1 + 2 * m2:2].set(d2 != 0)
     start = jnp.concatenate([jnp.ones((B, 1), jnp.int32), (~link[:, :-1]).astype(jnp.int32)], axis=1)
     return v, jnp.cumsum(start, axis=1) - 1, it

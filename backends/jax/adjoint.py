@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..residual_config import ResidualConfig
-from ._blocks import Set, add_at, call, keep, keeper, take
+from ._blocks import Set, add_at, add_pair_at, call, keep, keeper, take
 
 
 def _xs(cfg: ResidualConfig, ps: Set, heun: bool):
@@ -114,7 +114,7 @@ def heun_reverse(cfg: ResidualConfig, ps: Set, y: jax.Array, g: jax.Array | None
         if g is not None:
             _, vjp = jax.vjp(functools.partial(_heun_step, cfg), p0, p1, prev)
             gp0, gp1, g = vjp(g)
-            gps = add_at(cfg, add_at(cfg, gps, k, gp0), k + 1, gp1)
+            gps = add_pair_at(cfg, gps, k, gp0, gp1)
         return prev, g, gps, keep(out, k, prev, every)
 
     xt, g, gps, out = lax.fori_loop(0, n_layers, body, (y, g, gps, out))
@@ -122,7 +122,12 @@ def heun_reverse(cfg: ResidualConfig, ps: Set, y: jax.Array, g: jax.Array | None
 
 
 def _forward(cfg: ResidualConfig, ps: Set, x: jax.Array) -> jax.Array:
-    return (euler_forward if cfg.rule == "euler" else heun_forward)(cfg, ps, x)[0]
+    """The forward without autodiff: parameter sets read in place (no sliced copies of the weights)."""
+    if cfg.rule == "euler":
+        step = lambda k, x: x + cfg.scale * call(cfg, take(cfg, ps, k), x)  # noqa: E731
+    else:
+        step = lambda k, x: _heun_step(cfg, take(cfg, ps, k), take(cfg, ps, k + 1), x)  # noqa: E731
+    return lax.fori_loop(0, cfg.depth, step, x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..residual_config import TORCHVISION, ResidualConfig, init_params, make_config, param_names
+from ..residual_config import TORCHVISION, ResidualConfig, init_params, make_config, param_names, with_weights
 from ._blocks import family
 from .adjoint import adjoint_apply, euler_forward, euler_reverse, heun_forward, heun_reverse
 from .momentum import exact_forward as momentum_exact_forward
@@ -41,9 +41,26 @@ class ResidualNet:
 def residual_net(model: str, *, depth: int | None = None, width: int | None = None, hidden: int | None = None,
                  block: str = "mlp", activation: str = "tanh", tied: bool = False,
                  gamma: float | str | None = None, scale: float | None = None, frac_bits: int | None = None,
-                 image_size: int | None = None, backprop: bool = False, seed: int = 0, dtype: str = "float32",
-                 device: Any = "cpu") -> ResidualNet:
-    """A residual network; see ``backends.signatures.ResidualNet`` for the arguments.
+                 image_size: int | None = None, backprop: bool = False, weights: dict[str, Any] | None = None,
+                 seed: int = 0, dtype: str = "float32", device: Any = "cpu") -> ResidualNet:
+    """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), weights from the shared initialiser.
+
+    Args:
+        model: resnet, checkpoint, momentum, momentum_reversible, adjoint_euler, adjoint_heun or revnet.
+        depth: layers N >= 1; width: d (features of the mlp, channels of the conv block).
+        hidden: hidden width of f (default: width); block: mlp, conv (or a torchvision name, torch).
+        activation: tanh or relu; tied: one weight set for every layer.
+        gamma: momentum term in [0, 1], a float or "n/d" (default 1 - 1/(50 depth), Fig. 4.2).
+        scale: step h multiplying f (default 1/depth for the Euler and Heun rules, 1 otherwise).
+        frac_bits: fixed-point fractional bits of the exact models (default by dtype).
+        image_size: side of the conv block's images (default 8).
+        backprop: plain autodiff through the same forward rule (floats), the gradient reference.
+        weights: name -> NumPy array replacing the seeded draw (shapes as ``init_params``).
+        seed: seed of the shared NumPy initialiser (same weights in both backends).
+        dtype: float32 or float64; device: where the weights live.
+
+    Returns:
+        A ``ResidualNet``: its config and its weights (stacked along depth unless tied).
 
     Raises:
         NotImplementedError: for a torchvision block (resnet18 ... resnet152), torch only.
@@ -57,7 +74,7 @@ def residual_net(model: str, *, depth: int | None = None, width: int | None = No
                          tied=tied, gamma=gamma, scale=scale, frac_bits=frac_bits, image_size=image_size,
                          backprop=backprop, dtype=dtype)
     dev = jax.devices("cpu")[0] if device == "cpu" else device
-    params = {k: jax.device_put(v, dev) for k, v in init_params(config, seed).items()}
+    params = {k: jax.device_put(v, dev) for k, v in with_weights(config, init_params(config, seed), weights).items()}
     return ResidualNet(config, params)
 
 
@@ -82,7 +99,8 @@ def _check_input(net: ResidualNet, x: jax.Array) -> None:
     cfg = net.config
     expected = cfg.input_shape(x.shape[0] if x.ndim else 0)[1:]
     if tuple(x.shape[1:]) != expected or x.ndim != len(expected) + 1:
-        raise ValueError(f"x has shape {tuple(x.shape)}; this {cfg.block} net takes (batch, {', '.join(map(str, expected))})")
+        raise ValueError(f"x has shape {tuple(x.shape)}; this {cfg.block} net takes "
+                         f"(batch, {', '.join(map(str, expected))})")
     if x.dtype != jnp.dtype(cfg.dtype):
         raise ValueError(f"x has dtype {x.dtype}; this net runs in {cfg.dtype}")
 

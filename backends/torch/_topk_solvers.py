@@ -91,7 +91,7 @@ def threshold_parts(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: st
     return torch.sign(x) * y, sat, (ae > 0) & ~sat, a
 
 
-def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str) -> torch.Tensor:
+def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, search: str | None = None) -> torch.Tensor:
     """Threshold ``t`` (B, 1) float64 of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
 
     With ``s = -neg_s`` sorted decreasingly, F(t) (the mask's sum, or the sum of z for the
@@ -101,8 +101,11 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str) ->
     over the s_i finds how many elements are positive, one over the U_i how many are saturated, and
     the pooled block between them is solved in closed form. Prefix sums accumulate in float64, over
     values clamped to the window and centred at s_(k-1), so they do not cancel. 1 <= k <= n.
+    ``search``: ``binary`` (two loops of log2(n) small steps; the CPU default) or ``all`` (every
+    breakpoint tested at once, a few kernels and no loop; the default on accelerators).
     """
     B, n = neg_s.shape
+    search = search or ("binary" if neg_s.device.type == "cpu" else "all")
     acc = torch.float64
 
     def upper(s_val: torch.Tensor) -> torch.Tensor:  # U(s): where an element of value s saturates
@@ -118,7 +121,7 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str) ->
         return torch.searchsorted(neg_s, -level, right=False)
 
     s_k1 = -neg_s[:, k - 1:k]
-    L = count_at_least(saturation_level(s_k1))
+    L = count_at_least(saturation_level(s_k1)).clamp_max(k - 1)  # < k but for |x| with zeros (t = 0 below)
     R = count_above(upper(-neg_s[:, k:k + 1])).clamp_min(k) if k < n else torch.full_like(L, n)
     c = s_k1.to(acc)
     u = neg_s.clamp(min=neg_s.gather(1, L), max=neg_s.gather(1, R - 1)).add_(s_k1).neg_()  # window, centred
@@ -146,23 +149,32 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str) ->
             return lo.to(acc) + g <= k
         return (ta > 0) & (lo.to(acc) * ta + g <= k * ta)
 
-    steps = math.ceil(math.log2(n + 1))
-    counts = []
-    # positive count in [k, R] (F(s_(k-1)) <= k - 1); saturated count in [L, k] (F(U_k) >= k + 1)
-    for positive_side, lo, hi in ((True, torch.full_like(L, k), R + 1), (False, L, torch.full_like(L, k + 1))):
-        for _ in range(steps):
-            live = hi - lo > 1
-            mid = (lo + hi) // 2
-            s_mid = -neg_s.gather(1, (mid - 1).clamp(0, n - 1))
-            if positive_side:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
-                ok = fits(s_mid, count_at_least(saturation_level(s_mid)), mid - 1)
-            else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
-                t = upper(s_mid)
-                ok = fits(t, mid, count_above(t))
-            lo = torch.where(live & ok, mid, lo)
-            hi = torch.where(live & ~ok, mid, hi)
-        counts.append(lo)
-    positive, saturated = counts
+    if search == "all":  # F at every breakpoint, the predicate holds on a prefix: count it
+        j = torch.arange(1, n + 1, device=neg_s.device).unsqueeze(0).expand(B, n)
+        s_all = -neg_s
+        ok = fits(s_all, count_at_least(saturation_level(s_all)), j - 1)
+        positive = k + (ok & (j > k) & (j <= R)).sum(1, keepdim=True)
+        u_all = upper(s_all)
+        ok = fits(u_all, j, count_above(u_all))
+        saturated = L + (ok & (j > L) & (j <= k)).sum(1, keepdim=True)
+    else:
+        steps = math.ceil(math.log2(n + 1))
+        counts = []
+        # positive count in [k, R] (F(s_(k-1)) <= k - 1); saturated count in [L, k] (F(U_k) >= k + 1)
+        for positive_side, lo, hi in ((True, torch.full_like(L, k), R + 1), (False, L, torch.full_like(L, k + 1))):
+            for _ in range(steps):
+                live = hi - lo > 1
+                mid = (lo + hi) // 2
+                s_mid = -neg_s.gather(1, (mid - 1).clamp(0, n - 1))
+                if positive_side:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
+                    ok = fits(s_mid, count_at_least(saturation_level(s_mid)), mid - 1)
+                else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
+                    t = upper(s_mid)
+                    ok = fits(t, mid, count_above(t))
+                lo = torch.where(live & ok, mid, lo)
+                hi = torch.where(live & ~ok, mid, hi)
+            counts.append(lo)
+        positive, saturated = counts
     cnt = (positive - saturated).clamp_min(0).to(acc)
     S = sums(saturated, positive)
     mu_u = S[0] / cnt.clamp_min(1.0)
@@ -216,66 +228,70 @@ def block_vjp(r: torch.Tensor, bid: torch.Tensor, h: torch.Tensor, k: int, lam: 
     SD = torch.zeros_like(r).scatter_add_(1, bid, D).gather(1, bid)
     SDh = torch.zeros_like(r).scatter_add_(1, bid, D * h).gather(1, bid)
     if op == "mag":
-        w = (torch.arange(r.shape[1]) < k).to(r.dtype).expand_as(r)
+        w = (torch.arange(r.shape[1], device=r.device) < k).to(r.dtype).expand_as(r)
         SD = SD + torch.zeros_like(r).scatter_add_(1, bid, w).gather(1, bid)
     return D * (h - torch.where(SD > 0, SDh / torch.where(SD > 0, SD, 1.0), 0.0))
 
 
-def _project_pairs(z: torch.Tensor, c: torch.Tensor | None, offset: int) -> torch.Tensor:
-    """Projection onto ``{v_i >= v_{i+1}}`` for the pairs (offset, offset+1), (offset+2, ...) in the c-norm."""
-    B, n = z.shape
-    m = (n - offset) // 2
-    out = z.clone()
-    if m == 0:
-        return out
-    pair = z[:, offset:offset + 2 * m].reshape(B, m, 2)
+def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int, w: tuple | None) -> torch.Tensor:
+    """One projection of Algorithm 7.7, in place on ``v``: onto {v_i >= v_(i+1)} for the pairs from ``offset``.
+
+    ``d`` (B, m) holds the pairs' last corrections (the p or q of Algorithm 7.7: +w_b d on the
+    first element, -w_a d on the second), added back before projecting; returns the new ones.
+    ``w`` is (w_a, w_b), the pairs' weights in the c-norm, or None (unit weights).
+    """
+    B = v.shape[0]
+    m = d.shape[1]
+    pair = v[:, offset:offset + 2 * m].view(B, m, 2)
     a, b = pair[..., 0], pair[..., 1]
-    if c is None:
-        avg = 0.5 * (a + b)
+    if w is None:
+        a.add_(d)
+        b.sub_(d)
+        d = torch.clamp_max(a - b, 0.0).mul_(0.5)
+        a.sub_(d)
+        b.add_(d)
     else:
-        cp = c[offset:offset + 2 * m].reshape(m, 2)
-        avg = (cp[:, 0] * a + cp[:, 1] * b) / (cp[:, 0] + cp[:, 1])
-    viol = a < b
-    seg = out[:, offset:offset + 2 * m].view(B, m, 2)
-    seg[..., 0] = torch.where(viol, avg, a)
-    seg[..., 1] = torch.where(viol, avg, b)
-    return out
+        wa, wb = w
+        a.add_(wb * d)
+        b.sub_(wa * d)
+        d = torch.clamp_max(a - b, 0.0).div_(wa + wb)
+        a.sub_(wb * d)
+        b.add_(wa * d)
+    return d
 
 
 def dykstra(target: torch.Tensor, c: torch.Tensor | None, max_iter: int, tol: float,
             check_every: int = 10) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Dykstra's projection of ``target`` (B, n) onto the decreasing cone C1 ∩ C2 (Algorithm 7.7).
 
-    A plain eager loop (one host synchronisation every ``check_every`` iterations, for the stop
-    test: max |v^(k+1) - v^k| <= tol). ``c`` (n,) weights the norm (magnitude operator) or None.
+    A plain eager loop of in-place updates (a pair's correction is one number: its two entries
+    are +w_b d and -w_a d), with one host synchronisation every ``check_every`` iterations for the
+    stop test max |v^(k+1) - v^k| <= tol. ``c`` (n,) weights the norm (magnitude operator) or None.
 
     Returns:
         ``v`` (B, n), the block index of each element (B, n) int64 (blocks: runs of adjacent pairs
         whose last correction is non-zero, i.e. whose constraint is active), iterations used.
     """
+    B, n = target.shape
     v = target.clone()
-    p = torch.zeros_like(v)
-    q = torch.zeros_like(v)
+    d1 = torch.zeros(B, n // 2, dtype=v.dtype, device=v.device)
+    d2 = torch.zeros(B, (n - 1) // 2, dtype=v.dtype, device=v.device)
+    w1 = w2 = None
+    if c is not None:
+        w1 = (c[0:2 * d1.shape[1]:2], c[1:2 * d1.shape[1]:2])
+        w2 = (c[1:1 + 2 * d2.shape[1]:2], c[2:2 + 2 * d2.shape[1]:2])
     it = 0
     while it < max_iter:
         it += 1
-        z = v + p
-        y = _project_pairs(z, c, 0)
-        p = z - y
-        z = y + q
-        v_new = _project_pairs(z, c, 1)
-        q = z - v_new
-        if it % check_every == 0 or it == max_iter:
-            change = float((v_new - v).abs().max()) if v.numel() else 0.0
-            v = v_new
-            if change <= tol:
-                break
-        else:
-            v = v_new
-    B, n = v.shape
-    link = torch.zeros(B, n, dtype=torch.bool)
-    link[:, 0:n - 1:2] = (p[:, 0:n - 1:2] != 0) | (p[:, 1:n:2] != 0)  # pair (i, i+1), i even: C1
-    link[:, 1:n - 1:2] = (q[:, 1:n - 1:2] != 0) | (q[:, 2:n:2] != 0)  # i odd: C2
-    start = torch.ones(B, n, dtype=torch.int64)
+        check = it % check_every == 0 or it == max_iter
+        before = v.clone() if check else None
+        d1 = _half_step(v, d1, 0, w1)
+        d2 = _half_step(v, d2, 1, w2)
+        if check and (float((v - before).abs().max()) if v.numel() else 0.0) <= tol:
+            break
+    link = torch.zeros(B, n, dtype=torch.bool, device=v.device)
+    link[:, 0:2 * d1.shape[1]:2] = d1 != 0  # pair (i, i+1), i even: C1
+    link[:, 1:1 + 2 * d2.shape[1]:2] = d2 != 0  # i odd: C2
+    start = torch.ones(B, n, dtype=torch.int64, device=v.device)
     start[:, 1:] = (~link[:, :-1]).to(torch.int64)
     return v, torch.cumsum(start, dim=1) - 1, it

@@ -18,7 +18,7 @@ import torch
 
 from .. import fixed_point
 from ._blocks import Family, Grads, deterministic, module_family
-from ._fixed import dequantize, div_ratio, mul_ratio, out_of_range, quantize
+from ._fixed import dequantize, div_ratio_, mul_ratio_, out_of_range, quantize, scratch
 from .adjoint import Record
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, read at CUDA start
@@ -89,15 +89,14 @@ def exact_forward(fam: Family, spec: ExactSpec, x: torch.Tensor, record: Record 
     big, bad = quantize(x, bits)
     vel = torch.zeros_like(big)
     buf = big.new_zeros((spec.words, *big.shape))
+    work = scratch(big)
     if record:
         record(0, dequantize(big, bits, dtype))
-    for k in range(len(fam)):
+    for k in range(len(fam)):  # in place: the integer state costs no allocation per layer
         inc, worse = quantize(fam(k, dequantize(big, bits, dtype)), bits, spec.coef)
         if spec.words:
-            w = k // spec.steps_per_word
-            vel, buf[w] = mul_ratio(vel, buf[w], spec.gamma_n, spec.gamma_d)
-        vel = vel + inc
-        big = big + vel
+            mul_ratio_(vel, buf[k // spec.steps_per_word], spec.gamma_n, spec.gamma_d, work)
+        big.add_(vel.add_(inc))
         bad = bad | worse | out_of_range(vel) | out_of_range(big)
         if record:
             record(k + 1, dequantize(big, bits, dtype))
@@ -114,18 +113,19 @@ def exact_reverse(fam: Family, spec: ExactSpec, big: torch.Tensor, vel: torch.Te
 
     With a cotangent ``g`` of x_N, also backpropagate (appendix 4.E): with s = g_x + g_v,
     g_x += coef J_f^T s, g_v = gamma s, parameter gradients coef d_theta f^T s into ``grads``.
-    ``buf`` is emptied in place.
+    ``big``, ``vel`` and ``buf`` are updated in place (the buffer ends empty).
 
     Returns:
         (X_0, V_0, buffer, gradient with respect to x_0 or None); V_0 and the buffer are zero
         when the reversal was exact.
     """
     bits = spec.frac_bits
-    gx, gv = g, None if g is None else torch.zeros_like(g)
+    gx, gv = (None, None) if g is None else (g.clone(), torch.zeros_like(g))
+    work = scratch(big)
     if record:
         record(len(fam), dequantize(big, bits, dtype))
     for k in reversed(range(len(fam))):
-        big = big - vel
+        big.sub_(vel)
         xf = dequantize(big, bits, dtype)
         if g is None:
             with torch.no_grad():
@@ -134,15 +134,13 @@ def exact_reverse(fam: Family, spec: ExactSpec, big: torch.Tensor, vel: torch.Te
             xf.requires_grad_()
             with torch.enable_grad():
                 out = fam(k, xf)
-        inc, _ = quantize(out.detach(), bits, spec.coef)
-        vel = vel - inc
+        vel.sub_(quantize(out.detach(), bits, spec.coef)[0])
         if spec.words:
-            w = k // spec.steps_per_word
-            vel, buf[w] = div_ratio(vel, buf[w], spec.gamma_n, spec.gamma_d)
+            div_ratio_(vel, buf[k // spec.steps_per_word], spec.gamma_n, spec.gamma_d, work)
         if g is not None:
-            total = gx + gv
-            gx = gx + grads.vjp(out, xf, fam.sets[k], total * spec.coef)
-            gv = spec.gamma * total
+            total = gv.add_(gx)
+            gx.add_(grads.vjp(out, xf, fam.sets[k], total * spec.coef))
+            gv = total.mul_(spec.gamma)
         if record:
             record(k, xf.detach())
     return big, vel, buf, gx

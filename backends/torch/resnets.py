@@ -12,14 +12,14 @@ References: thesis eq. 2.1, 2.6-2.9 (section 2.4), eq. 4.2-4.4, 4.17, appendix 4
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .. import fixed_point
-from ..residual_config import TORCHVISION, ResidualConfig, block_shapes, init_params, make_config
+from ..residual_config import TORCHVISION, ResidualConfig, block_shapes, init_params, make_config, with_weights
 from ._blocks import Family, block_family
 from .adjoint import adjoint_apply, checkpoint_forward, euler_forward, euler_reverse, heun_forward, heun_reverse
 from .momentum import exact_forward as momentum_exact_forward
@@ -80,8 +80,6 @@ class ResidualNet(torch.nn.Module):
 
 
 def _spec(cfg: ResidualConfig):
-    from fractions import Fraction
-
     return exact_spec(Fraction(cfg.gamma_n, cfg.gamma_d), cfg.depth, cfg.scale, cfg.frac_bits)
 
 
@@ -116,9 +114,23 @@ def _torchvision_net(model: str, block: str, gamma: float | str | None, frac_bit
 def residual_net(model: str, *, depth: int | None = None, width: int | None = None, hidden: int | None = None,
                  block: str = "mlp", activation: str = "tanh", tied: bool = False,
                  gamma: float | str | None = None, scale: float | None = None, frac_bits: int | None = None,
-                 image_size: int | None = None, backprop: bool = False, seed: int = 0, dtype: str = "float32",
-                 device: Any = "cpu") -> torch.nn.Module:
-    """A residual network; see ``backends.signatures.ResidualNet`` for the arguments.
+                 image_size: int | None = None, backprop: bool = False, weights: dict[str, Any] | None = None,
+                 seed: int = 0, dtype: str = "float32", device: Any = "cpu") -> torch.nn.Module:
+    """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), weights from the shared initialiser.
+
+    Args:
+        model: resnet, checkpoint, momentum, momentum_reversible, adjoint_euler, adjoint_heun or revnet.
+        depth: layers N >= 1; width: d (features of the mlp, channels of the conv block).
+        hidden: hidden width of f (default: width); block: mlp, conv (or a torchvision name, torch).
+        activation: tanh or relu; tied: one weight set for every layer.
+        gamma: momentum term in [0, 1], a float or "n/d" (default 1 - 1/(50 depth), Fig. 4.2).
+        scale: step h multiplying f (default 1/depth for the Euler and Heun rules, 1 otherwise).
+        frac_bits: fixed-point fractional bits of the exact models (default by dtype).
+        image_size: side of the conv block's images (default 8).
+        backprop: plain autodiff through the same forward rule (floats), the gradient reference.
+        weights: name -> NumPy array replacing the seeded draw (shapes as ``init_params``).
+        seed: seed of the shared NumPy initialiser (same weights in both backends).
+        dtype: float32 or float64; device: where the weights live.
 
     Returns:
         A ``ResidualNet`` module, or for a torchvision block (resnet18 ... resnet152) the
@@ -126,6 +138,8 @@ def residual_net(model: str, *, depth: int | None = None, width: int | None = No
         ``to_momentum`` for the momentum models.
     """
     if block in TORCHVISION:
+        if weights:
+            raise ValueError("weights: a torchvision net takes its own weights (load a state dict)")
         return _torchvision_net(model, block, gamma, frac_bits, backprop, seed, dtype, device)
     for field, value in (("depth", depth), ("width", width)):
         if value is None:
@@ -133,7 +147,7 @@ def residual_net(model: str, *, depth: int | None = None, width: int | None = No
     config = make_config(model, depth=depth, width=width, hidden=hidden, block=block, activation=activation,
                          tied=tied, gamma=gamma, scale=scale, frac_bits=frac_bits, image_size=image_size,
                          backprop=backprop, dtype=dtype)
-    return ResidualNet(config, init_params(config, seed), torch.device(device))
+    return ResidualNet(config, with_weights(config, init_params(config, seed), weights), torch.device(device))
 
 
 def residual_apply(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +161,8 @@ def _check_input(net: torch.nn.Module, x: torch.Tensor) -> None:
         cfg = net.config
         expected = cfg.input_shape(x.shape[0] if x.ndim else 0)[1:]
         if tuple(x.shape[1:]) != expected or x.ndim != len(expected) + 1:
-            raise ValueError(f"x has shape {tuple(x.shape)}; this {cfg.block} net takes (batch, {', '.join(map(str, expected))})")
+            raise ValueError(f"x has shape {tuple(x.shape)}; this {cfg.block} net takes "
+                             f"(batch, {', '.join(map(str, expected))})")
         if str(x.dtype).removeprefix("torch.") != cfg.dtype:
             raise ValueError(f"x has dtype {x.dtype}; this net runs in {cfg.dtype}")
 
@@ -196,7 +211,7 @@ def residual_functional(net: torch.nn.Module) -> tuple[Callable, Callable, list[
     return forward, step, params
 
 
-def _keep(every: int, depth: int):
+def _keep(every: int):
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"every={every!r} must be an integer >= 1")
     kept: dict[int, torch.Tensor] = {}
@@ -214,7 +229,8 @@ def _stack(kept: dict[int, torch.Tensor]) -> torch.Tensor:
 
 def _needs_config(net: torch.nn.Module, what: str) -> ResidualConfig:
     if not isinstance(net, ResidualNet):
-        raise ValueError(f"{what} needs a network from residual_net with block mlp or conv, not {type(net).__name__}")
+        raise ValueError(f"{what} needs a network from residual_net with block mlp or conv, "
+                         f"not {type(net).__name__}")
     return net.config
 
 
@@ -229,7 +245,7 @@ def residual_trajectory(net: torch.nn.Module, x: torch.Tensor, every: int = 1) -
     """
     cfg = _needs_config(net, "residual_trajectory")
     _check_input(net, x)
-    kept, record = _keep(every, cfg.depth)
+    kept, record = _keep(every)
     if cfg.rule == "revnet":
         phi, psi = net.family("phi"), net.family("psi")
         if cfg.fixed_point:
@@ -259,7 +275,7 @@ def residual_reconstruct(net: torch.nn.Module, x: torch.Tensor, every: int = 1) 
     """
     cfg = _needs_config(net, "residual_reconstruct")
     _check_input(net, x)
-    kept, record = _keep(every, cfg.depth)
+    kept, record = _keep(every)
     if cfg.rule == "revnet":
         phi, psi = net.family("phi"), net.family("psi")
         if cfg.fixed_point:
@@ -289,8 +305,11 @@ def host_peak_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
     """
     if any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args):
         return None
+    import os
+
     from torch.profiler import ProfilerActivity, profile
 
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # kineto's start-up messages are not results
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(*args)
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()

@@ -45,14 +45,14 @@ def exact_forward(phi: Family, psi: Family, scale: float, bits: int, x: torch.Te
     """Eq. 4.4 in int64 fixed point; returns (X_N, V_N); OverflowError if a value left the range."""
     dtype = x.dtype
     big, bad = quantize(x, bits)
-    vel = big
+    vel = big.clone()
     if record:
         record(0, dequantize(big, bits, dtype))
     for k in range(len(phi)):
         inc, worse = quantize(phi(k, dequantize(big, bits, dtype)), bits, scale)
-        vel = vel + inc
+        vel.add_(inc)
         inc2, worse2 = quantize(psi(k, dequantize(vel, bits, dtype)), bits, scale)
-        big = big + inc2
+        big.add_(inc2)
         bad = bad | worse | worse2 | out_of_range(vel) | out_of_range(big)
         if record:
             record(k + 1, dequantize(big, bits, dtype))
@@ -76,22 +76,24 @@ def exact_reverse(phi: Family, psi: Family, scale: float, bits: int, big: torch.
                   record: Record = None):
     """Undo :func:`exact_forward`, backpropagating a cotangent ``g`` of x_N on the way.
 
+    ``big`` and ``vel`` are updated in place.
+
     Returns:
         (X_0, V_0, gradient with respect to the input or None); X_0 == V_0 when exact.
     """
-    gx, gv = g, None if g is None else torch.zeros_like(g)
+    gx, gv = (None, None) if g is None else (g.clone(), torch.zeros_like(g))
     if record:
         record(len(phi), dequantize(big, bits, dtype))
     for k in reversed(range(len(phi))):
         vf = dequantize(vel, bits, dtype)
         out_psi = _eval(psi, k, vf, g is not None)
-        big = big - quantize(out_psi.detach(), bits, scale)[0]
+        big.sub_(quantize(out_psi.detach(), bits, scale)[0])
         xf = dequantize(big, bits, dtype)
         out_phi = _eval(phi, k, xf, g is not None)
-        vel = vel - quantize(out_phi.detach(), bits, scale)[0]
+        vel.sub_(quantize(out_phi.detach(), bits, scale)[0])
         if g is not None:
-            gv = gv + grads.vjp(out_psi, vf, psi.sets[k], gx * scale)
-            gx = gx + grads.vjp(out_phi, xf, phi.sets[k], gv * scale)
+            gv.add_(grads.vjp(out_psi, vf, psi.sets[k], gx * scale))
+            gx.add_(grads.vjp(out_phi, xf, phi.sets[k], gv * scale))
         if record:
             record(k, xf.detach())
     return big, vel, None if g is None else gx + gv

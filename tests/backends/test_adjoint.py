@@ -56,6 +56,20 @@ def test_heun_reconstructs_smooth_weights_better_than_euler():
 
 
 @pytest.mark.parametrize("name", ["torch", "jax"])
+def test_adjoint_gradient_is_exact_when_f_is_zero(name):
+    be = backends.get(name)
+    dev = be.device("cpu")
+    zero = {"w2": np.zeros((8, 6, 5)), "b2": np.zeros((8, 6))}
+    x, g = (be.asarray(normal(s, (4, 6)), dev, "float64") for s in (0, 1))
+    mine = be.ops.residual_vjp(be.ops.residual_net("adjoint_euler", depth=8, weights=zero, **KW), x, g)
+    ref = be.ops.residual_vjp(be.ops.residual_net("resnet", depth=8, weights=zero, **KW), x, g)
+    for k in ref:
+        np.testing.assert_allclose(be.to_numpy(mine[k]), be.to_numpy(ref[k]), rtol=1e-13, atol=1e-15, err_msg=k)
+    with pytest.raises(ValueError, match=r"weights\['w2'\] has shape \(6, 5\); expected \(8, 6, 5\)"):
+        be.ops.residual_net("resnet", depth=8, weights={"w2": np.zeros((6, 5))}, **KW)
+
+
+@pytest.mark.parametrize("name", ["torch", "jax"])
 def test_adjoint_backward_keeps_only_the_output(name):
     be = backends.get(name)
     dev = be.device("cpu")

@@ -51,7 +51,7 @@ def block_oracle(x: np.ndarray, k: int, lam: float, p: float, op: str) -> np.nda
         def d(g):
             return sum(-np.sign(s[i] - g) * abs((s[i] - g) / lam) ** (q - 1) + w[i] * dphi(g) for i in block)
         span = 10.0 * (1.0 + lam) + np.ptp(s)
-        return scipy.optimize.brentq(d, s.min() - span, s.max() + span, xtol=1e-15, rtol=4e-16, maxiter=500)
+        return scipy.optimize.brentq(d, s.min() - span, s.max() + span, xtol=1e-15, rtol=1e-15, maxiter=500)
 
     best, best_v = np.inf, None
     for cuts in itertools.product([False, True], repeat=n - 1):
@@ -214,7 +214,7 @@ def test_bad_arguments_name_the_field(backend):
             mask(x, **kwargs)
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_float32_and_half_inputs_keep_their_dtype_and_precision(backend):
     x = _rows(80, (4, 3000))
     ref = _np(backend, _op(backend, "mask")(_arr(backend, x.astype(np.float32).astype(np.float64)), 300, lam=0.01))

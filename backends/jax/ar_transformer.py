@@ -1,0 +1,208 @@
+"""Autoregressive in-context learning (thesis chapter 6) in JAX: the Transformer, its trainer,
+and L steps of gradient descent on the in-context loss (eq. 6.5), the baseline of Fig. 6.5.
+
+Functional like ``vit.py``: the weights are a pytree made from ``backends.ar_init`` (the same seed
+gives the same weights as ``backends/torch/ar_transformer.py``); an epoch is one compiled
+``lax.scan`` over the minibatches, with the Adam of ``_optim`` (PyTorch's arithmetic).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..ar_init import ARConfig, init_params
+from . import _optim
+
+Params = dict[str, Any]
+_LN_EPS = 1e-5
+
+
+def ar_transformer_init(config: ARConfig, seed: int, device: jax.Device | str = "cpu",
+                        dtype: str = "float32") -> Params:
+    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.ar_init.init_params``).
+
+    Args:
+        config: the architecture.
+        seed: weights seed; the same seed gives the same weights in the torch backend.
+        device: where the arrays live (a jax.Device, or a platform name such as ``cpu``).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        Nested dict of arrays (see ``init_params``).
+    """
+    dev = jax.devices(device)[0] if isinstance(device, str) else device
+    return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed, dtype))
+
+
+def _norm(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    lead = (1,) * (x.ndim - 1)
+    return ((x - mean) / jnp.sqrt(var + jnp.asarray(_LN_EPS, x.dtype)) * p["scale"].reshape(lead + p["scale"].shape)
+            + p["bias"].reshape(lead + p["bias"].shape))
+
+
+def _bias(b: jax.Array, ndim: int) -> jax.Array:
+    return b.reshape((1,) * (ndim - 1) + b.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def ar_transformer_apply(params: Params, tokens: jax.Array, config: ARConfig) -> jax.Array:
+    """Predictions of s_{t+1} at every position: the first d coordinates after ``config.depth`` layers.
+
+    Args:
+        params: weights from ``ar_transformer_init``.
+        tokens: (B, T, 3 d) augmented tokens (``backends.ar_init.augment``).
+        config: the architecture (linear or softmax causal attention, optional MLP).
+
+    Returns:
+        (B, T, d) predictions.
+
+    References:
+        Thesis eq. 6.4 iterated with layer norm, section 6.6 (Fig. 6.5); softmax and MLP: Fig. 6.10.
+    """
+    x = tokens
+    length = x.shape[1]
+    causal = jnp.expand_dims(jnp.tril(jnp.ones((length, length), dtype=bool)), 0)
+    scale = jnp.asarray(1.0 / math.sqrt(config.width), x.dtype)
+    for block in params["blocks"]:
+        scores = (x @ block["wq"]) @ jnp.swapaxes(x @ block["wk"], 1, 2) * scale
+        if config.softmax:
+            weights = jax.nn.softmax(jnp.where(causal, scores, jnp.asarray(-jnp.inf, x.dtype)), axis=-1)
+        else:
+            weights = jnp.where(causal, scores, jnp.zeros((), x.dtype))
+        x = x + _norm(block["ln"], (weights @ (x @ block["wv"])) @ block["wo"])
+        if config.mlp_dim is not None:
+            mlp = block["mlp"]
+            hidden = jax.nn.relu(x @ mlp["w1"] + _bias(mlp["b1"], x.ndim))
+            x = x + _norm(block["ln_mlp"], hidden @ mlp["w2"] + _bias(mlp["b2"], x.ndim))
+    return x[..., : config.dim]
+
+
+def _loss(params: Params, tokens: jax.Array, targets: jax.Array, config: ARConfig) -> jax.Array:
+    pred = ar_transformer_apply(params, tokens, config)
+    start = config.loss_start
+    return ((pred[:, start:] - targets[:, start:]) ** 2).mean()
+
+
+def _epoch(params: Params, state: dict[str, Any], tokens: jax.Array, targets: jax.Array, idx: jax.Array, *,
+           config: ARConfig, lr: float):
+    """Scan the minibatches ``idx`` (n_batches, batch): one Adam step each; mean loss."""
+    grad_fn = jax.value_and_grad(_loss)
+
+    def step(carry, ib):
+        p, s = carry
+        loss, grads = grad_fn(p, tokens[ib], targets[ib], config)
+        p, s = _optim.update("adam", p, grads, s, lr)
+        return (p, s), loss
+
+    (params, state), losses = jax.lax.scan(step, (params, state), idx)
+    return params, state, losses.mean()
+
+
+class JaxARTrainer:
+    """Trains the Transformer with Adam on the next-state mean squared error."""
+
+    def __init__(self, config: ARConfig, params: Params, lr: float):
+        self.config, self.params = config, params
+        self._state = _optim.init("adam", params)
+        self._epoch = jax.jit(functools.partial(_epoch, config=config, lr=lr))
+        self._compiled: dict[tuple, Any] = {}
+
+    @staticmethod
+    def _index(order: np.ndarray, batch: int) -> np.ndarray:
+        n_batches = len(order) // batch
+        if n_batches == 0:
+            raise ValueError(f"batch={batch}: larger than the {len(order)} training sequences")
+        return np.asarray(order[: n_batches * batch], np.int64).reshape(n_batches, batch)
+
+    @staticmethod
+    def _key(tokens: jax.Array, targets: jax.Array, idx_shape: tuple[int, ...]) -> tuple:
+        return tokens.shape, str(tokens.dtype), targets.shape, idx_shape
+
+    def compile(self, tokens: jax.Array, targets: jax.Array, batch: int) -> None:
+        """Compile the epoch for these shapes ahead of time, so no epoch's time includes it."""
+        idx = self._index(np.arange(tokens.shape[0]), batch)
+        key = self._key(tokens, targets, idx.shape)
+        if key not in self._compiled:
+            self._compiled[key] = self._epoch.lower(self.params, self._state, tokens, targets, idx).compile()
+
+    def fit_epoch(self, tokens: jax.Array, targets: jax.Array, order: np.ndarray, batch: int) -> float:
+        """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped).
+
+        Returns:
+            The mean training loss over the epoch's minibatches.
+        """
+        idx = self._index(order, batch)
+        fn = self._compiled.get(self._key(tokens, targets, idx.shape), self._epoch)
+        idx = jax.device_put(idx, next(iter(tokens.devices())))
+        self.params, self._state, loss = fn(self.params, self._state, tokens, targets, idx)
+        return float(loss)
+
+    def predict(self, tokens: jax.Array, batch: int = 1024) -> np.ndarray:
+        """Predictions (n, T, d) float64 of every sequence, ``batch`` sequences at a time."""
+        out = [np.asarray(ar_transformer_apply(self.params, tokens[i:i + batch], self.config), np.float64)
+               for i in range(0, tokens.shape[0], batch)]
+        return np.concatenate(out)
+
+
+def ar_transformer_trainer(config: ARConfig, params: Params, lr: float) -> JaxARTrainer:
+    """A trainer (Adam, PyTorch's defaults and arithmetic) of the Transformer ``config`` from ``params``.
+
+    Args:
+        config: the architecture.
+        params: initial weights (``ar_transformer_init``); JAX arrays are immutable, so no copy.
+        lr: Adam's learning rate, constant.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict`` and ``params``.
+
+    References:
+        Thesis section 6.6 (Adam, learning rate 5e-3, 2,000 epochs).
+    """
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r}: expected > 0")
+    return JaxARTrainer(config, params, lr)
+
+
+def _exclusive_cumsum(x: jax.Array) -> jax.Array:
+    """sum_{j<t} x_j along axis 1 (zero at t = 0)."""
+    return jnp.concatenate([jnp.zeros_like(x[:, :1]), jnp.cumsum(x[:, :-1], axis=1)], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _gd_predict(states: jax.Array, steps: int, step_size: jax.Array) -> jax.Array:
+    s, nxt = states[:, :-1], states[:, 1:]
+    gram = _exclusive_cumsum(jnp.expand_dims(s, -1) * jnp.expand_dims(s, -2))
+    corr = _exclusive_cumsum(jnp.expand_dims(nxt, -1) * jnp.expand_dims(s, -2))
+    eta = step_size.astype(states.dtype)
+    w = jax.lax.fori_loop(0, steps, lambda _, w: w - eta * (w @ gram - corr), jnp.zeros_like(gram))
+    return (w @ jnp.expand_dims(s, -1))[..., 0]
+
+
+def ar_gd_predict(states: jax.Array, steps: int, step_size: float) -> jax.Array:
+    """Predictions of s_{t+1} by ``steps`` steps of gradient descent on the in-context loss (6.5).
+
+    At position t the context is the pairs (s_j, s_{j+1}), j < t; starting from W = 0, each step
+    is W <- W - step_size (W S_t - C_t) with S_t = sum_{j<t} s_j s_j^T, C_t = sum_{j<t} s_{j+1} s_j^T
+    (the gradient of 1/2 sum_{j<t} ||s_{j+1} - W s_j||^2), and the prediction is W s_t.
+
+    Args:
+        states: (n, T + 1, d) states s_1 ... s_{T+1} (``backends.ar_init.ar_sequences``).
+        steps: number of gradient steps L (>= 0).
+        step_size: the fixed step size.
+
+    Returns:
+        (n, T, d) predictions of s_2 ... s_{T+1}, the dtype of ``states``.
+
+    References:
+        Thesis eq. 6.5, Proposition 6.4, section 6.6 (Fig. 6.5).
+    """
+    if steps < 0:
+        raise ValueError(f"steps={steps} must be >= 0")
+    return _gd_predict(states, int(steps), jnp.asarray(step_size, jnp.float64))
