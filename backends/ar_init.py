@@ -86,7 +86,7 @@ def random_orthogonal(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return q * signs[:, None, :]
 
 
-def ar_sequences(n: int, dim: int, length: int, seed: int) -> np.ndarray:
+def ar_sequences(n: int, dim: int, length: int, seed: int, stream: int = 0) -> np.ndarray:
     """States s_1 ... s_{length+1} of n sequences s_{t+1} = W s_t, s_1 = 1_d, W Haar orthogonal.
 
     Args:
@@ -94,6 +94,7 @@ def ar_sequences(n: int, dim: int, length: int, seed: int) -> np.ndarray:
         dim: d.
         length: T, the number of input tokens; one more state is generated as the last target.
         seed: the draw's seed.
+        stream: tells apart independent draws from one seed (train 0, test 1).
 
     Returns:
         (n, T + 1, d) float64.
@@ -101,7 +102,7 @@ def ar_sequences(n: int, dim: int, length: int, seed: int) -> np.ndarray:
     References:
         Thesis section 6.3 (token encoding), section 6.6.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7, stream]))
     w = random_orthogonal(n, dim, rng)
     states = np.empty((n, length + 1, dim))
     states[:, 0] = 1.0

@@ -167,6 +167,55 @@ class TopkVjp(Protocol):
                  tol: float | None = None) -> tuple[Array, Array]: ...
 
 
+class ScaledResnetApply(Protocol):
+    """Output of the scaled residual network of eq. 3.3 (A = B = identity); params {"V": (L, q, m), "W": (L, m, q)}."""
+
+    def __call__(self, params: Any, x: Array, activation: str = "gelu") -> Array: ...
+
+
+class ScaledResnetGd(Protocol):
+    """``steps`` full-batch GD steps on the MSE of eq. 3.3: (params, losses (steps+1,), max layer distances (steps+1,))."""
+
+    def __call__(self, params: Any, x: Array, y: Array, lr: float, steps: int,
+                 activation: str = "gelu") -> tuple[Any, Array, Array]: ...
+
+
+class ArTransformerInit(Protocol):
+    """The autoregressive Transformer's initial weights from ``backends.ar_init`` (same seed, same weights)."""
+
+    def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
+
+
+class ArTransformerApply(Protocol):
+    """Predictions (B, T, d) of s_{t+1} from augmented tokens (B, T, 3d) (eq. 6.4 iterated, section 6.6)."""
+
+    def __call__(self, params: Any, tokens: Array, config: Any) -> Array: ...
+
+
+class ArTrainerObject(Protocol):
+    """What ``ar_transformer_trainer`` returns: the framework's training loop behind one interface."""
+
+    params: Any
+
+    def compile(self, tokens: Array, targets: Array, batch: int) -> None: ...
+
+    def fit_epoch(self, tokens: Array, targets: Array, order: Any, batch: int) -> float: ...
+
+    def predict(self, tokens: Array, batch: int = 1024) -> Any: ...
+
+
+class ArTransformerTrainer(Protocol):
+    """A trainer (Adam on the next-state MSE) of the autoregressive Transformer from ``params``."""
+
+    def __call__(self, config: Any, params: Any, lr: float) -> ArTrainerObject: ...
+
+
+class ArGdPredict(Protocol):
+    """Predictions (n, T, d) of s_{t+1} by ``steps`` GD steps on the in-context loss (eq. 6.5), from W = 0."""
+
+    def __call__(self, states: Array, steps: int, step_size: float) -> Array: ...
+
+
 OPS: dict[str, type] = {
     "residual_net": ResidualNet,
     "residual_apply": ResidualApply,
@@ -189,5 +238,11 @@ OPS: dict[str, type] = {
     "hard_topk_mag": HardTopkMag,
     "topk_solve": TopkSolve,
     "topk_vjp": TopkVjp,
+    "scaled_resnet_apply": ScaledResnetApply,
+    "scaled_resnet_gd": ScaledResnetGd,
+    "ar_transformer_init": ArTransformerInit,
+    "ar_transformer_apply": ArTransformerApply,
+    "ar_transformer_trainer": ArTransformerTrainer,
+    "ar_gd_predict": ArGdPredict,
 }
 """Operator name -> its Protocol; every backend's ``ops`` module exports each name."""

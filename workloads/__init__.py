@@ -17,6 +17,8 @@ BUILTIN = {
     "memory_depth": "workloads.memory_depth",
     "attention_stochasticity": "workloads.attention_stochasticity",
     "topk_runtime": "workloads.topk_runtime",
+    "implicit_regularization": "workloads.implicit_regularization",
+    "icl_autoregressive": "workloads.icl_autoregressive",
 }
 
 REGISTRY: Registry[Workload] = Registry("workload")

@@ -155,7 +155,7 @@ def _memory_metric(summary: pd.DataFrame) -> str:
     return "activation_bytes" if (summary["metric"] == "activation_bytes").any() else "saved_bytes"
 
 
-def _lines(summary: pd.DataFrame, metric: str, x: str, title: str, ytitle: str, scale: float = 1.0, log_y: bool = False):
+def _lines(summary: pd.DataFrame, metric: str, x: str, title: str, ytitle: str, scale: float = 1.0, log: bool = False):
     import plotly.graph_objects as go
 
     rows = summary[(summary["metric"] == metric) & summary[x].notna()]
@@ -176,8 +176,8 @@ def _lines(summary: pd.DataFrame, metric: str, x: str, title: str, ytitle: str, 
                          arrayminus=(grp["median"] - grp["q25"]) / scale)))
     if not fig.data:
         return None
-    fig.update_layout(title=title, xaxis_title=x.removeprefix("p_"), yaxis_title=ytitle, xaxis_type="log",
-                      yaxis_type="log" if log_y else "linear")
+    fig.update_layout(title=title, xaxis_title=x.removeprefix("p_"), yaxis_title=ytitle,
+                      xaxis_type="log" if log else "linear", yaxis_type="log" if log else "linear")
     return fig
 
 
@@ -192,7 +192,7 @@ def figures(table: pd.DataFrame) -> list:
         _lines(summary, mem, "p_depth", f"Fig. 4.2: {mem} of one forward+backward vs depth", "MiB", 2**20),
         _lines(summary, "saved_bytes", "p_depth", "Bytes saved for the backward vs depth", "MiB", 2**20),
         _lines(summary, mem, "p_batch", f"Fig. 4.7 (upper): {mem} vs batch size", "MiB", 2**20),
-        _lines(summary, "time_s", "p_depth", "Time of one forward+backward vs depth", "s", log_y=True),
+        _lines(summary, "time_s", "p_depth", "Time of one forward+backward vs depth", "s", log=True),
     ]
     return [f for f in figs if f is not None]
 

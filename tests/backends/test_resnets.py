@@ -119,3 +119,17 @@ def test_torchvision_blocks_are_torch_only():
         backends.get("jax").ops.residual_net("momentum_reversible", block="resnet18")
     with pytest.raises(ValueError, match="model='revnet' with block='resnet18'"):
         backends.get("torch").ops.residual_net("revnet", block="resnet18")
+
+
+def test_jax_compiled_memory_of_memory_free_models_is_flat_in_depth_even_untied():
+    import jax
+
+    be = backends.get("jax")
+    x, g = _x(be, (64, 8), dtype="float32"), _x(be, (64, 8), 1, dtype="float32")
+    for model in ("momentum_reversible", "revnet", "adjoint_heun"):
+        temp = {}
+        for depth in (4, 16):
+            _, step, params = be.ops.residual_functional(be.ops.residual_net(model, depth=depth, width=8))
+            grads = (sum(a.size for a in jax.tree_util.tree_leaves(params)) + x.size) * 4  # what step returns
+            temp[depth] = be.memory.peak_bytes(step, params, x, g) - grads
+        assert abs(temp[16] - temp[4]) / 12 < 0.02 * 64 * 8 * 4, (model, temp)  # under 2% of an activation a layer
