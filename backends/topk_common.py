@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
 SOLVERS = ("threshold", "pav", "dykstra")
 """Relaxed solvers: exact sort-and-search threshold, exact PAV, iterative Dykstra (p = 2 only)."""
 
-OPS = ("mask", "mag")
+OPERATORS = ("mask", "mag")
 """``mask``: relaxed top-k mask (phi(x) = x); ``mag``: relaxed top-k in magnitude (phi(x) = x^2/2)."""
 
 DEFAULT_MAX_ITER = 1000

@@ -144,9 +144,6 @@ def _forward(ops, params: Params):
     return lambda xx: fn(xx, k, **kw)
 
 
-_CURVE = ["backend", "device_name", "p_op", "p_dtype", "p_p", "p_direction", "p_batch", "p_lam"]
-
-
 def _label(row: pd.Series, extra: tuple[str, ...] = ()) -> str:
     bits = [row["backend"], row["p_solver"], row["p_op"], row["p_dtype"], f"{row['p_direction']}"]
     if isinstance(row.get("p_p"), float) and not math.isnan(row["p_p"]) and abs(row["p_p"] - 2.0) > 1e-9:

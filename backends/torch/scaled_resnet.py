@@ -3,10 +3,15 @@
 The backward is written out (no autograd graph over L layers), so a step costs a few kernels per
 layer: at L = 1,024 autograd's bookkeeping would dominate. ``tests/backends/test_scaled_resnet.py``
 checks it against torch autograd and against the JAX backend (jax.grad through ``lax.scan``).
+On the CPU the steps run on one intra-op thread: the per-layer matrices (100 x 16 x 32 in the
+thesis) are far too small to share, and on a shared 2-core machine two threads made a step 30 times
+slower (OpenMP threads waiting for each other).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -97,6 +102,20 @@ def _max_layer_diff(params: Params) -> torch.Tensor:
     return (dv + dw).max()
 
 
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run on one intra-op thread on the CPU (restored after); no change on other devices."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def scaled_resnet_gd(params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
                      activation: str = "gelu") -> tuple[Params, torch.Tensor, torch.Tensor]:
@@ -123,13 +142,14 @@ def scaled_resnet_gd(params: Params, x: torch.Tensor, y: torch.Tensor, lr: float
         raise ValueError(f"steps={steps} must be >= 0")
     p = {k: t.clone() for k, t in params.items()}
     losses, diffs = [], []
-    for _ in range(steps):
-        loss, grads = _loss_and_grads(p, x, y, activation)
-        losses.append(loss)
+    with _one_thread(x.device):
+        for _ in range(steps):
+            loss, grads = _loss_and_grads(p, x, y, activation)
+            losses.append(loss)
+            diffs.append(_max_layer_diff(p))
+            p["V"].sub_(grads["V"], alpha=lr)
+            p["W"].sub_(grads["W"], alpha=lr)
+        out = scaled_resnet_apply(p, x, activation) - y
+        losses.append((out * out).sum() / x.shape[0])
         diffs.append(_max_layer_diff(p))
-        p["V"].sub_(grads["V"], alpha=lr)
-        p["W"].sub_(grads["W"], alpha=lr)
-    out = scaled_resnet_apply(p, x, activation) - y
-    losses.append((out * out).sum() / x.shape[0])
-    diffs.append(_max_layer_diff(p))
     return p, torch.stack(losses), torch.stack(diffs)

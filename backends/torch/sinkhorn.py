@@ -68,7 +68,6 @@ def _implicit_grad(plan: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | 
     is P * (G - u 1^T - 1 v^T). The system is singular along (1, -1); the column block is solved
     with 1 1^T / m added, which fixes that direction without changing u_i + v_j.
     """
-    m = plan.shape[-1]
     gp = grad * plan
     x, y = gp.sum(-1), gp.sum(-2)
     a, b = plan.sum(-1), plan.sum(-2)

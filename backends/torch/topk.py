@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..topk_common import DEFAULT_MAX_ITER, check_args, default_tol, pav
+from ..topk_common import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
 from ._topk_solvers import block_vjp, dykstra, solve_threshold, threshold_output, threshold_vjp
 
 _NOT_FINITE = "x contains NaN or +-inf; the relaxed top-k is defined for finite inputs only"
@@ -194,8 +194,8 @@ def hard_topk_mag(x: torch.Tensor, k: int) -> torch.Tensor:
 def _dispatch(x, k, op, lam, p, solver, max_iter, tol, info=False):
     if solver == "hard":
         return (hard_topk_mask if op == "mask" else hard_topk_mag)(x, k), None
-    if op not in ("mask", "mag"):
-        raise ValueError(f"op={op!r} is not one of mask, mag")
+    if op not in OPERATORS:
+        raise ValueError(f"op={op!r} is not one of {', '.join(OPERATORS)}")
     return _relaxed(x, k, op, lam, p, solver, max_iter, tol, info=info)
 
 

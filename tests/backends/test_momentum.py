@@ -123,7 +123,8 @@ def test_fixed_point_state_round_trips_exactly_through_10000_layers(name, gamma)
 def test_memory_free_gradient_matches_backprop_through_eq_4_2_in_float64(name, block, tied):
     be = backends.get(name)
     dev = be.device("cpu")
-    kw = dict(depth=12, width=6, hidden=5, block=block, tied=tied, gamma=0.9, image_size=4, dtype="float64", seed=2)
+    kw = dict(depth=12 if block == "mlp" else 4, width=6, hidden=5, block=block, tied=tied, gamma=0.9, image_size=4,
+              dtype="float64", seed=2)
     shape = (4, 6) if block == "mlp" else (4, 6, 4, 4)
     x, g = (be.asarray(normal(s, shape), dev, "float64") for s in (0, 1))
     mine = be.ops.residual_vjp(be.ops.residual_net("momentum_reversible", **kw), x, g)
@@ -169,14 +170,22 @@ def test_a_block_that_recomputes_different_bits_is_detected():
         y.sum().backward()
 
 
-def test_to_momentum_keeps_every_parameter_and_gamma_zero_is_the_original_net():
+@pytest.fixture(scope="module")
+def resnet18():
     import torch
     import torchvision
 
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return torchvision.models.resnet18(weights=None, num_classes=10)
+
+
+def test_to_momentum_keeps_every_parameter_and_gamma_zero_is_the_original_net(resnet18):
+    import torch
+
     from backends.torch.momentum import MomentumLayer, to_momentum
 
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None)
+    model = resnet18
     mom = to_momentum(model, 0.9)
     assert isinstance(mom.layer3, MomentumLayer)
     before, after = model.state_dict(), mom.state_dict()
@@ -191,14 +200,13 @@ def test_to_momentum_keeps_every_parameter_and_gamma_zero_is_the_original_net():
         to_momentum(torch.nn.Linear(2, 2))
 
 
-def test_to_momentum_memory_free_train_step_matches_backprop_and_updates_norms_once():
+def test_to_momentum_memory_free_train_step_matches_backprop_and_updates_norms_once(resnet18):
     import torch
-    import torchvision
 
     from backends.torch.momentum import to_momentum
 
+    model = resnet18
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=10)
     free, bp = to_momentum(model, 0.9), to_momentum(model, 0.9, memory_free=False)
     x, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
     for net in (free, bp):

@@ -14,6 +14,17 @@ BACKENDS = ["torch", "jax"]
 MINE = ("sinkhorn", "attention", "fused_attention")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread is as fast, and two on a shared two-core machine wait for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def arr(name: str, a: np.ndarray, dtype: str | None = None):
     b = backends.get(name)
     return b.asarray(np.asarray(a), b.device("cpu"), dtype)

@@ -30,11 +30,12 @@ def params(**overrides) -> W.Params:
 
 
 def table(runs: list[tuple[str, W.Params, int]]) -> pd.DataFrame:
-    """Rows as the store writes them, for (backend, params, repeat) trials run here."""
+    """Rows as the store writes them, for (backend, params, repeat) trials run here (one thread each:
+    these models are tiny, and two threads on a shared two-core machine only wait for each other)."""
     tables = []
     for i, (backend, p, repeat) in enumerate(runs):
         trial = Trial(key=f"t{i}", sweep="test", workload=W.name, version=W.version, backend=backend, device="cpu",
-                      params=p.model_dump(mode="json"), repeat=repeat, seed=repeat, timeout_s=300, num_cpus=2,
+                      params=p.model_dump(mode="json"), repeat=repeat, seed=repeat, timeout_s=300, num_cpus=1,
                       resources=Resources(), isolation="actor")
         outcome = execute(trial)
         assert outcome.status == "ok", outcome.error
@@ -102,12 +103,10 @@ def test_checks_hold_and_fail_on_real_rows():
     The learning rate is small on purpose: attention sharpens as it trains and, a few epochs in
     at lr=3e-3, 21 iterations leave column sums 1e-2 away from 1 (a finding the full sweep reports).
     """
-    base = dict(epochs=2, model="attention_only", width=16, lr=1e-3, batch=32)
+    base = dict(epochs=2, model="attention_only", width=16, lr=1e-3, batch=32, train_size=512)
     rows = table([("torch", params(**base, normalization="sinkhorn", sinkhorn_iters=21), 0),
                   ("torch", params(**base, normalization="sinkhorn", sinkhorn_iters=3), 0),
-                  ("torch", params(**base, normalization="softmax"), 0),
-                  ("torch", params(**base, normalization="softmax", patch=2), 0),
-                  ("torch", params(**base, normalization="sinkhorn", sinkhorn_iters=3, patch=2), 0)])
+                  ("torch", params(**base, normalization="softmax"), 0)])
     checks = {c.name: c for c in W.checks(rows)}
     converged = next(c for n, c in checks.items() if n.startswith("sinkhorn >= 21"))
     assert converged.passed is True, converged.measured
