@@ -216,6 +216,68 @@ class ArGdPredict(Protocol):
     def __call__(self, states: Array, steps: int, step_size: float) -> Array: ...
 
 
+class MoeRoute(Protocol):
+    """Expert-choice routing (G, n, E) logits -> (combine weights (G, n, E), selection mask (G, E, n)) (7.6)."""
+
+    def __call__(self, logits: Array, moe: Any) -> tuple[Array, Array]: ...
+
+
+class MoeVitInit(Protocol):
+    """The sparse-MoE ViT's initial weights from ``backends.moe_config`` (same seed, same weights)."""
+
+    def __call__(self, config: Any, moe: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
+
+
+class MoeVitApply(Protocol):
+    """Sparse-MoE ViT forward: (logits, combine weights (B, tokens, E) of every MoE layer) (7.C.3)."""
+
+    def __call__(self, params: Any, images: Array, config: Any, moe: Any) -> tuple[Array, list[Array]]: ...
+
+
+class MoeVitTrainer(Protocol):
+    """A ``vit_trainer`` object training the sparse-MoE ViT (Adam or SGD on cross-entropy)."""
+
+    def __call__(self, config: Any, moe: Any, params: Any, lr: float, optimizer: str = "adam") -> VitTrainerObject: ...
+
+
+class PrunedMlpInit(Protocol):
+    """The pruned MLP's initial weights W'_i, b_i from ``backends.pruned_mlp_init`` (same seed, same weights)."""
+
+    def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
+
+
+class PrunedMlpApply(Protocol):
+    """Logits of the MLP whose weights are W_i = topkmag(W'_i) (hard, relaxed or none; section 7.6)."""
+
+    def __call__(self, params: Any, x: Array, config: Any) -> Array: ...
+
+
+class PrunedMlpWeights(Protocol):
+    """The effective (pruned) weight matrices W_i = topkmag(W'_i), each (in, out)."""
+
+    def __call__(self, params: Any, config: Any) -> list[Array]: ...
+
+
+class PrunedTrainerObject(Protocol):
+    """What ``pruned_mlp_trainer`` returns: the framework's SGD loop behind one interface."""
+
+    params: Any
+
+    def compile(self, x: Array, y: Array, batch: int) -> None: ...
+
+    def fit_epoch(self, x: Array, y: Array, order: Any, batch: int) -> tuple[float, float]: ...
+
+    def predict(self, x: Array, batch: int = 1024) -> Any: ...
+
+    def weights(self) -> list[Any]: ...
+
+
+class PrunedMlpTrainer(Protocol):
+    """A trainer (SGD on cross-entropy, through the pruning operator) of the pruned MLP from ``params``."""
+
+    def __call__(self, config: Any, params: Any, lr: float) -> PrunedTrainerObject: ...
+
+
 OPS: dict[str, type] = {
     "residual_net": ResidualNet,
     "residual_apply": ResidualApply,
@@ -232,6 +294,10 @@ OPS: dict[str, type] = {
     "vit_init": VitInit,
     "vit_apply": VitApply,
     "vit_trainer": VitTrainer,
+    "moe_route": MoeRoute,
+    "moe_vit_init": MoeVitInit,
+    "moe_vit_apply": MoeVitApply,
+    "moe_vit_trainer": MoeVitTrainer,
     "topk_mask": TopkMask,
     "topk_mag": TopkMag,
     "hard_topk_mask": HardTopkMask,
@@ -244,5 +310,9 @@ OPS: dict[str, type] = {
     "ar_transformer_apply": ArTransformerApply,
     "ar_transformer_trainer": ArTransformerTrainer,
     "ar_gd_predict": ArGdPredict,
+    "pruned_mlp_init": PrunedMlpInit,
+    "pruned_mlp_apply": PrunedMlpApply,
+    "pruned_mlp_weights": PrunedMlpWeights,
+    "pruned_mlp_trainer": PrunedMlpTrainer,
 }
 """Operator name -> its Protocol; every backend's ``ops`` module exports each name."""

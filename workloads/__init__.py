@@ -19,6 +19,9 @@ BUILTIN = {
     "topk_runtime": "workloads.topk_runtime",
     "implicit_regularization": "workloads.implicit_regularization",
     "icl_autoregressive": "workloads.icl_autoregressive",
+    "topk_pruning": "workloads.topk_pruning",
+    "moe_precision": "workloads.moe_precision",
+    "adjoint_error": "workloads.adjoint_error",
 }
 
 REGISTRY: Registry[Workload] = Registry("workload")

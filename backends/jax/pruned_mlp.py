@@ -1,0 +1,169 @@
+"""The pruned MLP of thesis section 7.6 in JAX: W_i = topkmag(W'_i), hard or relaxed, and its SGD trainer.
+
+Functional like ``vit.py``: weights from ``backends.pruned_mlp_init`` (the same seed gives the same
+weights as ``backends/torch/pruned_mlp.py``); the pruning is ``topk.py``'s operators on each
+flattened weight matrix; an epoch is one compiled ``lax.scan`` over the minibatches.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..pruned_mlp_init import PrunedMLPConfig, init_params
+from . import _optim
+from .topk import hard_topk_mag, topk_mag
+
+Params = dict[str, Any]
+
+
+def pruned_mlp_init(config: PrunedMLPConfig, seed: int, device: jax.Device | str = "cpu",
+                    dtype: str = "float32") -> Params:
+    """The initial weights W'_i, b_i of ``config`` from ``seed`` on ``device`` (``init_params``).
+
+    Args:
+        config: widths and pruning.
+        seed: weights seed; the same seed gives the same weights in the torch backend.
+        device: where the arrays live (a jax.Device, or a platform name such as ``cpu``).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        {"w": [(in, out)], "b": [(out,)]} arrays.
+    """
+    dev = jax.devices(device)[0] if isinstance(device, str) else device
+    return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed, dtype))
+
+
+def _prune(w: jax.Array, k: int, config: PrunedMLPConfig) -> jax.Array:
+    if config.operator == "dense":
+        return w
+    flat = w.reshape(1, -1)
+    if config.operator == "hard":
+        return hard_topk_mag(flat, k).reshape(w.shape)
+    return topk_mag(flat, k, lam=config.lam, p=config.p).reshape(w.shape)
+
+
+def pruned_mlp_weights(params: Params, config: PrunedMLPConfig) -> list[jax.Array]:
+    """The effective weights W_i = topkmag(W'_i) (W'_i itself for ``dense``), each (in, out).
+
+    References:
+        Thesis section 7.6 (weight pruning), 7.4 (relaxed top-k in magnitude).
+    """
+    return [_prune(w, config.kept(i), config) for i, w in enumerate(params["w"])]
+
+
+def pruned_mlp_apply(params: Params, x: jax.Array, config: PrunedMLPConfig) -> jax.Array:
+    """Logits of the MLP with pruned weights.
+
+    Args:
+        params: {"w", "b"} from ``pruned_mlp_init``.
+        x: (B, ...) inputs, flattened to (B, sizes[0]).
+        config: widths and pruning.
+
+    Returns:
+        (B, sizes[-1]) logits.
+
+    References:
+        Thesis section 7.6, Fig. 7.5 (784-32-32-10 on MNIST; 64-32-32-10 on digits here).
+    """
+    h = x.reshape(x.shape[0], -1)
+    weights = pruned_mlp_weights(params, config)
+    for i, (w, b) in enumerate(zip(weights, params["b"])):
+        h = h @ w + jnp.expand_dims(b, 0)
+        if i < len(weights) - 1:
+            h = jax.nn.relu(h)
+    return h
+
+
+def _loss(params: Params, x: jax.Array, y: jax.Array, config: PrunedMLPConfig) -> tuple[jax.Array, jax.Array]:
+    logits = pruned_mlp_apply(params, x, config)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, jnp.expand_dims(y, -1), axis=-1)[:, 0].mean(), logits
+
+
+def _epoch(params: Params, state: dict[str, Any], x: jax.Array, y: jax.Array, idx: jax.Array, *,
+           config: PrunedMLPConfig, lr: float):
+    """Scan the minibatches ``idx`` (n_batches, batch): one SGD step each."""
+    grad_fn = jax.value_and_grad(_loss, has_aux=True)
+
+    def step(carry, ib):
+        p, s = carry
+        (loss, logits), grads = grad_fn(p, x[ib], y[ib], config)
+        p, s = _optim.update("sgd", p, grads, s, lr)
+        return (p, s), (loss, (jnp.argmax(logits, -1) == y[ib]).sum())
+
+    (params, state), (losses, correct) = jax.lax.scan(step, (params, state), idx)
+    return params, state, losses.mean(), correct.sum()
+
+
+class JaxPrunedMLPTrainer:
+    """Trains W'_i, b_i with plain SGD on cross-entropy through the pruning operator."""
+
+    def __init__(self, config: PrunedMLPConfig, params: Params, lr: float):
+        self.config, self.params = config, params
+        self._state = _optim.init("sgd", params)
+        self._epoch = jax.jit(functools.partial(_epoch, config=config, lr=lr))
+        self._forward = jax.jit(functools.partial(pruned_mlp_apply, config=config))
+        self._weights = jax.jit(functools.partial(pruned_mlp_weights, config=config))
+        self._compiled: dict[tuple, Any] = {}
+
+    @staticmethod
+    def _index(order: np.ndarray, batch: int) -> np.ndarray:
+        n_batches = len(order) // batch
+        if n_batches == 0:
+            raise ValueError(f"batch={batch}: larger than the {len(order)} training examples")
+        return np.asarray(order[: n_batches * batch], np.int64).reshape(n_batches, batch)
+
+    @staticmethod
+    def _key(x: jax.Array, y: jax.Array, idx_shape: tuple[int, ...]) -> tuple:
+        return x.shape, str(x.dtype), y.shape, idx_shape
+
+    def compile(self, x: jax.Array, y: jax.Array, batch: int) -> None:
+        """Compile the epoch for these shapes ahead of time, so no epoch's time includes it."""
+        idx = self._index(np.arange(x.shape[0]), batch)
+        key = self._key(x, y, idx.shape)
+        if key not in self._compiled:
+            self._compiled[key] = self._epoch.lower(self.params, self._state, x, y, idx).compile()
+
+    def fit_epoch(self, x: jax.Array, y: jax.Array, order: np.ndarray, batch: int) -> tuple[float, float]:
+        """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped).
+
+        Returns:
+            The mean training loss and the running training accuracy over the epoch.
+        """
+        idx = self._index(order, batch)
+        fn = self._compiled.get(self._key(x, y, idx.shape), self._epoch)
+        idx = jax.device_put(idx, next(iter(x.devices())))
+        self.params, self._state, loss, correct = fn(self.params, self._state, x, y, idx)
+        return float(loss), float(correct) / idx.size
+
+    def predict(self, x: jax.Array, batch: int = 1024) -> np.ndarray:
+        """Predicted class of every example, (N,) int64."""
+        out = [np.asarray(jnp.argmax(self._forward(self.params, x[i:i + batch]), -1)) for i in range(0, x.shape[0], batch)]
+        return np.concatenate(out).astype(np.int64)
+
+    def weights(self) -> list[np.ndarray]:
+        """The effective (pruned) weight matrices, float64 (in, out) each."""
+        return [np.asarray(w, np.float64) for w in self._weights(self.params)]
+
+
+def pruned_mlp_trainer(config: PrunedMLPConfig, params: Params, lr: float) -> JaxPrunedMLPTrainer:
+    """A trainer (SGD, no momentum, constant ``lr``) of the pruned MLP from ``params``.
+
+    Args:
+        config: widths and pruning.
+        params: initial weights (``pruned_mlp_init``); JAX arrays are immutable, so no copy.
+        lr: learning rate.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict``, ``weights`` and ``params``.
+
+    References:
+        Thesis appendix 7.C.1 (SGD, batch 128, learning rate 1e-2, 30 epochs).
+    """
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r}: expected > 0")
+    return JaxPrunedMLPTrainer(config, params, lr)

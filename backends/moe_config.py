@@ -1,0 +1,120 @@
+"""The sparse mixture-of-experts ViT's routing configuration and NumPy weights, shared by both backends.
+
+A ``moe_vit`` is the ViT of ``backends.vit_init`` whose MLP in every ``every``-th block (blocks
+``every - 1, 2 every - 1, ...``) is replaced by ``experts`` expert MLPs with expert-choice routing
+(Zhou et al. 2022): within a group of n tokens (one image's tokens), each expert selects
+k = ceil(n * capacity_factor / experts) tokens by a top-k over the softmax gates. The same
+``(config, moe, seed)`` gives the same weights in ``backends/torch/moe.py`` and ``backends/jax/moe.py``.
+Framework-free on purpose.
+
+References:
+    Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from .init import uniform
+from .vit_init import ViTConfig, init_params
+
+ROUTERS = ("hard", "relaxed")
+SOLVERS = ("threshold", "pav", "dykstra")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """Expert-choice routing of a ``moe_vit``.
+
+    ``router="hard"`` is the baseline (hard top-k mask, no gradient through the selection);
+    ``relaxed`` uses the chapter's ``topk_mask`` with ``p``, ``lam`` and ``solver``. With
+    ``solver="dykstra"`` the selection runs exactly ``max_iter`` Dykstra iterations and is
+    differentiated by unrolling them; ``threshold``/``pav`` are exact with the closed-form Jacobian.
+    """
+
+    experts: int = 4
+    capacity_factor: float = 1.0
+    every: int = 2
+    router: str = "hard"
+    lam: float = 0.1
+    p: float = 2.0
+    solver: str = "dykstra"
+    max_iter: int = 10
+
+    def __post_init__(self) -> None:
+        for field in ("experts", "every", "max_iter"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"MoEConfig.{field}={value!r}: expected an integer >= 1")
+        if not self.capacity_factor > 0:
+            raise ValueError(f"MoEConfig.capacity_factor={self.capacity_factor!r}: expected > 0")
+        if self.router not in ROUTERS:
+            raise ValueError(f"MoEConfig.router={self.router!r}: allowed {', '.join(ROUTERS)}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"MoEConfig.solver={self.solver!r}: allowed {', '.join(SOLVERS)}")
+        if not self.lam > 0:
+            raise ValueError(f"MoEConfig.lam={self.lam!r}: expected > 0")
+        if self.p not in (2.0, 4.0 / 3.0):
+            raise ValueError(f"MoEConfig.p={self.p!r}: allowed 2 or 4/3")
+        if self.router == "relaxed" and self.solver == "dykstra" and self.p != 2.0:
+            raise ValueError(f"MoEConfig.p={self.p!r} with solver='dykstra': Dykstra needs p = 2")
+
+    def capacity(self, n: int) -> int:
+        """k = ceil(n * capacity_factor / experts), clipped to [1, n]: the tokens each expert takes."""
+        return max(1, min(n, math.ceil(n * self.capacity_factor / self.experts - 1e-9)))
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether block ``layer`` (0-based) holds an MoE layer instead of a dense MLP."""
+        return layer % self.every == self.every - 1
+
+
+def init_moe_params(config: ViTConfig, moe: MoEConfig, seed: int, dtype: str = "float32") -> dict[str, Any]:
+    """Initial weights of the ``moe_vit`` as NumPy arrays (the same in both backends).
+
+    Args:
+        config: the ViT (``mlp_dim`` is each expert's hidden width; must not be None).
+        moe: the routing configuration.
+        seed: weights seed (``init_params``'s; experts draw from ``1000 seed + 100 (l+1) + 50 + ...``).
+        dtype: NumPy dtype name.
+
+    Returns:
+        ``init_params(config, seed, dtype)`` where each MoE block's ``mlp`` is ``{"router": (width, E),
+        "w1": (E, width, mlp_dim), "b1": (E, mlp_dim), "w2": (E, mlp_dim, width), "b2": (E, width)}``.
+
+    References:
+        Thesis appendix 7.C.3 (V-MoE with expert-choice routing).
+    """
+    if config.mlp_dim is None:
+        raise ValueError("ViTConfig.mlp_dim=None: a moe_vit needs MLP blocks to replace by experts")
+    params = init_params(config, seed, dtype)
+    E, d, h = moe.experts, config.width, config.mlp_dim
+    for layer, block in enumerate(params["blocks"]):
+        if not moe.is_moe(layer):
+            continue
+        s = 1000 * seed + 100 * (layer + 1) + 50
+        b1, b2 = 1.0 / math.sqrt(d), 1.0 / math.sqrt(h)
+        block["mlp"] = {"router": uniform(s, (d, E), bound=b1, dtype=dtype),
+                        "w1": uniform(s + 1, (E, d, h), bound=b1, dtype=dtype),
+                        "b1": uniform(s + 2, (E, h), bound=b1, dtype=dtype),
+                        "w2": uniform(s + 3, (E, h, d), bound=b2, dtype=dtype),
+                        "b2": uniform(s + 4, (E, d), bound=b2, dtype=dtype)}
+    return params
+
+
+def routing_stats(combine: np.ndarray) -> dict[str, float]:
+    """Routing statistics of combine weights (..., n, E) (gate x mask per token and expert).
+
+    Returns:
+        ``tokens_unrouted_frac`` (tokens with no non-zero weight), ``experts_per_token_cv``
+        (std / mean of the number of experts with a non-zero weight per token; 0 when the mean is
+        0), ``router_nnz_frac`` (non-zero fraction of the combine weights).
+    """
+    nz = np.asarray(combine) != 0
+    per_token = nz.sum(-1).reshape(-1).astype(np.float64)
+    mean = per_token.mean() if per_token.size else 0.0
+    return {"tokens_unrouted_frac": float(np.mean(per_token == 0)) if per_token.size else 0.0,
+            "experts_per_token_cv": float(per_token.std() / mean) if mean > 0 else 0.0,
+            "router_nnz_frac": float(nz.mean()) if nz.size else 0.0}

@@ -1,0 +1,53 @@
+"""The pruned MLP of thesis section 7.6 ("Weight pruning"): its configuration and shared NumPy weights.
+
+x -> W_3 relu(W_2 relu(W_1 a + b_1) + b_2) + b_3 with each W_i = topkmag(W'_i): the learned W'_i
+is pruned to its ``keep`` fraction of largest entries (by magnitude, over the whole matrix) by the
+hard operator or the relaxed one of chapter 7 (regulariser lam/p ||y||_p^p), or not at all
+(``dense``, the baseline of Fig. 7.5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+OPERATORS = ("dense", "hard", "relaxed")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunedMLPConfig:
+    """Layer widths (input, hidden..., classes), pruning operator, kept fraction, relaxation."""
+
+    sizes: tuple[int, ...] = (64, 32, 32, 10)
+    operator: str = "relaxed"
+    keep: float = 0.10
+    lam: float = 1e-4
+    p: float = 2.0
+
+    def __post_init__(self) -> None:
+        if len(self.sizes) < 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in self.sizes):
+            raise ValueError(f"sizes={self.sizes!r} must be two or more integers >= 1")
+        if self.operator not in OPERATORS:
+            raise ValueError(f"operator={self.operator!r} is unknown; allowed: {', '.join(OPERATORS)}")
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"keep={self.keep!r} must be in (0, 1]")
+
+    def kept(self, layer: int) -> int:
+        """k of layer ``layer``: ceil(keep x its number of weights)."""
+        return max(1, math.ceil(self.keep * self.sizes[layer] * self.sizes[layer + 1]))
+
+
+def init_params(config: PrunedMLPConfig, seed: int, dtype: str = "float32") -> dict[str, list[np.ndarray]]:
+    """PyTorch's Linear default: weights and biases uniform on +-1/sqrt(fan_in).
+
+    Returns:
+        {"w": [(in, out) per layer, applied as a @ w], "b": [(out,) per layer]} of ``dtype``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 9]))
+    ws, bs = [], []
+    for fan_in, fan_out in zip(config.sizes[:-1], config.sizes[1:]):
+        bound = 1.0 / math.sqrt(fan_in)
+        ws.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype))
+        bs.append(rng.uniform(-bound, bound, (fan_out,)).astype(dtype))
+    return {"w": ws, "b": bs}

@@ -1,0 +1,139 @@
+"""The pruned MLP of thesis section 7.6 in torch: W_i = topkmag(W'_i), hard or relaxed, and its SGD trainer.
+
+Functional like ``vit.py``: weights from ``backends.pruned_mlp_init`` (the same seed gives the same
+weights as ``backends/jax/pruned_mlp.py``); the pruning is ``topk.py``'s operators on each
+flattened weight matrix, so the relaxed one back-propagates through its closed-form Jacobian.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..pruned_mlp_init import PrunedMLPConfig, init_params
+from .topk import hard_topk_mag, topk_mag
+from .vit import _leaves, _map
+
+Params = dict[str, Any]
+
+
+def pruned_mlp_init(config: PrunedMLPConfig, seed: int, device: torch.device | str = "cpu",
+                    dtype: str = "float32") -> Params:
+    """The initial weights W'_i, b_i of ``config`` from ``seed`` on ``device`` (``init_params``).
+
+    Args:
+        config: widths and pruning.
+        seed: weights seed; the same seed gives the same weights in the JAX backend.
+        device: where the tensors live.
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        {"w": [(in, out)], "b": [(out,)]} tensors.
+    """
+    return _map(init_params(config, seed, dtype), lambda a: torch.from_numpy(a).to(device))
+
+
+def _prune(w: torch.Tensor, k: int, config: PrunedMLPConfig) -> torch.Tensor:
+    if config.operator == "dense":
+        return w
+    flat = w.reshape(1, -1)
+    if config.operator == "hard":
+        return hard_topk_mag(flat, k).reshape(w.shape)
+    return topk_mag(flat, k, lam=config.lam, p=config.p).reshape(w.shape)
+
+
+def pruned_mlp_weights(params: Params, config: PrunedMLPConfig) -> list[torch.Tensor]:
+    """The effective weights W_i = topkmag(W'_i) (W'_i itself for ``dense``), each (in, out).
+
+    References:
+        Thesis section 7.6 (weight pruning), 7.4 (relaxed top-k in magnitude).
+    """
+    return [_prune(w, config.kept(i), config) for i, w in enumerate(params["w"])]
+
+
+def pruned_mlp_apply(params: Params, x: torch.Tensor, config: PrunedMLPConfig) -> torch.Tensor:
+    """Logits of the MLP with pruned weights.
+
+    Args:
+        params: {"w", "b"} from ``pruned_mlp_init``.
+        x: (B, ...) inputs, flattened to (B, sizes[0]).
+        config: widths and pruning.
+
+    Returns:
+        (B, sizes[-1]) logits.
+
+    References:
+        Thesis section 7.6, Fig. 7.5 (784-32-32-10 on MNIST; 64-32-32-10 on digits here).
+    """
+    h = x.reshape(x.shape[0], -1)
+    weights = pruned_mlp_weights(params, config)
+    for i, (w, b) in enumerate(zip(weights, params["b"])):
+        h = h @ w + b
+        if i < len(weights) - 1:
+            h = torch.relu(h)
+    return h
+
+
+class TorchPrunedMLPTrainer:
+    """Trains W'_i, b_i with plain SGD on cross-entropy through the pruning operator."""
+
+    def __init__(self, config: PrunedMLPConfig, params: Params, lr: float):
+        self.config = config
+        self.params = _map(params, lambda t: t.detach().clone().requires_grad_(True))
+        self._opt = torch.optim.SGD(_leaves(self.params), lr=lr)
+
+    def compile(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+        """Nothing to compile in eager PyTorch (the JAX trainer compiles its epoch here)."""
+
+    def fit_epoch(self, x: torch.Tensor, y: torch.Tensor, order: np.ndarray, batch: int) -> tuple[float, float]:
+        """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped).
+
+        Returns:
+            The mean training loss and the running training accuracy over the epoch.
+        """
+        n_batches = len(order) // batch
+        if n_batches == 0:
+            raise ValueError(f"batch={batch}: larger than the {len(order)} training examples")
+        idx = torch.as_tensor(np.asarray(order[: n_batches * batch]).reshape(n_batches, batch), device=x.device)
+        losses, correct = [], []
+        for ib in idx:
+            logits = pruned_mlp_apply(self.params, x[ib], self.config)
+            loss = F.cross_entropy(logits, y[ib])
+            self._opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._opt.step()
+            losses.append(loss.detach())
+            correct.append((logits.detach().argmax(-1) == y[ib]).sum())
+        return float(torch.stack(losses).mean()), float(torch.stack(correct).sum()) / (n_batches * batch)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch: int = 1024) -> np.ndarray:
+        """Predicted class of every example, (N,) int64."""
+        out = [pruned_mlp_apply(self.params, x[i:i + batch], self.config).argmax(-1) for i in range(0, x.shape[0], batch)]
+        return torch.cat(out).cpu().numpy()
+
+    @torch.no_grad()
+    def weights(self) -> list[np.ndarray]:
+        """The effective (pruned) weight matrices, float64 (in, out) each."""
+        return [w.to(torch.float64).cpu().numpy() for w in pruned_mlp_weights(self.params, self.config)]
+
+
+def pruned_mlp_trainer(config: PrunedMLPConfig, params: Params, lr: float) -> TorchPrunedMLPTrainer:
+    """A trainer (SGD, no momentum, constant ``lr``) of the pruned MLP from ``params`` (copied).
+
+    Args:
+        config: widths and pruning.
+        params: initial weights (``pruned_mlp_init``); the trainer works on its own copy.
+        lr: learning rate.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict``, ``weights`` and ``params``.
+
+    References:
+        Thesis appendix 7.C.1 (SGD, batch 128, learning rate 1e-2, 30 epochs).
+    """
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r}: expected > 0")
+    return TorchPrunedMLPTrainer(config, params, lr)

@@ -1,0 +1,151 @@
+"""The sparse-MoE ViT's routing in both backends: expert-choice invariants, gradients, torch vs JAX."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import backends
+from backends.jax import moe as jmoe
+from backends.moe_config import MoEConfig, routing_stats
+from backends.torch import moe as tmoe
+from backends.vit_init import ViTConfig
+from tests.helpers import assert_close
+
+BACKENDS = ("torch", "jax")
+
+
+def _logits(seed: int = 0, shape=(3, 17, 4)) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape) * 2.0
+
+
+def _route(backend: str, logits: np.ndarray, moe: MoEConfig) -> tuple[np.ndarray, np.ndarray]:
+    be = backends.get(backend)
+    combine, mask = be.ops.moe_route(be.asarray(logits, be.device("cpu"), "float64"), moe)
+    return be.to_numpy(combine), be.to_numpy(mask)
+
+
+def _isotonic_mask_oracle(x: np.ndarray, k: int, lam: float) -> np.ndarray:
+    """Projection of x / lam onto the capped simplex {0 <= y <= 1, sum y = k} by bisection on the shift."""
+    z = x / lam
+    lo, hi = z.min() - 1.0, z.max() + 1.0
+    for _ in range(200):
+        t = (lo + hi) / 2
+        if np.clip(z - t, 0, 1).sum() > k:
+            lo = t
+        else:
+            hi = t
+    return np.clip(z - (lo + hi) / 2, 0, 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hard_router_gives_each_expert_exactly_k_tokens(backend):
+    moe = MoEConfig(experts=4, capacity_factor=1.0, router="hard")
+    combine, mask = _route(backend, _logits(), moe)
+    k = moe.capacity(17)
+    assert k == 5
+    assert np.all(mask.sum(-1) == k) and set(np.unique(mask)) <= {0.0, 1.0}
+    gates = np.exp(_logits()) / np.exp(_logits()).sum(-1, keepdims=True)
+    top = np.argsort(-gates.transpose(0, 2, 1), axis=-1)[..., :k]
+    expected = np.zeros_like(mask)
+    np.put_along_axis(expected, top, 1.0, axis=-1)
+    assert_close(mask, expected)
+    assert_close(combine, gates * expected.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("solver", ["dykstra", "threshold"])
+def test_relaxed_masks_sum_to_k_and_match_the_projection(backend, solver):
+    moe = MoEConfig(router="relaxed", solver=solver, lam=0.1, max_iter=200)
+    _, mask = _route(backend, _logits(1), moe)
+    assert_close(mask.sum(-1), np.full(mask.shape[:-1], 5.0))
+    gates = np.exp(_logits(1)) / np.exp(_logits(1)).sum(-1, keepdims=True)
+    scores = gates.transpose(0, 2, 1)
+    oracle = np.stack([[_isotonic_mask_oracle(r, 5, 0.1) for r in g] for g in scores])
+    np.testing.assert_allclose(mask, oracle, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ten_unrolled_dykstra_iterations_keep_the_sum(backend):
+    _, mask = _route(backend, _logits(2), MoEConfig(router="relaxed", solver="dykstra", max_iter=10))
+    assert_close(mask.sum(-1), np.full(mask.shape[:-1], 5.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("solver", ["dykstra", "threshold"])
+def test_small_lam_gives_the_hard_routing(backend, solver):
+    logits = _logits(3)
+    _, hard = _route(backend, logits, MoEConfig(router="hard"))
+    _, soft = _route(backend, logits, MoEConfig(router="relaxed", solver=solver, lam=1e-6, max_iter=500))
+    np.testing.assert_allclose(soft, hard, atol=1e-6)
+
+
+def _torch_grads(moe: MoEConfig, logits: np.ndarray, weights: np.ndarray):
+    x = torch.tensor(logits, requires_grad=True)
+    combine, mask = tmoe.moe_route(x, moe)
+    (g_combine,) = torch.autograd.grad((combine * torch.tensor(weights)).sum(), x, retain_graph=True)
+    g_mask = None
+    if mask.requires_grad:
+        g_mask = torch.autograd.grad((mask * torch.tensor(weights).transpose(-1, -2)).sum(), x, allow_unused=True)[0]
+    return g_combine.numpy(), (np.zeros_like(logits) if g_mask is None else g_mask.numpy())
+
+
+def _jax_grads(moe: MoEConfig, logits: np.ndarray, weights: np.ndarray):
+    w = jnp.asarray(weights)
+    g_combine = jax.grad(lambda x: (jmoe.moe_route(x, moe)[0] * w).sum())(jnp.asarray(logits))
+    g_mask = jax.grad(lambda x: (jmoe.moe_route(x, moe)[1] * jnp.swapaxes(w, -1, -2)).sum())(jnp.asarray(logits))
+    return np.asarray(g_combine), np.asarray(g_mask)
+
+
+@pytest.mark.parametrize("router", ["hard", "relaxed"])
+def test_gradients_reach_the_gates_always_and_the_selection_only_when_relaxed(router):
+    moe = MoEConfig(router=router, solver="dykstra", lam=0.5, max_iter=10)
+    logits, weights = _logits(4), np.random.default_rng(5).standard_normal((3, 17, 4))
+    t_comb, t_mask = _torch_grads(moe, logits, weights)
+    j_comb, j_mask = _jax_grads(moe, logits, weights)
+    assert np.abs(t_comb).max() > 1e-3
+    if router == "hard":
+        assert np.abs(t_mask).max() == 0 and np.abs(j_mask).max() == 0
+    else:
+        assert np.abs(t_mask).max() > 1e-3
+    assert_close(t_comb, j_comb, atol=1e-10, rtol=1e-8)
+    assert_close(t_mask, j_mask, atol=1e-10, rtol=1e-8)
+
+
+def test_unrolled_dykstra_gradient_matches_finite_differences():
+    x = torch.tensor(np.random.default_rng(6).uniform(0, 1, (2, 9)), requires_grad=True)
+    w = torch.tensor(np.random.default_rng(7).standard_normal((2, 9)))
+    f = lambda z: (tmoe.unrolled_dykstra_mask(z, 3, 0.3, 10) * w).sum()  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-7, atol=1e-5)
+
+
+@pytest.mark.parametrize("router", ["hard", "relaxed"])
+def test_torch_and_jax_forwards_agree_from_the_same_seed(router):
+    config = ViTConfig(width=16, depth=2, heads=2, mlp_dim=32)
+    moe = MoEConfig(experts=4, router=router, lam=0.05)
+    images = np.random.default_rng(8).standard_normal((3, 1, 8, 8))
+    out = {}
+    for name in BACKENDS:
+        be = backends.get(name)
+        params = be.ops.moe_vit_init(config, moe, 0, "cpu", "float64")
+        logits, combine = be.ops.moe_vit_apply(params, be.asarray(images, be.device("cpu"), "float64"), config, moe)
+        out[name] = be.to_numpy(logits), [be.to_numpy(c) for c in combine]
+    assert len(out["torch"][1]) == 1 and out["torch"][1][0].shape == (3, 17, 4)
+    assert_close(out["torch"][0], out["jax"][0], atol=1e-10, rtol=1e-8)
+    assert_close(out["torch"][1][0], out["jax"][1][0], atol=1e-10, rtol=1e-8)
+
+
+def test_routing_stats_and_config_errors():
+    combine = np.zeros((1, 4, 2))
+    combine[0, 0] = [0.5, 0.5]
+    combine[0, 1, 0] = 1.0
+    stats = routing_stats(combine)
+    assert stats["tokens_unrouted_frac"] == 0.5 and stats["router_nnz_frac"] == 3 / 8
+    assert stats["experts_per_token_cv"] == pytest.approx(np.std([2, 1, 0, 0]) / 0.75)
+    with pytest.raises(ValueError, match="router"):
+        MoEConfig(router="soft")
+    with pytest.raises(ValueError, match="Dykstra needs p = 2"):
+        MoEConfig(router="relaxed", solver="dykstra", p=4 / 3)
+    assert MoEConfig(experts=8, capacity_factor=2.0).capacity(17) == 5

@@ -1,0 +1,146 @@
+"""adjoint_error: a small float64 grid on both backends; the checks of Prop. 2.9-2.11 hold and can fail."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pydantic
+import pytest
+
+import workloads
+from harness.spec import Resources
+from harness.sweep import Trial
+from harness.trial import execute
+from results.store import trial_table
+
+WL = workloads.get("adjoint_error")
+TORCH_DEPTHS = (8, 16, 32)
+JAX_DEPTHS = (8,)
+"""JAX compiles per depth: one depth in the default run (agreement); the slow test fits JAX slopes."""
+FULL_DEPTHS = (8, 16, 32, 64, 128, 256)
+"""The issue's grid (slow test): depths 8 ... 256, width 16, float64, both backends."""
+
+
+def _trial(backend: str, **params) -> Trial:
+    p = WL.Params(**params)
+    return Trial(key=f"t-{backend}-{abs(hash(str(params)))}", sweep="test", workload="adjoint_error", version=WL.version,
+                 backend=backend, device="cpu", params=p.model_dump(mode="json"), repeat=0, seed=0, timeout_s=300,
+                 num_cpus=2, resources=Resources(), isolation="actor")
+
+
+def _table(backend: str, grid: list[dict]) -> pa.Table:
+    tables = []
+    for params in grid:
+        trial = _trial(backend, width=16, batch=8, dtype="float64", **params)
+        outcome = execute(trial)
+        assert outcome.status == "ok", outcome.error
+        tables.append(trial_table(trial, outcome, "test"))
+    return pa.concat_tables(tables)
+
+
+def _grid(depths: tuple[int, ...], inits: tuple[str, ...]) -> list[dict]:
+    return ([dict(model=m, init=i, depth=n) for m in ("adjoint_euler", "adjoint_heun") for i in inits for n in depths]
+            + [dict(model=m, init="tied", depth=n, gamma=0.9) for m in ("momentum", "momentum_reversible")
+               for n in (depths[0], depths[-1])])
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    jax_grid = [dict(model=m, init="tied", depth=n) for m in ("adjoint_euler", "adjoint_heun") for n in JAX_DEPTHS]
+    return pa.concat_tables([_table("torch", _grid(TORCH_DEPTHS, ("tied", "smooth", "iid"))),
+                             _table("jax", jax_grid)]).to_pandas()
+
+
+@pytest.mark.slow
+def test_checks_hold_on_the_issue_grid_in_both_backends():
+    full = pa.concat_tables([_table(b, _grid(FULL_DEPTHS, ("tied", "smooth", "iid"))) for b in ("torch", "jax")]).to_pandas()
+    checks = WL.checks(full)
+    assert sum(c.name.startswith("Euler slope") for c in checks) == 4
+    assert all(c.passed is True for c in checks), [c for c in checks if c.passed is not True]
+
+
+def test_records_every_metric_with_a_tag_per_tensor(table):
+    adj = table[table["p_model"] == "adjoint_heun"]
+    assert set(adj["metric"]) == {m.name for m in WL.metrics}
+    assert set(adj[adj["metric"] == "grad_rel_err"]["tag"]) == {"w1", "b1", "w2", "b2", "input"}
+    mom = table[table["p_model"] == "momentum"]
+    assert set(mom["metric"]) == {"recon_err"}
+    assert mom["p_gamma"].notna().all() and adj["p_gamma"].isna().all()
+
+
+def test_checks_hold_on_a_small_cpu_grid(table):
+    checks = WL.checks(table)
+    measured = [c for c in checks if c.passed is not None or not c.name.split(": ")[1].startswith("jax")]
+    names = [c.name for c in measured]
+    assert sum(n.startswith("Euler slope") for n in names) == 2  # torch tied, smooth (jax: one depth, None)
+    assert sum(n.startswith("Heun steeper") for n in names) == 2
+    assert any(n.startswith("buffer reverses exactly") for n in names)
+    assert any(n.startswith("division by gamma") for n in names)
+    assert all(c.passed is True for c in measured), [c for c in checks if c.passed is not True]
+
+
+def test_iid_weights_give_a_steeper_euler_slope_than_smooth(table):
+    rows = table[(table["backend"] == "torch") & (table["metric"] == "recon_err") & (table["p_model"] == "adjoint_euler")]
+    slopes = {}
+    for init, g in rows.groupby("p_init"):
+        g = g.sort_values("p_depth")
+        slopes[init], _ = WL.fitted_slope(g["p_depth"].to_numpy(float), g["value"].to_numpy(float), 0.0)
+    assert -1.1 < slopes["tied"] < -0.9 and -1.1 < slopes["smooth"] < -0.9, slopes
+    assert slopes["iid"] < -1.3, slopes  # about -1.45 (issue), shown by the report, not a failing check
+
+
+def test_backends_agree(table):
+    rows = table[table["metric"].isin(["recon_err", "grad_rel_err"]) & (table["p_init"] == "tied")
+                 & table["p_depth"].isin([8])]
+    pivot = rows.pivot_table(index=["p_model", "p_depth", "metric", "tag"], columns="backend", values="value", dropna=False)
+    pivot = pivot.dropna()
+    assert len(pivot) == 12  # two models: recon_err and five tensors' grad_rel_err each (momentum: torch only)
+    np.testing.assert_allclose(pivot["jax"], pivot["torch"], rtol=1e-6, atol=1e-14)
+
+
+def test_checks_fail_when_the_rates_do_not_hold(table):
+    bad = table.copy()
+    recon = bad["metric"] == "recon_err"
+    euler, heun = recon & (bad["p_model"] == "adjoint_euler"), recon & (bad["p_model"] == "adjoint_heun")
+    bad.loc[euler, "value"] = 1e-3 / np.sqrt(bad.loc[euler, "p_depth"])  # slope -0.5: not 1/N
+    bad.loc[heun, "value"] = 1e-3 / np.sqrt(bad.loc[heun, "p_depth"])  # no steeper than Euler
+    bad.loc[recon & (bad["p_model"] == "momentum_reversible"), "value"] = 1e-12
+    bad.loc[recon & (bad["p_model"] == "momentum"), "value"] = 1e-3 / bad.loc[recon & (bad["p_model"] == "momentum"), "p_depth"]
+    failed = {c.name.split(":")[0] for c in WL.checks(bad) if c.passed is False}
+    assert failed == {"Euler slope", "Heun steeper than Euler", "buffer reverses exactly",
+                      "division by gamma amplifies rounding"}, failed
+    rising = table.copy()
+    sel = (rising["metric"] == "recon_err") & (rising["p_model"] == "adjoint_euler")
+    rising.loc[sel, "value"] = 1e-6 * rising.loc[sel, "p_depth"]
+    assert any(c.name.startswith("recon_err falls") and c.passed is False for c in WL.checks(rising))
+
+
+def test_figures_draw_errors_fits_and_bounds(table):
+    figs = WL.figures(table)
+    assert len(figs) == 3
+    names = [t.name for t in figs[0].data]
+    assert any("slope -1.0" in n for n in names) and any("bound" in n for n in names), names
+    assert all(f.layout.xaxis.type == "log" and f.layout.yaxis.type == "log" for f in figs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_adjoint_gradient_equals_backprop_when_f_is_zero(backend):
+    t = pa.concat_tables([_table(backend, [dict(model="adjoint_euler", init="zero", depth=8)])]).to_pandas()
+    assert t[t["metric"].isin(["recon_err", "grad_rel_err", "grad_mse_ratio"])]["value"].eq(0).all()
+
+
+def test_smooth_weights_interpolate_a_coarse_net():
+    w = WL.smooth_weights(65, width=4, hidden=3, block="mlp", activation="tanh", dtype="float64", seed=0, coarse=4)
+    assert w["w1"].shape == (65, 3, 4)
+    steps = np.abs(np.diff(w["w1"], axis=0)).max()
+    assert 0 < steps <= 2 * np.abs(w["w1"]).max() * 3 / 64 + 1e-15  # Lipschitz in depth with constant O(1/N)
+    np.testing.assert_allclose(w["w1"][32], 0.5 * (w["w1"][31] + w["w1"][33]))
+
+
+def test_clear_errors_for_bad_parameters():
+    with pytest.raises(pydantic.ValidationError, match="depth"):
+        WL.Params(depth=0)
+    with pytest.raises(pydantic.ValidationError, match="model"):
+        WL.Params(model="rk4")
+    p = WL.Params(model="adjoint_euler", gamma=0.5, block="mlp", image_size=8)
+    assert p.gamma is None and p.image_size is None
