@@ -126,20 +126,26 @@ def _cubic_root(P: float, Q: float) -> float:
 
 
 def _pool(mode: int, lam: float, cnt: float, wsum: float, mu: float, m2: float, m3: float) -> float:
-    """``gamma_B* = argmin_g sum_{i in B} h_i(g)`` (eq. 7.6) from the block's moments (7.A.6)."""
+    """``gamma_B* - mean_B(s)``, where ``gamma_B* = argmin_g sum_{i in B} h_i(g)`` (eq. 7.6, 7.A.6)."""
     if mode == 0:  # mask, p = 2
-        return mu - lam * wsum / cnt
-    if mode == 2:  # magnitude, p = 2
-        return cnt * mu / (cnt + lam * wsum)
+        return -lam * wsum / cnt
+    if mode == 2:  # magnitude, p = 2: gamma = cnt mu / (cnt + lam W)
+        return -lam * wsum * mu / (cnt + lam * wsum)
     l3 = lam * lam * lam
     if mode == 1:  # mask, p = 4/3: sum (s_i - g)^3 = lam^3 W
-        return mu + _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
+        if m2 == 0.0 and m3 == 0.0:  # equal values (a singleton): exactly lam (W / cnt)^(1/3) below them
+            return -lam * (wsum / cnt) ** (1.0 / 3.0)
+        return _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
     # magnitude, p = 4/3: sum (s_i - g)^3 = lam^3 W g
-    return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
+    return _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
 
 
 def _pav_row(s, w, lam, mode, r, bid):
-    """``r = s - v`` for the decreasing isotonic solution ``v`` of one sorted row ``s``, and block indices."""
+    """``r = s - v`` for the decreasing isotonic solution ``v`` of one sorted row ``s``, and block indices.
+
+    Blocks keep their value as mean + offset, and ``r_i = (s_i - mean) - offset``: a singleton
+    then gives ``r`` without rounding (e.g. exactly ``lam`` for a saturated mask entry).
+    """
     n = s.shape[0]
     start = np.empty(n, np.int64)
     cnt = np.empty(n, np.float64)
@@ -147,7 +153,7 @@ def _pav_row(s, w, lam, mode, r, bid):
     mu = np.empty(n, np.float64)
     m2 = np.empty(n, np.float64)
     m3 = np.empty(n, np.float64)
-    gam = np.empty(n, np.float64)
+    off = np.empty(n, np.float64)
     top = -1
     for i in range(n):
         top += 1
@@ -157,8 +163,8 @@ def _pav_row(s, w, lam, mode, r, bid):
         mu[top] = s[i]
         m2[top] = 0.0
         m3[top] = 0.0
-        gam[top] = _pool(mode, lam, 1.0, w[i], s[i], 0.0, 0.0)
-        while top > 0 and gam[top - 1] < gam[top]:  # a violation: pool the two last blocks
+        off[top] = _pool(mode, lam, 1.0, w[i], mu[top], 0.0, 0.0)
+        while top > 0 and mu[top - 1] + off[top - 1] < mu[top] + off[top]:  # a violation: pool the last two
             na, nb = cnt[top - 1], cnt[top]
             nn = na + nb
             d = mu[top] - mu[top - 1]
@@ -169,14 +175,12 @@ def _pav_row(s, w, lam, mode, r, bid):
             cnt[top - 1] = nn
             wsum[top - 1] = wsum[top - 1] + wsum[top]
             top -= 1
-            gam[top] = _pool(mode, lam, cnt[top], wsum[top], mu[top], m2[top], m3[top])
+            off[top] = _pool(mode, lam, cnt[top], wsum[top], mu[top], m2[top], m3[top])
     for b in range(top + 1):
         end = start[b + 1] if b < top else n
-        g = gam[b]
-        if mode >= 2 and g < 0.0:  # magnitude: v >= 0 (Nemeth and Nemeth: truncate)
-            g = 0.0
+        clipped = mode >= 2 and mu[b] + off[b] < 0.0  # magnitude: v >= 0 (Nemeth and Nemeth: truncate)
         for i in range(start[b], end):
-            r[i] = s[i] - g  # in float64, so a float32 row keeps the precision of s - v
+            r[i] = s[i] if clipped else (s[i] - mu[b]) - off[b]  # in float64
             bid[i] = b
 
 

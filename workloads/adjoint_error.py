@@ -155,7 +155,9 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     return records
 
 
-_GROUP = ["backend", "device_name", "p_model", "p_init", "p_activation", "p_block", "p_width", "p_dtype", "p_gamma"]
+_GROUP = ["backend", "device_name", "p_model", "p_init", "p_activation", "p_block", "p_width", "p_hidden", "p_batch",
+          "p_image_size", "p_scale", "p_dtype", "p_gamma"]
+"""One curve vs depth per value of these columns (null parameters read as "-")."""
 
 
 def _curves(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -164,7 +166,7 @@ def _curves(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows = summary[summary["metric"] == metric]
     if rows.empty:
         return rows
-    keys = [c for c in _GROUP if c in rows.columns] + ["p_depth", "p_scale"]
+    keys = [c for c in _GROUP if c in rows.columns] + ["p_depth"]
     rows = rows.assign(**{c: rows[c].astype(object).where(rows[c].notna(), "-") for c in keys if c in rows})
     return rows.groupby(keys, dropna=False, sort=False)["median"].max().reset_index().sort_values("p_depth")
 
@@ -179,6 +181,10 @@ def fitted_slope(depths: np.ndarray, errors: np.ndarray, floor: float) -> tuple[
     if keep.sum() < 2:
         return None, int(keep.sum())
     return float(np.polyfit(np.log(np.asarray(depths)[keep]), np.log(np.asarray(errors)[keep]), 1)[0]), int(keep.sum())
+
+
+def _fmt(slope: float | None) -> str:
+    return "n/a (fewer than two depths above 100 eps)" if slope is None else f"{slope:.3f}"
 
 
 _BOUND = {"adjoint_euler": (1, "Prop. 2.9/2.10: O(1/N)"), "adjoint_heun": (2, "Prop. 2.11/2.12: O(1/N^2)")}
@@ -205,7 +211,7 @@ def figures(table: pd.DataFrame) -> list:
         fig = go.Figure()
         for key, g in curves.groupby(cols, sort=False):
             d = dict(zip(cols, key))
-            floor = 100 * _EPS.get(d["p_dtype"], 0.0)
+            floor = (100 * _EPS.get(d["p_dtype"], 0.0)) ** (2 if metric == "grad_mse_ratio" else 1)  # a squared ratio
             slope, used = fitted_slope(g["p_depth"].to_numpy(float), g["median"].to_numpy(float), floor)
             fit = "n/a" if slope is None else f"{slope:.2f}"
             y = g["median"].to_numpy(float)
@@ -218,7 +224,8 @@ def figures(table: pd.DataFrame) -> list:
                 bound = 2 * y[0] * (n0 / depths) ** power
                 fig.add_trace(go.Scatter(x=depths, y=bound, mode="lines", line=dict(dash="dash"),
                                          name=f"bound {text} ({d['backend']} {d['p_model']} {d['p_init']})"))
-        fig.add_hline(y=100 * _EPS["float64"], line_dash="dot", annotation_text="100 eps float64")
+        power = 2 if metric == "grad_mse_ratio" else 1
+        fig.add_hline(y=(100 * _EPS["float64"]) ** power, line_dash="dot", annotation_text=f"(100 eps float64)^{power}")
         fig.update_layout(title=title, xaxis_title="depth N", yaxis_title=metric, xaxis_type="log", yaxis_type="log")
         figs.append(fig)
     return figs
@@ -251,7 +258,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
                 out.append(Check(f"Euler slope: {label}",
                                  "with smooth weights, Euler's reconstruction error falls like 1/N: slope in [-1.3, -0.7] (Prop. 2.9)",
                                  None if slope is None else bool(-1.3 <= slope <= -0.7),
-                                 f"slope {slope if slope is None else round(slope, 3)} over {used} depths"))
+                                 f"slope {_fmt(slope)} over {used} depths"))
         elif d["p_model"] == "momentum_reversible":
             out.append(Check(f"buffer reverses exactly: {label}",
                              "with the information buffer the Momentum ResNet's activations are recovered exactly at every depth (4.3.1)",
@@ -268,7 +275,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
         passed = None if heun is None or euler is None else bool(heun <= euler - 0.5)
         out.append(Check(f"Heun steeper than Euler: {_label(key, cols)}",
                          "with smooth weights Heun's reversal error falls at least 0.5 faster in log-log than Euler's (Prop. 2.11)",
-                         passed, f"Heun slope {heun}, Euler slope {euler}"))
+                         passed, f"Heun slope {_fmt(heun)}, Euler slope {_fmt(euler)}"))
     return out
 
 

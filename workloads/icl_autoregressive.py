@@ -187,7 +187,7 @@ def figures(table: pd.DataFrame) -> list:
     steps = summarize(table, metrics, by_step=True)
     curves = steps[(steps["metric"].isin(["train_loss", "test_mse"])) & (steps["tag"].isna() | (steps["tag"] == "transformer"))]
     if not curves.empty:
-        shown = "torch" if "torch" in set(curves["backend"]) else sorted(set(curves["backend"]))[0]
+        shown = "torch" if "torch" in set(curves["backend"]) else min(set(curves["backend"]))
         curves = curves[curves["backend"] == shown]
         fig = go.Figure()
         for (metric, soft, depth, *_), g in curves.groupby(["metric", "p_softmax", "p_depth", *_SETUP]):
@@ -233,7 +233,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
                 continue
             found = True
             measured = ", ".join(f"L={d}: {r:.3g}" for d, r in sel.items())
-            out.append(Check(f"{label}, {backend} ({device}), T={setup[1]}, epochs={setup[3]}", claim,
+            out.append(Check(f"{label}, {backend} ({device}), T={int(setup[1])}, epochs={int(setup[3])}", claim,
                              all(test(r) for r in sel.values()), f"Transformer/GD MSE ratio {measured}"))
         if not found:
             out.append(Check(label, claim, None, "no trial with these depths and this attention"))

@@ -11,6 +11,7 @@ Thesis chapter 3, section 3.5.1, appendix 3.E.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
@@ -110,7 +111,7 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
             records.append(Record("dist_to_limit", dist, step=step))
 
     snapshot(0)
-    for t0, t1 in zip(snaps[:-1], snaps[1:]):
+    for t0, t1 in itertools.pairwise(snaps):
         net, losses, diffs = ops.scaled_resnet_gd(net, x, y, params.lr * params.depth, t1 - t0, params.activation)
         losses, diffs = backend.to_numpy(losses), backend.to_numpy(diffs)
         if ref is not None:
@@ -139,7 +140,7 @@ _SETUP = ["p_steps", "p_n", "p_width", "p_hidden", "p_lr", "p_dtype"]
 
 
 def _shown_backend(df: pd.DataFrame) -> str:
-    return "torch" if "torch" in set(df["backend"]) else sorted(set(df["backend"]))[0]
+    return "torch" if "torch" in set(df["backend"]) else min(set(df["backend"]))
 
 
 def _slope(depth: pd.Series, value: pd.Series) -> float | None:
@@ -251,7 +252,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
             out.append(Check(f"max_layer_diff slope, {init}", claim, None, f"no {init} trials"))
             continue
         for (backend, device, act, *setup), g in rows.groupby(["backend", "device_name", "p_activation", *_SETUP]):
-            label = f"{init} {act}, {backend} ({device}), steps={setup[0]}"
+            label = f"{init} {act}, {backend} ({device}), steps={int(setup[0])}"
             slope = _slope(g["p_depth"], g["median"])
             if slope is None:
                 out.append(Check(f"max_layer_diff slope, {label}", claim, None, "needs two depths or more"))
@@ -266,7 +267,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
              "dist_to_limit falls with L, log-log slope < -0.5 (Theorem 3.4 (ii), Fig. 3.1 right)")
     for (backend, device, ref, *setup), g in dist.groupby(["backend", "device_name", "p_ref_depth", *_SETUP]):
         slope = _slope(g["p_depth"], g["median"])
-        label = f"dist_to_limit slope, ref {int(ref)}, {backend} ({device}), steps={setup[0]}"
+        label = f"dist_to_limit slope, ref {int(ref)}, {backend} ({device}), steps={int(setup[0])}"
         out.append(Check(label, claim, None if slope is None else bool(slope < -0.5),
                          "needs two depths or more" if slope is None else f"slope {slope:.2f}"))
 

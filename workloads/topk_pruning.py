@@ -60,8 +60,13 @@ class Params(_Params):
         operator = data.get("operator", "relaxed")
         if operator != "relaxed":
             data = {**data, "p": None, "lam": None}
+        else:  # a null carried over from a hard or dense grid point means the default
+            data = {**data, "p": 2.0 if data.get("p") is None else data["p"],
+                    "lam": 1e-4 if data.get("lam") is None else data["lam"]}
         if operator == "dense":
             data = {**data, "keep": None}
+        elif data.get("keep") is None:
+            data = {**data, "keep": 0.10}
         return data
 
     @pydantic.field_validator("p")
@@ -73,8 +78,9 @@ class Params(_Params):
 
 
 def _config(params: Params, inputs: int, classes: int) -> PrunedMLPConfig:
+    relaxed = params.operator == "relaxed"
     return PrunedMLPConfig(sizes=(inputs, params.hidden, params.hidden, classes), operator=params.operator,
-                           keep=params.keep or 1.0, lam=params.lam or 1e-4, p=params.p or 2.0)
+                           keep=params.keep or 1.0, lam=params.lam if relaxed else 1e-4, p=params.p if relaxed else 2.0)
 
 
 def _sparsity(weights: list[np.ndarray], config: PrunedMLPConfig, step: int) -> list[Record]:

@@ -31,7 +31,7 @@ def np_layer_norm(x: np.ndarray, p: dict) -> np.ndarray:
 def oracle_apply(params: dict, tokens: np.ndarray, config: ARConfig) -> np.ndarray:
     """The layers written token by token: e_t += LN(W_O sum_{t' <= t} a_{t,t'} W_V e_t') (+ LN(MLP(e_t)))."""
     x = tokens.copy()
-    n, length, width = x.shape
+    length, width = x.shape[1:]
     for block in params["blocks"]:
         q, k, v = x @ block["wq"], x @ block["wk"], x @ block["wv"]
         out = np.zeros_like(x)

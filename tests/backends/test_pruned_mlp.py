@@ -88,7 +88,7 @@ def test_apply_and_gradients_agree_between_torch_and_jax(operator):
         assert_close(tparams["w"][i].grad.numpy(), np.asarray(grads["w"][i]), atol=1e-9)
 
 
-@pytest.mark.parametrize("operator", ["hard", "relaxed"])
+@pytest.mark.parametrize("operator", ["hard", pytest.param("relaxed", marks=pytest.mark.slow)])
 def test_sgd_training_agrees_between_torch_and_jax(operator):
     config = PrunedMLPConfig(sizes=SIZES, operator=operator, keep=0.2, lam=1e-3, p=2.0)
     rng = np.random.default_rng(4)

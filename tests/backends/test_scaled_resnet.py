@@ -100,7 +100,7 @@ def test_gd_step_agrees_between_torch_and_jax_and_with_finite_differences(activa
         plus, minus = {k: v.copy() for k, v in p.items()}, {k: v.copy() for k, v in p.items()}
         plus["W"][idx] += eps
         minus["W"][idx] -= eps
-        f = lambda q: ((oracle_forward(q["V"], q["W"], x, activation) - y) ** 2).sum() / 7  # noqa: E731
+        f = lambda q: ((oracle_forward(q["V"], q["W"], x, activation) - y) ** 2).sum() / 7
         assert_close(stepped["W"][idx], p["W"][idx] - lr * (f(plus) - f(minus)) / (2 * eps), rtol=1e-6, atol=1e-7)
 
 

@@ -164,8 +164,11 @@ def test_hard_operators(backend):
     assert_close(_np(backend, ops.hard_topk_mask(_arr(backend, x), 0)), np.zeros_like(x))
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-@pytest.mark.parametrize("solver", ["threshold", "pav", "dykstra"])
+JAX_PAV_SLOW = pytest.param("jax", "pav", marks=pytest.mark.slow)  # the PAV kernel is shared with torch
+
+
+@pytest.mark.parametrize("backend,solver", [("torch", "threshold"), ("torch", "pav"), ("torch", "dykstra"),
+                                            ("jax", "threshold"), JAX_PAV_SLOW, ("jax", "dykstra")])
 def test_edge_cases_k0_kn_n1_and_ties(backend, solver):
     mask, mag = _op(backend, "mask"), _op(backend, "mag")
     x = _rows(50, (2, 16))
@@ -189,8 +192,9 @@ def test_magnitude_with_fewer_than_k_nonzeros_keeps_them_all(backend):
         assert_close(y, x / 1.5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-@pytest.mark.parametrize("solver", ["threshold", "pav", "dykstra"])
+@pytest.mark.parametrize("backend,solver", [("torch", "threshold"), ("torch", "pav"), ("torch", "dykstra"),
+                                            ("jax", "threshold"), JAX_PAV_SLOW,
+                                            pytest.param("jax", "dykstra", marks=pytest.mark.slow)])
 def test_non_finite_and_integer_inputs_raise(backend, solver):
     for bad in (np.nan, np.inf, -np.inf):
         x = _rows(60, (2, 8))

@@ -86,7 +86,7 @@ def test_line_search_finds_the_minimum_and_beats_its_neighbours():
     assert abs(np.log(eta / 0.0123)) < 1e-3 and abs(value - 1.0) < 1e-6
     states = ar_sequences(64, 3, 10, seed=0)
     ops = backends.get("jax").ops
-    mse = lambda e: _mse(np.asarray(ops.ar_gd_predict(states, 3, e)), states[:, 1:])  # noqa: E731
+    mse = lambda e: _mse(np.asarray(ops.ar_gd_predict(states, 3, e)), states[:, 1:])
     eta, best = _line_search(mse)
     assert best <= min(mse(eta * 0.9), mse(eta * 1.1)) and best < mse(0.0)
 
