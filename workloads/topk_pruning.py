@@ -206,9 +206,14 @@ def checks(table: pd.DataFrame) -> list[Check]:
             hard = g[g["p_operator"] == "hard"]
             if hard.empty:
                 continue
-            final = float(hard.sort_values("step")["median"].iloc[-1])
+            ordered = hard.sort_values("step")["median"]
+            final, initial = float(ordered.iloc[-1]), float(ordered.iloc[0])
             hard_at = _first_epoch_at(hard, final)
             for label, r in g[g["p_operator"] == "relaxed"].groupby("label"):
+                if final >= initial:  # nothing to reach: the comparison would pass at epoch 0
+                    out.append(Check(f"{label} vs hard, {backend} ({device}), lr={lr:g}", claim, None,
+                                     f"the hard top-k did not learn (test error {initial:.3f} -> {final:.3f})"))
+                    continue
                 at = _first_epoch_at(r, final)
                 passed = at is not None and at <= hard_at
                 reached = "never" if at is None else f"at epoch {at}"
