@@ -44,8 +44,8 @@ def smoke_rows() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def operator_rows() -> pd.DataFrame:
-    """Dense, hard and relaxed p = 2 and 4/3, 3 epochs on 512 digits (torch)."""
-    base = dict(train_size=512, epochs=3, lr=0.1, batch=64)
+    """Dense, hard and relaxed p = 2 and 4/3 keeping half the weights, 3 epochs on 512 digits (torch)."""
+    base = dict(train_size=512, epochs=3, lr=0.1, batch=64, keep=0.5)  # 10% learns too slowly for a test
     return table([("torch", params(**base, operator="dense"), 0), ("torch", params(**base, operator="hard"), 0),
                   ("torch", params(**base, operator="relaxed", p=2.0), 0),
                   ("torch", params(**base, operator="relaxed", p="4/3"), 0)])
