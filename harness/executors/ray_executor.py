@@ -91,6 +91,7 @@ class RayExecutor:
     """Runs trials on a Ray cluster, at most as many at once as the nodes' resources allow."""
 
     def __init__(self, address: str | None = None, connect_timeout_s: float = 10.0) -> None:
+        self._idle: dict[str, list[Any]] = {}
         self._owns = not ray.is_initialized()
         if self._owns:
             address = address or os.environ.get("RAY_ADDRESS")
@@ -157,8 +158,10 @@ class RayExecutor:
         exhausted = False
         running: dict[ray.ObjectRef, _Running] = {}
         starting: dict[ray.ObjectRef, Any] = {}  # ping ref -> actor that has not answered yet
-        idle: list[Any] = []
         actor_mode = first.isolation == "actor"
+        shape = tuple(sorted(_options(first).items(), key=str))
+        pool = self._idle.pop(repr(shape), [])  # workers an earlier sweep of this shape left ready
+        idle: list[Any] = pool[:slots]
 
         def take() -> tuple[Trial, int] | None:
             nonlocal exhausted
@@ -222,10 +225,14 @@ class RayExecutor:
                         stop(run, ref)
                         finish(run, "timeout", f"exceeded timeout_s={run.trial.timeout_s:g}; worker stopped")
         finally:
-            for actor in [*idle, *starting.values(), *(r.actor for r in running.values() if r.actor)]:
+            self._idle[repr(shape)] = idle + pool[slots:]  # for the next sweep of this shape; close() kills them
+            for actor in [*starting.values(), *(r.actor for r in running.values() if r.actor)]:
                 ray.kill(actor, no_restart=True)
 
     def close(self) -> None:
+        for actor in (a for pool in self._idle.values() for a in pool):
+            ray.kill(actor, no_restart=True)
+        self._idle.clear()
         if self._owns and ray.is_initialized():
             ray.shutdown()
 
