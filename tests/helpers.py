@@ -20,3 +20,26 @@ def assert_close(actual, expected, dtype: str = "float64", **override) -> None:
 def dtype_eps(dtype: str) -> float:
     """Rounding error of one accumulated result in ``dtype``, relative to the largest element."""
     return {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2}[dtype]
+
+
+def run_rows(workload, runs, *, num_cpus: int = 1):
+    """Rows as the store writes them for ``(backend, params, repeat)`` trials of ``workload`` run here.
+
+    One thread each by default: the test models are tiny. Every trial must end ``ok``.
+    """
+    import pyarrow as pa
+
+    from harness.spec import Resources
+    from harness.sweep import Trial
+    from harness.trial import execute
+    from results.store import trial_table
+
+    tables = []
+    for i, (backend, params, repeat) in enumerate(runs):
+        trial = Trial(key=f"t{i}", sweep="test", workload=workload.name, version=workload.version, backend=backend,
+                      device="cpu", params=params.model_dump(mode="json"), repeat=repeat, seed=repeat, timeout_s=300,
+                      num_cpus=num_cpus, resources=Resources(), isolation="actor")
+        outcome = execute(trial)
+        assert outcome.status == "ok", outcome.error
+        tables.append(trial_table(trial, outcome, "test"))
+    return pa.concat_tables(tables).to_pandas()

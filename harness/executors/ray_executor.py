@@ -161,6 +161,7 @@ class RayExecutor:
         actor_mode = first.isolation == "actor"
         shape = tuple(sorted(_options(first).items(), key=str))
         pool = self._idle.pop(repr(shape), [])  # workers an earlier sweep of this shape left ready
+        self._release_idle()  # workers of other shapes would hold resources this sweep needs
         idle: list[Any] = pool[:slots]
 
         def take() -> tuple[Trial, int] | None:
@@ -229,10 +230,13 @@ class RayExecutor:
             for actor in [*starting.values(), *(r.actor for r in running.values() if r.actor)]:
                 ray.kill(actor, no_restart=True)
 
-    def close(self) -> None:
+    def _release_idle(self) -> None:
         for actor in (a for pool in self._idle.values() for a in pool):
             ray.kill(actor, no_restart=True)
         self._idle.clear()
+
+    def close(self) -> None:
+        self._release_idle()
         if self._owns and ray.is_initialized():
             ray.shutdown()
 

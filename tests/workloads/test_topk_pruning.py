@@ -6,16 +6,12 @@ import time
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 import backends
 import workloads
-from harness.spec import Resources
-from harness.sweep import Trial
-from harness.trial import execute
+from tests.helpers import run_rows
 from harness.workload import Context, Skip
-from results.store import trial_table
 
 W = workloads.get("topk_pruning")
 
@@ -26,15 +22,7 @@ def params(**overrides) -> W.Params:
 
 def table(runs: list[tuple[str, W.Params, int]]) -> pd.DataFrame:
     """Rows as the store writes them, for (backend, params, repeat) trials run here."""
-    tables = []
-    for i, (backend, p, repeat) in enumerate(runs):
-        trial = Trial(key=f"t{i}", sweep="test", workload=W.name, version=W.version, backend=backend, device="cpu",
-                      params=p.model_dump(mode="json"), repeat=repeat, seed=repeat, timeout_s=300, num_cpus=2,
-                      resources=Resources(), isolation="actor")
-        outcome = execute(trial)
-        assert outcome.status == "ok", outcome.error
-        tables.append(trial_table(trial, outcome, "test"))
-    return pa.concat_tables(tables).to_pandas()
+    return run_rows(W, runs, num_cpus=2)
 
 
 @pytest.fixture(scope="module")
