@@ -43,3 +43,8 @@ def run_rows(workload, runs, *, num_cpus: int = 1):
         assert outcome.status == "ok", outcome.error
         tables.append(trial_table(trial, outcome, "test"))
     return pa.concat_tables(tables).to_pandas()
+
+
+def smoke_params(workload, **overrides):
+    """The workload's smoke parameters with ``overrides`` applied (validated again)."""
+    return workload.Params.model_validate(workload.smoke.model_dump() | overrides)

@@ -11,7 +11,7 @@ import pytest
 
 import backends
 import workloads
-from tests.helpers import run_rows
+from tests.helpers import run_rows, smoke_params
 from harness.workload import Context, Skip
 
 W = workloads.get("attention_stochasticity")
@@ -22,7 +22,7 @@ def ctx(seed: int = 0) -> Context:
 
 
 def params(**overrides) -> W.Params:
-    return W.Params.model_validate(W.smoke.model_dump() | overrides)
+    return smoke_params(W, **overrides)
 
 
 def table(runs: list[tuple[str, W.Params, int]]) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pytest
 
 import backends
 import workloads
-from tests.helpers import run_rows
+from tests.helpers import run_rows, smoke_params
 from backends.ar_init import ar_sequences
 from harness.workload import Context, Skip
 
@@ -18,7 +18,7 @@ W = workloads.get("icl_autoregressive")
 
 
 def params(**overrides) -> W.Params:
-    return W.Params.model_validate(W.smoke.model_dump() | overrides)
+    return smoke_params(W, **overrides)
 
 
 def table(runs: list[tuple[str, W.Params, int]]) -> pd.DataFrame:

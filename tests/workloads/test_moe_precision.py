@@ -10,14 +10,14 @@ import pytest
 
 import backends
 import workloads
-from tests.helpers import run_rows
+from tests.helpers import run_rows, smoke_params
 from harness.workload import Context
 
 W = workloads.get("moe_precision")
 
 
 def params(**overrides) -> W.Params:
-    return W.Params.model_validate(W.smoke.model_dump() | overrides)
+    return smoke_params(W, **overrides)
 
 
 def table(runs: list[tuple[str, W.Params, int]]) -> pd.DataFrame:
