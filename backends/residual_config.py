@@ -31,12 +31,15 @@ BACKWARD = {"resnet": "backprop", "checkpoint": "checkpoint", "momentum": "backp
 exact (activations recomputed bit for bit from the output: fixed point, no storage),
 adjoint (activations recomputed approximately by reversing the step, eq. 2.6 and 2.9)."""
 
-BLOCKS = ("mlp", "conv")
+BLOCKS = ("mlp", "conv", "conv_norm")
 TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-"""Residual functions: the MLP of Fig. 4.2, a pre-activation conv block, or a torchvision ResNet
-(torch only; its depth is its own)."""
+"""Residual functions: the MLP of Fig. 4.2, a pre-activation conv block, the same block ending
+in a zero-initialised norm (the zero-residual initialisation of section 2.5.2), or a torchvision
+ResNet (torch only; its depth is its own)."""
+CONV_BLOCKS = ("conv", "conv_norm")
 
-ACTIVATIONS = ("tanh", "relu")
+ACTIVATIONS = ("tanh", "relu", "gelu")
+"""gelu is the exact (erf) form in both backends."""
 DTYPES = ("float32", "float64")
 
 
@@ -46,7 +49,9 @@ class ResidualConfig:
 
     ``gamma_n / gamma_d`` is the momentum term (momentum models), ``scale`` the step h that
     multiplies f, ``frac_bits`` the fixed-point format (exact models), ``steps_per_word`` and
-    ``words`` the buffer schedule (momentum_reversible).
+    ``words`` the buffer schedule (momentum_reversible). ``unroll``: the JAX backend unrolls the
+    Euler and Heun depth loops (XLA:CPU runs a convolution inside a loop 10-25x slower than
+    unrolled; compile time grows with depth); torch ignores it.
     """
 
     model: str
@@ -65,6 +70,7 @@ class ResidualConfig:
     dtype: str
     steps_per_word: int
     words: int
+    unroll: bool = False
 
     @property
     def rule(self) -> str:
@@ -136,7 +142,7 @@ def make_config(model: str, *, depth: int, width: int, hidden: int | None = None
         raise ValueError(f"activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
-    if block == "conv":
+    if block in CONV_BLOCKS:
         image_size = 8 if image_size is None else image_size
         if image_size < 1:
             raise ValueError(f"image_size={image_size} must be >= 1")
@@ -172,12 +178,14 @@ def block_shapes(config: ResidualConfig) -> dict[str, tuple[int, ...]]:
     mlp: Linear(width -> hidden), activation, Linear(hidden -> width) (Fig. 4.2).
     conv: pre-activation basic block, norm -> act -> conv3x3 -> norm -> act -> conv3x3
     (He et al. 2016b; thesis section 2.5.2), the norms using batch statistics.
+    conv_norm: the conv block followed by a third norm, whose weight starts at zero.
     """
     d, h = config.width, config.hidden
     if config.block == "mlp":
         return {"w1": (h, d), "b1": (h,), "w2": (d, h), "b2": (d,)}
-    return {"bn1.weight": (d,), "bn1.bias": (d,), "conv1.weight": (h, d, 3, 3),
+    conv = {"bn1.weight": (d,), "bn1.bias": (d,), "conv1.weight": (h, d, 3, 3),
             "bn2.weight": (h,), "bn2.bias": (h,), "conv2.weight": (d, h, 3, 3)}
+    return conv if config.block == "conv" else {**conv, "bn3.weight": (d,), "bn3.bias": (d,)}
 
 
 def param_names(config: ResidualConfig) -> list[str]:
@@ -189,7 +197,9 @@ def init_params(config: ResidualConfig, seed: int) -> dict[str, np.ndarray]:
     """The network's initial weights, drawn with NumPy so both backends get the same ones.
 
     Linear and conv weights and biases are uniform on +-1/sqrt(fan_in) (PyTorch's default), norm
-    weights 1 and biases 0. Untied: one independent draw per parameter set, stacked along a
+    weights 1 and biases 0, except ``bn3.weight`` of the conv_norm block: 0, so that f = 0 and the
+    network starts as the identity (zero-residual initialisation, thesis section 2.5.2). Zeroing
+    the weight of a norm followed by ReLU instead would stop every gradient of the block (relu'(0) = 0). Untied: one independent draw per parameter set, stacked along a
     leading axis of length ``config.sets``; tied: one draw shared by every layer.
 
     Returns:
@@ -200,7 +210,8 @@ def init_params(config: ResidualConfig, seed: int) -> dict[str, np.ndarray]:
     for index, name in enumerate(param_names(config)):
         shape = block_shapes(config)[name.split(".", 1)[1] if config.rule == "revnet" else name]
         if "bn" in name:
-            value = np.ones(lead + shape) if name.endswith("weight") else np.zeros(lead + shape)
+            one = name.endswith("weight") and not name.endswith("bn3.weight")
+            value = np.ones(lead + shape) if one else np.zeros(lead + shape)
         else:
             fan_in = {"b1": config.width, "b2": config.hidden}.get(name[-2:]) or int(np.prod(shape[1:]))
             rng = np.random.default_rng(np.random.SeedSequence([seed, index]))

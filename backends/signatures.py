@@ -278,6 +278,37 @@ class PrunedMlpTrainer(Protocol):
     def __call__(self, config: Any, params: Any, lr: float) -> PrunedTrainerObject: ...
 
 
+class ResidualClassifierInit(Protocol):
+    """The section 2.5.2 classifier's initial weights from ``backends.residual_classifier_init`` (same seed, same weights)."""
+
+    def __call__(self, config: Any, seed: int, device: Any = "cpu") -> Any: ...
+
+
+class ResidualClassifierApply(Protocol):
+    """Logits of the classifier; the residual part's backward is backprop or the adjoint (Fig. 2.4)."""
+
+    def __call__(self, params: Any, x: Array, config: Any) -> Array: ...
+
+
+class ClassifierTrainerObject(Protocol):
+    """What ``residual_classifier_trainer`` returns: the framework's SGD-with-momentum loop behind one interface."""
+
+    params: Any
+
+    def compile(self, x: Array, y: Array, batch: int) -> None: ...
+
+    def fit_epoch(self, x: Array, y: Array, order: Any, batch: int, lr: float) -> tuple[float, float]: ...
+
+    def predict(self, x: Array) -> Any: ...
+
+
+class ResidualClassifierTrainer(Protocol):
+    """A trainer (SGD, momentum, weight decay, on cross-entropy) of the classifier from ``params``."""
+
+    def __call__(self, config: Any, params: Any, momentum: float = 0.9,
+                 weight_decay: float = 5e-4) -> ClassifierTrainerObject: ...
+
+
 OPS: dict[str, type] = {
     "residual_net": ResidualNet,
     "residual_apply": ResidualApply,
@@ -314,5 +345,8 @@ OPS: dict[str, type] = {
     "pruned_mlp_apply": PrunedMlpApply,
     "pruned_mlp_weights": PrunedMlpWeights,
     "pruned_mlp_trainer": PrunedMlpTrainer,
+    "residual_classifier_init": ResidualClassifierInit,
+    "residual_classifier_apply": ResidualClassifierApply,
+    "residual_classifier_trainer": ResidualClassifierTrainer,
 }
 """Operator name -> its Protocol; every backend's ``ops`` module exports each name."""

@@ -16,7 +16,7 @@ from typing import Any
 import backends
 import workloads
 from harness.sweep import Trial
-from harness.workload import Context, Record, Skip, metric_map
+from harness.workload import Context, Record, Skip, metric_map, uses_backend
 
 STATUSES = ("ok", "failed", "oom", "timeout", "crashed", "skipped")
 
@@ -59,20 +59,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}{where}"
 
 
+def prepare(workload: str, backend: str) -> None:
+    """Import what trials of ``workload`` need (its module; ``backend``'s framework if it uses one) ahead of them."""
+    if uses_backend(workloads.get(workload)):
+        backends.get(backend)
+
+
 def execute(trial: Trial) -> Outcome:
-    """Run ``trial`` here: set threads, load its backend, call the workload, catch what it raises."""
+    """Run ``trial`` here: set threads, load the backend if the workload uses one, call it, catch what it raises."""
     start_wall = dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
     env = host_env()
     device_name = None
     try:
         workload = workloads.get(trial.workload)
-        backend = backends.get(trial.backend)
         threads = max(1, math.floor(trial.num_cpus))
-        backend.set_threads(threads)
-        backend.device(trial.device)
-        device_name = backend.device_name(trial.device)
-        env |= backend.env_info()
+        backend = backends.get(trial.backend) if uses_backend(workload) else None
+        if backend is not None:
+            backend.set_threads(threads)
+            backend.device(trial.device)
+            device_name = backend.device_name(trial.device)
+            env |= backend.env_info()
         ctx = Context(seed=trial.seed, device=trial.device, num_cpus=threads,
                       deadline=started + trial.timeout_s, logger=logging.getLogger(f"deeperbench.{trial.workload}"))
         records = workload.run(workload.Params.model_validate(trial.params), backend, ctx)

@@ -129,6 +129,11 @@ def validate_module(module: Any) -> Workload:
     return module
 
 
+def uses_backend(workload: Workload) -> bool:
+    """False where the module declares ``uses_backend = False``: its trials get no backend and import no framework."""
+    return getattr(workload, "uses_backend", True)
+
+
 def metric_map(workload: Workload) -> dict[str, Metric]:
     """The workload's metrics by name."""
     return {m.name: m for m in workload.metrics}

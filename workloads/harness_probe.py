@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 import pydantic
 
 from backends import Backend
 from harness.workload import Check, Context, Metric, Params as _Params, Record, Skip
-from results.aggregate import summarize
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 name = "harness_probe"
 version = 1
 backends = ("torch", "jax")
 metrics = (Metric("trial_s", "s", "lower", "median", "wall time inside the trial"),)
+uses_backend = False
+"""Its trials never touch their backend (only a label here), so they and their workers import no framework."""
 
 
 class Params(_Params):
@@ -37,7 +40,7 @@ class Params(_Params):
         return data
 
 
-def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
+def run(params: Params, backend: Backend | None, ctx: Context) -> list[Record]:
     """Do what ``params.mode`` says; record the time it took."""
     start = time.perf_counter()
     if params.mode == "sleep":
@@ -57,6 +60,8 @@ def figures(table: pd.DataFrame) -> list:
     """Time inside each trial, per backend and mode."""
     import plotly.express as px
 
+    from results.aggregate import summarize
+
     per = summarize(table, metrics)
     if per.empty:
         return []
@@ -66,6 +71,8 @@ def figures(table: pd.DataFrame) -> list:
 
 def checks(table: pd.DataFrame) -> list[Check]:
     """A no-op trial takes under a millisecond inside the trial: the harness' time is outside it."""
+    from results.aggregate import summarize
+
     per = summarize(table, metrics)
     noop = per[per["p_mode"] == "noop"]["median"]
     claim = "a no-op trial spends under 1 ms inside the trial"

@@ -10,7 +10,7 @@ from jax import lax
 
 from ..residual_config import ResidualConfig, block_shapes
 
-_ACT = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+_ACT = {"tanh": jnp.tanh, "relu": jax.nn.relu, "gelu": lambda a: jax.nn.gelu(a, approximate=False)}
 
 Set = tuple[jax.Array, ...]
 """The parameter tensors of one residual function, in the order of ``block_shapes``."""
@@ -31,7 +31,8 @@ def mlp_block(ps: Sequence[jax.Array], x: jax.Array, activation: str) -> jax.Arr
     return h @ w2.T + jnp.expand_dims(b2, 0)
 
 
-def _norm(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+def batch_norm(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """Norm over (batch, H, W) per channel with the batch's statistics, affine ``w``, ``b``; no running averages."""
     mean = jnp.mean(x, axis=(0, 2, 3), keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=(0, 2, 3), keepdims=True)
     scale = jnp.reshape(w, (1, -1, 1, 1)) * lax.rsqrt(var + 1e-5)
@@ -43,13 +44,14 @@ def _conv(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def conv_block(ps: Sequence[jax.Array], x: jax.Array, activation: str) -> jax.Array:
-    """Pre-activation basic block: norm, act, conv3x3, norm, act, conv3x3 (He et al. 2016b).
+    """Pre-activation basic block: norm, act, conv3x3, norm, act, conv3x3 (He et al. 2016b), then a norm if given.
 
     The norms use the batch's statistics and keep no running averages.
 
     Args:
         ps: (bn1.weight (width,), bn1.bias, conv1.weight (hidden, width, 3, 3), bn2.weight
-            (hidden,), bn2.bias, conv2.weight (width, hidden, 3, 3)).
+            (hidden,), bn2.bias, conv2.weight (width, hidden, 3, 3)), and for the conv_norm
+            block bn3.weight (width,), bn3.bias.
         x: (batch, width, size, size).
 
     Returns:
@@ -57,10 +59,11 @@ def conv_block(ps: Sequence[jax.Array], x: jax.Array, activation: str) -> jax.Ar
 
     References: thesis section 2.5.2 (the pre-activation basic block of the adjoint experiments).
     """
-    g1, b1, c1, g2, b2, c2 = ps
+    g1, b1, c1, g2, b2, c2, *last = ps
     act = _ACT[activation]
-    h = _conv(act(_norm(x, g1, b1)), c1)
-    return _conv(act(_norm(h, g2, b2)), c2)
+    h = _conv(act(batch_norm(x, g1, b1)), c1)
+    h = _conv(act(batch_norm(h, g2, b2)), c2)
+    return batch_norm(h, *last) if last else h
 
 
 def call(cfg: ResidualConfig, ps: Set, x: jax.Array) -> jax.Array:

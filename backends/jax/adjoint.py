@@ -50,7 +50,8 @@ def euler_forward(cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None 
         return (x, keep(out, n + 1, x, every), n + 1), None
 
     body = jax.checkpoint(body) if checkpointed else body
-    (x, out, _), _ = lax.scan(body, (x, out, jnp.asarray(0, jnp.int64)), _xs(cfg, ps, False), length=cfg.depth)
+    (x, out, _), _ = lax.scan(body, (x, out, jnp.asarray(0, jnp.int64)), _xs(cfg, ps, False), length=cfg.depth,
+                                 unroll=cfg.unroll)
     return x, None if out is None else out[:-1]
 
 
@@ -64,7 +65,8 @@ def heun_forward(cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None =
         x = _heun_step(cfg, p0, p1, x)
         return (x, keep(out, n + 1, x, every), n + 1), None
 
-    (x, out, _), _ = lax.scan(body, (x, out, jnp.asarray(0, jnp.int64)), _xs(cfg, ps, True), length=cfg.depth)
+    (x, out, _), _ = lax.scan(body, (x, out, jnp.asarray(0, jnp.int64)), _xs(cfg, ps, True), length=cfg.depth,
+                                 unroll=cfg.unroll)
     return x, None if out is None else out[:-1]
 
 
@@ -91,7 +93,7 @@ def euler_reverse(cfg: ResidualConfig, ps: Set, y: jax.Array, g: jax.Array | Non
             g, gps = g + gx, add_at(cfg, gps, k, gp)
         return prev, g, gps, keep(out, k, prev, every)
 
-    xt, g, gps, out = lax.fori_loop(0, n_layers, body, (y, g, gps, out))
+    xt, g, gps, out = lax.fori_loop(0, n_layers, body, (y, g, gps, out), unroll=cfg.unroll)
     return xt, g, gps, None if out is None else out[:-1]
 
 
@@ -117,7 +119,7 @@ def heun_reverse(cfg: ResidualConfig, ps: Set, y: jax.Array, g: jax.Array | None
             gps = add_pair_at(cfg, gps, k, gp0, gp1)
         return prev, g, gps, keep(out, k, prev, every)
 
-    xt, g, gps, out = lax.fori_loop(0, n_layers, body, (y, g, gps, out))
+    xt, g, gps, out = lax.fori_loop(0, n_layers, body, (y, g, gps, out), unroll=cfg.unroll)
     return xt, g, gps, None if out is None else out[:-1]
 
 
@@ -127,7 +129,7 @@ def _forward(cfg: ResidualConfig, ps: Set, x: jax.Array) -> jax.Array:
         step = lambda k, x: x + cfg.scale * call(cfg, take(cfg, ps, k), x)  # noqa: E731
     else:
         step = lambda k, x: _heun_step(cfg, take(cfg, ps, k), take(cfg, ps, k + 1), x)  # noqa: E731
-    return lax.fori_loop(0, cfg.depth, step, x)
+    return lax.fori_loop(0, cfg.depth, step, x, unroll=cfg.unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -78,7 +78,8 @@ def residual_net(model: str, *, depth: int | None = None, width: int | None = No
     return ResidualNet(config, params)
 
 
-def _apply(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+def apply_config(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    """x_N of the network ``cfg`` with weights ``params``; differentiable with the model's own backward."""
     rule, backward = cfg.rule, cfg.backward
     if rule == "revnet":
         phi, psi = family(cfg, params, "phi"), family(cfg, params, "psi")
@@ -105,7 +106,7 @@ def _check_input(net: ResidualNet, x: jax.Array) -> None:
         raise ValueError(f"x has dtype {x.dtype}; this net runs in {cfg.dtype}")
 
 
-_apply_jit = jax.jit(_apply, static_argnums=0)
+_apply_jit = jax.jit(apply_config, static_argnums=0)
 
 
 def residual_apply(net: ResidualNet, x: jax.Array) -> jax.Array:
@@ -116,7 +117,7 @@ def residual_apply(net: ResidualNet, x: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _step(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array, cotangent: jax.Array):
-    _, vjp = jax.vjp(functools.partial(_apply, cfg), params, x)
+    _, vjp = jax.vjp(functools.partial(apply_config, cfg), params, x)
     return vjp(cotangent)
 
 
@@ -136,7 +137,7 @@ def residual_functional(net: ResidualNet) -> tuple[Callable, Callable, dict[str,
 
     ``step`` is one jitted forward and backward, returning the gradients of the parameters and of x.
     """
-    return functools.partial(_apply, net.config), functools.partial(_step, net.config), net.params
+    return functools.partial(apply_config, net.config), functools.partial(_step, net.config), net.params
 
 
 def _check_every(every: int) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-_ACT = {"tanh": torch.tanh, "relu": torch.relu}
+_ACT = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}
 
 
 def mlp_block(ps: Sequence[torch.Tensor], x: torch.Tensor, activation: str) -> torch.Tensor:
@@ -24,19 +24,21 @@ def mlp_block(ps: Sequence[torch.Tensor], x: torch.Tensor, activation: str) -> t
     return F.linear(_ACT[activation](F.linear(x, w1, b1)), w2, b2)
 
 
-def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Norm over (batch, H, W) per channel with the batch's statistics, affine ``w``, ``b``; no running averages."""
     return F.batch_norm(x, None, None, w, b, training=True, momentum=0.0, eps=1e-5)
 
 
 def conv_block(ps: Sequence[torch.Tensor], x: torch.Tensor, activation: str) -> torch.Tensor:
-    """Pre-activation basic block: norm, act, conv3x3, norm, act, conv3x3 (He et al. 2016b).
+    """Pre-activation basic block: norm, act, conv3x3, norm, act, conv3x3 (He et al. 2016b), then a norm if given.
 
     The norms use the batch's statistics and keep no running averages, so the block is a pure
     function of (x, theta): recomputing it in the backward gives the same bits.
 
     Args:
         ps: (bn1.weight (width,), bn1.bias, conv1.weight (hidden, width, 3, 3), bn2.weight
-            (hidden,), bn2.bias, conv2.weight (width, hidden, 3, 3)).
+            (hidden,), bn2.bias, conv2.weight (width, hidden, 3, 3)), and for the conv_norm
+            block bn3.weight (width,), bn3.bias.
         x: (batch, width, size, size).
 
     Returns:
@@ -44,10 +46,11 @@ def conv_block(ps: Sequence[torch.Tensor], x: torch.Tensor, activation: str) -> 
 
     References: thesis section 2.5.2 (the pre-activation basic block of the adjoint experiments).
     """
-    g1, b1, c1, g2, b2, c2 = ps
+    g1, b1, c1, g2, b2, c2, *last = ps
     act = _ACT[activation]
-    h = F.conv2d(act(_norm(x, g1, b1)), c1, padding=1)
-    return F.conv2d(act(_norm(h, g2, b2)), c2, padding=1)
+    h = F.conv2d(act(batch_norm(x, g1, b1)), c1, padding=1)
+    h = F.conv2d(act(batch_norm(h, g2, b2)), c2, padding=1)
+    return batch_norm(h, *last) if last else h
 
 
 class Family:

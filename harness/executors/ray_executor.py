@@ -18,11 +18,10 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
 
-import backends
 from harness.errors import UserError
 from harness.executors._base import OnDone
 from harness.sweep import Trial
-from harness.trial import Outcome, execute, unfinished
+from harness.trial import Outcome, execute, prepare, unfinished
 
 RETRIES = 1
 """How many times a trial whose worker died is run again on a fresh worker before it counts as crashed."""
@@ -35,15 +34,15 @@ def _with_node(outcome: Outcome) -> Outcome:
 
 @ray.remote
 class TrialWorker:
-    """A reused worker process: imports the frameworks once, then runs trial after trial."""
+    """A reused worker process: imports what its trials need once, then runs trial after trial."""
 
-    def ping(self, backend: str) -> str:
-        """Answer once ready: with the trials' framework imported, so no trial's span includes that.
+    def ping(self, workload: str, backend: str) -> str:
+        """Answer once ready: with what the trials need imported (``prepare``), so no trial's span includes that.
 
-        A framework that fails to import is left for the trial to report as its failure.
+        A module that fails to import is left for the trial to report as its failure.
         """
         try:
-            backends.get(backend)
+            prepare(workload, backend)
         except Exception:  # noqa: BLE001 -- recorded by the trial that needs it
             pass
         return ray.get_runtime_context().get_node_id()
@@ -199,7 +198,7 @@ class RayExecutor:
             while queue or running or not exhausted:
                 while actor_mode and len(idle) + len(starting) + len(running) < slots and (queue or not exhausted):
                     actor = TrialWorker.options(**_options(first), max_restarts=0).remote()
-                    starting[actor.ping.remote(first.backend)] = actor
+                    starting[actor.ping.remote(first.workload, first.backend)] = actor
                 while idle if actor_mode else len(running) < slots:
                     item = take()
                     if item is None:

@@ -1,0 +1,87 @@
+"""The small image classifier of thesis section 2.5.2 ("Success at large depth"): config and shared weights.
+
+A 5x5 conv to ``width`` channels, a norm and a ReLU, then N residual steps x + h f(x) (Euler,
+eq. 2.1, or Heun, eq. 2.8, h = 1/N) whose f is the pre-activation basic block ending in a
+zero-initialised norm (``conv_norm``), then global average pooling and a linear layer. Its
+residual part is trained by backprop or by the adjoint backward (eq. 2.6, 2.9), which stores no
+activation. Framework-free, so that both backends start from the same weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from .residual_config import ResidualConfig, init_params as residual_init, make_config
+
+SCHEMES = ("euler", "heun")
+BACKWARDS = ("adjoint", "backprop")
+STEM_KERNEL = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Forward scheme, how the residual part is differentiated, depth, channels and the images it takes."""
+
+    scheme: str = "euler"
+    backward: str = "adjoint"
+    depth: int = 8
+    width: int = 16
+    activation: str = "relu"
+    in_channels: int = 1
+    image_size: int = 8
+    classes: int = 10
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme={self.scheme!r} is unknown; allowed: {', '.join(SCHEMES)}")
+        if self.backward not in BACKWARDS:
+            raise ValueError(f"backward={self.backward!r} is unknown; allowed: {', '.join(BACKWARDS)}")
+        for field in ("in_channels", "classes"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field}={getattr(self, field)!r} must be >= 1")
+        self.body()  # validates depth, width, activation, image_size and dtype
+
+    def body(self) -> ResidualConfig:
+        """The residual part: adjoint_euler or adjoint_heun, conv_norm blocks (``backprop`` for the reference).
+
+        Its depth loops are unrolled in JAX (``ResidualConfig.unroll``): a training step at depth 8
+        on the CPU took 400 ms rolled, 17 ms unrolled.
+        """
+        return dataclasses.replace(make_config(f"adjoint_{self.scheme}", depth=self.depth, width=self.width,
+                                               block="conv_norm", activation=self.activation,
+                                               image_size=self.image_size, backprop=self.backward == "backprop",
+                                               dtype=self.dtype), unroll=True)
+
+
+def init_params(config: ClassifierConfig, seed: int) -> dict:
+    """The classifier's initial weights, NumPy, the same for both backends.
+
+    Stem and head weights and biases are uniform on +-1/sqrt(fan_in) (PyTorch's default), the stem
+    norm's weight 1 and bias 0; the residual blocks are ``residual_config.init_params`` (their last
+    norm's weight 0, so the residual part starts as the identity).
+
+    Returns:
+        {"stem.weight" (width, in_channels, 5, 5), "stem.bias", "stem_bn.weight", "stem_bn.bias",
+        "head.weight" (classes, width), "head.bias", "body": name -> (sets, *shape)}, of ``config.dtype``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 25]))
+    stem_fan = config.in_channels * STEM_KERNEL ** 2
+
+    def uniform(fan_in: int, shape: tuple[int, ...]) -> np.ndarray:
+        bound = 1.0 / math.sqrt(fan_in)
+        return rng.uniform(-bound, bound, shape).astype(config.dtype)
+
+    d = config.width
+    return {"stem.weight": uniform(stem_fan, (d, config.in_channels, STEM_KERNEL, STEM_KERNEL)),
+            "stem.bias": uniform(stem_fan, (d,)),
+            "stem_bn.weight": np.ones(d, config.dtype), "stem_bn.bias": np.zeros(d, config.dtype),
+            "head.weight": uniform(d, (config.classes, d)), "head.bias": uniform(d, (config.classes,)),
+            "body": residual_init(config.body(), seed)}
+
+
+def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (0-based) under cosine annealing from ``lr`` to 0 over ``epochs`` (appendix 2.B.1)."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * epoch / epochs))

@@ -1,0 +1,122 @@
+"""The classifier of thesis section 2.5.2 in torch, trained by backprop or the adjoint backward (Fig. 2.4).
+
+Functional like ``pruned_mlp.py``: weights from ``backends.residual_classifier_init`` (the same
+seed gives the same weights as ``backends/jax/residual_classifier.py``), the residual blocks
+stacked along depth as in the JAX backend. The residual part runs through ``adjoint.py``: its
+backward either stores the activations (backprop) or rebuilds them by reversing the steps.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..residual_classifier_init import STEM_KERNEL, ClassifierConfig, init_params
+from ..residual_config import block_shapes
+from ._blocks import batch_norm, block_family
+from .adjoint import adjoint_apply, euler_forward, heun_forward
+
+Params = dict[str, Any]
+
+
+def residual_classifier_init(config: ClassifierConfig, seed: int, device: torch.device | str = "cpu") -> Params:
+    """The initial weights of ``config`` from ``seed`` on ``device`` (``init_params``; same as the JAX backend's).
+
+    Returns:
+        {"stem.weight", "stem.bias", "stem_bn.weight", "stem_bn.bias", "head.weight", "head.bias",
+        "body": name -> (sets, *shape)} tensors of ``config.dtype``.
+    """
+    drawn = init_params(config, seed)
+    out = {k: torch.from_numpy(v).to(device) for k, v in drawn.items() if k != "body"}
+    out["body"] = {k: torch.from_numpy(v).to(device) for k, v in drawn["body"].items()}
+    return out
+
+
+def _body(config: ClassifierConfig, body: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    cfg = config.body()
+    per_set = [body[name].unbind(0) for name in block_shapes(cfg)]  # one stack in the backward, not one per set
+    fam = block_family([list(ps) for ps in zip(*per_set)], cfg.block, cfg.activation)
+    if cfg.backward == "adjoint":
+        return adjoint_apply(cfg.rule, fam, cfg.scale, x)
+    return (euler_forward if cfg.rule == "euler" else heun_forward)(fam, cfg.scale, x)
+
+
+def residual_classifier_apply(params: Params, x: torch.Tensor, config: ClassifierConfig) -> torch.Tensor:
+    """Logits of the classifier; its backward through the residual part is ``config.backward``'s.
+
+    Args:
+        params: from ``residual_classifier_init``.
+        x: (B, in_channels, image_size, image_size) images.
+        config: the network.
+
+    Returns:
+        (B, classes) logits.
+
+    References:
+        Thesis section 2.5.2 (5x5 conv to 16 channels, norm, ReLU, N pre-activation basic blocks).
+    """
+    h = F.conv2d(x, params["stem.weight"], params["stem.bias"], padding=STEM_KERNEL // 2)
+    h = torch.relu(batch_norm(h, params["stem_bn.weight"], params["stem_bn.bias"]))
+    h = _body(config, params["body"], h)
+    return F.linear(h.mean(dim=(2, 3)), params["head.weight"], params["head.bias"])
+
+
+def _leaves(params: Params) -> list[torch.Tensor]:
+    return [v for k, v in params.items() if k != "body"] + list(params["body"].values())
+
+
+class TorchResidualClassifierTrainer:
+    """SGD with momentum and weight decay (``torch.optim.SGD``) on cross-entropy; the lr is set per epoch."""
+
+    def __init__(self, config: ClassifierConfig, params: Params, momentum: float, weight_decay: float):
+        self.config = config
+        self.params = {k: (v.detach().clone().requires_grad_(True) if k != "body"
+                           else {n: t.detach().clone().requires_grad_(True) for n, t in v.items()})
+                       for k, v in params.items()}
+        self._opt = torch.optim.SGD(_leaves(self.params), lr=0.0, momentum=momentum, weight_decay=weight_decay)
+
+    def compile(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+        """Nothing to compile in eager PyTorch (the JAX trainer compiles its epoch here)."""
+
+    def fit_epoch(self, x: torch.Tensor, y: torch.Tensor, order: np.ndarray, batch: int, lr: float) -> tuple[float, float]:
+        """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped) at learning rate ``lr``.
+
+        Returns:
+            The mean training loss and the running training accuracy over the epoch.
+        """
+        n_batches = len(order) // batch
+        if n_batches == 0:
+            raise ValueError(f"batch={batch}: larger than the {len(order)} training examples")
+        for group in self._opt.param_groups:
+            group["lr"] = lr
+        idx = torch.as_tensor(np.asarray(order[: n_batches * batch]).reshape(n_batches, batch), device=x.device)
+        losses, correct = [], []
+        for ib in idx:
+            logits = residual_classifier_apply(self.params, x[ib], self.config)
+            loss = F.cross_entropy(logits, y[ib])
+            self._opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._opt.step()
+            losses.append(loss.detach())
+            correct.append((logits.detach().argmax(-1) == y[ib]).sum())
+        return float(torch.stack(losses).mean()), float(torch.stack(correct).sum()) / (n_batches * batch)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> np.ndarray:
+        """Predicted class of every example, (N,) int64; the norms use the statistics of ``x`` as one batch."""
+        return residual_classifier_apply(self.params, x, self.config).argmax(-1).cpu().numpy()
+
+
+def residual_classifier_trainer(config: ClassifierConfig, params: Params, momentum: float = 0.9,
+                                weight_decay: float = 5e-4) -> TorchResidualClassifierTrainer:
+    """A trainer of the classifier from ``params`` (copied): SGD with ``momentum`` and ``weight_decay``.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``predict`` and ``params``.
+
+    References:
+        Thesis appendix 2.B.1 (SGD, momentum 0.9, weight decay 5e-4, cosine learning rate).
+    """
+    return TorchResidualClassifierTrainer(config, params, momentum, weight_decay)
