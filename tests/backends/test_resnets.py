@@ -26,13 +26,18 @@ def test_torch_and_jax_agree_on_the_forward_from_the_same_seed(model):
     assert np.abs(out["torch"]).max() > 0.1
 
 
-def test_conv_blocks_agree_between_backends():
+@pytest.mark.parametrize("block,activation", [("conv", "relu"), ("conv_norm", "gelu"), ("mlp", "gelu")])
+def test_blocks_and_activations_agree_between_backends(block, activation):
     out = {}
+    bn3 = {"bn3.weight": np.full((KW["depth"] + 1, KW["width"]), 0.5)} if block == "conv_norm" else None  # not the zero init
+    shape = (3, 5) if block == "mlp" else (3, 5, 4, 4)
     for name in ("torch", "jax"):
         be = backends.get(name)
-        net = be.ops.residual_net("adjoint_heun", block="conv", image_size=4, activation="relu", **KW)
-        out[name] = be.to_numpy(be.ops.residual_apply(net, _x(be, (3, 5, 4, 4))))
+        net = be.ops.residual_net("adjoint_heun", block=block, image_size=4, activation=activation, weights=bn3, **KW)
+        x = _x(be, shape)
+        out[name] = be.to_numpy(be.ops.residual_apply(net, x)) - be.to_numpy(x)
     assert_close(out["torch"], out["jax"], "float64", atol=1e-12)
+    assert np.abs(out["torch"]).max() > 1e-3  # the blocks did something
 
 
 @pytest.mark.parametrize("name", ["torch", "jax"])

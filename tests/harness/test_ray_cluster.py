@@ -60,3 +60,49 @@ def test_a_sweep_no_node_can_hold_fails_at_once_with_exit_2(cluster, tmp_path):
     assert "no node, present or that the autoscaler can add, can run a trial needing" in done.stderr and "GPU=1" in done.stderr
     assert not (tmp_path / "out").exists()
 
+
+
+AUTOSCALED = """
+import json, sys
+import ray
+from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY as KEY, GCS_AUTOSCALER_STATE_NAMESPACE as NS
+from ray.core.generated import autoscaler_pb2
+from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+import workloads
+from harness.errors import UserError
+from harness.executors.ray_executor import RayExecutor
+from harness.spec import Sweep
+from harness.sweep import expand
+
+executor = RayExecutor(sys.argv[1])
+config = autoscaler_pb2.ClusterConfig()
+group = config.node_group_configs.add(name="gpu8", min_count=0, max_count=2)
+group.resources.update({"CPU": 16, "GPU": 8})
+_internal_kv_put(KEY.encode(), config.SerializeToString(), namespace=NS.encode())
+out = {}
+try:
+    for gpus in (4, 16):
+        trial = expand(Sweep(name="a", workload="harness_probe", backends=["torch"], resources={"gpus": gpus},
+                             grid={"mode": "noop"}), workloads.get("harness_probe"), device="cpu")[0]
+        try:
+            executor.check(trial)
+            out[gpus] = executor._slots(trial)
+        except UserError as err:
+            out[gpus] = str(err)
+finally:
+    _internal_kv_del(KEY.encode(), namespace=NS.encode())
+    executor.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_nodes_the_autoscaler_can_add_count_and_beyond_them_a_sweep_fails(cluster):
+    """The node groups an autoscaler reports to the GCS (here written as it writes them) count as slots."""
+    c, _ = cluster
+    done = subprocess.run([sys.executable, "-c", AUTOSCALED, c.address], capture_output=True, text=True, timeout=100,
+                          env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["4"] == 4  # no present node has 4 GPUs; two 8-GPU nodes the autoscaler may add hold 2 each
+    assert out["16"].startswith("resources: no node, present or that the autoscaler can add") and "GPU=8" in out["16"]

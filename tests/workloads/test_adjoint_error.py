@@ -28,26 +28,30 @@ def _trial(backend: str, **params) -> Trial:
                  num_cpus=2, resources=Resources(), isolation="actor")
 
 
-def _table(backend: str, grid: list[dict]) -> pa.Table:
+def _run(backend: str, grid: list[dict]) -> pa.Table:
     tables = []
     for params in grid:
-        trial = _trial(backend, width=16, batch=8, dtype="float64", **params)
+        trial = _trial(backend, **params)
         outcome = execute(trial)
         assert outcome.status == "ok", outcome.error
         tables.append(trial_table(trial, outcome, "test"))
     return pa.concat_tables(tables)
 
 
+def _table(backend: str, grid: list[dict]) -> pa.Table:
+    return _run(backend, [dict(width=16, batch=8, dtype="float64", **params) for params in grid])
+
+
 def _grid(depths: tuple[int, ...], inits: tuple[str, ...], heun_inits: tuple[str, ...] | None = None) -> list[dict]:
-    per_model = {"adjoint_euler": inits, "adjoint_heun": inits if heun_inits is None else heun_inits}
-    return ([dict(model=m, init=i, depth=n) for m, ii in per_model.items() for i in ii for n in depths]
-            + [dict(model=m, init="tied", depth=n, gamma=0.9) for m in ("momentum", "momentum_reversible")
+    per_model = {"euler": inits, "heun": inits if heun_inits is None else heun_inits}
+    return ([dict(scheme=m, init=i, depth=n) for m, ii in per_model.items() for i in ii for n in depths]
+            + [dict(scheme=m, init="tied", depth=n, gamma=0.9) for m in ("momentum", "momentum_reversible")
                for n in (depths[0], depths[-1])])
 
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    jax_grid = [dict(model=m, init="tied", depth=n) for m in ("adjoint_euler", "adjoint_heun") for n in JAX_DEPTHS]
+    jax_grid = [dict(scheme=m, init="tied", depth=n) for m in ("euler", "heun") for n in JAX_DEPTHS]
     return pa.concat_tables([_table("torch", _grid(TORCH_DEPTHS, ("tied", "smooth", "iid"), ("tied", "smooth"))),
                              _table("jax", jax_grid)]).to_pandas()
 
@@ -63,10 +67,10 @@ def test_checks_hold_on_the_issue_grid_in_both_backends():
 
 
 def test_records_every_metric_with_a_tag_per_tensor(table):
-    adj = table[table["p_model"] == "adjoint_heun"]
-    assert set(adj["metric"]) == {m.name for m in WL.metrics}
+    adj = table[table["p_scheme"] == "heun"]
+    assert set(adj["metric"]) == {"recon_err", "grad_rel_err", "grad_mse_ratio"}
     assert set(adj[adj["metric"] == "grad_rel_err"]["tag"]) == {"w1", "b1", "w2", "b2", "input"}
-    mom = table[table["p_model"] == "momentum"]
+    mom = table[table["p_scheme"] == "momentum"]
     assert set(mom["metric"]) == {"recon_err"}
     assert mom["p_gamma"].notna().all() and adj["p_gamma"].isna().all()
 
@@ -83,7 +87,7 @@ def test_checks_hold_on_a_small_cpu_grid(table):
 
 
 def test_iid_weights_give_a_steeper_euler_slope_than_smooth(table):
-    rows = table[(table["backend"] == "torch") & (table["metric"] == "recon_err") & (table["p_model"] == "adjoint_euler")]
+    rows = table[(table["backend"] == "torch") & (table["metric"] == "recon_err") & (table["p_scheme"] == "euler")]
     slopes = {}
     for init, g in rows.groupby("p_init"):
         g = g.sort_values("p_depth")
@@ -95,7 +99,7 @@ def test_iid_weights_give_a_steeper_euler_slope_than_smooth(table):
 def test_backends_agree(table):
     rows = table[table["metric"].isin(["recon_err", "grad_rel_err"]) & (table["p_init"] == "tied")
                  & table["p_depth"].isin([8])]
-    pivot = rows.pivot_table(index=["p_model", "p_depth", "metric", "tag"], columns="backend", values="value", dropna=False)
+    pivot = rows.pivot_table(index=["p_scheme", "p_depth", "metric", "tag"], columns="backend", values="value", dropna=False)
     pivot = pivot.dropna()
     assert len(pivot) == 12  # two models: recon_err and five tensors' grad_rel_err each (momentum: torch only)
     np.testing.assert_allclose(pivot["jax"], pivot["torch"], rtol=1e-6, atol=1e-14)
@@ -104,16 +108,16 @@ def test_backends_agree(table):
 def test_checks_fail_when_the_rates_do_not_hold(table):
     bad = table.copy()
     recon = bad["metric"] == "recon_err"
-    euler, heun = recon & (bad["p_model"] == "adjoint_euler"), recon & (bad["p_model"] == "adjoint_heun")
+    euler, heun = recon & (bad["p_scheme"] == "euler"), recon & (bad["p_scheme"] == "heun")
     bad.loc[euler, "value"] = 1e-3 / np.sqrt(bad.loc[euler, "p_depth"])  # slope -0.5: not 1/N
     bad.loc[heun, "value"] = 1e-3 / np.sqrt(bad.loc[heun, "p_depth"])  # no steeper than Euler
-    bad.loc[recon & (bad["p_model"] == "momentum_reversible"), "value"] = 1e-12
-    bad.loc[recon & (bad["p_model"] == "momentum"), "value"] = 1e-3 / bad.loc[recon & (bad["p_model"] == "momentum"), "p_depth"]
+    bad.loc[recon & (bad["p_scheme"] == "momentum_reversible"), "value"] = 1e-12
+    bad.loc[recon & (bad["p_scheme"] == "momentum"), "value"] = 1e-3 / bad.loc[recon & (bad["p_scheme"] == "momentum"), "p_depth"]
     failed = {c.name.split(":")[0] for c in WL.checks(bad) if c.passed is False}
     assert failed == {"Euler slope", "Heun steeper than Euler", "buffer reverses exactly",
                       "division by gamma amplifies rounding"}, failed
     rising = table.copy()
-    sel = (rising["metric"] == "recon_err") & (rising["p_model"] == "adjoint_euler")
+    sel = (rising["metric"] == "recon_err") & (rising["p_scheme"] == "euler")
     rising.loc[sel, "value"] = 1e-6 * rising.loc[sel, "p_depth"]
     assert any(c.name.startswith("recon_err falls") and c.passed is False for c in WL.checks(rising))
 
@@ -128,7 +132,7 @@ def test_figures_draw_errors_fits_and_bounds(table):
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_adjoint_gradient_equals_backprop_when_f_is_zero(backend):
-    t = pa.concat_tables([_table(backend, [dict(model="adjoint_euler", init="zero", depth=8)])]).to_pandas()
+    t = pa.concat_tables([_table(backend, [dict(scheme="euler", init="zero", depth=8)])]).to_pandas()
     assert t[t["metric"].isin(["recon_err", "grad_rel_err", "grad_mse_ratio"])]["value"].eq(0).all()
 
 
@@ -143,7 +147,62 @@ def test_smooth_weights_interpolate_a_coarse_net():
 def test_clear_errors_for_bad_parameters():
     with pytest.raises(pydantic.ValidationError, match="depth"):
         WL.Params(depth=0)
-    with pytest.raises(pydantic.ValidationError, match="model"):
-        WL.Params(model="rk4")
-    p = WL.Params(model="adjoint_euler", gamma=0.5, block="mlp", image_size=8)
-    assert p.gamma is None and p.image_size is None
+    with pytest.raises(pydantic.ValidationError, match="scheme"):
+        WL.Params(scheme="rk4")
+    with pytest.raises(pydantic.ValidationError, match="scheme='momentum' with train: true; allowed: euler, heun"):
+        WL.Params(scheme="momentum", train=True)
+    p = WL.Params(scheme="euler", gamma=0.5, block="mlp", image_size=8, epochs=3)
+    assert p.gamma is None and p.image_size is None and p.epochs is None
+    trained = WL.Params(train=True, init="iid", block="conv", depth=4)
+    assert trained.init is None and trained.block is None and trained.epochs == 20 and trained.backward == "adjoint"
+
+
+TRAIN = dict(train=True, epochs=2)
+"""Two epochs: enough to tell the backends apart if they disagree, a few seconds a trial."""
+
+
+@pytest.fixture(scope="module")
+def train_table() -> pd.DataFrame:
+    grid = [dict(scheme=s, backward=b, depth=n, **TRAIN) for s in ("euler", "heun") for b in ("adjoint", "backprop")
+            for n in (1, 2)]
+    tables = [_run("torch", grid), _run("jax", [dict(scheme="euler", backward="adjoint", depth=1, **TRAIN)])]
+    return pa.concat_tables(tables).to_pandas()
+
+
+def test_training_records_accuracy_and_a_loss_per_epoch_and_backends_agree(train_table):
+    acc = train_table[train_table["metric"] == "test_acc"]
+    assert len(acc) == 9 and acc["value"].between(0.0, 1.0).all() and acc["step"].isna().all()
+    loss = train_table[train_table["metric"] == "train_loss"]
+    assert sorted(loss["step"].unique()) == [1, 2]
+    assert (loss.sort_values("step").groupby("trial_key")["value"].apply(lambda v: v.iloc[-1] < v.iloc[0])).all()
+    same = train_table[(train_table["p_scheme"] == "euler") & (train_table["p_backward"] == "adjoint")
+                       & (train_table["p_depth"] == 1)]
+    by = same.pivot_table(index=["metric", "step"], columns="backend", values="value", dropna=False)
+    np.testing.assert_allclose(by["jax"], by["torch"], rtol=1e-3, atol=0.01)
+
+
+def _accuracy_table(train_table: pd.DataFrame, accuracy: dict[tuple[str, str, int], float]) -> pd.DataFrame:
+    """The torch training rows with test accuracies replaced by ``accuracy[(scheme, backward, depth)]``."""
+    t = train_table[(train_table["backend"] == "torch") & (train_table["metric"] == "test_acc")].copy()
+    t["value"] = [accuracy[(s, b, n)] for s, b, n in zip(t["p_scheme"], t["p_backward"], t["p_depth"])]
+    return t
+
+
+def test_training_checks_pass_and_fail_with_the_accuracies(train_table):
+    thesis = {(s, "backprop", n): 0.98 for s in ("euler", "heun") for n in (1, 2)}
+    thesis |= {("euler", "adjoint", 1): 0.80, ("heun", "adjoint", 1): 0.90,
+               ("euler", "adjoint", 2): 0.975, ("heun", "adjoint", 2): 0.98}
+    checks = WL.checks(_accuracy_table(train_table, thesis))
+    assert len(checks) == 5 and all(c.passed is True for c in checks), checks
+    contrary = thesis | {("euler", "adjoint", 1): 0.98, ("euler", "adjoint", 2): 0.90, ("heun", "adjoint", 2): 0.85}
+    failed = {c.name.split(":")[0] for c in WL.checks(_accuracy_table(train_table, contrary)) if c.passed is False}
+    assert failed == {"adjoint matches backprop at large depth", "adjoint falls short at small depth",
+                      "Heun's adjoint no worse than Euler's"}, failed
+
+
+def test_training_figure_shows_accuracy_vs_depth_per_backward(train_table):
+    figs = WL.figures(train_table)
+    assert len(figs) == 1 and "Fig. 2.4" in figs[0].layout.title.text
+    assert sorted(t.name for t in figs[0].data) == sorted(
+        [f"torch {s} relu float32 {b}" for s in ("euler", "heun") for b in ("adjoint", "backprop")]
+        + ["jax euler relu float32 adjoint"])
