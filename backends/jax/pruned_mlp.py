@@ -114,7 +114,7 @@ class JaxPrunedMLPTrainer:
     def _index(order: np.ndarray, batch: int) -> np.ndarray:
         n_batches = len(order) // batch
         if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training examples")
+            raise ValueError(f"batch={batch}: larger than the {len(order)} training images")
         return np.asarray(order[: n_batches * batch], np.int64).reshape(n_batches, batch)
 
     @staticmethod

@@ -93,7 +93,7 @@ class JaxResidualClassifierTrainer:
         """
         n_batches = len(order) // batch
         if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training examples")
+            raise ValueError(f"batch={batch}: larger than the {len(order)} training images")
         rate = jnp.asarray(lr, jnp.float64)
         losses, correct = [], []
         for ib in np.asarray(order[: n_batches * batch]).reshape(n_batches, batch):

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..pruned_mlp_init import PrunedMLPConfig, init_params
+from ._train import classifier_epoch
 from .topk import hard_topk_mag, topk_mag
 from .vit import _leaves, _map
 
@@ -93,20 +93,7 @@ class TorchPrunedMLPTrainer:
         Returns:
             The mean training loss and the running training accuracy over the epoch.
         """
-        n_batches = len(order) // batch
-        if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training examples")
-        idx = torch.as_tensor(np.asarray(order[: n_batches * batch]).reshape(n_batches, batch), device=x.device)
-        losses, correct = [], []
-        for ib in idx:
-            logits = pruned_mlp_apply(self.params, x[ib], self.config)
-            loss = F.cross_entropy(logits, y[ib])
-            self._opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._opt.step()
-            losses.append(loss.detach())
-            correct.append((logits.detach().argmax(-1) == y[ib]).sum())
-        return float(torch.stack(losses).mean()), float(torch.stack(correct).sum()) / (n_batches * batch)
+        return classifier_epoch(lambda xb: pruned_mlp_apply(self.params, xb, self.config), self._opt, x, y, order, batch)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch: int = 1024) -> np.ndarray:

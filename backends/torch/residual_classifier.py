@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..residual_classifier_init import STEM_KERNEL, ClassifierConfig, init_params
 from ..residual_config import block_shapes
 from ._blocks import batch_norm, block_family
+from ._train import classifier_epoch
 from .adjoint import adjoint_apply, euler_forward, heun_forward
 
 Params = dict[str, Any]
@@ -78,7 +79,7 @@ class TorchResidualClassifierTrainer:
         self._opt = torch.optim.SGD(_leaves(self.params), lr=0.0, momentum=momentum, weight_decay=weight_decay)
 
     def compile(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
-        """Nothing to compile in eager PyTorch (the JAX trainer compiles its epoch here)."""
+        """Nothing to compile in eager PyTorch (the JAX trainer compiles its step here)."""
 
     def fit_epoch(self, x: torch.Tensor, y: torch.Tensor, order: np.ndarray, batch: int, lr: float) -> tuple[float, float]:
         """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped) at learning rate ``lr``.
@@ -86,22 +87,10 @@ class TorchResidualClassifierTrainer:
         Returns:
             The mean training loss and the running training accuracy over the epoch.
         """
-        n_batches = len(order) // batch
-        if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training examples")
         for group in self._opt.param_groups:
             group["lr"] = lr
-        idx = torch.as_tensor(np.asarray(order[: n_batches * batch]).reshape(n_batches, batch), device=x.device)
-        losses, correct = [], []
-        for ib in idx:
-            logits = residual_classifier_apply(self.params, x[ib], self.config)
-            loss = F.cross_entropy(logits, y[ib])
-            self._opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._opt.step()
-            losses.append(loss.detach())
-            correct.append((logits.detach().argmax(-1) == y[ib]).sum())
-        return float(torch.stack(losses).mean()), float(torch.stack(correct).sum()) / (n_batches * batch)
+        return classifier_epoch(lambda xb: residual_classifier_apply(self.params, xb, self.config), self._opt,
+                                x, y, order, batch)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> np.ndarray:

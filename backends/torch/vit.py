@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..vit_init import ViTConfig, init_params
+from ._train import classifier_epoch
 from .sinkhorn import attention
 
 Params = dict[str, Any]
@@ -124,21 +125,8 @@ class TorchViTTrainer:
         Returns:
             the mean training loss and the running training accuracy over the epoch.
         """
-        n_batches = len(order) // batch
-        if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training images")
-        idx = torch.as_tensor(np.asarray(order[: n_batches * batch]).reshape(n_batches, batch), device=images.device)
-        losses, correct = [], []
-        for ib in idx:
-            xb, yb = images[ib], labels[ib]
-            logits, _ = vit_apply(self.params, xb, self.config, self.mlp)
-            loss = F.cross_entropy(logits, yb)
-            self._opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._opt.step()
-            losses.append(loss.detach())
-            correct.append((logits.detach().argmax(-1) == yb).sum())
-        return float(torch.stack(losses).mean()), float(torch.stack(correct).sum()) / (n_batches * batch)
+        return classifier_epoch(lambda xb: vit_apply(self.params, xb, self.config, self.mlp)[0], self._opt,
+                                images, labels, order, batch)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch: int = 500) -> np.ndarray:
