@@ -22,7 +22,12 @@ STEM_KERNEL = 5
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-    """Forward scheme, how the residual part is differentiated, depth, channels and the images it takes."""
+    """Forward scheme, how the residual part is differentiated, depth, channels and the images it takes.
+
+    ``unroll`` (JAX only): unroll the depth loops. XLA:CPU ran a convolution inside a loop 10-25x
+    slower than unrolled (a depth-8 training step: 400 ms rolled, 17 ms unrolled), but compile time
+    grows with depth (the depth-32 HeunNet took over 10 minutes): for the CPU, not for a GPU.
+    """
 
     scheme: str = "euler"
     backward: str = "adjoint"
@@ -33,6 +38,7 @@ class ClassifierConfig:
     image_size: int = 8
     classes: int = 10
     dtype: str = "float32"
+    unroll: bool = False
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -45,15 +51,11 @@ class ClassifierConfig:
         self.body()  # validates depth, width, activation, image_size and dtype
 
     def body(self) -> ResidualConfig:
-        """The residual part: adjoint_euler or adjoint_heun, conv_norm blocks (``backprop`` for the reference).
-
-        Its depth loops are unrolled in JAX (``ResidualConfig.unroll``): a training step at depth 8
-        on the CPU took 400 ms rolled, 17 ms unrolled.
-        """
+        """The residual part: adjoint_euler or adjoint_heun, conv_norm blocks (``backprop`` for the reference)."""
         return dataclasses.replace(make_config(f"adjoint_{self.scheme}", depth=self.depth, width=self.width,
                                                block="conv_norm", activation=self.activation,
                                                image_size=self.image_size, backprop=self.backward == "backprop",
-                                               dtype=self.dtype), unroll=True)
+                                               dtype=self.dtype), unroll=self.unroll)
 
 
 def init_params(config: ClassifierConfig, seed: int) -> dict:

@@ -175,7 +175,7 @@ def _train(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     data = load_images("digits")
     config = ClassifierConfig(scheme=params.scheme, backward=params.backward, depth=params.depth, width=params.width,
                               activation=params.activation, in_channels=data.channels, image_size=data.image_size,
-                              classes=data.num_classes, dtype=params.dtype)
+                              classes=data.num_classes, dtype=params.dtype, unroll=ctx.device == "cpu")
     device, ops = backend.device(ctx.device), backend.ops
     x = backend.asarray(data.train_x, device, params.dtype)
     y = backend.asarray(data.train_y, device)

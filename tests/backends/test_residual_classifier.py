@@ -1,6 +1,7 @@
 """The section 2.5.2 classifier: torch and JAX agree through training, the adjoint differs from backprop only through f."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -118,3 +119,10 @@ def test_config_errors_name_what_is_allowed():
         ClassifierConfig(backward="checkpoint")
     with pytest.raises(ValueError, match="depth=0"):
         ClassifierConfig(depth=0)
+
+
+def test_unrolled_depth_loops_give_the_same_training():
+    rolled = _trained("jax", _config("heun", "adjoint"))
+    unrolled = _trained("jax", dataclasses.replace(_config("heun", "adjoint"), unroll=True))
+    for key in rolled:
+        assert_close(unrolled[key], rolled[key], "float64", atol=1e-12, err_msg=key)
