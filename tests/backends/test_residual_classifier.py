@@ -53,7 +53,7 @@ def test_torch_and_jax_agree_after_training_steps(scheme, backward):
 
 
 @pytest.mark.parametrize("name", ["torch", "jax"])
-def test_logits_agree_and_the_net_starts_with_an_identity_residual_part(name):
+def test_logits_do_not_depend_on_depth_at_init_the_residual_part_is_the_identity(name):
     be = backends.get(name)
     dev = be.device("cpu")
     x_np, _ = _data()

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pydantic
 import pytest
 
 import workloads
-from harness.spec import Resources
-from harness.sweep import Trial
-from harness.trial import execute
-from results.store import trial_table
+from tests.helpers import run_rows
 
 WL = workloads.get("adjoint_error")
 TORCH_DEPTHS = (8, 16, 32)
@@ -21,25 +17,13 @@ FULL_DEPTHS = (8, 16, 64, 256)
 """The issue's grid (slow test): depths 8 ... 256, width 16, float64, both backends."""
 
 
-def _trial(backend: str, **params) -> Trial:
-    p = WL.Params(**params)
-    return Trial(key=f"t-{backend}-{abs(hash(str(params)))}", sweep="test", workload="adjoint_error", version=WL.version,
-                 backend=backend, device="cpu", params=p.model_dump(mode="json"), repeat=0, seed=0, timeout_s=300,
-                 num_cpus=2, resources=Resources(), isolation="actor")
+ERRORS = dict(width=16, batch=8, dtype="float64")
+"""The error grid's network: width 16, batch 8, float64."""
 
 
-def _run(backend: str, grid: list[dict]) -> pa.Table:
-    tables = []
-    for params in grid:
-        trial = _trial(backend, **params)
-        outcome = execute(trial)
-        assert outcome.status == "ok", outcome.error
-        tables.append(trial_table(trial, outcome, "test"))
-    return pa.concat_tables(tables)
-
-
-def _table(backend: str, grid: list[dict]) -> pa.Table:
-    return _run(backend, [dict(width=16, batch=8, dtype="float64", **params) for params in grid])
+def _rows(runs: list[tuple[str, dict]]) -> pd.DataFrame:
+    """Rows as the store writes them for (backend, parameters) trials run here, two threads each."""
+    return run_rows(WL, [(backend, WL.Params(**params), 0) for backend, params in runs], num_cpus=2)
 
 
 def _grid(depths: tuple[int, ...], inits: tuple[str, ...], heun_inits: tuple[str, ...] | None = None) -> list[dict]:
@@ -52,15 +36,15 @@ def _grid(depths: tuple[int, ...], inits: tuple[str, ...], heun_inits: tuple[str
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
     jax_grid = [dict(scheme=m, init="tied", depth=n) for m in ("euler", "heun") for n in JAX_DEPTHS]
-    return pa.concat_tables([_table("torch", _grid(TORCH_DEPTHS, ("tied", "smooth", "iid"), ("tied", "smooth"))),
-                             _table("jax", jax_grid)]).to_pandas()
+    torch_grid = _grid(TORCH_DEPTHS, ("tied", "smooth", "iid"), ("tied", "smooth"))
+    return _rows([("torch", ERRORS | p) for p in torch_grid] + [("jax", ERRORS | p) for p in jax_grid])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_checks_hold_on_the_issue_grid_in_both_backends():
-    full = pa.concat_tables([_table("torch", _grid(FULL_DEPTHS, ("tied", "smooth", "iid"))),
-                             _table("jax", _grid(FULL_DEPTHS, ("tied", "iid")))]).to_pandas()
+    full = _rows([("torch", ERRORS | p) for p in _grid(FULL_DEPTHS, ("tied", "smooth", "iid"))]
+                 + [("jax", ERRORS | p) for p in _grid(FULL_DEPTHS, ("tied", "iid"))])
     checks = WL.checks(full)
     assert sum(c.name.startswith("Euler slope") for c in checks) == 3  # torch tied, smooth; jax tied
     assert all(c.passed is True for c in checks), [c for c in checks if c.passed is not True]
@@ -132,7 +116,7 @@ def test_figures_draw_errors_fits_and_bounds(table):
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_adjoint_gradient_equals_backprop_when_f_is_zero(backend):
-    t = pa.concat_tables([_table(backend, [dict(scheme="euler", init="zero", depth=8)])]).to_pandas()
+    t = _rows([(backend, ERRORS | dict(scheme="euler", init="zero", depth=8))])
     assert t[t["metric"].isin(["recon_err", "grad_rel_err", "grad_mse_ratio"])]["value"].eq(0).all()
 
 
@@ -165,8 +149,7 @@ TRAIN = dict(train=True, epochs=2)
 def train_table() -> pd.DataFrame:
     grid = [dict(scheme=s, backward=b, depth=n, **TRAIN) for s in ("euler", "heun") for b in ("adjoint", "backprop")
             for n in (1, 2)]
-    tables = [_run("torch", grid), _run("jax", [dict(scheme="euler", backward="adjoint", depth=1, **TRAIN)])]
-    return pa.concat_tables(tables).to_pandas()
+    return _rows([("torch", p) for p in grid] + [("jax", dict(scheme="euler", backward="adjoint", depth=1, **TRAIN))])
 
 
 def test_training_records_accuracy_and_a_loss_per_epoch_and_backends_agree(train_table):
