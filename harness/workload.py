@@ -10,6 +10,9 @@ from typing import Annotated, Any, Literal, Protocol
 
 import pydantic
 
+from harness.checks import Check
+from harness.figures import Custom, Figure, Setting
+
 Direction = Literal["lower", "higher"]
 Reduction = Literal["median", "last", "max", "min", "mean"]
 
@@ -74,19 +77,6 @@ class Record:
     tag: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Check:
-    """A claim of the thesis stated as a test on measured data.
-
-    ``passed`` is None when the data needed was not measured (the report says so).
-    """
-
-    name: str
-    claim: str
-    passed: bool | None
-    measured: str
-
-
 class Skip(Exception):
     """Raised by ``run`` for a combination the workload cannot run; recorded as ``skipped``."""
 
@@ -112,8 +102,9 @@ class Workload(Protocol):
     Params: type[Params]
     smoke: Params
     run: Callable[..., list[Record]]
-    figures: Callable[[Any], list[Any]]
+    figures: Sequence[Figure | Custom]
     checks: Callable[[Any], list[Check]]
+    settings: Sequence[Setting]
 
 
 REQUIRED = ("name", "version", "backends", "metrics", "Params", "smoke", "run", "figures", "checks")
@@ -126,7 +117,16 @@ def validate_module(module: Any) -> Workload:
         raise TypeError(f"workload module {module.__name__} lacks {', '.join(missing)}")
     if not isinstance(module.smoke, module.Params):
         raise TypeError(f"workload {module.name}: smoke must be a {module.Params.__name__}")
+    if not all(isinstance(f, (Figure, Custom)) for f in module.figures):
+        raise TypeError(f"workload {module.name}: figures must be a sequence of Figure or Custom declarations")
+    if not all(isinstance(s, Setting) for s in settings(module)):
+        raise TypeError(f"workload {module.name}: settings must be a sequence of Setting declarations")
     return module
+
+
+def settings(workload: Workload) -> Sequence[Setting]:
+    """The thesis settings the workload declares (none where it reproduces no figure)."""
+    return getattr(workload, "settings", ())
 
 
 def uses_backend(workload: Workload) -> bool:
