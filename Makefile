@@ -19,7 +19,7 @@ chromium:
 
 demo: setup
 	$(VENV)/bin/deeperbench run sweeps/smoke.yaml --out runs/demo
-	$(VENV)/bin/deeperbench report runs/demo -o runs/demo/report.html
+	$(VENV)/bin/deeperbench report runs/demo            # writes runs/demo/_report.html
 
 test: setup chromium
 	$(PY) -m pytest -q

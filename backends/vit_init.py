@@ -20,8 +20,11 @@ NORMALIZATIONS = ("softmax", "sinkhorn")
 class ViTConfig:
     """A Vision Transformer with a class token, pre-norm blocks and softmax or Sinkhorn attention.
 
-    ``mlp_dim=None`` drops the MLP of every block: the attention-only model of Fig. 5.6 is
-    ``ViTConfig(depth=1, heads=1, mlp_dim=None, ...)`` (see ``attention_only``). The MLP block's
+    ``mlp_dim=None`` drops the MLP of every block: the attention-only model of Fig. 5.2 (left) and
+    Fig. 5.6 is ``ViTConfig(depth=1, heads=1, mlp_dim=None, ...)`` (see ``attention_only``).
+    ``dim_head`` is each head's query/key/value width (None: ``width // heads``); the Sinkformers
+    ViT uses 64 whatever the width, so its attention-only model (width 128) projects 128 -> 64
+    -> 128 and scales scores by 1/sqrt(64). The MLP block's
     weights live under ``params["blocks"][i]["mlp"]`` and ``vit_apply`` takes the MLP function as
     an argument, so a mixture of experts can replace it without touching the attention.
     """
@@ -34,6 +37,7 @@ class ViTConfig:
     depth: int = 2
     heads: int = 4
     mlp_dim: int | None = 128
+    dim_head: int | None = None
     normalization: str = "softmax"
     sinkhorn_iters: int = 3
     implicit: bool = False
@@ -49,7 +53,9 @@ class ViTConfig:
             sides = [p for p in range(1, self.image_size + 1) if self.image_size % p == 0]
             raise ValueError(f"ViTConfig.patch={self.patch}: must divide image_size={self.image_size}; "
                              f"allowed: {', '.join(map(str, sides))}")
-        if self.width % self.heads:
+        if self.dim_head is not None and (not isinstance(self.dim_head, int) or self.dim_head < 1):
+            raise ValueError(f"ViTConfig.dim_head={self.dim_head!r}: expected an integer >= 1 or None (width // heads)")
+        if self.dim_head is None and self.width % self.heads:
             raise ValueError(f"ViTConfig.heads={self.heads}: must divide width={self.width}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"ViTConfig.normalization={self.normalization!r}: allowed {', '.join(NORMALIZATIONS)}")
@@ -74,7 +80,8 @@ class ViTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.width // self.heads
+        """Width of one head's queries, keys and values."""
+        return self.dim_head or self.width // self.heads
 
 
 def _linear(seed: int, fan_in: int, fan_out: int, dtype: str, bias: bool = True) -> dict[str, np.ndarray]:

@@ -1,25 +1,122 @@
-"""The ``deeperbench`` command: run, report, compare, list (DESIGN.md, "CLI")."""
+"""The ``deeperbench`` command: run, search, report, compare, list (DESIGN.md, "CLI").
+
+Exit status: 0 when done (every trial ok or skipped); 1 when a trial failed, crashed, ran out of
+memory or timed out (after everything is stored), or a compare gate tripped; 2 on bad input
+(one line on stderr, nothing written).
+"""
 from __future__ import annotations
 
 import logging
+import typing
+from importlib.metadata import PackageNotFoundError, entry_points, version as dist_version
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from harness.errors import UserError
+from harness.executors import REGISTRY as EXECUTORS
+from harness.spec import DEVICES
+from harness.trial import FAILURES, STATUSES
+from results.compare import BY, FORMATS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Benchmark sweeps of the thesis' algorithms on Ray; Parquet results; HTML reports.")
 out_console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """A bad flag or argument is one ``error:`` line on stderr and exit status 2, as bad input is."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        import sys
+
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
+
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except ClickException as err:
+            command = f" (see: {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
+            err_console.print(f"error: {' '.join(err.format_message().split())}{command}", markup=False,
+                              highlight=False)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
+                  help="Benchmark sweeps of the thesis' algorithms on Ray; Parquet results; HTML reports.")
+
+_EXECUTOR_HELP = f"where trials run: {' | '.join(EXECUTORS.names())} (local: child processes, no Ray)"
+_DEVICE_HELP = f"override the spec's device: {' | '.join(DEVICES)}"
+_FAILURES_HELP = f"exit 0 even when a trial ends {', '.join(FAILURES)}"
+_VERBOSE_HELP = "let Ray print its own output (worker logs, notices) here instead of OUT/_logs/"
 
 
 def _fail(err: UserError) -> None:
-    err_console.print(f"error: {err}", markup=False, soft_wrap=True)
+    err_console.print(f"error: {err}", markup=False, soft_wrap=True, highlight=False)
     raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            number = dist_version("deeperbench")
+        except PackageNotFoundError:
+            number = "unknown (not installed)"
+        out_console.print(f"deeperbench {number}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the version and exit")) -> None:
+    """Benchmark sweeps of the thesis' algorithms on Ray; Parquet results; HTML reports."""
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``3 ok, 1 failed`` in STATUSES order; statuses with no trial left out."""
+    return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s)) or "no trial run"
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def _where_errors(failed: int, out: str) -> None:
+    if failed:
+        out_console.print(f"full tracebacks: deeperbench report {out} (failures table), or the 'error' column "
+                          f"of results.store.Store('{out}').read()", markup=False, highlight=False)
+
+
+def _exit_for(failed: int, allow_failures: bool) -> None:
+    if failed and not allow_failures:
+        raise typer.Exit(1)
+
+
+def _dry_run(spec: Path, out: str, backend: Optional[str], device: Optional[str], force: bool,
+             max_trials: int) -> None:
+    from harness.runner import dry_run
+
+    try:
+        planned = dry_run(str(spec), out, backend=backend, device=device, force=force, max_trials=max_trials)
+    except UserError as err:
+        _fail(err)
+    for p in planned:
+        t = p.trial
+        params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        action = "run " if p.runs else "skip"
+        line = f"{action} {p.stored or '-':<8} {t.sweep}/{t.workload} {t.backend} {t.device} repeat {t.repeat}"
+        out_console.print(f"{line} {t.key}  {params}", markup=False, highlight=False)
+    runs = sum(p.runs for p in planned)
+    out_console.print(f"dry run: {_trials(len(planned))}, {runs} would run, {len(planned) - runs} already stored ok; "
+                      f"nothing started, nothing written", markup=False, highlight=False)
 
 
 @app.command()
@@ -27,24 +124,39 @@ def run(
     spec: Path = typer.Argument(..., help="sweep YAML (one or more documents)"),
     out: str = typer.Option("runs/results", help="results directory or pyarrow URI"),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join; default: RAY_ADDRESS, else an embedded instance"),
-    executor: str = typer.Option("ray", help="ray | local (child processes, no Ray)"),
+    executor: str = typer.Option("ray", help=_EXECUTOR_HELP),
     backend: Optional[str] = typer.Option(None, help="run only this backend"),
-    device: Optional[str] = typer.Option(None, help="override the spec's device: cpu | cuda | tpu | auto"),
+    device: Optional[str] = typer.Option(None, help=_DEVICE_HELP),
     force: bool = typer.Option(False, help="run again trials already stored ok"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the trials a run would start (and those stored); "
+                                                          "start nothing, write nothing"),
+    allow_failures: bool = typer.Option(False, "--allow-failures", help=_FAILURES_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
+    max_trials: int = typer.Option(1_000_000, "--max-trials", min=1, help="refuse a spec with more trials than this"),
 ) -> None:
-    """Run a sweep; trials already stored ok are skipped, so running it again resumes."""
+    """Run a sweep; trials already stored ok are skipped, so running it again resumes.
+
+    Exits 1 when a trial ends failed, crashed, oom or timeout (after storing every trial).
+    """
     from harness import runner
 
+    if dry_run:
+        _dry_run(spec, out, backend, device, force, max_trials)
+        return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = runner.run(str(spec), out, executor_name=executor, address=address, backend=backend,
-                             device=device, force=force, console=err_console)
+                             device=device, force=force, console=err_console, verbose=verbose,
+                             max_trials=max_trials)
     except UserError as err:
         _fail(err)
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to run"
-    out_console.print(f"{counts}; {summary.already_done} already stored ok.", markup=False)
-    out_console.print(f"results: {summary.out}", markup=False)
-    out_console.print(f"report:  deeperbench report {summary.out}", markup=False)
+    out_console.print(f"results: {summary.out}", markup=False, highlight=False)
+    out_console.print(f"report:  deeperbench report {summary.out}", markup=False, highlight=False)
+    _where_errors(summary.failed, summary.out)
+    total = sum(summary.counts.values())
+    out_console.print(f"{_trials(total)}: {_counts(summary.counts)}; {summary.already_done} already stored ok; "
+                      f"{summary.duration_s:.1f} s", markup=False, highlight=False)
+    _exit_for(summary.failed, allow_failures)
 
 
 @app.command()
@@ -55,26 +167,35 @@ def search(
     storage: Optional[str] = typer.Option(None, help="Optuna RDB URL; default sqlite:///OUT/optuna.db"),
     out: str = typer.Option("runs/search", help="results directory"),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join"),
-    executor: str = typer.Option("ray", help="ray | local"),
+    executor: str = typer.Option("ray", help=_EXECUTOR_HELP),
     backend: Optional[str] = typer.Option(None, help="the backend to search on, if the spec lists several"),
-    device: Optional[str] = typer.Option(None, help="override the spec's device"),
+    device: Optional[str] = typer.Option(None, help=_DEVICE_HELP),
+    allow_failures: bool = typer.Option(False, "--allow-failures", help=_FAILURES_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
 ) -> None:
-    """Optuna search over the spec's search.space; trials run in parallel on Ray and go to the store."""
+    """Optuna search over the spec's search.space; trials run in parallel on Ray and go to the store.
+
+    Exits 1 when a trial run now ends failed, crashed, oom or timeout.
+    """
     from harness.search import run_search
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         s = run_search(str(spec), trials, out, parallel=parallel, storage=storage, executor_name=executor,
-                       address=address, backend=backend, device=device, console=err_console)
+                       address=address, backend=backend, device=device, console=err_console, verbose=verbose)
     except UserError as err:
         _fail(err)
     out_console.print(f"study {s.study}: {s.finished} complete trials ({s.asked_now} asked now); storage {s.storage}",
-                      markup=False)
+                      markup=False, highlight=False)
     if s.best_number is None:
         out_console.print("no feasible complete trial yet", markup=False)
     else:
-        out_console.print(f"best: trial {s.best_number}, value {s.best_value:.6g}, params {s.best_params}", markup=False)
-    out_console.print(f"report:  deeperbench report {out}", markup=False)
+        out_console.print(f"best: trial {s.best_number}, value {s.best_value:.6g}, params {s.best_params}",
+                          markup=False, highlight=False)
+    out_console.print(f"report:  deeperbench report {out}", markup=False, highlight=False)
+    _where_errors(s.failed, out)
+    out_console.print(f"{_trials(sum(s.counts.values()))} run now: {_counts(s.counts)}", markup=False, highlight=False)
+    _exit_for(s.failed, allow_failures)
 
 
 @app.command()
@@ -123,56 +244,124 @@ def logs(job_id: str = typer.Argument(..., metavar="JOB"),
 @app.command()
 def report(
     directory: str = typer.Argument(..., metavar="DIR", help="results directory or URI"),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="HTML file; default DIR/report.html"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="HTML file; default DIR/_report.html"),
 ) -> None:
-    """Write one self-contained HTML report of the results in DIR."""
+    """Write one self-contained HTML report of the results in DIR (exit 2, nothing written, when it holds none)."""
     from results.report import build
 
-    path, n_figs = build(directory, output)
-    out_console.print(f"report with {n_figs} figures: {Path(path).resolve()}", markup=False)
+    try:
+        path, n_figs = build(directory, output)
+    except UserError as err:
+        _fail(err)
+    out_console.print(f"report with {n_figs} figures: {Path(path).resolve()}", markup=False, highlight=False)
 
 
 @app.command()
 def compare(
     directory: str = typer.Argument(..., metavar="DIR"),
-    metric: str = typer.Option(..., help="metric to compare"),
-    by: str = typer.Option("backend", help="column to compare across (backend, device_kind)"),
+    metric: str = typer.Option(..., help="metric to compare; every workload here that records it is shown"),
+    by: str = typer.Option("backend", help=f"column to compare across: {' | '.join(BY)} "
+                                           f"| a parameter (p_NAME or NAME)"),
+    workload: Optional[str] = typer.Option(None, help="only this workload's rows"),
     baseline: Optional[str] = typer.Option(None, help="results of an earlier run to compare against"),
-    fail_above: Optional[float] = typer.Option(None, help="exit 1 if a ratio to the baseline is worse than this"),
+    fail_above: Optional[float] = typer.Option(None, help="with --baseline: exit 1 if a ratio is worse than this"),
+    format: str = typer.Option("table", "--format", help=f"output: {' | '.join(FORMATS)}"),
 ) -> None:
-    """Print a metric by backend (or against --baseline) with ratios and the metric's direction."""
+    """Print a metric's medians by backend (or --by, or against --baseline) with ratios and its direction."""
+    import pyarrow as pa
+
     from results import compare as cmp
 
     try:
-        df, m = cmp.against_baseline(directory, baseline, metric) if baseline else cmp.by_backend(directory, metric, by)
+        if format not in FORMATS:
+            raise UserError(f"--format: unknown format '{format}'; allowed: {', '.join(FORMATS)}")
+        if fail_above is not None and not baseline:
+            raise UserError("--fail-above: needs --baseline (the run to compare against)")
+        if fail_above is not None and not fail_above > 0:
+            raise UserError(f"--fail-above: must be a ratio > 0, got {fail_above}")
+        c = (cmp.against_baseline(directory, baseline, metric, workload) if baseline
+             else cmp.compare(directory, metric, by, workload))
     except UserError as err:
         _fail(err)
-    table = Table(title=f"{metric} [{m.unit}], {m.direction} is better, {m.reduce} per trial, median over repeats")
-    for col in df.columns:
-        table.add_column(str(col))
-    for row in df.itertuples(index=False):
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    out_console.print(table)
-    if baseline and fail_above is not None:
-        worse = cmp.worse_than(df["ratio"], m, fail_above)
+    except (OSError, pa.ArrowException) as err:
+        _fail(UserError(f"DIR: cannot read the results: {type(err).__name__}: {err}"))
+    except Exception as err:  # noqa: BLE001 -- issue 14: no traceback reaches the user; one line, exit 1
+        err_console.print(f"error: compare failed: {type(err).__name__}: {' '.join(str(err).split())[:300]} "
+                          f"(a bug: please report it with this line)", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    render = {"markdown": cmp.to_markdown, "csv": cmp.to_csv, "json": cmp.to_json}.get(format)
+    if render is None:
+        out_console.print(cmp.to_rich(c))
+    else:
+        typer.echo(render(c).rstrip("\n"))
+    if fail_above is not None:
+        worse = c.worse_than(fail_above)
         if worse.any():
-            err_console.print(f"{int(worse.sum())} configuration(s) worse than {fail_above}x the baseline", markup=False)
+            err_console.print(f"{int(worse.sum())} configuration(s) worse than {fail_above}x the baseline",
+                              markup=False, highlight=False)
             raise typer.Exit(1)
+
+
+def _type_text(annotation: Any) -> str:
+    """``Literal['euler', 'heun']``, ``int >= 1``, ``float > 0 | None``: the values a parameter allows."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin is typing.Annotated:
+        return _type_text(args[0]) + _bounds(annotation.__metadata__)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        return " | ".join(_type_text(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
+           ("min_length", "length >="), ("max_length", "length <="))
+
+
+def _bounds(metadata: Any) -> str:
+    """`` >= 1 <= 64`` from a field's annotated-types constraints (pydantic keeps them as metadata)."""
+    parts = [f" {sign} {getattr(item, attr)}" for attr, sign in _BOUNDS for item in metadata
+             if getattr(item, attr, None) is not None]
+    return "".join(parts)
+
+
+def _field_text(field: Any) -> str:
+    """A parameter's type with its bounds next to the value they bound: ``float > 0.0 | None``."""
+    text, bounds = _type_text(field.annotation), _bounds(field.metadata)
+    if bounds and text.endswith(" | None"):
+        return text[:-len(" | None")] + bounds + " | None"
+    return text + bounds
 
 
 @app.command("list")
 def list_() -> None:
-    """List the workloads with their parameters and metrics."""
+    """List the workloads (built in and plugins) with their parameters' allowed values and their metrics."""
     import workloads
 
+    plugins = {ep.name: ep.value for ep in entry_points(group="deeperbench.workloads")}
+    broken = 0
     for name in workloads.names():
-        wl = workloads.get(name)
-        out_console.print(f"[bold]{name}[/bold] v{wl.version}  backends: {', '.join(wl.backends)}")
+        try:
+            wl = workloads.get(name)
+        except Exception as err:  # noqa: BLE001 -- one broken plugin must not hide the others
+            broken += 1
+            err_console.print(f"error: workload {name} cannot be loaded: {type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:300]}", markup=False, highlight=False)
+            continue
+        origin = f"  plugin: {plugins[name]}" if name in plugins else ""
+        out_console.print(Text.assemble((name, "bold"), f" v{wl.version}  backends: {', '.join(wl.backends)}{origin}"))
         for pname, field in wl.Params.model_fields.items():
-            ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-            out_console.print(f"  param  {pname}: {ann} = {field.default!r}", markup=False)
+            text = _field_text(field)
+            out_console.print(f"  param  {pname}: {text} = {field.default!r}", markup=False, highlight=False)
         for m in wl.metrics:
-            out_console.print(f"  metric {m.name} [{m.unit}] {m.direction} is better, {m.reduce} per trial", markup=False)
+            out_console.print(f"  metric {m.name} [{m.unit}] {m.direction} is better, {m.reduce} per trial",
+                              markup=False, highlight=False)
+    if broken:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

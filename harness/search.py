@@ -10,16 +10,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 from rich.console import Console
 
 from harness import executors
 from harness.errors import UserError
-from harness.runner import git_sha
+from harness.paths import check_out
+from harness.executors import RayLog
+from harness.runner import announce, git_sha
 from harness.spec import DEVICES, Range, Sweep, load_specs, one_line_error
 from harness.sweep import Trial, trial_key
-from harness.trial import Outcome
+from harness.trial import FAILURES, Outcome, first_line
 from harness.workload import Workload, metric_map
 from results.aggregate import reduce_records
 from results.store import Store
@@ -36,6 +39,14 @@ class SearchSummary:
     best_number: int | None
     best_value: float | None
     best_params: dict
+    counts: Counter = dataclasses.field(default_factory=Counter)
+    """Statuses of the trials run now (a sampled point the parameters refuse counts as failed)."""
+    log_path: str | None = None
+
+    @property
+    def failed(self) -> int:
+        """Trials run now that ended failed, crashed, oom or timeout."""
+        return sum(n for status, n in self.counts.items() if status in FAILURES)
 
 
 def default_storage(out: str) -> str:
@@ -92,11 +103,13 @@ def _feasibility(sweep: Sweep, workload: Workload, outcome: Outcome) -> list[flo
 
 def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage: str | None = None,
                executor_name: str = "ray", address: str | None = None, backend: str | None = None,
-               device: str | None = None, console: Console | None = None) -> SearchSummary:
+               device: str | None = None, console: Console | None = None,
+               verbose: bool = False) -> SearchSummary:
     """Bring the study of ``spec`` to ``n_trials`` trials in total; return its state and best trial."""
     import optuna
     import pydantic
     from optuna.trial import TrialState
+    from sqlalchemy.exc import SQLAlchemyError
 
     console = console or Console(stderr=True)
     if n_trials < 1 or parallel < 1:
@@ -104,6 +117,7 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
     if device is not None and device not in DEVICES:
         raise UserError(f"--device: unknown device '{device}'; allowed: {', '.join(DEVICES)}")
     sweep, workload = _only_search_sweep(spec, backend)
+    check_out(out)
     storage = storage or default_storage(out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     constrained = bool(sweep.search.constraints)
@@ -111,15 +125,18 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
     try:
         study = optuna.create_study(study_name=sweep.name, storage=storage, direction=sweep.search.direction,
                                     sampler=sampler, load_if_exists=True)
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
+    except (ImportError, ValueError, optuna.exceptions.StorageInternalError, SQLAlchemyError) as err:
         raise UserError(f"--storage: cannot open '{storage}': {' '.join(str(err).split())[:200]}") from None
     for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING, TrialState.WAITING]):
         study.tell(stale.number, state=TrialState.FAIL)
         console.print(f"trial {stale.number} of an interrupted search marked FAIL", markup=False)
     to_ask = max(0, n_trials - len(study.trials))
     distributions = _distributions(sweep)
-    executor = executors.make(executor_name, address)
+    log = RayLog(verbose=verbose)
+    executor = executors.make(executor_name, address, log=log)
     store, run_id, sha = Store(out), uuid.uuid4().hex[:12], git_sha()
+    counts: Counter = Counter()
+    log_path = None
     metric = metric_map(workload)[sweep.search.metric]
     try:
         resolved = executor.resolve_device(device or sweep.device)
@@ -133,6 +150,7 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
                     params = workload.Params.model_validate(sweep.grid | asked.params).model_dump(mode="json")
                 except pydantic.ValidationError as err:
                     study.tell(asked, state=TrialState.FAIL)
+                    counts["failed"] += 1
                     console.print(f"trial {asked.number}: {one_line_error(err, 'search.space')}", markup=False)
                     continue
                 key = trial_key(workload.name, workload.version, sweep.backends[0], resolved, params, 0,
@@ -147,12 +165,13 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
         def on_done(trial: Trial, outcome: Outcome) -> None:
             outcome.env["git_sha"] = sha
             store.write(trial, outcome, run_id)
+            counts[outcome.status] += 1
             asked = pending.pop(trial.key)
             value = reduce_records(outcome.records, metric) if outcome.status == "ok" else None
             if value is None:
                 study.tell(asked, state=TrialState.FAIL)
-                console.print(f"trial {trial.trial_number}: {outcome.status} {outcome.error or 'no ' + metric.name}",
-                              markup=False)
+                console.print(f"trial {trial.trial_number}: {outcome.status} "
+                              f"{first_line(outcome.error) or 'no ' + metric.name}", markup=False)
                 return
             if constrained:
                 values = _feasibility(sweep, workload, outcome)
@@ -167,6 +186,7 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
                                  version=workload.version, backend=sweep.backends[0], device=resolved, params={},
                                  repeat=0, seed=0, timeout_s=sweep.timeout_s, num_cpus=cpus,
                                  resources=sweep.resources, isolation=sweep.isolation))
+            log_path = announce(executor, log, out, console)
             executor.run(trials(), on_done, max_in_flight=parallel)
     finally:
         executor.close()
@@ -174,7 +194,8 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
     return SearchSummary(study=sweep.name, storage=storage,
                          finished=len([t for t in study.trials if t.state == TrialState.COMPLETE]),
                          asked_now=to_ask, best_number=best.number if best else None,
-                         best_value=best.value if best else None, best_params=dict(best.params) if best else {})
+                         best_value=best.value if best else None, best_params=dict(best.params) if best else {},
+                         counts=counts, log_path=log_path)
 
 
 def best_trial(study, constrained: bool):

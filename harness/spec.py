@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,11 +11,29 @@ import yaml
 
 import backends
 import workloads
-from harness.errors import UserError
+from harness.errors import UserError, shown
+from harness.paths import NAME_MAX_CHARS, check_name
 from harness.registry import did_you_mean
 from harness.workload import Float, Workload
 
 DEVICES = ("cpu", "cuda", "tpu", "auto")
+
+MAX_SPEC_BYTES = 1 << 20
+"""A spec file is at most 1 MiB: a sweep is a few lines; anything larger is a mistake or an attack."""
+MAX_ALIASES = 100
+"""YAML aliases (``*name``) per file: enough to share a block, too few to build an alias bomb."""
+MAX_VALUES = 100_000
+"""Values in one document with every alias expanded (what validating and printing it would touch)."""
+MAX_DEPTH = 32
+"""Nesting depth of one document."""
+MAX_TRIALS = 1_000_000
+"""Trials per spec file unless ``--max-trials`` raises it: counted from the grid, never expanded."""
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+"""The longest ``timeout_s``, 30 days: finite, and small enough for every wait primitive."""
+INT64 = (-(1 << 63), (1 << 63) - 1)
+"""The integers the results store (Arrow int64 columns) can hold."""
+SEED_MAX = (1 << 32) - 1
+"""The largest seed (``base_seed + repeat``): 32 bits, which every framework's seeding takes."""
 
 
 class _Strict(pydantic.BaseModel):
@@ -64,18 +83,33 @@ class Search(_Strict):
 class Sweep(_Strict):
     """One sweep: a workload, backends, device, grid, repeats, resources (DESIGN.md)."""
 
-    name: str = pydantic.Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = pydantic.Field(max_length=NAME_MAX_CHARS)
     workload: str
     backends: list[str] = pydantic.Field(min_length=1)
     device: Literal["cpu", "cuda", "tpu", "auto"] = "cpu"
     repeats: pydantic.PositiveInt = 1
-    base_seed: pydantic.NonNegativeInt = 0
+    base_seed: int = pydantic.Field(0, ge=0, le=SEED_MAX)
     grid: dict[str, Any]
     exclude: list[dict[str, Any]] = []
     resources: Resources = Resources()
-    timeout_s: pydantic.PositiveFloat = 600.0
+    timeout_s: float = pydantic.Field(600.0, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     isolation: Literal["actor", "process"] = "actor"
     search: Search | None = None
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str) -> str:
+        try:
+            return check_name(name)
+        except UserError as err:
+            raise ValueError(str(err).removeprefix("name: ")) from None
+
+    @pydantic.model_validator(mode="after")
+    def _seeds_fit(self) -> "Sweep":
+        if self.base_seed + self.repeats - 1 > SEED_MAX:
+            raise ValueError(f"base_seed + repeats - 1 must be at most {SEED_MAX} (seeds are 32-bit); "
+                             f"got base_seed={self.base_seed}, repeats={self.repeats}")
+        return self
 
 
 def one_line_error(err: pydantic.ValidationError, prefix: str = "") -> str:
@@ -83,25 +117,32 @@ def one_line_error(err: pydantic.ValidationError, prefix: str = "") -> str:
     first = err.errors()[0]
     path = ".".join(str(p) for p in (*([prefix] if prefix else []), *first["loc"]))
     got = first.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-    return f"{path}: {first['msg']}{shown}"
+    value = "" if isinstance(got, dict) or got is None else f" (got {shown(got)})"
+    return f"{path}: {first['msg']}{value}"
 
 
 def _check_names(kind: str, path: str, given: list[str], known: list[str]) -> None:
     for name in given:
         if name not in known:
-            raise UserError(f"{path}: unknown {kind} '{name}'; allowed: {', '.join(known)}{did_you_mean(name, known)}")
+            raise UserError(f"{path}: unknown {kind} {shown(name)}; allowed: {', '.join(known)}"
+                            f"{did_you_mean(name, known) if isinstance(name, str) else ''}")
 
 
-def validate_sweep(doc: Any) -> tuple[Sweep, Workload]:
-    """Validate one YAML document into a Sweep and its workload; UserError on the first problem."""
+def validate_sweep(doc: Any, *, max_trials: int = MAX_TRIALS) -> tuple[Sweep, Workload]:
+    """Validate one YAML document into a Sweep and its workload; UserError on the first problem.
+
+    The trials are counted from the grid before any is expanded: more than ``max_trials`` fails at
+    once, whatever their number.
+    """
     if not isinstance(doc, dict):
         raise UserError(f"spec: expected a mapping with name, workload, backends, grid; got {type(doc).__name__}")
+    check_document(doc)
     for key in ("name", "workload", "grid"):
         if key not in doc:
             raise UserError(f"{key}: missing (a sweep needs name, workload, backends and grid)")
+    check_name(doc["name"])
     if not isinstance(doc["workload"], str):
-        raise UserError(f"workload: expected a workload name, got {doc['workload']!r}")
+        raise UserError(f"workload: expected a workload name, got {shown(doc['workload'])}")
     _check_names("workload", "workload", [doc["workload"]], workloads.names())
     workload = workloads.get(doc["workload"])
     if not isinstance(doc.get("grid"), dict) or not doc["grid"]:
@@ -119,16 +160,82 @@ def validate_sweep(doc: Any) -> tuple[Sweep, Workload]:
     for key, value in sweep.grid.items():
         if isinstance(value, list) and not value:
             raise UserError(f"grid.{key}: empty list; give one value or a list of values")
+    count = count_trials(sweep)
+    if count > max_trials:
+        raise UserError(f"grid: sweep {sweep.name} asks for {count:.3g} trials (grid points x backends x repeats); "
+                        f"{max_trials:g} are left of the file's limit: shrink the grid or raise it with --max-trials")
     if sweep.search:
         _check_names("parameter", "search.space", list(sweep.search.space), fields)
         metric_names = [m.name for m in workload.metrics]
         _check_names("metric", "search.metric", [sweep.search.metric], metric_names)
         for i, c in enumerate(sweep.search.constraints):
             _check_names("metric", f"search.constraints[{i}].metric", [c.metric], metric_names)
+        _check_space(workload, sweep)
     normalised_rules(workload, sweep)
     for point in grid_points(sweep.grid):
         validate_params(workload, point)
     return sweep, workload
+
+
+def count_trials(sweep: Sweep) -> int:
+    """Grid points x backends x repeats, computed from the list lengths without expanding the grid."""
+    points = math.prod(len(v) for v in sweep.grid.values() if isinstance(v, list))
+    return points * len(sweep.backends) * sweep.repeats
+
+
+def _check_space(workload: Workload, sweep: Sweep) -> None:
+    """Every end of a search range and every choice must be a valid value of its parameter."""
+    fixed = next(iter(grid_points(sweep.grid)))
+    for name, spec in sweep.search.space.items():
+        if isinstance(spec, Range):
+            values = [int(spec.low), int(spec.high)] if spec.int else [spec.low, spec.high]
+        else:
+            values = spec
+        if not values:
+            raise UserError(f"search.space.{name}: empty list of choices")
+        for value in values:
+            validate_params(workload, fixed | {name: value}, where="search.space")
+
+
+def check_document(doc: Any) -> int:
+    """Refuse a document that would be costly to touch, or whose integers the store cannot hold.
+
+    Counts its values with every alias expanded (memoised per shared object, so an alias bomb is
+    measured without being expanded), and refuses recursion, nesting deeper than ``MAX_DEPTH``, more
+    than ``MAX_VALUES`` values and integers beyond 64 bits. Returns the number of values.
+    """
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def measure(value: Any, path: str, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise UserError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64[0] <= value <= INT64[1]:
+                raise UserError(f"{path}: {shown(value)} does not fit in 64 bits; integers must lie in "
+                                f"[-2**63, 2**63 - 1] for the results store")
+            return 1
+        if not isinstance(value, (list, dict)):
+            return 1
+        if id(value) in memo:
+            return memo[id(value)]
+        if id(value) in active:
+            raise UserError(f"{path}: refers to itself (a recursive YAML alias)")
+        active.add(id(value))
+        total = 1
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            label = key if isinstance(key, str) and len(key) <= 60 else shown(key)
+            where = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{label}" if path else str(label)
+            total += measure(key, where, depth + 1) if isinstance(value, dict) else 0
+            total += measure(item, where, depth + 1)
+            if total > MAX_VALUES:
+                raise UserError(f"spec: more than {MAX_VALUES} values once YAML aliases are expanded (at {where})")
+        active.discard(id(value))
+        memo[id(value)] = total
+        return total
+
+    return measure(doc, "", 0)
 
 
 def grid_points(grid: dict[str, Any]) -> list[dict[str, Any]]:
@@ -165,18 +272,70 @@ def normalised_rules(workload: Workload, sweep: Sweep) -> list[dict[str, Any]]:
     return rules
 
 
-def load_specs(path: str | Path) -> list[tuple[Sweep, Workload]]:
-    """Read every YAML document of ``path`` as a sweep; a file may hold several (``---``)."""
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing more than ``MAX_ALIASES`` aliases in one file."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise UserError(f"spec: more than {MAX_ALIASES} YAML aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """A mapping, refusing a key given twice (PyYAML would keep the last one silently)."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable: the base class says so
+            if duplicate:
+                raise UserError(f"spec: key {shown(key)} is given twice in one mapping "
+                                f"(line {key_node.start_mark.line + 1})")
+        return super().construct_mapping(node, deep)
+
+
+def read_documents(path: str | Path) -> list[Any]:
+    """The non-empty YAML documents of ``path``, read under the size, alias and encoding limits."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"spec: file '{path}' not found")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise UserError(f"spec: '{path}' is {size} bytes; a spec file may hold at most {MAX_SPEC_BYTES}")
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"spec: '{path}' is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise UserError(f"spec: cannot read '{path}': {err.strerror or err}") from None
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=_BoundedLoader) if d is not None]
     except yaml.YAMLError as err:
         raise UserError(f"spec: malformed YAML in '{path}': {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise UserError(f"spec: '{path}' is nested too deeply") from None
     if not docs:
         raise UserError(f"spec: '{path}' holds no sweep")
-    sweeps = [validate_sweep(d) for d in docs]
+    return docs
+
+
+def load_specs(path: str | Path, *, max_trials: int = MAX_TRIALS) -> list[tuple[Sweep, Workload]]:
+    """Read every YAML document of ``path`` as a sweep; a file may hold several (``---``).
+
+    More than ``max_trials`` trials in all fails before any is expanded.
+    """
+    sweeps: list[tuple[Sweep, Workload]] = []
+    for doc in read_documents(path):
+        left = max_trials - sum(count_trials(s) for s, _ in sweeps)
+        sweeps.append(validate_sweep(doc, max_trials=left))
     names = [s.name for s, _ in sweeps]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import math
 import os
 import platform
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -19,6 +21,8 @@ from harness.sweep import Trial
 from harness.workload import Context, Record, Skip, metric_map, uses_backend
 
 STATUSES = ("ok", "failed", "oom", "timeout", "crashed", "skipped")
+FAILURES = ("failed", "oom", "timeout", "crashed")
+"""The statuses that make ``run`` and ``search`` exit 1 (pytest's convention); ok and skipped do not."""
 
 
 @dataclasses.dataclass
@@ -36,8 +40,29 @@ class Outcome:
 
 
 def host_env() -> dict[str, Any]:
-    """Host facts every row carries: hostname, Python, platform."""
-    return {"hostname": socket.gethostname(), "python": sys.version.split()[0], "platform": platform.platform()}
+    """Host facts every row carries: hostname, Python, platform, library versions, the project's git commit."""
+    return {"hostname": socket.gethostname(), "python": sys.version.split()[0], "platform": platform.platform(),
+            **_process_env()}
+
+
+@functools.cache
+def _process_env() -> dict[str, Any]:
+    """Versions of Ray, numpy and pyarrow, and ``git describe`` of the project (None outside a checkout); once per process."""
+    from importlib import metadata
+
+    info: dict[str, Any] = {}
+    for package in ("ray", "numpy", "pyarrow"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                              text=True, timeout=10, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        info["git_commit"] = done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
 
 
 def unfinished(trial: Trial, status: str, error: str, started: float, start_wall: dt.datetime) -> Outcome:
@@ -52,11 +77,19 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    """``Type: message`` on one line, then where it was raised."""
+    """``Type: message (at file:line in function)`` on one line, then the full traceback.
+
+    The first line is what the console shows; the store keeps all of it (the ``error`` column).
+    """
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" (at {os.path.basename(frame.filename)}:{frame.lineno} in {frame.name})" if frame else ""
     message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}{where}"
+    return f"{type(exc).__name__}: {message}{where}\n{''.join(traceback.format_exception(exc)).rstrip()}"
+
+
+def first_line(error: str | None) -> str:
+    """The one-line summary of a stored ``error`` (its traceback follows on the next lines)."""
+    return (error or "").split("\n", 1)[0]
 
 
 def prepare(workload: str, backend: str) -> None:

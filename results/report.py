@@ -1,116 +1,390 @@
-"""One self-contained HTML report: device limits, per workload its figures, checks and summary,
-the environment of each device, and every trial that did not finish."""
+"""One self-contained HTML report: the run and every check's verdict on the first screen, then per workload
+its description, thesis settings, figures, checks and summary, the searches, the trials that did not
+finish, and the environment.
+"""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import html
+import inspect
 import json
 import os
-import tempfile
+import uuid
+from collections import Counter
+from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
+from markdown_it import MarkdownIt
 
 import workloads
-from harness.workload import Check
-from results.aggregate import summarize
+from harness.checks import VERDICTS, Check
+from harness.errors import UserError
+from harness.workload import settings as settings_of
+from results import axes, plots
+from results.aggregate import ok_rows, summarize
 from results.search_report import search_html
 from results.store import Store
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;
-font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-.pass{color:#0a0}.fail{color:#c00;font-weight:bold}.na{color:#888}h2{border-bottom:2px solid #333}"""
+REPORT_NAME = "_report.html"
+"""Default file name under the results folder; pyarrow's dataset discovery ignores names starting with ``_``."""
+
+BAD_STATUSES = ("failed", "crashed", "oom", "timeout")
+_SUMMARY_ROWS = 300
+_VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "too small to decide": "small", "not measured": "na",
+                  "error": "fails"}
+_CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;padding:0 16px;max-width:1360px;font-size:14px;color:#222}
+h1{font-size:22px;margin:12px 0 2px}h2{font-size:18px;border-bottom:2px solid #333;margin:28px 0 8px}
+h3{font-size:15px;margin:14px 0 6px}p{margin:4px 0}nav{margin:4px 0 8px;line-height:1.7}nav a{margin-right:10px}
+table{border-collapse:collapse;font-size:12px;margin:4px 0}td,th{border:1px solid #ccc;padding:2px 6px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}.kv th{width:90px}
+.holds{color:#0a6b0a;font-weight:600}.fails{color:#b00;font-weight:700}.small{color:#a66b00;font-weight:600}
+.na{color:#777}.chip{display:inline-block;padding:1px 8px;margin-right:6px;border-radius:9px;background:#f3f3f3}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:6px}.figs .wide{grid-column:1/-1}
+.figtitle{font-size:13px;font-weight:600;margin:6px 0 0 8px}
+.settings{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:0 12px;align-items:start}.settings table{width:100%}.doc p{max-width:960px}code{font-size:12px;background:#f5f5f5}
+details{margin:6px 0}summary{cursor:pointer;color:#245}pre{white-space:pre-wrap;font-size:11.5px;margin:4px 0}
+.verdicts td:nth-child(3){white-space:nowrap}small{font-weight:normal;color:#666}"""
 
 
-def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", na_rep="")
+@dataclasses.dataclass
+class _Section:
+    """A workload's part of the report."""
 
-
-def _checks_html(checks: list[Check]) -> str:
-    if not checks:
-        return "<p class=na>This workload states no check.</p>"
-    rows = []
-    for c in checks:
-        cls, word = {True: ("pass", "holds"), False: ("fail", "does not hold"), None: ("na", "not measured")}[c.passed]
-        rows.append(f"<tr><td>{html.escape(c.name)}</td><td>{html.escape(c.claim)}</td>"
-                    f"<td class={cls}>{word}</td><td>{html.escape(c.measured)}</td></tr>")
-    return ("<table><tr><th>check</th><th>claim</th><th>in our measurement</th><th>measured</th></tr>"
-            + "".join(rows) + "</table>")
-
-
-def _limits_html(df: pd.DataFrame) -> str:
-    """Best matmul FLOP/s and copy bytes/s per backend, device and dtype (from device_roofline rows)."""
-    rows = df[(df["workload"] == "device_roofline") & (df["status"] == "ok")
-              & df["metric"].isin(["flop_per_s", "bytes_per_s"])]
-    if rows.empty:
-        return "<p class=na>No device_roofline results in this directory: run it to see the device's limits.</p>"
-    per_trial = rows.groupby(["backend", "device_name", "p_dtype", "metric", "trial_key"])["value"].median()
-    best = (per_trial.groupby(["backend", "device_name", "p_dtype", "metric"]).max().unstack("metric")
-            .reset_index().rename_axis(columns=None))
-    return _table(best.rename(columns={"p_dtype": "dtype", "flop_per_s": "best matmul FLOP/s",
-                                       "bytes_per_s": "best copy bytes/s"}))
-
-
-def _env_html(df: pd.DataFrame) -> str:
-    envs = df.drop_duplicates(["backend", "device_kind", "device_name", "host"])
-    rows = [f"<tr><td>{html.escape(str(r.backend))}</td><td>{html.escape(str(r.device_kind))}</td>"
-            f"<td>{html.escape(str(r.device_name))}</td><td>{html.escape(str(r.host))}</td>"
-            f"<td><code>{html.escape(r.env or '')}</code></td></tr>" for r in envs.itertuples()]
-    return ("<table><tr><th>backend</th><th>device</th><th>name</th><th>host</th><th>environment</th></tr>"
-            + "".join(rows) + "</table>")
-
-
-def _failed_html(df: pd.DataFrame) -> str:
-    bad = df[~df["status"].isin(["ok"])].drop_duplicates("trial_key")
-    if bad.empty:
-        return "<p>Every trial finished.</p>"
-    return _table(bad[["sweep", "workload", "backend", "device_kind", "params", "status", "error"]])
-
-
-def _workload_html(name: str, rows: pd.DataFrame) -> tuple[str, int]:
-    """A workload's section and the number of figures in it."""
-    workload = workloads.get(name)
-    parts = [f"<h2 id='{name}'>{html.escape(name)} (v{workload.version})</h2>",
-             f"<p>{html.escape((workload.__doc__ or '').strip())}</p>"]
-    figs = workload.figures(rows)
-    parts += [f.to_html(full_html=False, include_plotlyjs=False, default_width="100%") for f in figs]
-    parts.append("<h3>Checks</h3>" + _checks_html(workload.checks(rows)))
-    summary = summarize(rows, workload.metrics)
-    if not summary.empty:
-        summary["params"] = summary["params"].map(lambda p: ", ".join(f"{k}={v}" for k, v in json.loads(p).items()))
-        cols = ["backend", "device_kind", "params", "metric", "tag", "median", "q25", "q75", "n", "unit"]
-        parts.append("<h3>Summary (median and IQR over repeats)</h3>" + _table(summary[cols]))
-    return "\n".join(parts), len(figs)
+    name: str
+    html: str
+    checks: list[Check]
+    error: str = ""
+    n_figs: int = 0
 
 
 def build(out: str, path: str | None = None) -> tuple[str, int]:
-    """Write the report of the results under ``out`` to ``path``; return the path and the figure count."""
+    """Write the report of the results under ``out`` to ``path`` (default ``<out>/_report.html``).
+
+    Returns:
+        The path written and the number of figures in the report.
+
+    Raises:
+        UserError: when ``out`` holds no results; nothing is written then.
+    """
+    df = Store(out).read().to_pandas()
+    if df.empty:
+        raise UserError(f"DIR: no results under '{out}'")
+    page, n_figs = render(df, out)
+    path = path or f"{out.rstrip('/')}/{REPORT_NAME}"
+    _write(path, page)
+    return path, n_figs
+
+
+def render(df: pd.DataFrame, out: str) -> tuple[str, int]:
+    """The report page of the rows ``df`` (read from ``out``) and its figure count."""
     from plotly.offline import get_plotlyjs
 
-    df = Store(out).read().to_pandas()
-    path = path or os.path.join(out, "report.html")
-    sections, n_figs = [], 0
-    present = [n for n in sorted(df["workload"].dropna().unique()) if n in workloads.REGISTRY]
-    for name in present:
-        section, n = _workload_html(name, df[df["workload"] == name])
-        sections.append(section)
-        n_figs += n
-    searches, n_search_figs = search_html(df, out)
-    n_figs += n_search_figs
-    generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    styles = plots.Styles()
+    names = sorted(df["workload"].dropna().unique())
+    sections = [_workload_section(name, df[df["workload"] == name], styles) for name in names]
+    searches, n_search_figs = search_html(df, out, styles)
+    toc = ([("run", "Run"), ("verdicts", "Verdicts")] + [(_anchor(s.name), s.name) for s in sections]
+           + ([("searches", "Searches")] if searches else [])
+           + [("unfinished", "Trials that did not finish"), ("environment", "Environment")])
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>deeperbench report</title>
 <style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head><body>
-<h1>deeperbench report</h1><p>{len(df['trial_key'].unique())} trials from <code>{html.escape(out)}</code>,
-generated {generated}.</p>
-<p>Workloads: {' · '.join(f"<a href='#{n}'>{n}</a>" for n in present)}</p>
-<h2>Device limits (device_roofline)</h2>{_limits_html(df)}
-{''.join(sections)}
+<h1>deeperbench report</h1><p class=na>{html.escape(out)} · generated {generated}</p>
+<nav>{' '.join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in toc)}</nav>
+<h2 id=run>Run</h2>{_run_html(df)}
+<h2 id=verdicts>Verdicts of every check</h2>{_verdicts_html(sections)}
+{''.join(s.html for s in sections)}
 {searches}
-<h2>Environment of each device</h2>{_env_html(df)}
-<h2>Trials that did not finish</h2>{_failed_html(df)}
+<h2 id=unfinished>Trials that did not finish</h2>{_unfinished_html(df)}
+<h2 id=environment>Environment</h2>{_env_html(df)}{_limits_html(df)}
 </body></html>"""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        f.write(page)
-    os.replace(f.name, path)
-    return path, n_figs
+    return page, sum(s.n_figs for s in sections) + n_search_figs
+
+
+def _write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (a local path or a pyarrow URI) atomically, with the umask's usual mode."""
+    fs, target = pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
+    parent = os.path.dirname(target)
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{os.path.basename(target)}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(text.encode())
+    fs.move(tmp, target)
+
+
+def _anchor(name: str) -> str:
+    return "wl-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value))
+
+
+def _kv_table(rows: list[tuple[str, str]]) -> str:
+    return "<table class=kv>" + "".join(f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return " ".join(f"{v} {u}" for v, u in ((h, "h"), (m, "min"), (s, "s")) if v) or "0 s"
+
+
+def _envs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial with its environment JSON parsed into columns."""
+    trials = df.drop_duplicates("trial_key")
+    parsed = pd.DataFrame([json.loads(e) if isinstance(e, str) and e else {} for e in trials["env"]],
+                          index=trials.index)
+    return pd.concat([trials[["backend", "device_kind", "device_name", "host", "workload"]], parsed], axis=1)
+
+
+_VERSIONS = (("Python", "python"), ("torch", "torch"), ("JAX", "jax"), ("jaxlib", "jaxlib"), ("Ray", "ray"),
+             ("numpy", "numpy"), ("pyarrow", "pyarrow"))
+
+
+def _run_html(df: pd.DataFrame) -> str:
+    """Trials, statuses, devices, versions and duration of the run, in a few lines."""
+    trials = df.drop_duplicates("trial_key")
+    counts = Counter(trials["status"])
+    statuses = " ".join(f"<span class='chip {'fails' if s in BAD_STATUSES else ''}'>{_esc(s)} {n}</span>"
+                        for s, n in counts.most_common())
+    devices = (trials.dropna(subset=["device_name"]).groupby("device_kind")["device_name"]
+               .agg(lambda v: ", ".join(sorted(set(v)))))
+    envs = _envs(df)
+    versions = [f"{label} {', '.join(sorted(set(envs[key].dropna().astype(str))))}" for label, key in _VERSIONS
+                if key in envs and envs[key].notna().any()]
+    start = trials["started_at"].min()
+    end = (trials["started_at"] + pd.to_timedelta(trials["duration_s"].fillna(0), unit="s")).max()
+    rows = [("trials", f"{len(trials)} in {trials['sweep'].nunique()} sweep(s), {trials['workload'].nunique()} "
+                       f"workload(s), {trials['run_id'].nunique()} run(s)"),
+            ("statuses", statuses),
+            ("devices", "; ".join(f"{_esc(k)}: {_esc(v)}" for k, v in devices.items()) or "none recorded"),
+            ("versions", _esc(" · ".join(versions)) or "none recorded")]
+    if pd.notna(start):
+        rows.append(("duration", f"{_duration((end - start).total_seconds())} from the first trial's start to the "
+                                 f"last one's end ({start:%Y-%m-%d %H:%M} UTC); "
+                                 f"{_duration(trials['duration_s'].sum())} of trial time"))
+    return _kv_table(rows)
+
+
+def _verdicts_html(sections: list[_Section]) -> str:
+    """Counts per verdict, then one row per check of every workload, linking to the check."""
+    rows, counts = [], Counter()
+    for s in sections:
+        entries = [(c.verdict, c.name, c.figure, c.measured, f"{_anchor(s.name)}-check-{i}")
+                   for i, c in enumerate(s.checks)]
+        if s.error:
+            entries.append(("error", "checks could not be computed", "", s.error, _anchor(s.name)))
+        for i, (verdict, name, figure, measured, anchor) in enumerate(entries):
+            counts[verdict] += 1
+            first = f"<td rowspan={len(entries)}><a href='#{_anchor(s.name)}'>{_esc(s.name)}</a></td>" if i == 0 else ""
+            rows.append(f"<tr>{first}<td><a href='#{anchor}'>{_esc(name)}</a></td>"
+                        f"<td class={_VERDICT_CLASS[verdict]}>{_esc(verdict)}</td><td>{_esc(figure) or '<span class=na>beyond</span>'}</td>"
+                        f"<td>{_esc(measured)}</td></tr>")
+    chips = " ".join(f"<span class='chip {_VERDICT_CLASS[v]}'>{v}: {counts[v]}</span>"
+                     for v in (*VERDICTS, "error") if counts[v] or v in VERDICTS)
+    if not rows:
+        return f"<p>{chips}</p><p class=na>No workload here states a check.</p>"
+    return (f"<p>{chips}</p><table class=verdicts><tr><th>workload</th><th>check</th><th>verdict</th>"
+            f"<th>thesis</th><th>measured</th></tr>{''.join(rows)}</table>")
+
+
+def _markdown(text: str) -> str:
+    """A docstring as HTML: paragraphs, lists, ``code`` as <code>; raw HTML in it is escaped."""
+    return MarkdownIt("commonmark", {"html": False}).render(text)
+
+
+def _workload_section(name: str, rows: pd.DataFrame, styles: plots.Styles) -> _Section:
+    """Description, settings, figures, checks and the collapsed summary of one workload."""
+    anchor = _anchor(name)
+    if name not in workloads.REGISTRY:
+        return _Section(name, f"<h2 id='{anchor}'>{_esc(name)}</h2><p class=na>This workload is not installed "
+                              "here, so its figures and checks cannot be drawn.</p>", [])
+    workload = workloads.get(name)
+    doc = inspect.getdoc(workload) or ""
+    parts = [f"<h2 id='{anchor}'>{_esc(name)} <small>v{workload.version}</small></h2>",
+             f"<div class=doc>{_markdown(doc)}</div>"]
+    setting_tables = [_setting_html(s, rows) for s in settings_of(workload)]
+    if setting_tables:
+        parts.append("<h3>Setting: the thesis and this run</h3><div class=settings>" + "".join(setting_tables) + "</div>")
+    figs, n_figs = [], 0
+    for declaration in workload.figures:
+        try:
+            fig = plots.draw(declaration, rows, workload.metrics, styles)
+        except Exception as err:  # noqa: BLE001 -- one bad figure must not take the report with it
+            figs.append(f"<p class=fails>Figure '{_esc(declaration.title)}' could not be drawn: {_esc(err)}</p>")
+            continue
+        if fig is not None:
+            figs.append(plots.embed(fig))
+            n_figs += 1
+    if figs:
+        parts.append("<div class=figs>" + "".join(figs) + "</div>")
+    try:
+        checks, error = list(workload.checks(rows)), ""
+    except Exception as err:  # noqa: BLE001 -- shown as an error row in the verdict table
+        checks, error = [], f"{type(err).__name__}: {err}"
+    parts.append("<h3>Checks</h3>" + _checks_html(anchor, checks, error))
+    parts.append(_summary_html(rows, workload.metrics))
+    return _Section(name, "\n".join(parts), checks, error, n_figs)
+
+
+def _distinct_text(values: pd.Series) -> str:
+    """The distinct values of a column, sorted: all of them when few, else the first, last and count."""
+    distinct = sorted(values.dropna().unique(), key=plots.sort_key)
+    if not distinct:
+        return "not recorded"
+    texts = [f"{v:g}" if isinstance(v, float) else str(v) for v in distinct]
+    return ", ".join(texts) if len(texts) <= 6 else f"{', '.join(texts[:3])}, ..., {texts[-1]} ({len(texts)} values)"
+
+
+def _setting_html(setting: Any, rows: pd.DataFrame) -> str:
+    """One thesis figure's setting beside this run's (the distinct values of each named column).
+
+    Collapsed when no finished trial of this run matches the setting's ``where``.
+    """
+    ours_rows = ok_rows(rows)
+    for column, value in setting.where.items():
+        if column in ours_rows:
+            keep = list(value) if isinstance(value, (list, tuple, set)) else [value]
+            ours_rows = ours_rows[ours_rows[column].isin(keep)]
+    labels = list(dict.fromkeys([*setting.thesis, *setting.ours]))
+    body = "".join(f"<tr><th>{_esc(label)}</th><td>{_esc(setting.thesis.get(label, ''))}</td><td>"
+                   f"{_esc(_distinct_text(ours_rows[setting.ours[label]]) if setting.ours.get(label) in ours_rows else 'not recorded')}"
+                   f"</td></tr>" for label in labels)
+    table = f"<table><tr><th>{_esc(setting.figure)}</th><th>thesis</th><th>this run</th></tr>{body}</table>"
+    if ours_rows.empty:
+        return (f"<details><summary>{_esc(setting.figure)}: the thesis' setting (no trial of this run has it)"
+                f"</summary>{table}</details>")
+    return table
+
+
+def _checks_html(anchor: str, checks: list[Check], error: str) -> str:
+    if error:
+        return f"<p class=fails>checks() raised: {_esc(error)}</p>"
+    if not checks:
+        return "<p class=na>This workload states no check.</p>"
+    rows = "".join(f"<tr id='{anchor}-check-{i}'><td class={_VERDICT_CLASS[c.verdict]}>{_esc(c.verdict)}</td>"
+                   f"<td>{_esc(c.name)}</td><td>{_esc(c.figure)}</td><td>{_esc(c.claim)}</td>"
+                   f"<td>{_esc(c.measured)}</td><td>{_esc(c.note)}</td></tr>" for i, c in enumerate(checks))
+    return ("<table><tr><th>verdict</th><th>check</th><th>thesis</th><th>claim</th><th>measured</th><th>note</th></tr>"
+            + rows + "</table>")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _esc(value)
+
+
+def _summary_html(rows: pd.DataFrame, metrics: Any) -> str:
+    """The summary table, collapsed, with only the parameters that vary; the fixed ones stated once above it."""
+    summary = summarize(rows, metrics)
+    if summary.empty:
+        return "<p class=na>No finished trial recorded a value.</p>"
+    params = [c for c in summary.columns if c.startswith("p_") and summary[c].notna().any()]
+    varying = [c for c in params if summary[c].nunique(dropna=False) > 1]
+    fixed = [f"{c[2:]}={_distinct_text(summary[c])}" for c in params if c not in varying]
+    cols = (["backend"] + (["device_name"] if summary["device_name"].nunique() > 1 else []) + varying + ["metric"]
+            + (["tag"] if summary["tag"].notna().any() else []) + ["median", "q25", "q75", "n", "unit"])
+    shown = summary[cols].head(_SUMMARY_ROWS)
+    head = "".join(f"<th>{_esc(c.removeprefix('p_'))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_number(v)}</td>" for v in r) + "</tr>" for r in shown.itertuples(index=False))
+    more = (f"<p class=na>First {_SUMMARY_ROWS} of {len(summary)} rows; every row is in the Parquet store "
+            "(<code>deeperbench compare</code>, pandas).</p>" if len(summary) > _SUMMARY_ROWS else "")
+    return (f"<details><summary>Summary: median and IQR over repeats ({len(summary)} rows)</summary>"
+            f"<p>Same in every row: {_esc(', '.join(fixed)) or 'nothing'}</p>{more}<table><tr>{head}</tr>{body}</table>"
+            "</details>")
+
+
+def _params_text(params: Any) -> str:
+    try:
+        return ", ".join(f"{k}={v}" for k, v in json.loads(params).items() if v is not None)
+    except (TypeError, ValueError):
+        return str(params)
+
+
+def _unfinished_html(df: pd.DataFrame) -> str:
+    """Failed, crashed, oom and timeout trials with their full error; skipped trials with their reason, collapsed."""
+    trials = df.drop_duplicates("trial_key")
+    bad = trials[trials["status"].isin(BAD_STATUSES)].sort_values(["workload", "status"])
+    parts = []
+    if bad.empty:
+        parts.append("<p class=holds>Every trial finished.</p>")
+    else:
+        rows = []
+        for r in bad.itertuples():
+            error = str(r.error or "").strip()
+            first, _, rest = error.partition("\n")
+            full = f"<details><summary>{_esc(first)}</summary><pre>{_esc(rest)}</pre></details>" if rest else _esc(first)
+            rows.append(f"<tr><td>{_esc(r.workload)}</td><td>{_esc(r.sweep)}</td><td>{_esc(r.backend)}</td>"
+                        f"<td>{_esc(r.device_kind)}</td><td>{_esc(_params_text(r.params))}</td>"
+                        f"<td class=fails>{_esc(r.status)}</td><td>{full}</td></tr>")
+        parts.append("<table><tr><th>workload</th><th>sweep</th><th>backend</th><th>device</th><th>parameters</th>"
+                     "<th>status</th><th>error</th></tr>" + "".join(rows) + "</table>")
+    skipped = trials[trials["status"] == "skipped"]
+    if not skipped.empty:
+        reasons = skipped.groupby(["workload", "error"], dropna=False).size().reset_index(name="trials")
+        body = "".join(f"<tr><td>{_esc(r.workload)}</td><td>{r.trials}</td><td>{_esc(r.error)}</td></tr>"
+                       for r in reasons.itertuples())
+        parts.append(f"<details><summary>{len(skipped)} skipped trial(s): the workload cannot run them here</summary>"
+                     f"<table><tr><th>workload</th><th>trials</th><th>reason</th></tr>{body}</table></details>")
+    return "".join(parts)
+
+
+_ENV_ROWS = (("host", "host"), ("device kind", "device_kind"), ("device", "device_name"), ("Python", "python"),
+             ("torch", "torch"), ("JAX", "jax"), ("jaxlib", "jaxlib"), ("Ray", "ray"), ("numpy", "numpy"),
+             ("pyarrow", "pyarrow"), ("CUDA", "cuda"), ("cuDNN", "cudnn"), ("NVIDIA driver", "driver"),
+             ("GPU", "cuda_device"), ("threads", "threads"), ("platform", "platform"), ("git commit", "git_commit"))
+_GPU_ONLY = {"cuda", "cudnn", "driver", "cuda_device"}
+
+
+def _env_html(df: pd.DataFrame) -> str:
+    """One column per backend, device and host; CUDA rows only for columns whose trials ran on a GPU."""
+    envs = _envs(df)
+    used = envs[envs["device_name"].notna()]
+    envs = used if not used.empty else envs
+    groups = list(envs.groupby(["backend", "device_kind", "host"], dropna=False))
+    head = "".join(f"<th>{_esc(b)} · {_esc(k)}</th>" for (b, k, _), _ in groups)
+    rows = []
+    for label, key in _ENV_ROWS:
+        cells = []
+        for (_, kind, _), g in groups:
+            values = g[key].dropna().map(_plain) if key in g else pd.Series(dtype=str)
+            shown = key not in _GPU_ONLY or kind == "cuda"
+            cells.append(", ".join(sorted(set(values))) if shown else "")
+        if any(cells):
+            rows.append(f"<tr><th>{_esc(label)}</th>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _plain(value: Any) -> str:
+    """A value as text, integral floats without their ``.0`` (JSON numbers become floats in a frame)."""
+    return f"{value:.0f}" if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _limits_html(df: pd.DataFrame) -> str:
+    """Best matmul FLOP/s and copy bytes/s per backend, device and dtype (device_roofline's rows)."""
+    rows = ok_rows(df)
+    rows = rows[(rows["workload"] == "device_roofline") & rows["metric"].isin(["flop_per_s", "bytes_per_s"])]
+    if rows.empty:
+        return "<p class=na>No device_roofline results here: run it to see the device's limits.</p>"
+    per_trial = rows.groupby(["backend", "device_name", "p_dtype", "metric", "trial_key"])["value"].median()
+    best = per_trial.groupby(["backend", "device_name", "p_dtype", "metric"]).max().unstack("metric")
+    body = "".join(f"<tr><td>{_esc(b)}</td><td>{_esc(d)}</td><td>{_esc(t)}</td>"
+                   f"<td>{_si(r.get('flop_per_s'), 'FLOP/s')}</td><td>{_si(r.get('bytes_per_s'), 'B/s')}</td></tr>"
+                   for (b, d, t), r in best.iterrows())
+    return ("<h3>Device limits (device_roofline)</h3><table><tr><th>backend</th><th>device</th><th>dtype</th>"
+            f"<th>best matmul</th><th>best copy</th></tr>{body}</table>")
+
+
+def _si(value: Any, unit: str) -> str:
+    """``1.23 TFLOP/s``; bytes with binary prefixes (``12.3 GiB/s``)."""
+    if value is None or pd.isna(value):
+        return ""
+    if unit.startswith("B"):
+        return axes.format_bytes(float(value)) + unit[1:]
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"

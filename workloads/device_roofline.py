@@ -12,8 +12,10 @@ import pydantic
 
 from backends import Backend, timer
 from backends.init import normal
-from harness.workload import Check, Context, Metric, Params as _Params, Record
-from results.aggregate import summarize
+from harness.checks import Check, decide, distinct
+from harness.figures import Figure
+from harness.workload import Context, Metric, Params as _Params, Record
+from results.aggregate import ok_rows, summarize
 
 name = "device_roofline"
 version = 1
@@ -55,41 +57,33 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
             for r in (Record("time_s", t, sample=i), Record(metric, work / t, sample=i))]
 
 
-def figures(table: pd.DataFrame) -> list:
-    """Achieved FLOP/s (matmul) and bytes/s (copy) vs n, per backend, device and dtype, log-log."""
-    import plotly.graph_objects as go
+figures = (
+    Figure("Matmul: achieved FLOP/s vs n", metric="flop_per_s", x="p_n", series=("p_dtype",), where={"p_op": "matmul"},
+           log_x=True, log_y=True),
+    Figure("Copy: achieved bytes/s vs n (read + write)", metric="bytes_per_s", x="p_n", series=("p_dtype",),
+           where={"p_op": "copy"}, log_x=True, log_y=True),
+)
+"""Beyond the thesis: the device's practical limits, which every time in the report can be read against."""
 
-    summary = summarize(table, metrics)
-    figs = []
-    for metric, title in (("flop_per_s", "Matmul: achieved FLOP/s vs n"), ("bytes_per_s", "Copy: achieved bytes/s vs n")):
-        rows = summary[summary["metric"] == metric].sort_values("p_n")
-        if rows.empty:
-            continue
-        fig = go.Figure()
-        for (backend, device, dtype), g in rows.groupby(["backend", "device_name", "p_dtype"]):
-            fig.add_trace(go.Scatter(
-                x=g["p_n"], y=g["median"], mode="lines+markers", name=f"{backend} {dtype} ({device})",
-                error_y=dict(type="data", symmetric=False, array=g["q75"] - g["median"], arrayminus=g["median"] - g["q25"])))
-        fig.update_layout(title=title, xaxis_title="n", yaxis_title=rows["unit"].iloc[0], xaxis_type="log", yaxis_type="log")
-        figs.append(fig)
-    return figs
+_CLAIM = "matmul throughput does not fall as n grows (its arithmetic intensity grows like n)"
 
 
 def checks(table: pd.DataFrame) -> list[Check]:
-    """Roofline: a larger matmul has more work per byte, so it must reach at least the smaller one's FLOP/s."""
-    summary = summarize(table, metrics)
-    rows = summary[summary["metric"] == "flop_per_s"]
-    out = []
-    for (backend, device, dtype), g in rows.groupby(["backend", "device_name", "p_dtype"]):
-        g = g.sort_values("p_n")
-        claim = "matmul throughput does not fall as n grows (arithmetic intensity grows like n)"
-        if len(g) < 2:
-            out.append(Check(f"{backend} {dtype} {device}", claim, None, "one size only"))
-            continue
-        lo, hi = g.iloc[0], g.iloc[-1]
-        out.append(Check(f"{backend} {dtype} {device}", claim, bool(hi["median"] >= 0.9 * lo["median"]),
-                         f"n={lo['p_n']}: {lo['median']:.3g} FLOP/s; n={hi['p_n']}: {hi['median']:.3g} FLOP/s"))
-    return out
+    """Roofline: a larger matmul has more work per byte, so it reaches at least 0.9x the smaller one's FLOP/s."""
+    rows = ok_rows(table)
+    rows = rows[rows["metric"] == "flop_per_s"]
+    groups = list(rows.groupby(["backend", "device_name", "p_dtype"], dropna=False)) or [(("", "", ""), rows)]
+    return [decide(f"{backend} {dtype} {device}".strip() or "matmul throughput", _CLAIM, group, _throughput_holds,
+                   needs=[distinct("p_n", 2, "sizes n")], note="the smallest and the largest n are compared")
+            for (backend, device, dtype), group in groups]
+
+
+def _throughput_holds(rows: pd.DataFrame) -> tuple[bool, str]:
+    """The median FLOP/s at the largest n is at least 0.9x that at the smallest n."""
+    per_n = summarize(rows, metrics).groupby("p_n")["median"].median().sort_index()
+    lo, hi = per_n.index[0], per_n.index[-1]
+    return (bool(per_n[hi] >= 0.9 * per_n[lo]),
+            f"n={lo:g}: {per_n[lo]:.3g} FLOP/s; n={hi:g}: {per_n[hi]:.3g} FLOP/s ({per_n[hi] / per_n[lo]:.2f}x)")
 
 
 smoke = Params(op="matmul", n=256, dtype="float32", warmup=2, timing_repeats=5)

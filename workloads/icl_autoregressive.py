@@ -19,18 +19,22 @@ import pydantic
 
 from backends import Backend
 from backends.ar_init import ARConfig, ar_sequences, augment
-from harness.workload import Check, Context, Float, Metric, Params as _Params, Record, Skip
-from results.aggregate import summarize
+from harness.checks import Check, decide, paired_interval, pairs, seeds
+from harness.figures import Figure, Setting
+from harness.workload import Context, Float, Metric, Params as _Params, Record, Skip
+from results.aggregate import reduce_trials
 
 name = "icl_autoregressive"
-version = 1
+version = 2
 backends = ("torch", "jax")
 metrics = (
     Metric("test_mse", "1", "lower", "last",
-           "test mean squared error per coordinate, positions t >= 2; tag transformer (per evaluated epoch, 0 = init), "
-           "gd (L steps, best step size) or lstsq (least-squares fit of the context)"),
+           "the Transformer's test mean squared error per coordinate, positions t >= 2, per evaluated epoch (0 = init)"),
+    Metric("gd_mse", "1", "lower", "last", "test MSE of L steps of gradient descent on the in-context loss (6.5), best step size"),
+    Metric("lstsq_mse", "1", "lower", "last",
+           "test MSE of the least-squares fit of the context: the floor L steps of gradient descent approach"),
     Metric("train_loss", "1", "lower", "last", "mean training MSE over the epoch's minibatches"),
-    Metric("gd_step_size", "1", "lower", "last", "the step size the line search chose for L gradient steps (tag gd)"),
+    Metric("gd_step_size", "1", "lower", "last", "the step size the line search chose for L gradient steps"),
     Metric("epoch_time_s", "s", "lower", "median", "wall time of one training epoch (compilation excluded)"),
 )
 _LOSS_START = 1
@@ -89,15 +93,41 @@ def _line_search(mse_of, low: float = 1e-5, high: float = 10.0, grid: int = 49, 
     return eta, value
 
 
-def _lstsq_predict(states: np.ndarray) -> np.ndarray:
-    """W_t = C_t S_t^+ (minimum-norm least squares on the pairs j < t, the limit of GD from 0), prediction W_t s_t."""
+def _context_moments(states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """S_t = sum_{j<t} s_j s_j^T and C_t = sum_{j<t} s_{j+1} s_j^T per position, and the inputs s_t (float64)."""
     s, nxt = states[:, :-1], states[:, 1:]
     gram = np.cumsum(s[..., :, None] * s[..., None, :], axis=1)
     corr = np.cumsum(nxt[..., :, None] * s[..., None, :], axis=1)
     gram = np.concatenate([np.zeros_like(gram[:, :1]), gram[:, :-1]], axis=1)
     corr = np.concatenate([np.zeros_like(corr[:, :1]), corr[:, :-1]], axis=1)
+    return gram, corr, s
+
+
+def _lstsq_predict(states: np.ndarray) -> np.ndarray:
+    """W_t = C_t S_t^+ (minimum-norm least squares on the pairs j < t, the limit of GD from 0), prediction W_t s_t."""
+    gram, corr, s = _context_moments(states)
     w = corr @ np.linalg.pinv(gram, rcond=1e-10, hermitian=True)
     return (w @ s[..., None])[..., 0]
+
+
+def _gd_mse_of(states: np.ndarray, steps: int):
+    """eta -> test MSE of ``steps`` gradient steps from W = 0 with step eta, in closed form (for the line search).
+
+    With S_t = U diag(lam) U^T, W_L = C_t U diag((1 - (1 - eta lam)^L) / lam) U^T: the same iterates as
+    ``ar_gd_predict`` in exact arithmetic, at the cost of one eigendecomposition for every step size.
+    """
+    gram, corr, s = _context_moments(states)
+    lam, vecs = np.linalg.eigh(gram)
+    coords = np.einsum("ntij,nti->ntj", vecs, s)
+    mapped = corr @ vecs
+    targets = states[:, 1:]
+
+    def mse(eta: float) -> float:
+        x = eta * lam
+        with np.errstate(over="ignore", invalid="ignore"):
+            gain = np.where(np.abs(x) > 1e-12, (1.0 - (1.0 - x) ** steps) / np.where(lam == 0, 1.0, lam), eta * steps)
+        return _mse(np.einsum("ntij,ntj->nti", mapped, gain * coords), targets)
+    return mse
 
 
 def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
@@ -110,12 +140,10 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     train_tokens, train_targets = augment(train_states)
     test_tokens, test_targets = augment(test_states)
 
-    search = train_states[: params.line_search_n]
-    search_arr = backend.asarray(search, device, "float64")
-    eta, _ = _line_search(lambda e: _mse(backend.to_numpy(ops.ar_gd_predict(search_arr, params.depth, e)), search[:, 1:]))
+    eta, _ = _line_search(_gd_mse_of(train_states[: params.line_search_n], params.depth))
     gd_pred = backend.to_numpy(ops.ar_gd_predict(backend.asarray(test_states, device, "float64"), params.depth, eta))
-    records = [Record("test_mse", _mse(gd_pred, test_targets), tag="gd"), Record("gd_step_size", eta, tag="gd"),
-               Record("test_mse", _mse(_lstsq_predict(test_states), test_targets), tag="lstsq")]
+    records = [Record("gd_mse", _mse(gd_pred, test_targets)), Record("gd_step_size", eta),
+               Record("lstsq_mse", _mse(_lstsq_predict(test_states), test_targets))]
 
     config = ARConfig(dim=params.dim, depth=params.depth, softmax=params.softmax,
                       mlp_dim=params.mlp_dim if params.softmax else None, loss_start=_LOSS_START)
@@ -125,8 +153,7 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     trainer = ops.ar_transformer_trainer(config, ops.ar_transformer_init(config, ctx.seed, device, params.dtype), params.lr)
 
     def evaluate(epoch: int) -> None:
-        records.append(Record("test_mse", _mse(trainer.predict(x_test, params.batch), test_targets), step=epoch,
-                              tag="transformer"))
+        records.append(Record("test_mse", _mse(trainer.predict(x_test, params.batch), test_targets), step=epoch))
 
     evaluate(0)
     trainer.compile(x, y, params.batch)
@@ -146,97 +173,132 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
 
 # ----------------------------------------------------------------------------------------- report
 
-_SETUP = ["p_dim", "p_length", "p_n_train", "p_epochs", "p_lr", "p_batch", "p_dtype"]
+_THESIS = {"p_dim": 5, "p_length": 50, "p_n_train": 1 << 14, "p_epochs": 2000, "p_batch": 1024, "p_lr": 5e-3}
+"""The thesis' setting (section 6.6; batch from the authors' code, michaelsdr/ical ``augmented.py``)."""
+_THESIS_STEPS = 2000 * ((1 << 14) // 1024)
+_MIN_STEPS = 1000
+"""Adam steps below which a Transformer is too little trained for its error to say anything (thesis: 32,000)."""
+_SETUP = ["p_dim", "p_length", "p_n_train", "p_n_test", "p_epochs", "p_lr", "p_batch", "p_dtype"]
 """Parameters that must match for trials to sit on one curve over depth."""
 
+_CURVES = dict(x="p_depth", metric=("test_mse", "gd_mse", "lstsq_mse"), log_y=True,
+               x_title="depth L (Transformer layers / gradient steps)", y_title="test MSE")
+figures = (
+    Figure("Test MSE vs depth: linear-attention Transformer, L steps of gradient descent, least-squares floor",
+           thesis="Fig. 6.5", where={"p_softmax": False}, **_CURVES),
+    Figure("Test MSE vs depth: softmax + MLP Transformer, L steps of gradient descent, least-squares floor",
+           thesis="Fig. 6.10", where={"p_softmax": True}, **_CURVES),
+    Figure("Training loss vs epoch, linear attention (off) and softmax + MLP (on), per depth", metric="train_loss",
+           x="step", by_step=True, series=("p_depth",), facet="p_softmax", log_y=True, x_title="epoch",
+           y_title="training MSE", thesis="Fig. 6.9"),
+    Figure("Transformer test MSE vs epoch (0 = initialisation), per depth", metric="test_mse", x="step",
+           by_step=True, series=("p_depth",), facet="p_softmax", log_y=True, x_title="epoch", y_title="test MSE"),
+    Figure("Training epoch time vs depth", metric="epoch_time_s", x="p_depth", series=("p_softmax",),
+           x_title="depth L", y_title="epoch time"),
+)
 
-def _final_mse(table: pd.DataFrame) -> pd.DataFrame:
-    """Median final test MSE per configuration and tag, with ``method``: transformer (linear|softmax), gd, lstsq."""
-    rows = summarize(table, metrics)
-    rows = rows[rows["metric"] == "test_mse"].copy()
-    if rows.empty:
-        return rows
-    rows["method"] = np.where(rows["tag"] == "transformer",
-                              np.where(rows["p_softmax"].astype(bool), "transformer softmax+MLP", "transformer linear"),
-                              rows["tag"])
-    return rows
-
-
-def figures(table: pd.DataFrame) -> list:
-    """Fig. 6.5 / 6.10: test MSE vs depth, Transformer vs gradient descent (and least squares); training curves."""
-    import plotly.graph_objects as go
-
-    final = _final_mse(table)
-    if final.empty:
-        return []
-    figs = []
-    fig = go.Figure()
-    for (backend, device, method, *_), g in final.groupby(["backend", "device_name", "method", *_SETUP]):
-        if method != "transformer linear" and method != "transformer softmax+MLP":
-            g = g.drop_duplicates("p_depth")  # gd and lstsq do not depend on the Transformer's settings
-        g = g.sort_values("p_depth")
-        fig.add_trace(go.Scatter(x=g["p_depth"], y=g["median"], mode="lines+markers", name=f"{method} {backend} ({device})",
-                                 line=dict(dash="dot" if method == "lstsq" else "solid"),
-                                 error_y=dict(type="data", symmetric=False, array=g["q75"] - g["median"],
-                                              arrayminus=g["median"] - g["q25"])))
-    fig.update_layout(title="Fig. 6.5 / 6.10: test MSE vs depth L, Transformer vs L steps of gradient descent "
-                            "(lstsq: least squares on the context; median, IQR)",
-                      xaxis_title="depth L (layers / gradient steps)", yaxis_title="test MSE", yaxis_type="log")
-    figs.append(fig)
-
-    steps = summarize(table, metrics, by_step=True)
-    curves = steps[(steps["metric"].isin(["train_loss", "test_mse"])) & (steps["tag"].isna() | (steps["tag"] == "transformer"))]
-    if not curves.empty:
-        shown = "torch" if "torch" in set(curves["backend"]) else min(set(curves["backend"]))
-        curves = curves[curves["backend"] == shown]
-        fig = go.Figure()
-        for (metric, soft, depth, *_), g in curves.groupby(["metric", "p_softmax", "p_depth", *_SETUP]):
-            g = g.sort_values("step")
-            kind = "softmax+MLP" if soft else "linear"
-            fig.add_trace(go.Scatter(x=g["step"], y=g["median"], mode="lines", name=f"{metric} {kind} L={depth}",
-                                     line=dict(dash="solid" if metric == "test_mse" else "dot")))
-        fig.update_layout(title=f"Training: train loss (dotted) and test MSE (solid) per epoch ({shown})",
-                          xaxis_title="epoch", yaxis_title="MSE", yaxis_type="log")
-        figs.append(fig)
-    return figs
+_OURS = {"training / test sequences": "p_n_train", "dimension d": "p_dim", "sequence length T": "p_length",
+         "depths L": "p_depth", "optimiser, lr": "p_lr", "batch": "p_batch", "epochs": "p_epochs", "seeds": "seed",
+         "backend": "backend", "device": "device_name"}
+_THESIS_SETTING = {"training / test sequences": "2^14 / 2^10", "dimension d": "d = 5",
+                   "sequence length T": "T = 50", "depths L": "1 ... 6", "optimiser, lr": "Adam, 5e-3",
+                   "batch": "1,024 (authors' code)", "epochs": "2,000 (32,000 Adam steps)", "seeds": "1 (not stated)",
+                   "backend": "PyTorch", "device": "GPU (not stated)"}
+settings = (
+    Setting("Fig. 6.5", thesis={"model": "L layers of linear attention (eq. 6.4) with layer norm, augmented tokens "
+                                         "(0, s_t, s_{t-1})", **_THESIS_SETTING}, ours=_OURS, where={"p_softmax": False}),
+    Setting("Fig. 6.10", thesis={"model": "L layers of softmax attention + MLP with layer norm, augmented tokens",
+                                 **_THESIS_SETTING}, ours=_OURS, where={"p_softmax": True}),
+)
 
 
-def _ratios(final: pd.DataFrame) -> dict[tuple, dict[tuple[bool, int], float]]:
-    """Per (backend, device, setup): {(softmax, depth): median transformer MSE / median GD MSE}."""
-    out: dict[tuple, dict[tuple[bool, int], float]] = {}
-    for key, g in final.groupby(["backend", "device_name", *_SETUP]):
-        gd = g[g["tag"] == "gd"].groupby("p_depth")["median"].median()
-        for _, row in g[g["tag"] == "transformer"].iterrows():
-            if row["p_depth"] in gd.index and gd[row["p_depth"]] > 0:
-                out.setdefault(key, {})[(bool(row["p_softmax"]), int(row["p_depth"]))] = float(row["median"] / gd[row["p_depth"]])
-    return out
+def _adam_steps(rows: pd.DataFrame) -> str | None:
+    """Need: each Transformer trained for at least ``_MIN_STEPS`` Adam steps."""
+    steps = int((rows["p_epochs"] * (rows["p_n_train"] // rows["p_batch"])).min())
+    return None if steps >= _MIN_STEPS else f"{steps} Adam steps < {_MIN_STEPS} (thesis: {_THESIS_STEPS:,})"
+
+
+def _deviations(rows: pd.DataFrame) -> str:
+    """The run's departures from the thesis' setting, in words."""
+    out = []
+    for column, value in _THESIS.items():
+        ours = sorted(rows[column].dropna().unique())
+        if ours and any(v != value for v in ours):
+            out.append(f"{column[2:]} {'/'.join(f'{v:g}' for v in ours)} (thesis {value:g})")
+    steps = sorted({int(e * (n // b)) for e, n, b in rows[["p_epochs", "p_n_train", "p_batch"]].itertuples(index=False)})
+    if steps != [_THESIS_STEPS]:
+        out.append(f"{'/'.join(f'{s:,}' for s in steps)} Adam steps (thesis {_THESIS_STEPS:,})")
+    return "deviations: " + ", ".join(out) if out else ""
+
+
+def _per_trial(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: depth, final Transformer, GD and least-squares test MSE, log10(Transformer / GD)."""
+    reduced = reduce_trials(rows, metrics)
+    paired = pairs(reduced, "metric", "test_mse", "gd_mse", on=("trial_key", "p_depth"))
+    floor = reduced[reduced["metric"] == "lstsq_mse"][["trial_key", "value"]].rename(columns={"value": "floor"})
+    paired = paired.rename(columns={"first": "transformer", "second": "gd"}).merge(floor, on="trial_key")
+    return paired.assign(log_ratio=np.log10(paired["transformer"] / paired["gd"]))
+
+
+def _by_depth(trials: pd.DataFrame, test) -> tuple[bool | None, str]:
+    """``test(interval)`` at every depth; measured: the paired interval of log10(Transformer / GD) per depth."""
+    if trials.empty:
+        return None, "no trial recorded both the Transformer's and gradient descent's test MSE"
+    verdicts, parts = [], []
+    for depth, g in trials.groupby("p_depth"):
+        interval = paired_interval(g["log_ratio"], np.zeros(len(g)))
+        verdicts.append(test(interval))
+        parts.append(f"L={int(depth)}: log10(Transformer/GD) {interval.text('+.2f')}, medians Transformer "
+                     f"{g['transformer'].median():.3g}, GD {g['gd'].median():.3g}, least squares {g['floor'].median():.3g}")
+    return all(verdicts), "; ".join(parts)
+
+
+def _floor_reason(trials: pd.DataFrame) -> str:
+    """Why GD cannot be an order of magnitude ahead: the Transformer is within 10x of the least-squares floor."""
+    near = trials.groupby("p_depth")[["transformer", "floor"]].median()
+    near = near[near["transformer"] < 10 * near["floor"]]
+    if near.empty:
+        return ""
+    depths = ", ".join(str(int(d)) for d in near.index)
+    return (f"at L = {depths} our Transformer trains to within 10x of the least-squares floor (the error L steps of "
+            f"gradient descent approach as L grows), so at this budget gradient descent cannot be ahead of it by an "
+            f"order of magnitude")
+
+
+_CLAIMS = (
+    ("the first layers, linear attention", "Fig. 6.5", False, lambda d: d <= 2,
+     "even though the first Transformer layers are competitive with gradient descent: for L <= 2 the linear-attention "
+     "Transformer's test MSE is not an order of magnitude above that of L steps of gradient descent (95% CI of "
+     "log10(Transformer / GD) below 1, at every L <= 2)", lambda i: i.below(1.0)),
+    ("L >= 3, linear attention", "Fig. 6.5", False, lambda d: d >= 3,
+     "gradient descent outperforms the [linear-attention] Transformer by orders of magnitude when L >= 3 (95% CI of "
+     "log10(Transformer / GD) above 1, at every L >= 3)", lambda i: i.above(1.0)),
+    ("softmax + MLP", "Fig. 6.10", True, lambda d: True,
+     "a full Transformer with all the bells and whistles (softmax and MLP) outperforms gradient descent (95% CI of "
+     "log10(Transformer / GD) below 0, at every L)", lambda i: i.below(0.0)),
+)
 
 
 def checks(table: pd.DataFrame) -> list[Check]:
-    """Linear Transformer vs GD: comparable for L <= 2, GD far ahead from L = 3; softmax+MLP ahead of GD (Fig. 6.5, 6.10)."""
-    final = _final_mse(table)
-    claims = (
-        ("L <= 2, linear", "for L <= 2 the linear-attention Transformer and L steps of gradient descent are comparable: "
-         "test MSE ratio Transformer / GD within [0.1, 10] (Fig. 6.5)", False, lambda d: d <= 2, lambda r: 0.1 <= r <= 10),
-        ("L >= 3, linear", "from L = 3, gradient descent is ahead of the linear-attention Transformer by orders of magnitude: "
-         "ratio Transformer / GD >= 10 at every L >= 3 (Fig. 6.5)", False, lambda d: d >= 3, lambda r: r >= 10),
-        ("softmax+MLP", "a softmax+MLP Transformer stays ahead of gradient descent: ratio Transformer / GD < 1 at every L "
-         "(Fig. 6.10)", True, lambda d: True, lambda r: r < 1),
-    )
-    ratios = _ratios(final) if not final.empty else {}
+    """Linear Transformer vs L steps of GD (Fig. 6.5) and softmax + MLP Transformer vs GD (Fig. 6.10), paired over seeds."""
+    ok = table[(table["status"] == "ok") & table["metric"].notna()] if not table.empty else table
     out = []
-    for label, claim, softmax, depths, test in claims:
-        found = False
-        for (backend, device, *setup), per in ratios.items():
-            sel = {d: r for (s, d), r in sorted(per.items()) if s == softmax and depths(d)}
-            if not sel:
-                continue
-            found = True
-            measured = ", ".join(f"L={d}: {r:.3g}" for d, r in sel.items())
-            out.append(Check(f"{label}, {backend} ({device}), T={int(setup[1])}, epochs={int(setup[3])}", claim,
-                             all(test(r) for r in sel.values()), f"Transformer/GD MSE ratio {measured}"))
-        if not found:
-            out.append(Check(label, claim, None, "no trial with these depths and this attention"))
+    for label, figure, softmax, depths, claim, test in _CLAIMS:
+        rows = ok[(ok["p_softmax"].astype(bool) == softmax) & ok["p_depth"].map(depths)] if not ok.empty else ok
+        rows = rows[rows["metric"].isin(["test_mse", "gd_mse", "lstsq_mse"])] if not rows.empty else rows
+        if rows.empty:
+            out.append(decide(label, claim, rows, lambda r: (None, ""), figure=figure,
+                              missing="no trial with these depths and this attention"))
+            continue
+        for (backend, device, *_), g in rows.groupby(["backend", "device_name", *_SETUP], dropna=False):
+            trials = _per_trial(g)
+            note = _deviations(g)
+            if "L >= 3" in label:
+                note = "; ".join(filter(None, [_floor_reason(trials), note]))
+            name = (f"{label}, {backend} ({device}), {int(g['p_n_train'].iloc[0]):,} sequences, "
+                    f"{int(g['p_epochs'].iloc[0]):,} epochs")
+            out.append(decide(name, claim, g, lambda r, t=trials: _by_depth(t, test),
+                              needs=(seeds(3), _adam_steps), figure=figure, note=note))
     return out
 
 

@@ -19,8 +19,10 @@ import pydantic
 from backends import Backend, timer
 from backends.init import normal
 from backends.residual_config import MODELS, TORCHVISION
-from harness.workload import Check, Context, Float, Metric, Params as _Params, Record, Skip
-from results.aggregate import summarize
+from harness.checks import Check, decide, distinct, span
+from harness.figures import Figure, Setting
+from harness.workload import Context, Float, Metric, Params as _Params, Record, Skip
+from results.aggregate import reduce_trials
 
 name = "memory_depth"
 version = 1
@@ -147,92 +149,149 @@ def _accuracy(params: Params, backend: Backend, net, kwargs: dict, x, g) -> list
     return records
 
 
-_GROUP = ["backend", "device_name", "p_block", "p_width", "p_hidden", "p_batch", "p_tied", "p_dtype", "p_activation",
-          "p_image_size"]
+_MLP = {"p_block": "mlp"}
+figures = (
+    Figure("Activation memory of one forward+backward vs depth (peak minus gradients)", "activation_bytes", "p_depth",
+           thesis="Fig. 4.2", series=("p_model",), facet="p_tied", where=_MLP, x_title="depth",
+           y_title="activation memory"),
+    Figure("Bytes the forward saves for the backward vs depth", "saved_bytes", "p_depth", series=("p_model",),
+           facet="p_tied", where=_MLP, x_title="depth", y_title="saved for backward"),
+    Figure("Activation memory of one forward+backward vs batch size", "activation_bytes", "p_batch",
+           thesis="Fig. 4.7 (upper)", series=("p_model",), facet="p_block", x_title="batch size",
+           y_title="activation memory"),
+    Figure("Time of one forward+backward vs depth", "time_s", "p_depth", series=("p_model",), facet="p_tied",
+           where=_MLP, log_x=True, log_y=True, x_title="depth", y_title="time"),
+)
+
+settings = (
+    Setting("Fig. 4.2",
+            thesis={"model": "residual MLP f(x) = W2^T tanh(W1 x + b), the same weights at every layer",
+                    "width d": "500", "batch": "500", "gamma": "1 - 1/(50 depth)",
+                    "measure": "memory profiler, one gradient computation", "device": "not stated"},
+            ours={"model": "p_model", "width d": "p_width", "batch": "p_batch", "depths": "p_depth",
+                  "tied": "p_tied", "gamma": "p_gamma", "dtype": "p_dtype", "device": "device_name"},
+            where=_MLP),
+    Setting("Fig. 4.7 (upper)",
+            thesis={"model": "ResNet-152 and Momentum ResNet-152 (gamma 0.9); ResNet-1201 on CIFAR-10",
+                    "data": "ImageNet (224x224); CIFAR-10 (32x32)", "batch": "several",
+                    "measure": "memory profiler, one training epoch", "device": "not stated"},
+            ours={"model": "p_model", "block": "p_block", "image size": "p_image_size", "batch": "p_batch",
+                  "dtype": "p_dtype", "device": "device_name"}),
+)
+
+_CONFIG = ["p_block", "p_width", "p_hidden", "p_tied", "p_dtype", "p_activation", "p_image_size"]
+"""A memory check compares models within one value of these columns (and of the batch, or the depth)."""
+_FLAT = 0.02
+"""A memory-free backward's bytes per layer, as a share of backprop's, below which memory counts as flat."""
+_FIG42 = {"p_width": 500, "p_batch": 500}
 
 
-def _memory_metric(summary: pd.DataFrame) -> str:
-    return "activation_bytes" if (summary["metric"] == "activation_bytes").any() else "saved_bytes"
+def _trials(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One value per trial of ``metric`` (no tag, or the max over tags), reduced as declared."""
+    rows = reduce_trials(table, metrics)
+    return rows[rows["metric"] == metric]
 
 
-def _lines(summary: pd.DataFrame, metric: str, x: str, title: str, ytitle: str, scale: float = 1.0, log: bool = False):
-    import plotly.graph_objects as go
-
-    rows = summary[(summary["metric"] == metric) & summary[x].notna()]
-    fig = go.Figure()
-    keys = [c for c in ["backend", "p_model", "p_tied", "p_block", "p_dtype", "p_batch", "p_width", "p_depth", "device_name"]
-            if c != x and c in rows and rows[c].nunique(dropna=False) > 0]
-    for key, grp in rows.groupby(keys, dropna=False, sort=True):
-        grp = grp.sort_values(x)
-        if len(grp) < 2:
-            continue
-        label = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        varying = [k for k in keys if rows[k].nunique(dropna=False) > 1 or k in ("backend", "p_model")]
-        fig.add_trace(go.Scatter(
-            x=grp[x], y=grp["median"] / scale, mode="lines+markers",
-            name=" ".join(f"{label[k]}" if k in ("backend", "p_model") else f"{k[2:] if k.startswith('p_') else k}={label[k]}"
-                          for k in varying),
-            error_y=dict(type="data", symmetric=False, array=(grp["q75"] - grp["median"]) / scale,
-                         arrayminus=(grp["median"] - grp["q25"]) / scale)))
-    if not fig.data:
-        return None
-    fig.update_layout(title=title, xaxis_title=x.removeprefix("p_"), yaxis_title=ytitle,
-                      xaxis_type="log" if log else "linear", yaxis_type="log" if log else "linear")
-    return fig
+def _groups(rows: pd.DataFrame, columns: list[str], x: str):
+    """(parameters, rows) per configuration that varies ``x``; all rows as one group when none does."""
+    keys = [c for c in columns if c in rows]
+    filled = rows.assign(**{c: rows[c].astype(object).where(rows[c].notna(), "-") for c in keys})
+    groups = [({k: v for k, v in zip(keys, key) if v != "-"}, rows.loc[group.index])
+              for key, group in filled.groupby(keys, sort=False)]
+    varying = [(d, g) for d, g in groups if g[x].nunique() > 1]
+    return varying or [({}, rows)]
 
 
-def figures(table: pd.DataFrame) -> list:
-    """Fig. 4.2 (memory vs depth per model), Fig. 4.7 upper (memory vs batch), time vs depth."""
-    summary = summarize(table, metrics)
-    if summary.empty:
-        return []
-    summary = summary[summary["tag"].isna()]
-    mem = _memory_metric(summary)
-    figs = [
-        _lines(summary, mem, "p_depth", f"Fig. 4.2: {mem} of one forward+backward vs depth", "MiB", 2**20),
-        _lines(summary, "saved_bytes", "p_depth", "Bytes saved for the backward vs depth", "MiB", 2**20),
-        _lines(summary, mem, "p_batch", f"Fig. 4.7 (upper): {mem} vs batch size", "MiB", 2**20),
-        _lines(summary, "time_s", "p_depth", "Time of one forward+backward vs depth", "s", log=True),
+def _label(d: dict) -> str:
+    return ", ".join(f"{k.removeprefix('p_')}={v}" for k, v in d.items()) or "all trials"
+
+
+def _slope(rows: pd.DataFrame, x: str) -> float | None:
+    """Least-squares bytes per unit of ``x`` of the median over repeats; None with fewer than two values of ``x``."""
+    curve = rows.groupby(x)["value"].median()
+    return float(np.polyfit(curve.index.to_numpy(float), curve.to_numpy(float), 1)[0]) if len(curve) > 1 else None
+
+
+def _flat_test(model: str, x: str, share: float):
+    """Test: in every backend, ``model``'s bytes per unit of ``x`` are under ``share`` of backprop's (resnet's)."""
+    def test(rows: pd.DataFrame) -> tuple[bool | None, str]:
+        found, parts = [], []
+        for backend, g in rows.groupby("backend"):
+            mine, res = _slope(g[g["p_model"] == model], x), _slope(g[g["p_model"] == "resnet"], x)
+            if mine is None or res is None:
+                continue
+            found.append(res > 0 and mine < share * res)
+            unit = "layer" if x == "p_depth" else "example"
+            parts.append(f"{backend}: {model} {mine:,.0f} B/{unit}, resnet {res:,.0f} B/{unit}"
+                         + (f" ({mine / res:.2%})" if res > 0 else ""))
+        if not found:
+            return None, f"needs resnet and {model} at two values of {x.removeprefix('p_')} or more"
+        return all(found), "; ".join(parts)
+    return test
+
+
+def _note(d: dict) -> str:
+    off = [f"{k.removeprefix('p_')} {d.get(k, '-')} (thesis {v})" for k, v in _FIG42.items() if d.get(k) != v]
+    return "thesis setting differs: " + ", ".join(off) if off else ""
+
+
+def _depth_checks(table: pd.DataFrame) -> list[Check]:
+    """Fig. 4.2 and section 2.4: memory-free backwards keep activation memory flat in depth."""
+    out = []
+    claims = {"momentum_reversible": ("Fig. 4.2", "Momentum ResNets give a nearly constant memory footprint"),
+              "adjoint_euler": ("section 2.4", "the adjoint method backpropagates without storing activations"),
+              "adjoint_heun": ("section 2.4", "Heun's reversal backpropagates without storing activations")}
+    for metric in ("activation_bytes", "saved_bytes"):
+        rows = _trials(table, metric)
+        for d, g in _groups(rows, _CONFIG + ["p_batch"], "p_depth"):
+            for model, (figure, words) in claims.items():
+                if model != "momentum_reversible" and not (g["p_model"] == model).any():
+                    continue
+                pick = g[g["p_model"].isin([model, "resnet"])]
+                out.append(decide(f"{metric} flat in depth, {model}: {_label(d)}",
+                                  f"{words}: {model}'s {metric} grows with depth at under {_FLAT:.0%} of the ResNet's "
+                                  "(backprop) rate", pick, _flat_test(model, "p_depth", _FLAT), missing=f"no {model} trial",
+                                  needs=(span("p_depth", 8, "depths"),), figure=figure, note=_note(d)))
+    return out
+
+
+def _batch_checks(table: pd.DataFrame) -> list[Check]:
+    """Fig. 4.7 (upper): a Momentum ResNet's memory grows more slowly with the batch than a ResNet's."""
+    out = []
+    rows = _trials(table, "activation_bytes")
+    rows = rows[rows["p_model"].isin(["resnet", "momentum_reversible"])]
+    for d, g in _groups(rows, _CONFIG + ["p_depth"], "p_batch"):
+        out.append(decide(f"memory grows more slowly with the batch: {_label(d)}",
+                          "Momentum ResNets can benefit from increased batch size: their activation memory grows with "
+                          "the batch more slowly than the ResNet's", g, _flat_test("momentum_reversible", "p_batch", 1.0),
+                          needs=(span("p_batch", 4, "batch sizes"), distinct("p_batch", 3, "batch sizes")),
+                          figure="Fig. 4.7 (upper)",
+                          note="" if d.get("p_block") == "resnet152" else "thesis: ResNet-152 on ImageNet"))
+    return out
+
+
+def _exact_checks(table: pd.DataFrame) -> list[Check]:
+    """Section 4.3.1: the reversible Momentum ResNet's gradient is backprop's and its input is recovered bit for bit."""
+    grads = _trials(table, "grad_rel_err")
+    grads = grads[(grads["p_model"] == "momentum_reversible") & (grads["p_dtype"] == "float64")]
+    recon = _trials(table, "state_recon_err")
+    recon = recon[recon["p_model"] == "momentum_reversible"]
+    return [
+        decide("gradient of the exact reversal",
+               "momentum_reversible's gradients match backprop through eq. 4.2 to a relative error under 1e-5 (float64)",
+               grads, lambda r: (bool(r["value"].max() < 1e-5), f"max {r['value'].max():.3g} over {len(r)} trial values"),
+               needs=(span("p_depth", 8, "depths"),), figure="section 4.3.1", missing="no float64 momentum_reversible trial"),
+        decide("exact reconstruction", "momentum_reversible recovers its input bit for bit from the output (error 0)",
+               recon, lambda r: (bool(r["value"].max() == 0), f"max |x~_0 - x_0| = {r['value'].max():.3g}"),
+               needs=(span("p_depth", 8, "depths"),), figure="section 4.3.1", missing="no momentum_reversible trial"),
     ]
-    return [f for f in figs if f is not None]
-
-
-def _slope(grp: pd.DataFrame) -> float | None:
-    grp = grp.dropna(subset=["p_depth"])
-    if grp["p_depth"].nunique() < 2:
-        return None
-    return float(np.polyfit(grp["p_depth"].astype(float), grp["median"].astype(float), 1)[0])
 
 
 def checks(table: pd.DataFrame) -> list[Check]:
-    """Flat memory of the reversible Momentum ResNet (slope < 2% of backprop's), its gradient, its exact reversal."""
-    summary = summarize(table, metrics)
-    out: list[Check] = []
-    for metric in ("activation_bytes", "saved_bytes"):
-        claim = f"momentum_reversible's {metric} grows with depth at under 2% of resnet's rate (Fig. 4.2)"
-        rows = summary[(summary["metric"] == metric) & summary["p_model"].isin(["resnet", "momentum_reversible"])]
-        found = False
-        for key, grp in rows.groupby([c for c in _GROUP if c in rows], dropna=False):
-            rev, res = _slope(grp[grp["p_model"] == "momentum_reversible"]), _slope(grp[grp["p_model"] == "resnet"])
-            if rev is None or res is None:
-                continue
-            found = True
-            label = ", ".join(str(k) for k in key if not (isinstance(k, float) and math.isnan(k)))
-            out.append(Check(f"{metric} slope ({label})", claim, bool(res > 0 and rev < 0.02 * res),
-                             f"momentum_reversible {rev:.1f} B/layer, resnet {res:.1f} B/layer"
-                             + (f" ({100 * rev / res:.2f}%)" if res > 0 else "")))
-        if not found:
-            out.append(Check(f"{metric} slope", claim, None, "needs resnet and momentum_reversible at two depths or more"))
-    rev = summary[summary["p_model"] == "momentum_reversible"]
-    errs = rev[(rev["metric"] == "grad_rel_err") & (rev["p_dtype"] == "float64")]["median"]
-    claim = "momentum_reversible's gradients match backprop through eq. 4.2 to a relative error under 1e-5 (float64)"
-    out.append(Check("gradient of the exact reversal", claim, None if errs.empty else bool(errs.max() < 1e-5),
-                     "no float64 momentum_reversible trial" if errs.empty else f"max {errs.max():.3g} over {len(errs)} tensors"))
-    recon = rev[rev["metric"] == "state_recon_err"]["median"]
-    claim = "momentum_reversible recovers its input bit for bit from the output (error 0)"
-    out.append(Check("exact reconstruction", claim, None if recon.empty else bool(recon.max() == 0),
-                     "no momentum_reversible trial" if recon.empty else f"max |x~_0 - x_0| = {recon.max():.3g}"))
-    return out
+    """Flat memory in depth (Fig. 4.2, section 2.4), slower growth with the batch (Fig. 4.7), exact reversal (4.3.1)."""
+    if table.empty:
+        return []
+    return _depth_checks(table) + _batch_checks(table) + _exact_checks(table)
 
 
 smoke = Params(model="momentum_reversible", depth=4, width=8, batch=4, dtype="float64", timing_repeats=2)

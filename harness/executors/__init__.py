@@ -7,19 +7,23 @@ from harness.errors import UserError
 from harness.registry import Registry
 
 from ._base import Executor, OnDone
+from ._quiet import RayLog
 
 REGISTRY: Registry[type] = Registry("executor")
 REGISTRY.register("ray", lambda: importlib.import_module("harness.executors.ray_executor").RayExecutor)
 REGISTRY.register("local", lambda: importlib.import_module("harness.executors.local").LocalExecutor)
 
 
-def make(name: str, address: str | None = None) -> Executor:
-    """A new executor ``name``; ``address`` is the Ray cluster to join (ray only)."""
+def make(name: str, address: str | None = None, *, log: RayLog | None = None) -> Executor:
+    """A new executor ``name``; ``address`` is the Ray cluster to join (ray only).
+
+    ``log`` takes Ray's own output off the console (ray only; see ``RayLog``).
+    """
     try:
         cls = REGISTRY.get(name)
     except KeyError as err:
         raise UserError(f"--executor: {err.args[0]}") from None
-    return cls(address)
+    return cls(address, log=log)
 
 
-__all__ = ["REGISTRY", "Executor", "OnDone", "make"]
+__all__ = ["REGISTRY", "Executor", "OnDone", "RayLog", "make"]

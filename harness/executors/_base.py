@@ -14,6 +14,9 @@ OnDone = Callable[[Trial, Outcome], None]
 class Executor(Protocol):
     """Runs trials somewhere and reports each outcome to ``on_done`` as soon as it is known."""
 
+    dashboard_url: str | None
+    """The Ray dashboard of the cluster joined, if it has one; None otherwise."""
+
     def resolve_device(self, device: str) -> str:
         """``auto`` -> cuda, tpu or cpu from the resources this executor can reach."""
 

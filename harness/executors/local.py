@@ -11,11 +11,14 @@ from multiprocessing.connection import Connection
 
 from harness.errors import UserError
 from harness.executors._base import OnDone, local_accelerator
+from harness.executors._quiet import RayLog
+from harness.fate import die_with_parent
 from harness.sweep import Trial
 from harness.trial import execute, unfinished
 
 
-def _child(trial: Trial, conn: Connection) -> None:
+def _child(trial: Trial, conn: Connection, parent_pid: int | None = None) -> None:
+    die_with_parent(parent_pid)  # a killed driver leaves no trial running
     threads = str(max(1, math.floor(trial.num_cpus)))
     os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     conn.send(execute(trial))
@@ -25,7 +28,9 @@ def _child(trial: Trial, conn: Connection) -> None:
 class LocalExecutor:
     """Spawns one child per trial so that timeouts and crashes are recorded as with Ray."""
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, *, log: RayLog | None = None) -> None:
+        self.log = log  # no Ray here: the children print to this console
+        self.dashboard_url: str | None = None
         if address:
             raise UserError(f"--address: the local executor runs on this host only; got {address!r} (use --executor ray)")
 
@@ -45,7 +50,7 @@ class LocalExecutor:
         for trial in trials:
             start_wall, started = dt.datetime.now(dt.timezone.utc), time.monotonic()
             receiver, sender = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(trial, sender), daemon=True)
+            proc = ctx.Process(target=_child, args=(trial, sender, os.getpid()), daemon=True)
             proc.start()
             sender.close()
             outcome = None

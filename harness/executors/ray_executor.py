@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import math
 import os
-import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Sized
@@ -20,6 +19,9 @@ from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
 
 from harness.errors import UserError
 from harness.executors._base import OnDone
+from harness.executors._quiet import RayLog
+from harness.fate import descendants, reap_when_gone
+from harness.probe import check_ray_address, loopback_only
 from harness.sweep import Trial
 from harness.trial import Outcome, execute, prepare, unfinished
 
@@ -56,24 +58,6 @@ def _run_in_fresh_worker(trial: Trial) -> Outcome:
     return _with_node(execute(trial))
 
 
-def _probe(address: str, timeout_s: float) -> None:
-    """Fail fast when nothing listens at ``address`` (Ray itself retries for minutes)."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--address: expected HOST:PORT or ray://HOST:PORT, got '{address}'")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)).close()
-            return
-        except OSError as err:
-            if time.monotonic() >= deadline:
-                raise UserError(f"--address: nothing answers at '{address}' ({err.strerror or err}) "
-                                f"after {timeout_s:g} s; start the cluster or fix the address") from None
-            time.sleep(0.5)
-
-
 @dataclasses.dataclass
 class _Running:
     trial: Trial
@@ -98,19 +82,37 @@ def _options(trial: Trial) -> dict[str, Any]:
 class RayExecutor:
     """Runs trials on a Ray cluster, at most as many at once as the nodes' resources allow."""
 
-    def __init__(self, address: str | None = None, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, address: str | None = None, connect_timeout_s: float = 3.0, *,
+                 log: RayLog | None = None) -> None:
         self._idle: dict[str, list[Any]] = {}
+        self.log = log or RayLog()
+        self.dashboard_url: str | None = None
+        """The cluster's dashboard, when this executor joined one that has it."""
         self._owns = not ray.is_initialized()
         if self._owns:
             address = address or os.environ.get("RAY_ADDRESS")
             if address and address not in ("auto", "local"):
-                _probe(address, connect_timeout_s)
+                check_ray_address(address, connect_timeout_s)  # Ray hangs on an address that is not Ray
+            embedded = not address or address == "local"
+            if embedded:
+                loopback_only()  # the embedded instance listens on 127.0.0.1, not on every interface
+            before = descendants() if embedded else {}
+            self.log.install()  # before ray.init: its notices (token authentication) go to the log too
             try:
-                ray.init(address=address, include_dashboard=False, configure_logging=False,
-                         log_to_driver=False, _node_ip_address="127.0.0.1" if not address else None)
+                context = ray.init(address=address, include_dashboard=False, configure_logging=False,
+                                   log_to_driver=True, _node_ip_address="127.0.0.1" if not address else None)
             except (ConnectionError, RuntimeError, ValueError) as err:
+                self.log.uninstall()
                 raise UserError(f"--address: cannot reach a Ray cluster at '{address}': "
                                 f"{' '.join(str(err).split())[:200]}") from None
+            self.log.install()  # ray.init cleared the ray logger's handlers
+            started = {p: t for p, t in descendants().items() if before.get(p) != t} if embedded else {}
+            self._reaper = reap_when_gone(started)  # a killed driver takes the embedded instance along
+            url = getattr(context, "dashboard_url", None)
+            if address and url:
+                self.dashboard_url = url if "://" in url else f"http://{url}"
+        else:
+            self.log.install()
 
     def _nodes(self) -> list[dict[str, float]]:
         return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -221,12 +223,13 @@ class RayExecutor:
                             idle.append(run.actor)
                     except OutOfMemoryError as err:
                         stop(run, ref)
-                        finish(run, "oom", f"killed by Ray's memory monitor: {' '.join(str(err).split())[:300]}")
+                        finish(run, "oom", f"killed by Ray's memory monitor: {' '.join(str(err).split())[:300]}\n{err}")
                     except (RayActorError, WorkerCrashedError) as err:
                         if run.attempt < RETRIES:
                             queue.appendleft((run.trial, run.attempt + 1))
                         else:
-                            finish(run, "crashed", f"worker died {run.attempt + 1} times; last: {type(err).__name__}")
+                            finish(run, "crashed", f"worker died {run.attempt + 1} times; last: {type(err).__name__}"
+                                                   f"\n{err}")  # the store keeps Ray's whole account
                 now = time.monotonic()
                 for ref, run in list(running.items()):
                     if now - run.started > run.trial.timeout_s:
@@ -244,7 +247,12 @@ class RayExecutor:
         self._idle.clear()
 
     def close(self) -> None:
-        self._release_idle()
-        if self._owns and ray.is_initialized():
-            ray.shutdown()
+        try:
+            self._release_idle()
+            if self._owns and ray.is_initialized():
+                ray.shutdown()
+            if getattr(self, "_reaper", None) is not None:
+                self._reaper.communicate()  # fires it: kills whatever Ray left behind
+        finally:
+            self.log.uninstall()
 

@@ -14,6 +14,7 @@ CONFIGS = {
     "vit-softmax": ViTConfig(width=16, depth=2, heads=2, mlp_dim=24, patch=2),
     "vit-sinkhorn": ViTConfig(width=16, depth=2, heads=4, mlp_dim=24, patch=4, normalization="sinkhorn", sinkhorn_iters=5),
     "attention-only": ViTConfig.attention_only(width=12, patch=4, normalization="sinkhorn", sinkhorn_iters=7),
+    "attention-only-narrow-head": ViTConfig.attention_only(width=16, dim_head=8, patch=2),
 }
 
 
@@ -112,11 +113,21 @@ def test_attention_only_model_is_one_layer_one_head_without_mlp():
     assert len(params["blocks"]) == 1 and "mlp" not in params["blocks"][0]
 
 
+def test_dim_head_is_each_heads_width_whatever_the_token_width():
+    """The Sinkformers ViT: width 128, one 64-wide head (queries, keys, values), projected back to 128."""
+    cfg = ViTConfig.attention_only(width=128, dim_head=64, patch=2)
+    attn = init_params(cfg, 0)["blocks"][0]["attn"]
+    assert (cfg.head_dim, attn["wqkv"].shape, attn["wo"].shape) == (64, (128, 192), (64, 128))
+    assert ViTConfig(width=128, heads=3, dim_head=64).head_dim == 64  # heads need not divide the width then
+    assert ViTConfig(width=16, heads=4).head_dim == 4
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(patch=3), "patch=3: must divide image_size=8; allowed: 1, 2, 4, 8"),
     (dict(width=10, heads=4), "heads=4: must divide width=10"),
     (dict(normalization="entmax"), "normalization='entmax'"),
     (dict(depth=0), "depth=0"),
+    (dict(dim_head=0), "dim_head=0"),
 ])
 def test_bad_config_names_the_field(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -7,6 +7,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from typer.testing import CliRunner
+
+from harness.cli import app
 from harness.errors import UserError
 from harness.search import run_search
 from results.report import build
@@ -77,3 +80,18 @@ def test_a_search_spec_must_fix_every_grid_parameter(tmp_path):
     path.write_text(SPEC.format(modes="[sleep]", extra="").replace("sleep_s: 0.05", "sleep_s: [0.05, 0.1]"))
     with pytest.raises(UserError, match="grid.sleep_s: a search fixes every grid parameter"):
         run_search(str(path), 2, str(tmp_path / "out"))
+
+
+@pytest.mark.timeout(240)
+def test_search_exits_1_when_a_trial_failed_and_0_with_allow_failures(tmp_path, ray_instance):
+    path = spec(tmp_path, modes="[raise]")
+    args = ["search", path, "--trials", "2", "--parallel", "2", "--out", str(tmp_path / "out")]
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 1, failed.output
+    assert failed.stdout.splitlines()[-1] == "2 trials run now: 2 failed"
+    assert "Traceback" not in failed.output
+    allowed = CliRunner().invoke(app, [*args[:3], "3", *args[4:], "--allow-failures"])
+    assert allowed.exit_code == 0 and allowed.stdout.splitlines()[-1] == "1 trial run now: 1 failed"
+    ok = spec(tmp_path, modes="[sleep]")
+    done = CliRunner().invoke(app, ["search", ok, "--trials", "1", "--out", str(tmp_path / "ok")])
+    assert done.exit_code == 0 and done.stdout.splitlines()[-1] == "1 trial run now: 1 ok", done.output

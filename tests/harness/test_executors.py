@@ -1,6 +1,7 @@
 """Every way a trial ends is recorded with its status, under both executors and both isolations."""
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -41,8 +42,11 @@ def run_and_read(tmp_path, executor: str, isolation: str = "actor"):
 def check_statuses(summary, by_mode):
     assert {mode: row["status"] for mode, row in by_mode.items()} == EXPECTED
     assert sum(summary.counts.values()) == 6
-    assert "RuntimeError: harness_probe raised on purpose" in by_mode["raise"]["error"]
+    assert "RuntimeError: harness_probe raised on purpose" in by_mode["raise"]["error"].splitlines()[0]
     assert by_mode["raise"]["error"].startswith("harness_probe trial ")
+    frames = re.findall(r'^  File ".*", line \d+, in (\w+)$', by_mode["raise"]["error"], flags=re.M)
+    assert frames[0] == "execute" and frames[-1] == "run", by_mode["raise"]["error"]  # the whole traceback kept
+    assert "Traceback (most recent call last)" in by_mode["oom"]["error"]
     assert "timeout_s=4" in by_mode["sleep"]["error"]
     assert "died" in by_mode["exit"]["error"]
     assert by_mode["skip"]["error"] == "harness_probe skipped on purpose"
@@ -91,3 +95,32 @@ def test_sweeps_of_different_resource_shapes_in_one_file_all_run(tmp_path, ray_i
                     "name: c\nworkload: harness_probe\nbackends: [jax]\ngrid: {mode: noop, index: [0, 1]}\n")
     summary = runner.run(str(spec), str(tmp_path / "out"))
     assert summary.counts == {"ok": 7}
+
+
+def test_ray_log_keeps_lines_until_its_file_opens_and_verbose_leaves_ray_printing(tmp_path, capsys):
+    import logging
+
+    import ray._private.worker as ray_worker
+
+    from harness.executors import RayLog
+
+    original = ray_worker.print_to_stdstream
+    log = RayLog()
+    log.install()
+    try:
+        logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
+        ray_worker.print_to_stdstream({"lines": ["A worker died"], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        assert not list(tmp_path.iterdir())  # nothing written before the runner names the file
+        path = log.open(str(tmp_path / "_logs"))
+        logging.getLogger("ray").info("Started a local Ray instance.")
+    finally:
+        log.uninstall()
+    assert ray_worker.print_to_stdstream is original
+    text = open(path).read()
+    assert "Token authentication is enabled" in text and "(raylet) A worker died" in text and "Started a local" in text
+    assert capsys.readouterr().out == ""
+    verbose = RayLog(verbose=True)
+    verbose.install()
+    assert not verbose.installed and verbose.open(str(tmp_path / "v")) is None and not (tmp_path / "v").exists()
+    ray_worker.print_to_stdstream({"lines": ["A worker died"], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert "A worker died" in capsys.readouterr().out

@@ -1,19 +1,23 @@
-"""Every registered workload, whatever it is, has the shape the harness needs and its smoke runs."""
+"""Every registered workload, whatever it is, has the shape the harness needs, its smoke runs, and the report
+can draw its figure declarations and state its checks."""
 from __future__ import annotations
 
 import pathlib
+import re
 
-import pandas as pd
 import pyarrow as pa
 import pytest
 
 import backends
 import workloads
-from harness.spec import load_specs
+from harness.checks import VERDICTS, Check
+from harness.figures import Custom, Figure
+from harness.spec import Resources, load_specs
 from harness.sweep import Trial
-from harness.spec import Resources
 from harness.trial import execute
-from harness.workload import Check
+from harness.workload import settings
+from results import plots
+from results.schema import BASE, param_fields
 from results.store import trial_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -39,6 +43,33 @@ def test_workload_declares_a_complete_interface(name):
         wl.Params.model_validate({"no_such_parameter": 1})
 
 
+SUMMARY_COLUMNS = {"backend", "device_kind", "device_name", "params", "metric", "tag", "step", "unit"}
+"""Columns of ``results.aggregate.summarize`` besides the parameters (``step`` with ``by_step``)."""
+
+
+@pytest.mark.parametrize("name", workloads.names())
+def test_figures_and_settings_are_declarations_over_columns_the_rows_have(name):
+    wl = workloads.get(name)
+    params = {f.name for f in param_fields(wl)}
+    metric_names = {m.name for m in wl.metrics}
+    assert isinstance(wl.figures, tuple) and all(isinstance(f, (Figure, Custom)) for f in wl.figures)
+    for fig in wl.figures:
+        assert fig.title and (not fig.thesis or re.search(r"\d", fig.thesis)), f"{fig}: thesis names no number"
+        if isinstance(fig, Custom):
+            assert callable(fig.draw)
+            continue
+        assert set(fig.metrics) <= metric_names, f"{fig.title}: {set(fig.metrics) - metric_names} not declared"
+        columns = [fig.x, *fig.series, *([fig.facet] if fig.facet else [])]
+        assert set(columns) <= params | SUMMARY_COLUMNS, f"{fig.title}: {set(columns) - params - SUMMARY_COLUMNS}"
+        assert fig.x != "step" or fig.by_step, f"{fig.title}: x=step needs by_step=True"
+        assert set(fig.where) <= params | set(BASE.names), f"{fig.title}: where {set(fig.where) - params}"
+        assert fig.kind != "box" or len(fig.metrics) == 5, f"{fig.title}: a box needs five metrics"
+    for setting in settings(wl):
+        assert setting.figure and setting.thesis
+        assert set(setting.ours.values()) <= params | set(BASE.names), setting.figure
+        assert set(setting.where) <= params | set(BASE.names), setting.figure
+
+
 def test_smoke_sweep_covers_every_registered_workload():
     covered = {sweep.workload for sweep, _ in load_specs(ROOT / "sweeps" / "smoke.yaml")}
     assert covered == set(workloads.names())
@@ -62,8 +93,15 @@ def test_smoke_runs_on_every_backend_and_reports(name):
     df = pa.concat_tables(tables).to_pandas()
     assert set(df["metric"].dropna()) <= {m.name for m in wl.metrics}
     assert df["value"].notna().any()
-    figs = wl.figures(df)
-    assert all(hasattr(f, "to_html") for f in figs)
+    styles = plots.Styles()
+    drawn = [plots.draw(declaration, df, wl.metrics, styles) for declaration in wl.figures]
+    assert all(f is None or (f.data and f.layout.title.text) for f in drawn)
+    assert not wl.figures or any(f is not None for f in drawn), "the smoke rows feed none of the declared figures"
+    for fig, declaration in zip(drawn, wl.figures):
+        if fig is not None and declaration.thesis:
+            assert fig.layout.title.text.startswith(declaration.thesis)
     checks = wl.checks(df)
-    assert all(isinstance(c, Check) for c in checks)
-    assert isinstance(df, pd.DataFrame)
+    assert checks and all(isinstance(c, Check) for c in checks)
+    assert all(c.verdict in VERDICTS for c in checks), [c.verdict for c in checks]
+    refuted = [c.name for c in checks if c.verdict == "does not hold"]
+    assert not refuted, f"a smoke run is too small to refute a claim; declare what {refuted} needs"

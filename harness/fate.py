@@ -1,0 +1,82 @@
+"""Child processes that die with their parent, however the parent dies (Linux)."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None = None) -> bool:
+    """Ask the kernel to SIGKILL this process when the thread that started it exits; True if set.
+
+    ``parent_pid`` is the parent this process expects: when it is already gone (it died before the
+    request was made) this process exits at once. Outside Linux nothing is set and False returned.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+    return True
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of ``pid`` from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(pid: int | None = None) -> dict[int, int]:
+    """Every live descendant of ``pid`` (default: this process) -> its start time, read from /proc."""
+    root = os.getpid() if pid is None else pid
+    table = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if name.isdigit() and (info := _stat(int(name))):
+            table[int(name)] = info
+    found: dict[int, int] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, start) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def reap_when_gone(pids: dict[int, int]) -> subprocess.Popen | None:
+    """Start a watcher that SIGKILLs ``pids`` (pid -> start time) once this process is gone.
+
+    It waits for end-of-file on a pipe only this process holds, so it fires however this process
+    ends, SIGKILL included; a pid whose start time changed (reused) is left alone. Close the
+    returned process' stdin to fire it on purpose. None outside Linux.
+    """
+    if not sys.platform.startswith("linux") or not pids:
+        return None
+    arg = ",".join(f"{p}:{s}" for p, s in pids.items())
+    return subprocess.Popen([sys.executable, "-c", "import harness.fate as f, sys; f._reap(sys.argv[1])", arg],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _reap(arg: str) -> None:
+    sys.stdin.buffer.read()
+    for item in arg.split(","):
+        pid, start = (int(x) for x in item.split(":"))
+        info = _stat(pid)
+        if info is not None and info[1] == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
