@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium demo test test-slow bench clean
+.PHONY: setup chromium demo thesis gpu-check test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Debian's Chromium for the report's browser test (needs root; the test skips, saying so, without it).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
@@ -21,10 +22,19 @@ demo: setup
 	$(VENV)/bin/deeperbench run sweeps/smoke.yaml --out runs/demo
 	$(VENV)/bin/deeperbench report runs/demo            # writes runs/demo/_report.html
 
-test: setup chromium
+# Every thesis figure's check at the largest setting that fits a 2-core CPU (about 30 minutes).
+thesis: setup
+	@status=0; for spec in sweeps/thesis/*.yaml; do $(VENV)/bin/deeperbench run $$spec --out runs/thesis || status=1; done; \
+	$(VENV)/bin/deeperbench report runs/thesis && exit $$status
+
+# On a machine with an NVIDIA GPU: every workload's smoke on cuda in torch and JAX, then the report.
+gpu-check: setup
+	DEEPERBENCH=$(VENV)/bin/deeperbench tools/gpu-check.sh runs/gpu-check
+
+test: setup
 	$(PY) -m pytest -q
 
-test-slow: setup chromium
+test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup

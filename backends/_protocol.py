@@ -45,6 +45,12 @@ class Backend(Protocol):
     def env_info(self) -> dict[str, Any]:
         """Framework and driver versions, device names and memory."""
 
+    def device_name(self, kind: str) -> str:
+        """Human name of the device a trial of ``kind`` runs on."""
+
+    def device_memory_bytes(self, kind: str) -> int | None:
+        """Memory of the first device of ``kind`` (None for the host CPU, or where the framework does not say)."""
+
     def to_numpy(self, x: Any) -> Any:
         """A host NumPy copy of a framework array."""
 

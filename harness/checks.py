@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported by the report, not by every trial that imports the workload
+    import pandas as pd
 
 Verdict = Literal["holds", "does not hold", "not measured", "too small to decide"]
 VERDICTS: tuple[Verdict, ...] = ("holds", "does not hold", "too small to decide", "not measured")
@@ -40,10 +42,10 @@ class Check:
         return {"holds": True, "does not hold": False}.get(self.verdict)
 
 
-Need = Callable[[pd.DataFrame], "str | None"]
+Need = Callable[["pd.DataFrame"], "str | None"]
 """What a claim needs of its rows: returns the shortfall in words, or None when the rows suffice."""
 
-Test = Callable[[pd.DataFrame], "tuple[bool | None, str]"]
+Test = Callable[["pd.DataFrame"], "tuple[bool | None, str]"]
 """A claim's test on its rows: (holds, measured in words); holds is None when it cannot be computed."""
 
 
@@ -83,8 +85,8 @@ def seeds(minimum: int) -> Need:
     """Each configuration ran with at least ``minimum`` seeds (repeats)."""
     def need(rows: pd.DataFrame) -> str | None:
         keys = [c for c in ("backend", "device_name", "params") if c in rows]
-        counts = rows.groupby(keys, dropna=False)["seed"].nunique() if keys else pd.Series([rows["seed"].nunique()])
-        fewest = int(counts.min()) if len(counts) else 0
+        counts = rows.groupby(keys, dropna=False)["seed"].nunique().tolist() if keys else [rows["seed"].nunique()]
+        fewest = int(min(counts)) if counts else 0
         return None if fewest >= minimum else f"{fewest} seed(s) per configuration < {minimum}"
     return need
 

@@ -302,6 +302,29 @@ def compare(
             raise typer.Exit(1)
 
 
+@app.command()
+def compact(directory: str = typer.Argument(..., metavar="DIR", help="results directory or URI")) -> None:
+    """Merge each sweep's per-trial files into one file per workload (atomic, idempotent; runs are locked out)."""
+    from harness.lock import RunLock
+    from harness.paths import check_out
+    from results.compact import compact as merge
+    from results.store import Store
+
+    try:
+        check_out(directory)
+        if "://" not in directory.removeprefix("file://") and not Path(directory.removeprefix("file://")).is_dir():
+            raise UserError(f"DIR: '{directory}' is not a results folder")
+        with RunLock(directory):
+            merged = merge(Store(directory))
+    except UserError as err:
+        _fail(err)
+    for m in merged:
+        out_console.print(f"{m.folder}: {m.files_merged} files -> {m.path} ({_trials(m.trials)}, {m.rows} rows)",
+                          markup=False, highlight=False)
+    out_console.print(f"compacted {len(merged)} folder(s) of {directory}" if merged
+                      else f"nothing to compact in {directory}", markup=False, highlight=False)
+
+
 def _type_text(annotation: Any) -> str:
     """``Literal['euler', 'heun']``, ``int >= 1``, ``float > 0 | None``: the values a parameter allows."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -361,6 +384,35 @@ def list_() -> None:
             out_console.print(f"  metric {m.name} [{m.unit}] {m.direction} is better, {m.reduce} per trial",
                               markup=False, highlight=False)
     if broken:
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(
+    specs: list[Path] = typer.Argument(None, metavar="[SPEC]...", help="sweep YAMLs to check against the nodes"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster whose every node to describe; default: this machine"),
+    device: Optional[str] = typer.Option(None, help=_DEVICE_HELP),
+) -> None:
+    """Versions, the devices torch and JAX see and Ray's resources, per node; whether each spec can run.
+
+    Exit 0 when every spec can run, 1 when one cannot (the line says what to install), 2 on bad input.
+    """
+    from harness import doctor as doc
+
+    if device is not None and device not in DEVICES:
+        _fail(UserError(f"--device: '{device}' is not allowed; allowed: {', '.join(DEVICES)}"))
+    try:
+        nodes = doc.describe_cluster(address) if address else [doc.describe_here()]
+        verdicts = doc.check_specs([str(p) for p in specs or []], nodes, device)
+    except UserError as err:
+        _fail(err)
+    for node in nodes:
+        out_console.print(Text(node.name, "bold"))
+        for field, value in doc.as_rows(node):
+            out_console.print(f"  {field:<14} {value}", markup=False, highlight=False)
+    for v in verdicts:
+        out_console.print(f"{'ok  ' if v.ok else 'FAIL'} {v.sweep}: {v.reason}", markup=False, highlight=False)
+    if not all(v.ok for v in verdicts):
         raise typer.Exit(1)
 
 

@@ -3,10 +3,15 @@ and whether the sweeps of a spec can run there, with what to install when they c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 import socket
 from collections.abc import Sequence
 from importlib import metadata
+from typing import Any
+
+from harness.errors import UserError
+from harness.sweep import Trial
 
 PACKAGES = ("torch", "jax", "jaxlib", "ray", "numpy", "pyarrow")
 INSTALL = {("jax", "cuda"): "install deeperbench[cuda] (JAX's CUDA 13 plugin) there",
@@ -35,6 +40,12 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _device_text(backend: Any, kind: str) -> str:
+    """``NVIDIA H200 (139.8 GiB)``: the device's name, and its memory where the framework says."""
+    memory = backend.device_memory_bytes(kind)
+    return backend.device_name(kind) + (f" ({memory / 2**30:.1f} GiB)" if memory else "")
+
+
 def describe_here() -> Node:
     """This process' machine: imports each backend's framework to ask it which devices it sees."""
     import backends
@@ -44,7 +55,7 @@ def describe_here() -> Node:
     for name in backends.names():
         try:
             backend = backends.get(name)
-            devices[name] = {kind: backend.device_name(kind) for kind in backend.devices()}
+            devices[name] = {kind: _device_text(backend, kind) for kind in backend.devices()}
         except Exception as err:  # a framework that fails to import is what doctor reports, not a crash
             errors[name] = f"{type(err).__name__}: {err}".splitlines()[0]
     return Node(socket.gethostname(), platform.python_version(), {p: _version(p) for p in PACKAGES},
@@ -101,6 +112,27 @@ def can_run(sweep: str, backends: Sequence[str], device: str, nodes: Sequence[No
     return Verdict(sweep, not missing, "; ".join(missing) or f"{', '.join(backends)} on {device}: available")
 
 
+@functools.cache
+def _here() -> Node:
+    return describe_here()
+
+
+def require_here(trial: Trial) -> None:
+    """Raise ``UserError`` (exit 2) when the trial's framework on this machine sees no device of its kind.
+
+    Run before the first trial where the trials run on this machine; cpu, auto and workloads that use
+    no backend need nothing.
+    """
+    import workloads
+    from harness.workload import uses_backend
+
+    if trial.device in ("cpu", "auto") or not uses_backend(workloads.get(trial.workload)):
+        return
+    verdict = can_run(f"{trial.backend} on {trial.device}", [trial.backend], trial.device, [_here()])
+    if not verdict.ok:
+        raise UserError(f"device: {verdict.reason} (see: deeperbench doctor)")
+
+
 def check_specs(paths: Sequence[str], nodes: Sequence[Node], device: str | None = None) -> list[Verdict]:
     """One verdict per sweep of the spec files ``paths`` (``device`` overrides each sweep's)."""
     from harness.spec import load_specs
@@ -120,4 +152,4 @@ def as_rows(node: Node) -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["Node", "Verdict", "as_rows", "can_run", "check_specs", "describe_cluster", "describe_here"]
+__all__ = ["Node", "Verdict", "as_rows", "can_run", "check_specs", "describe_cluster", "describe_here", "require_here"]

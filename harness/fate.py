@@ -55,25 +55,46 @@ def descendants(pid: int | None = None) -> dict[int, int]:
     return found
 
 
-def reap_when_gone(pids: dict[int, int]) -> subprocess.Popen | None:
-    """Start a watcher that SIGKILLs ``pids`` (pid -> start time) once this process is gone.
+def reap_when_gone(exclude: dict[int, int] | None = None, poll_s: float = 0.5) -> subprocess.Popen | None:
+    """Start a watcher that SIGKILLs this process' Ray descendants once this process is gone.
 
-    It waits for end-of-file on a pipe only this process holds, so it fires however this process
-    ends, SIGKILL included; a pid whose start time changed (reused) is left alone. Close the
-    returned process' stdin to fire it on purpose. None outside Linux.
+    The watcher notes this process' descendants that run Ray (pid and start time; those in
+    ``exclude`` left out) every ``poll_s`` seconds while it lives, and waits for end-of-file on a pipe only this
+    process holds: that comes however this process ends, SIGKILL included. Then it kills every
+    descendant it noted whose pid still has the same start time (not reused). Close the returned
+    process' stdin to fire it on purpose (after a clean shutdown it finds little left). None
+    outside Linux.
     """
-    if not sys.platform.startswith("linux") or not pids:
+    if not sys.platform.startswith("linux"):
         return None
-    arg = ",".join(f"{p}:{s}" for p, s in pids.items())
-    return subprocess.Popen([sys.executable, "-c", "import harness.fate as f, sys; f._reap(sys.argv[1])", arg],
+    skip = ",".join(f"{p}:{s}" for p, s in (exclude or {}).items()) or "-"
+    code = "import harness.fate as f, sys; f._watch(int(sys.argv[1]), sys.argv[2], float(sys.argv[3]))"
+    return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), skip, str(poll_s)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _reap(arg: str) -> None:
-    sys.stdin.buffer.read()
-    for item in arg.split(","):
-        pid, start = (int(x) for x in item.split(":"))
+def _is_ray(pid: int) -> bool:
+    """Whether ``pid`` runs a Ray process (GCS, raylet, agents, workers): only those are reaped."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ray" in f.read()
+    except OSError:
+        return False
+
+
+def _watch(parent: int, skip: str, poll_s: float) -> None:
+    import threading
+
+    excluded = {tuple(int(x) for x in item.split(":")) for item in skip.split(",") if item != "-"}
+    gone = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.buffer.read(), gone.set()), daemon=True).start()
+    noted: dict[int, int] = {}
+    while not gone.is_set():
+        noted |= {p: s for p, s in descendants(parent).items()
+                  if (p, s) not in excluded and p != os.getpid() and p not in noted and _is_ray(p)}
+        gone.wait(poll_s)
+    for pid, start in noted.items():
         info = _stat(pid)
         if info is not None and info[1] == start:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ BACKEND_STYLES = ({"dash": "solid", "symbol": "circle", "size": 7, "pattern": ""
 """Per backend (torch, jax, then others): an open, larger marker and a dashed line draw over a solid one visibly."""
 
 _KNOWN_BACKENDS = ("torch", "jax")
-_PANEL_HEIGHT_PX = 250
+_PANEL_HEIGHT_PX = 210
 _TITLE_PX = 30
 _LEGEND_PX = 420
 _MODEBAR_REMOVED = ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d", "toggleSpikelines",
@@ -56,9 +57,20 @@ class Styles:
 
     def color(self, label: str) -> str:
         """The colour of ``label``: the same in every figure drawn with these styles."""
-        if label not in self._colors:
-            self._colors[label] = PALETTE[len(self._colors) % len(PALETTE)]
-        return self._colors[label]
+        return self.colors([label])[label]
+
+    def colors(self, labels: Iterable[str]) -> dict[str, str]:
+        """Colours of labels drawn together: known labels keep theirs; each new one takes the least used
+        colour that no other label of this figure has (the palette repeats only when it must)."""
+        labels = list(dict.fromkeys(labels))
+        taken = {self._colors[label] for label in labels if label in self._colors}
+        for label in labels:
+            if label not in self._colors:
+                uses = Counter(self._colors.values())
+                free = [c for c in PALETTE if c not in taken] or list(PALETTE)
+                self._colors[label] = min(free, key=lambda c: (uses[c], PALETTE.index(c)))
+                taken.add(self._colors[label])
+        return {label: self._colors[label] for label in labels}
 
     def backend(self, backend: str) -> dict[str, Any]:
         """Dash, marker symbol and size, bar pattern and box fill opacity of ``backend``."""
@@ -127,7 +139,8 @@ def embed(fig: go.Figure) -> str:
     The title becomes HTML above the plot, where it wraps to the cell's width (plotly clips titles of
     several lines); a figure with several panels spans the grid's whole width.
     """
-    wide = " wide" if sum(1 for key in fig.layout if key.startswith("xaxis")) > 1 else ""
+    panels = sum(1 for key in fig.layout if key.startswith("xaxis"))
+    wide = f" span{min(panels, _FACET_COLUMNS)}" if panels > 1 else ""
     title = fig.layout.title.text or ""
     shown = go.Figure(fig)
     top = 26 if fig.layout.annotations else 8  # panel titles sit above the panels
@@ -179,6 +192,8 @@ def _draw_declared(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric],
     summary[["median", "q25", "q75"]] = summary[["median", "q25", "q75"]] / scale
     facets = sorted(summary[decl.facet].dropna().unique(), key=sort_key) if decl.facet else [None]
     labels = _label_columns(summary, decl)
+    styles.colors(sorted({_label(row, labels, decl) or decl.metrics[0]
+                          for _, row in summary.drop_duplicates(labels or ["backend"]).iterrows()}))
     n_rows, n_cols = math.ceil(len(facets) / _FACET_COLUMNS), min(len(facets), _FACET_COLUMNS)
     fig = (make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[_value_text(decl.facet, f) for f in facets],
                          horizontal_spacing=0.07, vertical_spacing=min(0.3, 70 / (_PANEL_HEIGHT_PX * n_rows)))
@@ -192,7 +207,7 @@ def _draw_declared(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric],
     if decl.hline is not None:
         fig.add_hline(y=decl.hline / scale, line_dash="dot", line_color="#888",
                       **({"row": "all", "col": "all"} if decl.facet else {}))
-    bottom = 48 + 19 * _legend_rows(entries, wide=n_cols > 1)
+    bottom = 48 + 19 * _legend_rows(entries, columns=n_cols)
     finish(fig, title_of(decl.title, decl.thesis), styles, height=_PANEL_HEIGHT_PX * n_rows + bottom)
     fig.update_layout(margin=dict(b=bottom), showlegend=bool(entries),
                       legend=dict(orientation="h", yanchor="top", x=0, y=-44 / (_PANEL_HEIGHT_PX * n_rows),
@@ -318,9 +333,9 @@ def _legend(fig: go.Figure, summary: pd.DataFrame, decl: Figure, labels: list[st
     return entries
 
 
-def _legend_rows(entries: list[str], *, wide: bool) -> int:
+def _legend_rows(entries: list[str], *, columns: int) -> int:
     """Rows a horizontal legend of ``entries`` takes (about 6.5 px per character plus the symbol)."""
-    width, rows, used = _LEGEND_PX * (3 if wide else 1), 0, math.inf
+    width, rows, used = _LEGEND_PX * columns, 0, math.inf
     for entry in entries:
         need = 45 + 6.5 * len(entry)
         if used + need > width:

@@ -10,6 +10,7 @@ import html
 import inspect
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from typing import Any
@@ -37,15 +38,15 @@ _VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "too small to deci
 _CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;padding:0 16px;max-width:1360px;font-size:14px;color:#222}
 h1{font-size:22px;margin:12px 0 2px}h2{font-size:18px;border-bottom:2px solid #333;margin:28px 0 8px}
 h3{font-size:15px;margin:14px 0 6px}p{margin:4px 0}nav{margin:4px 0 8px;line-height:1.7}nav a{margin-right:10px}
-table{border-collapse:collapse;font-size:12px;margin:4px 0}td,th{border:1px solid #ccc;padding:2px 6px;
+table{border-collapse:collapse;font-size:12px;margin:4px 0}.checks{font-size:11.5px}td,th{border:1px solid #ccc;padding:2px 6px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}.kv th{width:90px}
 .holds{color:#0a6b0a;font-weight:600}.fails{color:#b00;font-weight:700}.small{color:#a66b00;font-weight:600}
 .na{color:#777}.chip{display:inline-block;padding:1px 8px;margin-right:6px;border-radius:9px;background:#f3f3f3}
-.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:6px}.figs .wide{grid-column:1/-1}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:6px}.figs .span2{grid-column:span 2}.figs .span3{grid-column:1/-1}
 .figtitle{font-size:13px;font-weight:600;margin:6px 0 0 8px}
 .settings{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:0 12px;align-items:start}.settings table{width:100%}.doc p{max-width:960px}code{font-size:12px;background:#f5f5f5}
 details{margin:6px 0}summary{cursor:pointer;color:#245}pre{white-space:pre-wrap;font-size:11.5px;margin:4px 0}
-.verdicts td:nth-child(3){white-space:nowrap}small{font-weight:normal;color:#666}"""
+.verdicts,.checks{table-layout:fixed;width:100%}.verdicts td{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.verdicts td[rowspan]{white-space:normal}small{font-weight:normal;color:#666}"""
 
 
 @dataclasses.dataclass
@@ -82,7 +83,7 @@ def render(df: pd.DataFrame, out: str) -> tuple[str, int]:
     from plotly.offline import get_plotlyjs
 
     styles = plots.Styles()
-    names = sorted(df["workload"].dropna().unique())
+    names = sorted(df["workload"].dropna().unique(), key=_thesis_order)
     sections = [_workload_section(name, df[df["workload"] == name], styles) for name in names]
     searches, n_search_figs = search_html(df, out, styles)
     toc = ([("run", "Run"), ("verdicts", "Verdicts")] + [(_anchor(s.name), s.name) for s in sections]
@@ -101,6 +102,13 @@ def render(df: pd.DataFrame, out: str) -> tuple[str, int]:
 <h2 id=environment>Environment</h2>{_env_html(df)}{_limits_html(df)}
 </body></html>"""
     return page, sum(s.n_figs for s in sections) + n_search_figs
+
+
+def _thesis_order(name: str) -> tuple:
+    """Workloads in the thesis' order (their first figure's chapter and number), those beyond it last."""
+    found = [tuple(int(n) for n in m.groups()) for f in (workloads.get(name).figures if name in workloads.REGISTRY else ())
+             if (m := re.search(r"(\d+)\.(\d+)", f.thesis))]
+    return (min(found) if found else (999, 0), name)
 
 
 def _write(path: str, text: str) -> None:
@@ -181,15 +189,17 @@ def _verdicts_html(sections: list[_Section]) -> str:
         for i, (verdict, name, figure, measured, anchor) in enumerate(entries):
             counts[verdict] += 1
             first = f"<td rowspan={len(entries)}><a href='#{_anchor(s.name)}'>{_esc(s.name)}</a></td>" if i == 0 else ""
-            rows.append(f"<tr>{first}<td><a href='#{anchor}'>{_esc(name)}</a></td>"
-                        f"<td class={_VERDICT_CLASS[verdict]}>{_esc(verdict)}</td><td>{_esc(figure) or '<span class=na>beyond</span>'}</td>"
-                        f"<td>{_esc(measured)}</td></tr>")
+            rows.append(f"<tr>{first}<td title='{_esc(name)}'><a href='#{anchor}'>{_esc(name)}</a></td>"
+                        f"<td class={_VERDICT_CLASS[verdict]}>{_esc(verdict)}</td>"
+                        f"<td>{_esc(figure) or '<span class=na>beyond</span>'}</td>"
+                        f"<td title='{_esc(measured)}'>{_esc(measured)}</td></tr>")
     chips = " ".join(f"<span class='chip {_VERDICT_CLASS[v]}'>{v}: {counts[v]}</span>"
                      for v in (*VERDICTS, "error") if counts[v] or v in VERDICTS)
     if not rows:
         return f"<p>{chips}</p><p class=na>No workload here states a check.</p>"
-    return (f"<p>{chips}</p><table class=verdicts><tr><th>workload</th><th>check</th><th>verdict</th>"
-            f"<th>thesis</th><th>measured</th></tr>{''.join(rows)}</table>")
+    return (f"<p>{chips}</p><table class=verdicts><colgroup><col style='width:11%'><col style='width:33%'>"
+            "<col style='width:9.5%'><col style='width:7.5%'><col></colgroup><tr><th>workload</th><th>check</th>"
+            f"<th>verdict</th><th>thesis</th><th>measured (hover for all of it)</th></tr>{''.join(rows)}</table>")
 
 
 def _markdown(text: str) -> str:
@@ -209,7 +219,9 @@ def _workload_section(name: str, rows: pd.DataFrame, styles: plots.Styles) -> _S
              f"<div class=doc>{_markdown(doc)}</div>"]
     setting_tables = [_setting_html(s, rows) for s in settings_of(workload)]
     if setting_tables:
-        parts.append("<h3>Setting: the thesis and this run</h3><div class=settings>" + "".join(setting_tables) + "</div>")
+        figures = ", ".join(dict.fromkeys(s.figure for s in settings_of(workload)))
+        parts.append(f"<details class=setting><summary>Setting of {_esc(figures)}: the thesis beside this run</summary>"
+                     f"<div class=settings>{''.join(setting_tables)}</div></details>")
     figs, n_figs = [], 0
     for declaration in workload.figures:
         try:
@@ -241,10 +253,7 @@ def _distinct_text(values: pd.Series) -> str:
 
 
 def _setting_html(setting: Any, rows: pd.DataFrame) -> str:
-    """One thesis figure's setting beside this run's (the distinct values of each named column).
-
-    Collapsed when no finished trial of this run matches the setting's ``where``.
-    """
+    """One thesis figure's setting beside this run's (the distinct values of each named column)."""
     ours_rows = ok_rows(rows)
     for column, value in setting.where.items():
         if column in ours_rows:
@@ -254,23 +263,36 @@ def _setting_html(setting: Any, rows: pd.DataFrame) -> str:
     body = "".join(f"<tr><th>{_esc(label)}</th><td>{_esc(setting.thesis.get(label, ''))}</td><td>"
                    f"{_esc(_distinct_text(ours_rows[setting.ours[label]]) if setting.ours.get(label) in ours_rows else 'not recorded')}"
                    f"</td></tr>" for label in labels)
-    table = f"<table><tr><th>{_esc(setting.figure)}</th><th>thesis</th><th>this run</th></tr>{body}</table>"
-    if ours_rows.empty:
-        return (f"<details><summary>{_esc(setting.figure)}: the thesis' setting (no trial of this run has it)"
-                f"</summary>{table}</details>")
-    return table
+    ours = "this run" if not ours_rows.empty else "this run (no trial has this setting)"
+    return f"<table><tr><th>{_esc(setting.figure)}</th><th>thesis</th><th>{ours}</th></tr>{body}</table>"
 
 
 def _checks_html(anchor: str, checks: list[Check], error: str) -> str:
+    """One row per check; a thesis figure, claim or note equal to the row above spans both rows."""
     if error:
         return f"<p class=fails>checks() raised: {_esc(error)}</p>"
     if not checks:
         return "<p class=na>This workload states no check.</p>"
-    rows = "".join(f"<tr id='{anchor}-check-{i}'><td class={_VERDICT_CLASS[c.verdict]}>{_esc(c.verdict)}</td>"
-                   f"<td>{_esc(c.name)}</td><td>{_esc(c.figure)}</td><td>{_esc(c.claim)}</td>"
-                   f"<td>{_esc(c.measured)}</td><td>{_esc(c.note)}</td></tr>" for i, c in enumerate(checks))
-    return ("<table><tr><th>verdict</th><th>check</th><th>thesis</th><th>claim</th><th>measured</th><th>note</th></tr>"
-            + rows + "</table>")
+    spans = {field: _runs([getattr(c, field) for c in checks]) for field in ("figure", "claim", "note")}
+    rows = []
+    for i, c in enumerate(checks):
+        cells = {f: f"<td rowspan={spans[f][i]}>{_esc(getattr(c, f))}</td>" if spans[f][i] else "" for f in spans}
+        rows.append(f"<tr id='{anchor}-check-{i}'><td class={_VERDICT_CLASS[c.verdict]}>{_esc(c.verdict)}</td>"
+                    f"<td>{_esc(c.name)}</td>{cells['figure']}{cells['claim']}<td>{_esc(c.measured)}</td>"
+                    f"{cells['note']}</tr>")
+    return ("<table class=checks><colgroup><col style='width:7.5%'><col style='width:17%'><col style='width:6.5%'>"
+            "<col style='width:26%'><col style='width:20%'><col></colgroup><tr><th>verdict</th><th>check</th>"
+            "<th>thesis</th><th>claim</th><th>measured</th><th>note</th></tr>" + "".join(rows) + "</table>")
+
+
+def _runs(values: list[str]) -> list[int]:
+    """For each value, the length of the run of equal values it starts (0 where it continues one above)."""
+    spans = [0] * len(values)
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            spans[start], start = i - start, i
+    return spans
 
 
 def _number(value: Any) -> str:

@@ -1,6 +1,7 @@
 """The Arrow schema of result rows (DESIGN.md, "Results"), parameter columns included."""
 from __future__ import annotations
 
+import functools
 import json
 import types
 import typing
@@ -62,3 +63,21 @@ def param_value(value: Any, typ: pa.DataType) -> Any:
         return value
     return json.dumps(value)
 
+
+
+def full_schema() -> pa.Schema:
+    """BASE plus the parameter columns of every registered workload: the schema every result file is written with.
+
+    One schema in every file is what lets pandas, pyarrow, polars and DuckDB read a results folder
+    without being told how to merge files; it is also written to ``<out>/_common_metadata``.
+    """
+    import workloads  # the registry, loaded on first use (plugins included)
+
+    return _full_schema(tuple(workloads.names()))
+
+
+@functools.lru_cache(maxsize=4)
+def _full_schema(names: tuple[str, ...]) -> pa.Schema:
+    import workloads
+
+    return unified_schema([workloads.get(n) for n in names])

@@ -1,13 +1,23 @@
-"""The results store: one Parquet file per trial, written atomically, read with one schema."""
+"""The results store: one Parquet file per trial, written atomically, read with one schema.
+
+Layout under ``<out>``: ``<sweep>/<workload>/<trial_key>.parquet`` (a loose trial file, one per
+trial as it finishes) and ``<sweep>/<workload>/compacted-<generation>.parquet`` (what
+``deeperbench compact`` merged). Every file is written with ``full_schema()`` (every registered
+workload's parameters), which ``<out>/_common_metadata`` also holds. A trial is read from its loose
+file if there is one, else from the newest compacted file holding it, so a trial re-run after a
+compaction replaces its compacted rows, and a compaction killed at any point leaves every trial
+readable exactly once.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -18,11 +28,17 @@ from harness.paths import inside
 from harness.sweep import Trial
 from harness.trial import Outcome
 from harness.workload import metric_map
-from results.schema import BASE, param_fields, param_value, unified_schema
+from results.schema import full_schema, param_value, unified_schema
 
 log = logging.getLogger("deeperbench.store")
 
 _TMP = ".tmp-"
+COMPACTED = "compacted-"
+"""Name prefix of a compacted file; a trial key (hex) never starts with it."""
+COMMON_METADATA = "_common_metadata"
+"""``<out>/_common_metadata``: the schema of every file, for readers that take one (``schema=``)."""
+LOOSE_WRITE = {"store_schema": False, "write_statistics": False, "use_dictionary": False}
+"""One-row files: no per-column statistics, dictionaries or Arrow schema blob (their types are Parquet's own)."""
 QUARANTINE = ".quarantine"
 """Where a run moves result files that cannot be read whole (pyarrow's discovery skips dot folders)."""
 
@@ -38,7 +54,7 @@ def trial_table(trial: Trial, outcome: Outcome, run_id: str) -> pa.Table:
     """The rows of one trial: one per record, or one row with a null metric when there are none."""
     workload = workloads.get(trial.workload)
     units = {name: m.unit for name, m in metric_map(workload).items()}
-    pfields = param_fields(workload)
+    schema = full_schema()
     common: dict[str, Any] = {
         "run_id": run_id, "sweep": trial.sweep, "trial_key": trial.key, "workload": trial.workload,
         "workload_version": trial.version, "backend": trial.backend, "device_kind": trial.device,
@@ -48,12 +64,28 @@ def trial_table(trial: Trial, outcome: Outcome, run_id: str) -> pa.Table:
         "env": json.dumps(outcome.env, sort_keys=True, default=str), "study": trial.study,
         "trial_number": trial.trial_number,
     }
-    common |= {f.name: param_value(trial.params.get(f.name[2:]), f.type) for f in pfields}
+    common |= {f.name: param_value(trial.params.get(f.name[2:]), f.type) for f in schema
+               if f.name.startswith("p_") and f.name[2:] in trial.params}
     records = outcome.records or [None]
     rows = [common | ({"metric": r.metric, "value": float(r.value), "unit": units[r.metric], "step": r.step,
                        "sample": r.sample, "tag": r.tag} if r else {}) for r in records]
-    schema = pa.schema(list(BASE) + pfields)
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+class Group(NamedTuple):
+    """The files of one ``<sweep>/<workload>`` folder: loose trial files, and compacted files newest first."""
+
+    loose: list[str]
+    compacted: list[str]
+
+
+def generation(path: str) -> int:
+    """The generation number in a compacted file's name (``compacted-000003.parquet`` -> 3)."""
+    return int(os.path.basename(path)[len(COMPACTED):-len(".parquet")])
+
+
+def loose_key(path: str) -> str:
+    return os.path.basename(path)[:-len(".parquet")]
 
 
 class Store:
@@ -62,6 +94,7 @@ class Store:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.fs, self.root = _filesystem(uri)
+        self._common: pa.Schema | None = None  # the schema _common_metadata is known to hold
 
     def _dir(self, sweep: str, workload: str) -> str:
         return self._inside(f"{self.root}/{sweep}/{workload}")
@@ -90,11 +123,29 @@ class Store:
         table = trial_table(trial, outcome, run_id)
         directory = self._dir(trial.sweep, trial.workload)
         self.fs.create_dir(directory, recursive=True)
+        self.write_common_metadata(table.schema)
         final = f"{directory}/{trial.key}.parquet"
-        tmp = f"{directory}/{_TMP}{uuid.uuid4().hex}-{trial.key}.parquet"
+        tmp = f"{directory}/{_TMP}{uuid.uuid4().hex}-{trial.key}.part"
         with self.fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out)
+            pq.write_table(table, out, **LOOSE_WRITE)
         self.fs.move(tmp, final)
+
+    def write_common_metadata(self, schema: pa.Schema) -> None:
+        """Write ``<out>/_common_metadata`` (atomically) unless it already holds ``schema``; once per Store."""
+        if self._common == schema:
+            return
+        path = f"{self.root.rstrip('/')}/{COMMON_METADATA}"
+        try:
+            with self.fs.open_input_file(path) as f:
+                current = pq.read_schema(f)
+        except (pa.ArrowException, OSError, ValueError):
+            current = None
+        if current != schema:
+            tmp = f"{self.root.rstrip('/')}/{_TMP}{uuid.uuid4().hex}{COMMON_METADATA}"
+            with self.fs.open_output_stream(tmp) as out:
+                pq.write_metadata(schema, out)
+            self.fs.move(tmp, path)
+        self._common = schema
 
     def _files(self, sweep: str | None = None) -> list[str]:
         if self.fs.get_file_info(self.root).type == pafs.FileType.File:
@@ -105,9 +156,21 @@ class Store:
                       if i.type == pafs.FileType.File and i.path.endswith(".parquet")
                       and not os.path.basename(i.path).startswith(_TMP) and self._visible(i.path))
 
-    def remove_temporary(self, sweep: str) -> int:
-        """Delete the temporary files a killed run left under ``sweep``; return how many."""
-        selector = pafs.FileSelector(self._inside(f"{self.root}/{sweep}"), recursive=True, allow_not_found=True)
+    def groups(self, sweep: str | None = None) -> dict[str, Group]:
+        """``<sweep>/<workload>`` folder -> its loose and compacted files (of ``sweep``, or all)."""
+        out: dict[str, Group] = {}
+        for path in self._files(sweep):
+            directory, name = path.rsplit("/", 1)
+            group = out.setdefault(directory, Group([], []))
+            (group.compacted if name.startswith(COMPACTED) else group.loose).append(path)
+        for group in out.values():
+            group.compacted.sort(key=generation, reverse=True)
+        return out
+
+    def remove_temporary(self, sweep: str | None = None) -> int:
+        """Delete the temporary files a killed run (or compaction) left under ``sweep`` (or all); return how many."""
+        base = self.root if sweep is None else self._inside(f"{self.root}/{sweep}")
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         stale = [i.path for i in self.fs.get_file_info(selector)
                  if i.type == pafs.FileType.File and os.path.basename(i.path).startswith(_TMP)]
         for path in stale:
@@ -126,37 +189,83 @@ class Store:
                 log.warning("ignoring unreadable result file %s (%s)", path, " ".join(str(err).split())[:200])
         return good
 
+    def _unreadable(self, path: str, err: Exception, quarantine: bool) -> None:
+        if quarantine:
+            self.quarantine(path, err)
+        else:
+            log.warning("ignoring unreadable result file %s (%s); its trial will run again", path,
+                        " ".join(str(err).split())[:200])
+
     def statuses(self, sweep: str, *, quarantine: bool = False) -> dict[str, str]:
-        """trial_key -> status of every trial file of ``sweep`` that reads whole; the others are named.
+        """trial_key -> status of every trial of ``sweep`` whose file reads whole; the others are named.
 
         With ``quarantine`` (a run, holding the folder's lock) they are moved aside, so their trials
         run again; without (``--dry-run``) they are skipped and nothing is written.
         """
         out: dict[str, str] = {}
-        for path in self._files(sweep):
-            try:
-                with self.fs.open_input_file(path) as f:
-                    t = pq.read_table(f)
-            except (pa.ArrowException, OSError, ValueError) as err:
-                if quarantine:
-                    self.quarantine(path, err)
-                else:
-                    log.warning("ignoring unreadable result file %s (%s)", path, " ".join(str(err).split())[:200])
-                continue
-            if t.num_rows:
-                out[t["trial_key"][0].as_py()] = t["status"][0].as_py()
+        for group in self.groups(sweep).values():
+            seen: set[str] = set()
+            for path in group.loose:
+                try:
+                    with self.fs.open_input_file(path) as f:
+                        t = pq.read_table(f)  # whole: a damaged page sends the trial to quarantine
+                except (pa.ArrowException, OSError, ValueError) as err:
+                    self._unreadable(path, err, quarantine)
+                    continue
+                if t.num_rows:
+                    out[t["trial_key"][0].as_py()] = t["status"][0].as_py()
+                    seen.add(t["trial_key"][0].as_py())
+            for path in group.compacted:
+                try:
+                    with self.fs.open_input_file(path) as f:
+                        t = pq.read_table(f)  # whole, as a loose file: damaged, all its trials run again
+                except (pa.ArrowException, OSError, ValueError) as err:
+                    self._unreadable(path, err, quarantine)
+                    continue
+                pairs = t.group_by(["trial_key", "status"]).aggregate([])
+                out |= {k: s for k, s in zip(pairs["trial_key"].to_pylist(), pairs["status"].to_pylist())
+                        if k not in seen}
+                seen.update(pairs["trial_key"].to_pylist())
         return out
 
-    def read(self, sweep: str | None = None) -> pa.Table:
-        """Every readable row (of ``sweep``, or all), under one schema for all workloads present."""
-        files = self._readable(self._files(sweep))
-        if not files:
-            return unified_schema([]).empty_table()
-        names = {os.path.basename(os.path.dirname(p)) for p in files}
-        schema = unified_schema([workloads.get(n) for n in sorted(names) if n in workloads.REGISTRY])
+    def _loose_rows(self, files: list[str], schema: pa.Schema) -> pa.Table:
         try:
             return ds.dataset(files, schema=schema, format="parquet", filesystem=self.fs).to_table()
         except (pa.ArrowException, OSError) as err:  # a damaged page: find the file, name it, read the rest
             log.warning("a result file does not read whole (%s); checking each file", " ".join(str(err).split())[:200])
             files = self._readable(files, whole=True)
             return ds.dataset(files, schema=schema, format="parquet", filesystem=self.fs).to_table()
+
+    def _compacted_rows(self, files: list[str], seen: set[str], schema: pa.Schema) -> list[pa.Table]:
+        """The rows of trials in ``files`` (newest first) not in ``seen`` nor in a newer file; ``seen`` grows."""
+        tables = []
+        for path in files:
+            try:
+                part = ds.dataset(path, schema=schema, format="parquet", filesystem=self.fs)
+                t = part.to_table(filter=~pc.field("trial_key").isin(sorted(seen)) if seen else None)
+                keys = pc.unique(part.to_table(columns=["trial_key"])["trial_key"]).to_pylist()
+            except (pa.ArrowException, OSError) as err:
+                log.warning("ignoring unreadable result file %s (%s)", path, " ".join(str(err).split())[:200])
+                continue
+            tables.append(t)
+            seen.update(keys)
+        return tables
+
+    def rows(self, groups: dict[str, Group], schema: pa.Schema) -> pa.Table:
+        """Each trial of ``groups`` once: from its loose file, else from the newest compacted file holding it."""
+        loose = self._readable([p for g in groups.values() for p in g.loose])
+        tables = [self._loose_rows(loose, schema)] if loose else []
+        readable = set(loose)
+        for group in groups.values():
+            seen = {loose_key(p) for p in group.loose if p in readable}
+            tables += self._compacted_rows(group.compacted, seen, schema)
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def read(self, sweep: str | None = None) -> pa.Table:
+        """Every readable row (of ``sweep``, or all), under one schema for all workloads present."""
+        groups = self.groups(sweep)
+        if not groups:
+            return unified_schema([]).empty_table()
+        names = {d.rsplit("/", 1)[1] for d in groups}
+        schema = unified_schema([workloads.get(n) for n in sorted(names) if n in workloads.REGISTRY])
+        return self.rows(groups, schema)

@@ -87,3 +87,13 @@ def test_gpu_check_dry_run_plans_every_workload_on_cuda_and_writes_nothing(tmp_p
         assert name in result.stdout, name
     assert "cuda" in result.stdout
     assert not out.exists()
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_run_of_a_gpu_sweep_on_a_host_without_gpu_exits_2_before_any_trial(executor, tmp_path):
+    out = tmp_path / "out"
+    result = _cli("run", "sweeps/device_roofline.gpu.yaml", "--executor", executor, "--out", str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sees no GPU" in lines[0] and "deeperbench doctor" in lines[0], result.stderr
+    assert not out.exists()

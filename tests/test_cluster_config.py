@@ -40,3 +40,11 @@ def test_some_node_type_can_hold_each_sweeps_trials(path):
         fits = [name for name, t in NODE_TYPES.items()
                 if all(t["resources"].get(k, 0) >= v for k, v in need.items() if v)]
         assert fits, f"{path.name}/{sweep.name} needs {need}; no node type of cluster.yaml has it"
+
+
+def test_the_head_dashboard_listens_on_localhost_only():
+    """The Jobs API behind the dashboard runs any command it is sent: reach it through `ray dashboard` (SSH)."""
+    start = " ".join(CONFIG["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start
+    assert "0.0.0.0" not in start and "dashboard-host=::" not in start
+    assert all("0.0.0.0" not in " ".join(CONFIG.get(key, [])) for key in ("worker_start_ray_commands",))

@@ -37,9 +37,11 @@ metrics = (
     Metric("recon_err", "1", "lower", "median",
            "max over layers n of ||x_n - x~_n|| / ||x_n||, x~ recovered from the output by the model's reversal"),
     Metric("grad_rel_err", "1", "lower", "median",
-           "||g_adj - g_bp|| / ||g_bp|| per parameter tensor (tag; 'input' for x_0), g_bp by backprop"),
+           "||g_adj - g_bp|| / ||g_bp|| per parameter tensor (tag; 'input' for x_0), g_bp by backprop; with train: "
+           "true, of the trained net's residual blocks on 256 training images"),
     Metric("grad_mse_ratio", "1", "lower", "median",
-           "mean((g_bp - g_adj)^2) / mean(g_bp^2) per parameter tensor (tag): the measure of Fig. 2.3c"),
+           "mean((g_bp - g_adj)^2) / mean(g_bp^2) per parameter tensor (tag): the measure of Fig. 2.3c; with train: "
+           "true, of the trained net's residual blocks on 256 training images"),
     Metric("test_acc", "1", "higher", "max",
            "train: true only; test accuracy after each epoch (step); a trial's value is the best (Fig. 2.4)"),
     Metric("train_loss", "1", "lower", "last", "train: true only; mean training cross-entropy of each epoch (step)"),
@@ -51,6 +53,8 @@ MODELS = {"euler": "adjoint_euler", "heun": "adjoint_heun", "momentum": "momentu
 float division by gamma (no buffer), momentum_reversible with the information buffer (exact)."""
 _ADJOINT = ("euler", "heun")
 _EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
+_GRAD_BATCH = 256
+"""Training images on which a trained net's adjoint gradient is compared with backprop's (the authors' batch)."""
 _COARSE = 4
 """Layers of the coarse net whose weights are interpolated in depth for ``init='smooth'``."""
 
@@ -200,6 +204,22 @@ def _train(params: Params, backend: Backend, ctx: Context) -> list[Record]:
             raise FloatingPointError(f"training loss is {loss} at epoch {epoch + 1} (lr={params.lr})")
         accuracy = float(np.mean(trainer.predict(test_x) == data.test_y))
         records += [Record("train_loss", loss, step=epoch + 1), Record("test_acc", accuracy, step=epoch + 1)]
+    batch = np.sort(rng.permutation(len(data.train_y))[:_GRAD_BATCH])
+    true = trainer.body_gradients(x[batch], y[batch], "backprop")
+    adjoint = trainer.body_gradients(x[batch], y[batch], "adjoint")
+    return records + _gradient_records(adjoint, true)
+
+
+def _gradient_records(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> list[Record]:
+    """grad_rel_err and grad_mse_ratio of ``mine`` against ``theirs`` (backprop's), one record per tensor (tag)."""
+    records = []
+    for key, b in theirs.items():
+        a = np.asarray(mine[key], np.float64)
+        b = np.asarray(b, np.float64)
+        nb, err = float(np.linalg.norm(b)), float(np.linalg.norm(a - b))
+        msb, mse = float(np.mean(b ** 2)), float(np.mean((a - b) ** 2))
+        records += [Record("grad_rel_err", err / nb if nb else err, tag=key),
+                    Record("grad_mse_ratio", mse / msb if msb else mse, tag=key)]
     return records
 
 
@@ -224,15 +244,8 @@ def _errors(params: Params, backend: Backend, ctx: Context) -> list[Record]:
         g = backend.asarray(normal(ctx.seed + 2, shape), device, params.dtype)
         ref = backend.ops.residual_net(model, backprop=True, **kwargs)
         mine, theirs = backend.ops.residual_vjp(net, x, g), backend.ops.residual_vjp(ref, x, g)
-        for key in theirs:
-            a = backend.to_numpy(mine[key]).astype(np.float64)
-            b = backend.to_numpy(theirs[key]).astype(np.float64)
-            nb = float(np.linalg.norm(b))
-            err = float(np.linalg.norm(a - b))
-            records.append(Record("grad_rel_err", err / nb if nb else err, tag=key))
-            msb = float(np.mean(b ** 2))
-            mse = float(np.mean((a - b) ** 2))
-            records.append(Record("grad_mse_ratio", mse / msb if msb else mse, tag=key))
+        records += _gradient_records({k: backend.to_numpy(v) for k, v in mine.items()},
+                                     {k: backend.to_numpy(v) for k, v in theirs.items()})
     return records
 
 
@@ -300,6 +313,7 @@ _CONFIG = ["p_init", "p_activation", "p_block", "p_width", "p_hidden", "p_batch"
 """The error grid's checks: one per value of these columns, backends pooled (each must bear the claim out)."""
 _TRAIN_CONFIG = ["p_data", "p_activation", "p_width", "p_batch", "p_epochs", "p_lr", "p_dtype"]
 """The training checks: one per value of these columns, backends pooled (pairs are formed within a backend)."""
+_EQ = {"recon_err": "2.6", "grad_rel_err": "2.6, 2.7"}
 _FLOOR = 100 * _EPS["float64"]
 """Errors below 100 float64 epsilons are rounding: left out of the fitted slopes."""
 _SMOOTH = ("tied", "smooth")
@@ -372,7 +386,7 @@ def _rate_checks(table: pd.DataFrame) -> list[Check]:
         for d, g in _groups(rows, _CONFIG):
             label = _label(d)
             out.append(decide(f"Euler {what} falls like 1/N: {label}",
-                              f"the {what} of the adjoint's Euler reversal (eq. 2.6{', 2.7' if metric != 'recon_err' else ''}) "
+                              f"the {what} of the adjoint's Euler reversal (eq. {_EQ[metric]}) "
                               "is O(1/N): fitted log-log slope at most -0.7", g, _rate_test("euler", -0.7),
                               needs=_SLOPE_NEEDS, figure=props[0],
                               note="random untrained residual MLPs, not a trained network"))
@@ -385,56 +399,71 @@ def _rate_checks(table: pd.DataFrame) -> list[Check]:
     return out
 
 
-def _log_pairs(rows: pd.DataFrame) -> pd.DataFrame:
-    """log10 of Heun's and Euler's gradient error per weight tensor, paired on backend, seed, depth and tensor."""
-    rows = rows[rows["tag"].map(_is_weight)].assign(value=lambda r: np.log10(np.maximum(r["value"], 1e-300)))
-    on = ["backend", "seed", "p_depth", "tag"]
-    heun = rows[rows["p_scheme"] == "heun"][on + ["value"]].rename(columns={"value": "heun"})
-    return heun.merge(rows[rows["p_scheme"] == "euler"][on + ["value"]].rename(columns={"value": "euler"}), on=on)
+def _keys(rows: pd.DataFrame) -> list[str]:
+    """What a gradient comparison pairs on besides the scheme: trained nets also by how they were trained."""
+    return ["backend", "seed", "p_depth", "tag"] + (["p_backward"] if rows["p_backward"].notna().any() else [])
 
 
 def _heun_better(rows: pd.DataFrame) -> tuple[bool | None, str]:
-    both = _log_pairs(rows)
+    """log10 of Heun's over Euler's error per weight tensor, paired; holds when the 95% interval is below 0."""
+    rows = rows[rows["tag"].map(_is_weight)].assign(value=lambda r: np.log10(np.maximum(r["value"], 1e-300)))
+    on = _keys(rows)
+    heun = rows[rows["p_scheme"] == "heun"][on + ["value"]]
+    both = heun.merge(rows[rows["p_scheme"] == "euler"][on + ["value"]], on=on, suffixes=("_heun", "_euler"))
     if both.empty:
         return None, "no depth with both the ResNet and the HeunNet"
-    interval = paired_interval(both["heun"], both["euler"])
+    interval = paired_interval(both["value_heun"], both["value_euler"])
     return interval.below(0.0), f"log10(Heun / Euler) of the error ratio: {interval.text('+.2f')}"
 
 
 def _deeper_better(rows: pd.DataFrame) -> tuple[bool | None, str]:
+    """Each weight tensor's median error over seeds falls with depth (slope < 0), above the dtype's rounding."""
     rows = rows[rows["tag"].map(_is_weight)]
-    curves = rows.groupby(["backend", "p_scheme", "tag", "p_depth"])["value"].median().reset_index()
+    floor = (100 * _EPS[rows["p_dtype"].iloc[0]]) ** 2 if len(rows) else 0.0  # a squared ratio
+    lines = [c for c in _keys(rows) if c not in ("seed", "p_depth")] + ["p_scheme"]
+    curves = rows.groupby(lines + ["p_depth"])["value"].median().reset_index()
     slopes = {}
-    for (backend, scheme, tag), g in curves.groupby(["backend", "p_scheme", "tag"]):
-        slope, _ = fitted_slope(g["p_depth"].to_numpy(float), g["value"].to_numpy(float), _FLOOR ** 2)
-        slopes[f"{backend} {scheme} {tag}"] = slope
-    slopes = {k: s for k, s in slopes.items() if s is not None}
+    for key, g in curves.groupby(lines):
+        slope, _ = fitted_slope(g["p_depth"].to_numpy(float), g["value"].to_numpy(float), floor)
+        if slope is not None:
+            slopes[" ".join(map(str, key))] = slope
     if not slopes:
-        return None, "fewer than two depths above (100 float64 epsilons)^2"
+        return None, "fewer than two depths above (100 epsilons)^2"
     worst = max(slopes, key=slopes.get)
-    return all(s < 0 for s in slopes.values()), (f"{len(slopes)} weight tensors, slopes "
-                                                 f"{min(slopes.values()):.2f} to {slopes[worst]:.2f} ({worst})")
+    return all(s < 0 for s in slopes.values()), (f"{len(slopes)} curves, slopes {min(slopes.values()):.2f} to "
+                                                 f"{slopes[worst]:.2f} ({worst})")
 
 
 def _gradient_checks(table: pd.DataFrame) -> list[Check]:
     """Fig. 2.3c: the adjoint's gradients approach backprop's as depth grows, and the HeunNet's faster."""
     rows = _trials(table, "grad_mse_ratio")
-    rows = rows[(rows["p_train"] == False) & (rows["p_dtype"] == "float64")]  # noqa: E712
-    out = []
+    random = rows[(rows["p_train"] == False) & (rows["p_dtype"] == "float64")]  # noqa: E712
+    trained = rows[rows["p_train"] == True]  # noqa: E712
     note = "random untrained residual networks (weights as p_init), not the thesis' CIFAR-10 network trained at depth 32"
-    for d, g in _groups(rows, _CONFIG):
-        label = _label(d)
+    groups = [(d, g, note) for d, g in _groups(random, _CONFIG)]
+    groups += [(d | {"p_init": "trained"}, g, "; ".join(filter(None, ["trained at depth N on the data (the thesis: "
+                                                                      "trained at depth 32, blocks copied to depth N)",
+                                                                      _fig24_note(d)])))
+               for d, g in _groups(trained, _TRAIN_CONFIG)]
+    out = []
+    for d, g, why in groups:
+        label = _label({k: v for k, v in d.items() if k != "p_init" or v != "trained"})
+        label = f"trained, {label}" if d["p_init"] == "trained" else label
         out.append(decide(f"deeper is better for the adjoint's gradients: {label}",
                           "the deeper the architecture, the better the approximation on the gradients: each weight "
                           "tensor's relative error falls with depth (fitted log-log slope < 0), ResNet and HeunNet",
-                          g, _deeper_better, needs=_SLOPE_NEEDS, figure="Fig. 2.3c", note=note))
-        if d["p_init"] in _SMOOTH:
+                          g, _deeper_better, needs=_SLOPE_NEEDS, figure="Fig. 2.3c", note=why))
+        if d["p_init"] in _SMOOTH + ("trained",):
             out.append(decide(f"HeunNet approximates the gradient better than the ResNet: {label}",
                               "the HeunNet approximates the true gradient better than the ResNet: log10 of Heun's over "
                               "Euler's relative error per weight tensor, paired on seed, depth and tensor, has its "
                               "95% interval below 0", g, _heun_better, needs=(seeds(3), distinct("p_depth", 2, "depths")),
-                              figure="Fig. 2.3c", note=note))
+                              figure="Fig. 2.3c", note=why))
     return out
+
+
+def _exact(rows: pd.DataFrame) -> tuple[bool | None, str]:
+    return bool((rows["value"] == 0).all()), f"max recon_err {rows['value'].max():.3g}"
 
 
 def _momentum_checks(table: pd.DataFrame) -> list[Check]:
@@ -445,7 +474,7 @@ def _momentum_checks(table: pd.DataFrame) -> list[Check]:
     for d, g in _groups(rows[rows["p_scheme"] == "momentum_reversible"], _CONFIG + ["p_gamma"]):
         out.append(decide(f"buffer reverses exactly: {_label(d)}",
                           "with the information buffer the Momentum ResNet's activations are recovered exactly, at "
-                          "every depth", g, lambda r: (bool((r["value"] == 0).all()), f"max recon_err {r['value'].max():.3g}"),
+                          "every depth", g, _exact,
                           needs=(span("p_depth", 8, "depths"),), figure="section 4.3.1"))
     for d, g in _groups(rows[rows["p_scheme"] == "momentum"], _CONFIG + ["p_gamma"]):
         def grows(r: pd.DataFrame) -> tuple[bool | None, str]:
@@ -500,6 +529,12 @@ def _compare(first: dict, second: dict, side: str):
     return test
 
 
+def _fig24_note(d: dict) -> str:
+    """Where a training configuration departs from appendix 2.B.1's setting."""
+    return "; ".join(f"{what} {d[key]} (thesis {value})" for key, (what, value) in _FIG24.items()
+                     if d.get(key, "-") not in (value, "-"))
+
+
 def _train_checks(table: pd.DataFrame) -> list[Check]:
     """Fig. 2.4, paired over seeds: the adjoint costs accuracy at small depth, not at large; Heun's adjoint is no worse."""
     rows = _trials(table, "test_acc")
@@ -507,8 +542,7 @@ def _train_checks(table: pd.DataFrame) -> list[Check]:
     out = []
     for d, g in _groups(rows, _TRAIN_CONFIG):
         label = _label(d)
-        note = "; ".join(f"{what} {d[key]} (thesis {value})" for key, (what, value) in _FIG24.items()
-                         if d.get(key, "-") not in (value, "-"))
+        note = _fig24_note(d)
         out.append(decide(f"adjoint falls short at small depth: {label}",
                           "approximated gradients lead to a large test error at small depth: at the smallest depth, "
                           "backprop's best test accuracy minus the adjoint's (paired on seed) has its 95% interval above 0",

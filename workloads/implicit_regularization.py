@@ -280,8 +280,15 @@ def _per_setup(label: str, claim: str, rows: pd.DataFrame, test, **kwargs) -> li
         return [decide(label, claim, rows, test, **kwargs)]
     groups = list(rows.groupby(["backend", "device_name", *_SETUP], dropna=False))
     groups = [g for g in groups if g[1]["p_depth"].nunique() > 1] or groups
-    return [decide(f"{label}, {backend} ({device}), {int(g['p_steps'].iloc[0]):,} steps", claim, g, test, **kwargs)
+    note = kwargs.pop("note", "")
+    return [decide(f"{label}, {backend} ({device}), {int(g['p_steps'].iloc[0]):,} steps", claim, g, test,
+                   note=note(g) if callable(note) else note, **kwargs)
             for (backend, device, *_), g in groups]
+
+
+def _limit_note(rows: pd.DataFrame) -> str:
+    refs = "/".join(f"{int(r):,}" for r in sorted(rows["p_ref_depth"].dropna().unique()))
+    return f"deviation: the large-depth limit is a net of depth {refs} trained alongside (thesis: 2^14 = 16,384)"
 
 
 def checks(table: pd.DataFrame) -> list[Check]:
@@ -315,7 +322,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
                     "deeper net's weights falls with L (95% CI of the log-log slope below -0.5)",
                     select("dist_to_limit", p_init="tied", p_activation="gelu"),
                     lambda r: _slope_test(r, "dist_to_limit", lambda i: i.below(-0.5)),
-                    needs=(*_NEEDS, _reference_deep_enough), figure="Fig. 3.1"),
+                    needs=(*_NEEDS, _reference_deep_enough), figure="Fig. 3.1", note=_limit_note),
         *_per_setup("no smoothness with i.i.d. init",
                     "if an i.i.d. initialization is used, smoothness is not preserved after training, and the residual "
                     "network does not discretize a neural ODE: the layer distance does not fall with depth (95% CI of "

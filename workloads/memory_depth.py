@@ -184,6 +184,8 @@ _CONFIG = ["p_block", "p_width", "p_hidden", "p_tied", "p_dtype", "p_activation"
 _FLAT = 0.02
 """A memory-free backward's bytes per layer, as a share of backprop's, below which memory counts as flat."""
 _FIG42 = {"p_width": 500, "p_batch": 500}
+_DEEP = 16
+"""Fewest layers at which the batch claim is decided: "especially for very deep models" (ResNet-152, 1201)."""
 
 
 def _trials(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -255,6 +257,12 @@ def _depth_checks(table: pd.DataFrame) -> list[Check]:
     return out
 
 
+def _deep(rows: pd.DataFrame) -> str | None:
+    """The batch claim is about deep models: depth at least ``_DEEP`` (a torchvision block counts as deep)."""
+    depths = rows["p_depth"].dropna()
+    return None if depths.empty or depths.min() >= _DEEP else f"depth {depths.min():g} < {_DEEP}"
+
+
 def _batch_checks(table: pd.DataFrame) -> list[Check]:
     """Fig. 4.7 (upper): a Momentum ResNet's memory grows more slowly with the batch than a ResNet's."""
     out = []
@@ -262,9 +270,10 @@ def _batch_checks(table: pd.DataFrame) -> list[Check]:
     rows = rows[rows["p_model"].isin(["resnet", "momentum_reversible"])]
     for d, g in _groups(rows, _CONFIG + ["p_depth"], "p_batch"):
         out.append(decide(f"memory grows more slowly with the batch: {_label(d)}",
-                          "Momentum ResNets can benefit from increased batch size: their activation memory grows with "
-                          "the batch more slowly than the ResNet's", g, _flat_test("momentum_reversible", "p_batch", 1.0),
-                          needs=(span("p_batch", 4, "batch sizes"), distinct("p_batch", 3, "batch sizes")),
+                          "Momentum ResNets can benefit from increased batch size, especially for very deep models: "
+                          "their activation memory grows with the batch more slowly than the ResNet's", g,
+                          _flat_test("momentum_reversible", "p_batch", 1.0),
+                          needs=(span("p_batch", 4, "batch sizes"), distinct("p_batch", 3, "batch sizes"), _deep),
                           figure="Fig. 4.7 (upper)",
                           note="" if d.get("p_block") == "resnet152" else "thesis: ResNet-152 on ImageNet"))
     return out

@@ -96,5 +96,11 @@ class JaxBackend:
     def device_name(self, kind: str) -> str:
         return cpu_name() if kind == "cpu" else self.device(kind).device_kind
 
+    def device_memory_bytes(self, kind: str) -> int | None:
+        if kind == "cpu":
+            return None
+        stats = self.device(kind).memory_stats() or {}
+        return stats.get("bytes_limit")
+
 
 BACKEND = JaxBackend()

@@ -8,6 +8,7 @@ minibatch: an epoch scanned in ``lax.scan`` ran 10-25x slower on XLA:CPU (convol
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -102,6 +103,22 @@ class JaxResidualClassifierTrainer:
             correct.append(right)
         return float(jnp.mean(jnp.stack(losses))), float(jnp.sum(jnp.stack(correct))) / (n_batches * batch)
 
+    def body_gradients(self, x: jax.Array, y: jax.Array, backward: str) -> dict[str, np.ndarray]:
+        """Gradient of the mean cross-entropy on (x, y) w.r.t. the residual blocks' weights, at the current weights.
+
+        Args:
+            backward: ``adjoint`` (eq. 2.7, activations rebuilt by reversal) or ``backprop``.
+
+        Returns:
+            name -> (sets, *shape) float64 arrays, as ``params["body"]``.
+
+        References:
+            Thesis Fig. 2.3c (the adjoint's gradient against backprop's, per parameter tensor).
+        """
+        config = dataclasses.replace(self.config, backward=backward)
+        grads = jax.jit(jax.grad(lambda p: _loss(p, x, y, config)[0]))(self.params)
+        return {k: np.asarray(v, np.float64) for k, v in grads["body"].items()}
+
     def predict(self, x: jax.Array) -> np.ndarray:
         """Predicted class of every example, (N,) int64; the norms use the statistics of ``x`` as one batch."""
         return np.asarray(jnp.argmax(self._forward(self.params, x), -1)).astype(np.int64)
@@ -112,7 +129,8 @@ def residual_classifier_trainer(config: ClassifierConfig, params: Params, moment
     """A trainer of the classifier from ``params``: SGD with ``momentum`` and ``weight_decay``.
 
     Returns:
-        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``predict`` and ``params``.
+        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``body_gradients``, ``predict``
+        and ``params``.
 
     References:
         Thesis appendix 2.B.1 (SGD, momentum 0.9, weight decay 5e-4, cosine learning rate).

@@ -112,5 +112,8 @@ class TorchBackend:
         """Human name of the device a trial of ``kind`` runs on."""
         return torch.cuda.get_device_name(0) if kind == "cuda" else cpu_name()
 
+    def device_memory_bytes(self, kind: str) -> int | None:
+        return torch.cuda.get_device_properties(0).total_memory if kind == "cuda" else None
+
 
 BACKEND = TorchBackend()

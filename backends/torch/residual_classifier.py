@@ -7,6 +7,7 @@ backward either stores the activations (backprop) or rebuilds them by reversing 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,23 @@ class TorchResidualClassifierTrainer:
         return classifier_epoch(lambda xb: residual_classifier_apply(self.params, xb, self.config), self._opt,
                                 x, y, order, batch)
 
+    def body_gradients(self, x: torch.Tensor, y: torch.Tensor, backward: str) -> dict[str, np.ndarray]:
+        """Gradient of the mean cross-entropy on (x, y) w.r.t. the residual blocks' weights, at the current weights.
+
+        Args:
+            backward: ``adjoint`` (eq. 2.7, activations rebuilt by reversal) or ``backprop``.
+
+        Returns:
+            name -> (sets, *shape) float64 arrays, as ``params["body"]``.
+
+        References:
+            Thesis Fig. 2.3c (the adjoint's gradient against backprop's, per parameter tensor).
+        """
+        config = dataclasses.replace(self.config, backward=backward)
+        loss = F.cross_entropy(residual_classifier_apply(self.params, x, config), y)
+        grads = torch.autograd.grad(loss, list(self.params["body"].values()))
+        return {k: g.detach().cpu().double().numpy() for k, g in zip(self.params["body"], grads)}
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> np.ndarray:
         """Predicted class of every example, (N,) int64; the norms use the statistics of ``x`` as one batch."""
@@ -103,7 +121,8 @@ def residual_classifier_trainer(config: ClassifierConfig, params: Params, moment
     """A trainer of the classifier from ``params`` (copied): SGD with ``momentum`` and ``weight_decay``.
 
     Returns:
-        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``predict`` and ``params``.
+        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``body_gradients``, ``predict``
+        and ``params``.
 
     References:
         Thesis appendix 2.B.1 (SGD, momentum 0.9, weight decay 5e-4, cosine learning rate).

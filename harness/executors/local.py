@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
 
+from harness.doctor import require_here
 from harness.errors import UserError
 from harness.executors._base import OnDone, local_accelerator
 from harness.executors._quiet import RayLog
@@ -41,6 +42,7 @@ class LocalExecutor:
         return float(os.cpu_count() or 1)
 
     def check(self, trial: Trial) -> None:
+        require_here(trial)
         if trial.resources.tpus or trial.resources.gpus > 1:
             raise UserError(f"resources: the local executor runs one trial on this host; it cannot give "
                             f"gpus={trial.resources.gpus}, tpus={trial.resources.tpus}")

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
 
+from harness.doctor import require_here
 from harness.errors import UserError
 from harness.executors._base import OnDone
 from harness.executors._quiet import RayLog
@@ -89,25 +90,28 @@ class RayExecutor:
         self.dashboard_url: str | None = None
         """The cluster's dashboard, when this executor joined one that has it."""
         self._owns = not ray.is_initialized()
+        self._on_this_host = False
+        """True for an embedded instance: trials run on this machine, whose devices can be checked here."""
         if self._owns:
             address = address or os.environ.get("RAY_ADDRESS")
             if address and address not in ("auto", "local"):
                 check_ray_address(address, connect_timeout_s)  # Ray hangs on an address that is not Ray
             embedded = not address or address == "local"
+            self._on_this_host = embedded
             if embedded:
                 loopback_only()  # the embedded instance listens on 127.0.0.1, not on every interface
-            before = descendants() if embedded else {}
+            # a killed driver takes the embedded instance along (Ray's agents outlive it by a minute)
+            self._reaper = reap_when_gone(exclude=descendants()) if embedded else None
             self.log.install()  # before ray.init: its notices (token authentication) go to the log too
             try:
-                context = ray.init(address=address, include_dashboard=False, configure_logging=False,
+                # "local" always starts a new instance: None would join a `ray start` cluster of this host
+                context = ray.init(address="local" if embedded else address, include_dashboard=False, configure_logging=False,
                                    log_to_driver=True, _node_ip_address="127.0.0.1" if not address else None)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 self.log.uninstall()
                 raise UserError(f"--address: cannot reach a Ray cluster at '{address}': "
                                 f"{' '.join(str(err).split())[:200]}") from None
             self.log.install()  # ray.init cleared the ray logger's handlers
-            started = {p: t for p, t in descendants().items() if before.get(p) != t} if embedded else {}
-            self._reaper = reap_when_gone(started)  # a killed driver takes the embedded instance along
             url = getattr(context, "dashboard_url", None)
             if address and url:
                 self.dashboard_url = url if "://" in url else f"http://{url}"
@@ -148,6 +152,8 @@ class RayExecutor:
         return sum(fits(n) for n in self._nodes()) + sum(fits(shape) * count for shape, count in self._scalable())
 
     def check(self, trial: Trial) -> None:
+        if self._on_this_host:
+            require_here(trial)
         if self._slots(trial) < 1:
             shapes = [*self._nodes(), *(shape for shape, _ in self._scalable())]
             have = "; ".join(", ".join(f"{k}={v:g}" for k, v in n.items() if k in ("CPU", "GPU", "TPU")) for n in shapes)

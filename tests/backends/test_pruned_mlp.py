@@ -107,6 +107,24 @@ def test_sgd_training_agrees_between_torch_and_jax(operator):
     assert np.array_equal(runs["torch"][2], runs["jax"][2])
 
 
+def test_a_compiled_pass_of_steps_spanning_epochs_agrees_between_torch_and_jax():
+    """``compile(..., steps)`` and a stream of 6 minibatches over 2.5 epochs of 20 examples (hard pruning)."""
+    config = PrunedMLPConfig(sizes=SIZES, operator="hard", keep=0.2)
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((20, 12)), rng.integers(0, 3, 20)
+    stream = np.concatenate([rng.permutation(20)[:16] for _ in range(3)])  # 2 batches of 8 an epoch, 6 in all
+    runs = {}
+    for name in BACKENDS:
+        ops = backends.get(name).ops
+        trainer = ops.pruned_mlp_trainer(config, ops.pruned_mlp_init(config, 5, "cpu", "float64"), 0.1)
+        xb, yb = arr(name, x), arr(name, y, None)
+        trainer.compile(xb, yb, 8, 6)
+        runs[name] = (trainer.fit_epoch(xb, yb, stream, 8), trainer.weights())
+    assert_close(runs["torch"][0], runs["jax"][0], rtol=1e-9)
+    for a, b in zip(runs["torch"][1], runs["jax"][1]):
+        assert_close(a, b, atol=1e-12)
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="operator='soft' is unknown; allowed: dense, hard, relaxed"):
         PrunedMLPConfig(operator="soft")

@@ -105,11 +105,12 @@ def test_ray_log_keeps_lines_until_its_file_opens_and_verbose_leaves_ray_printin
     from harness.executors import RayLog
 
     original = ray_worker.print_to_stdstream
+    notice = {"lines": ["A worker died"], "pid": "raylet", "is_err": False}
     log = RayLog()
     log.install()
     try:
         logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
-        ray_worker.print_to_stdstream({"lines": ["A worker died"], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        ray_worker.print_to_stdstream(notice, ignore_prefix=False)
         assert not list(tmp_path.iterdir())  # nothing written before the runner names the file
         path = log.open(str(tmp_path / "_logs"))
         logging.getLogger("ray").info("Started a local Ray instance.")
@@ -122,5 +123,5 @@ def test_ray_log_keeps_lines_until_its_file_opens_and_verbose_leaves_ray_printin
     verbose = RayLog(verbose=True)
     verbose.install()
     assert not verbose.installed and verbose.open(str(tmp_path / "v")) is None and not (tmp_path / "v").exists()
-    ray_worker.print_to_stdstream({"lines": ["A worker died"], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    ray_worker.print_to_stdstream(notice, ignore_prefix=False)
     assert "A worker died" in capsys.readouterr().out

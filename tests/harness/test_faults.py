@@ -185,6 +185,10 @@ def test_a_damaged_page_is_quarantined_and_its_trial_runs_again(tmp_path, record
     assert listed.returncode == 0, listed.stderr
     assert victim.name in listed.stderr and "Traceback" not in listed.stderr
     assert victim.exists()  # compare reads only: it names the file and goes on
+    report = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(out)], capture_output=True,
+                            text=True, env=ENV, timeout=240)
+    assert report.returncode == 0, report.stderr
+    assert victim.name in report.stderr and "Traceback" not in report.stderr
 
     start = time.monotonic()
     again = local_run(spec, out)

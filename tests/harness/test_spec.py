@@ -82,3 +82,128 @@ def test_yaml_floats_and_fractions_parse_as_floats(tmp_path):
     values = sorted(t.params["sleep_s"] for t in expand(sweep, workload, device="cpu"))
     assert values == [1e-4, 4 / 3, 2.0]
     assert all(isinstance(v, float) for v in values)
+
+
+# --- hardening (issue 16) --------------------------------------------------------------------------------
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+from harness.errors import MAX_MESSAGE_CHARS  # noqa: E402
+from harness.lock import RunLock  # noqa: E402
+from harness.paths import check_name, check_out  # noqa: E402
+from harness.spec import check_document  # noqa: E402
+
+PROBE = "name: p\nworkload: harness_probe\nbackends: [torch, jax]\ngrid: {mode: noop, index: [0, 1]}\n"
+
+
+@pytest.mark.parametrize("name", ["a", "A1", "sweep-1.b_c", "9", "x" * 100])
+def test_safe_names_pass(name):
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", ".x", "_x", "-x", "a/b", "a\\b", "a b", "a\n", "x" * 101, "é", None, 3])
+def test_unsafe_names_are_refused(name):
+    with pytest.raises(UserError, match="name: must be 1 to 100 characters"):
+        check_name(name)
+
+
+def test_a_huge_grid_is_counted_not_expanded_and_refused_in_under_a_second(tmp_path):
+    axis = "[" + ", ".join(str(i) for i in range(1000)) + "]"
+    path = write(tmp_path, f"name: g\nworkload: harness_probe\nbackends: [torch]\n"
+                           f"grid: {{mode: sleep, index: {axis}, sleep_s: {axis}}}\nrepeats: 1000\n")
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"asks for 1e\+09 trials"):
+        load_specs(path)
+    assert time.monotonic() - start < 1.0
+
+
+def test_max_trials_is_the_bound_for_the_whole_file(tmp_path):
+    path = write(tmp_path, PROBE + "---\n" + PROBE.replace("name: p", "name: q"))
+    assert len(load_specs(path, max_trials=8)) == 2
+    with pytest.raises(UserError, match="sweep q asks for 4 trials .*; 3 are left of the file's limit"):
+        load_specs(path, max_trials=7)
+
+
+def test_an_alias_bomb_is_refused_in_under_a_second(tmp_path):
+    lines = ["a0: &a0 [0, 0, 0, 0, 0, 0, 0, 0, 0]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = write(tmp_path, "\n".join(lines) + "\nname: b\nworkload: harness_probe\nbackends: [torch]\n"
+                                              "grid: {mode: noop, index: *a8}\n")
+    start = time.monotonic()
+    with pytest.raises(UserError, match="more than 100000 values once YAML aliases are expanded"):
+        load_specs(path)
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize("value, fits", [(2**63 - 1, True), (2**63, False), (-(2**63), True), (-(2**63) - 1, False)])
+def test_integers_must_fit_the_stores_64_bits(value, fits):
+    doc = {"grid": {"index": [0, value]}}
+    if fits:
+        assert check_document(doc) == 7  # the document, two keys, a mapping, a list, two integers
+    else:
+        with pytest.raises(UserError, match=r"grid.index\[1\]: .* does not fit in 64 bits"):
+            check_document(doc)
+
+
+def test_a_value_shown_in_an_error_is_cut_short(tmp_path):
+    path = write(tmp_path, PROBE.replace("mode: noop", "mode: " + "z" * 50_000))
+    with pytest.raises(UserError) as info:
+        load_specs(path)
+    assert len(str(info.value)) <= MAX_MESSAGE_CHARS and "\n" not in str(info.value)
+
+
+def test_a_store_path_outside_out_is_refused(tmp_path):
+    from results.store import Store
+
+    store = Store(str(tmp_path / "out"))
+    with pytest.raises(UserError, match="lies outside the results folder"):
+        store._dir("..", "harness_probe")
+    with pytest.raises(UserError, match="lies outside the results folder"):
+        store.remove_temporary("../..")
+    assert store._dir("s", "w").endswith("/out/s/w")
+
+
+@pytest.mark.parametrize("make, out, says", [
+    (lambda p: (p / "f").write_text("x"), "f", "exists and is not a folder"),
+    (lambda p: (p / "f").write_text("x"), "f/sub/deeper", "is a file, not a folder"),
+    (lambda p: None, "nosuch://bucket/x", "pyarrow cannot open"),
+    (lambda p: None, "o" * 256, "longer than 255 bytes"),
+])
+def test_a_bad_out_is_refused_without_writing(tmp_path, make, out, says):
+    make(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    target = out if "://" in out else str(tmp_path / out)
+    with pytest.raises(UserError, match=says):
+        check_out(target)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_is_refused(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="read-only or no permission"):
+            check_out(str(tmp_path / "out"))
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_a_held_lock_refuses_a_second_holder_naming_host_and_pid(tmp_path):
+    out = str(tmp_path / "out")
+    with RunLock(out):
+        with pytest.raises(UserError, match=rf"is in use by another run \(pid {os.getpid()} on host "):
+            RunLock(out).acquire()
+    assert not os.path.exists(os.path.join(out, ".lock"))
+    with RunLock(out):  # released: free again
+        pass
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lock").write_text('{"host": "gone", "pid": 999999, "since": "2020-01-01T00:00:00+00:00"}')
+    with caplog.at_level(logging.WARNING, logger="deeperbench.lock"), RunLock(str(out)):
+        assert str(os.getpid()) in (out / ".lock").read_text()
+    assert "taking over the lock of a run that is no longer running (pid 999999 on host gone" in caplog.text

@@ -103,6 +103,14 @@ def test_bytes_take_binary_prefixes_and_rates_per_second():
     assert lines(fig)[0].y[0] == pytest.approx(5e9 / 2**30, rel=1e-4)
 
 
+def test_labels_drawn_together_never_share_a_colour_even_past_the_palette():
+    styles = plots.Styles()
+    for i in range(len(plots.PALETTE) - 1):
+        styles.color(f"earlier {i}")
+    together = styles.colors(["earlier 0", "new a", "new b"])
+    assert len(set(together.values())) == 3 and together["earlier 0"] == styles.color("earlier 0")
+
+
 def test_units_use_si_prefixes_and_dimensionless_values_powers_of_ten_never_billions():
     rows = table(sweep({("torch", ("n", 64)): 5e9, ("torch", ("n", 128)): 9e10}, "flop_per_s"))
     fig = plots.draw(Figure("f", "flop_per_s", x="p_n", log_y=True), rows, [FLOPS])
@@ -139,7 +147,7 @@ def test_facets_draw_one_panel_per_value_and_list_each_line_once():
     assert {t.xaxis for t in lines(fig)} == {"x", "x2"}
     assert [a.text for a in fig.layout.annotations][:2] == ["bf16", "f32"]
     assert len(lines(fig)) == 4 and legend(fig) == ["torch", "jax"]
-    assert "wide" in plots.embed(fig)
+    assert "span2" in plots.embed(fig)  # two panels take two columns of the report's grid
 
 
 def test_where_keeps_the_matching_rows_only():

@@ -27,7 +27,7 @@ def _trial(backend: str, **params) -> Trial:
 def table() -> pd.DataFrame:
     runs = [(backend, WL.Params(model=model, depth=depth, **SMALL), 0) for backend in ("torch", "jax")
             for model in ("resnet", "momentum_reversible", "adjoint_euler") for depth in (2, 16)]
-    runs += [("torch", WL.Params(model=model, depth=2, **SMALL | {"batch": batch}), 0)
+    runs += [("torch", WL.Params(model=model, depth=16, **SMALL | {"batch": batch}), 0)
              for model in ("resnet", "momentum_reversible") for batch in (2, 32)]
     return run_rows(WL, runs)
 
@@ -93,6 +93,9 @@ def test_checks_are_too_small_to_decide_on_a_small_run(table):
     assert all(verdicts[name] == "too small to decide" for name in FLAT + EXACT), verdicts
     two_batches = _verdicts(table[table["p_batch"] != 32])
     assert two_batches[BATCH] == "too small to decide", two_batches
+    shallow_batches = table[(table["p_depth"] == 16) | (table["p_batch"] == 8)].copy()
+    shallow_batches.loc[shallow_batches["p_depth"] == 16, "p_depth"] = 8  # the batch sweep at depth 8
+    assert _verdicts(shallow_batches)[BATCH] == "too small to decide"
     check = next(c for c in WL.checks(shallow) if c.name.startswith(FLAT[0]))
     assert "depths span 4x < 8x" in check.note and "B/layer" in check.measured
 
@@ -109,7 +112,8 @@ def test_figures_are_declared_and_draw_from_the_rows(table):
     drawn = {f.thesis or f.title: draw(f, table, WL.metrics) for f in WL.figures}
     assert all(fig is not None and fig.data for fig in drawn.values()), drawn
     assert drawn["Fig. 4.2"].layout.title.text.startswith("Fig. 4.2")
-    assert {tr.name for tr in drawn["Fig. 4.2"].data} >= {"resnet", "momentum_reversible"}
+    names = [tr.name for tr in drawn["Fig. 4.2"].data]
+    assert any(n.startswith("resnet") for n in names) and any(n.startswith("momentum_reversible") for n in names)
     assert {s.figure for s in WL.settings} == {"Fig. 4.2", "Fig. 4.7 (upper)"}
 
 
