@@ -7,6 +7,12 @@ k = ceil(n * capacity_factor / experts) tokens by a top-k over the softmax gates
 ``(config, moe, seed)`` gives the same weights in ``backends/torch/moe.py`` and ``backends/jax/moe.py``.
 Framework-free on purpose.
 
+``dispatch="sparse"`` (the default) runs each expert only on the tokens its mask selects (gather, run,
+scatter-add the gate-weighted results); ``"dense"`` runs every expert on every token and lets the
+combine weights zero the rest. Both give the same outputs and gradients (to rounding) whenever the
+mask's Jacobian vanishes where the mask is exactly zero: always for the hard router, for the
+relaxed one at its zeros (``topk_mask``'s closed form; unrolled Dykstra keeps exact zeros there).
+
 References:
     Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7.
 """
@@ -23,6 +29,7 @@ from .vit_init import ViTConfig, init_params
 
 ROUTERS = ("hard", "relaxed")
 SOLVERS = ("threshold", "pav", "dykstra")
+DISPATCHES = ("sparse", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +40,7 @@ class MoEConfig:
     ``relaxed`` uses the chapter's ``topk_mask`` with ``p``, ``lam`` and ``solver``. With
     ``solver="dykstra"`` the selection runs exactly ``max_iter`` Dykstra iterations and is
     differentiated by unrolling them; ``threshold``/``pav`` are exact with the closed-form Jacobian.
+    ``dispatch`` chooses how the experts run (see the module docstring); it never changes the result.
     """
 
     experts: int = 4
@@ -43,6 +51,7 @@ class MoEConfig:
     p: float = 2.0
     solver: str = "dykstra"
     max_iter: int = 10
+    dispatch: str = "sparse"
 
     def __post_init__(self) -> None:
         for field in ("experts", "every", "max_iter"):
@@ -55,6 +64,8 @@ class MoEConfig:
             raise ValueError(f"MoEConfig.router={self.router!r}: allowed {', '.join(ROUTERS)}")
         if self.solver not in SOLVERS:
             raise ValueError(f"MoEConfig.solver={self.solver!r}: allowed {', '.join(SOLVERS)}")
+        if self.dispatch not in DISPATCHES:
+            raise ValueError(f"MoEConfig.dispatch={self.dispatch!r}: allowed {', '.join(DISPATCHES)}")
         if not self.lam > 0:
             raise ValueError(f"MoEConfig.lam={self.lam!r}: expected > 0")
         if self.p not in (2.0, 4.0 / 3.0):
@@ -65,6 +76,18 @@ class MoEConfig:
     def capacity(self, n: int) -> int:
         """k = ceil(n * capacity_factor / experts), clipped to [1, n]: the tokens each expert takes."""
         return max(1, min(n, math.ceil(n * self.capacity_factor / self.experts - 1e-9)))
+
+    def dispatch_ladder(self, n: int) -> tuple[int, ...]:
+        """Static per-expert row counts a traced (JAX) sparse dispatch may pick from: k, 2k, 4k, ..., n.
+
+        The hard router always uses k; a relaxed mask uses the smallest entry at least as large as
+        its widest row's number of non-zeros, so at most twice the rows it needs.
+        """
+        k = self.capacity(n)
+        ladder = [k]
+        while ladder[-1] < n:
+            ladder.append(min(n, 2 * ladder[-1]))
+        return tuple(ladder)
 
     def is_moe(self, layer: int) -> bool:
         """Whether block ``layer`` (0-based) holds an MoE layer instead of a dense MLP."""

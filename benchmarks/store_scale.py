@@ -1,8 +1,8 @@
 """The results store at scale: 10^3, 10^4 and 10^5 synthetic one-row trials, loose and compacted.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/store_scale.py [--sizes 1000 10000 100000]
-[--loose-max 10000]``. Each trial is a ``harness_probe`` no-op (one ``trial_s`` row; half on torch,
-half on jax) whose rows come from the store's own ``trial_table``; a loose folder holds one file per
+[--loose-max 10000]``. Each trial is a ``harness_probe`` no-op (one ``trial_s`` row; 50 values of
+``index`` on torch and jax, repeated up to the size) whose rows come from the store's own ``trial_table``; a loose folder holds one file per
 trial written as ``Store.write`` writes it, and ``deeperbench compact`` then merges it. Sizes above
 ``--loose-max`` are written compacted only (one generation, the file compaction would write),
 since writing 10^5 loose files takes longer than reading them. Times, in seconds: the resume scan
@@ -35,15 +35,19 @@ from results.store import LOOSE_WRITE, Store, trial_table
 SWEEP = "scale"
 PROBE = workloads.get("harness_probe")
 DISTINCT = 10_000
-"""Trials built one by one with ``trial_table``; larger sizes repeat them under new keys and indices."""
+"""Trials built one by one with ``trial_table``; larger sizes repeat them under new keys and repeats."""
+CONFIGS = 100
+"""Distinct (parameters, backend) points: 50 values of ``index`` on torch and on jax; the rest are repeats."""
 STEPS = ("statuses", "read", "report", "compare")
 
 
-def trial(index: int, backend: str) -> Trial:
-    params = PROBE.Params(index=index).model_dump(mode="json")
-    key = trial_key(PROBE.name, PROBE.version, backend, "cpu", params, 0)
+def trial(i: int) -> Trial:
+    """Trial ``i`` of a sweep of CONFIGS parameter points x 2 backends, repeated."""
+    params = PROBE.Params(index=i // 2 % (CONFIGS // 2)).model_dump(mode="json")
+    backend, repeat = ("torch", "jax")[i % 2], i // CONFIGS
+    key = trial_key(PROBE.name, PROBE.version, backend, "cpu", params, repeat)
     return Trial(key=key, sweep=SWEEP, workload=PROBE.name, version=PROBE.version, backend=backend, device="cpu",
-                 params=params, repeat=0, seed=0, timeout_s=60.0, num_cpus=1.0, resources=Resources(),
+                 params=params, repeat=repeat, seed=repeat, timeout_s=60.0, num_cpus=1.0, resources=Resources(),
                  isolation="actor")
 
 
@@ -54,16 +58,17 @@ def rows(n: int) -> pa.Table:
     for i in range(min(n, DISTINCT)):
         outcome = Outcome("ok", [Record("trial_s", 1e-3 * (1 + i % 7), sample=0)], now, 0.01, "host", None, None,
                           {"git_sha": "0" * 40})
-        tables.append(trial_table(trial(i // 2, ("torch", "jax")[i % 2]), outcome, "run"))
+        tables.append(trial_table(trial(i), outcome, "run"))
     base = pa.concat_tables(tables)
     if n <= DISTINCT:
         return base
     copies = []
     for c in range(math.ceil(n / DISTINCT)):
         t = base.slice(0, min(DISTINCT, n - c * DISTINCT))
-        index = pc.add(t["p_index"], c * DISTINCT // 2)
+        repeat = pc.add(t["repeat"], c * DISTINCT // CONFIGS)
         keys = pa.array([f"{c:04x}{k[4:]}" for k in t["trial_key"].to_pylist()])
-        t = t.set_column(t.schema.get_field_index("p_index"), "p_index", index)
+        for name in ("repeat", "seed"):
+            t = t.set_column(t.schema.get_field_index(name), name, repeat)
         copies.append(t.set_column(t.schema.get_field_index("trial_key"), "trial_key", keys))
     return pa.concat_tables(copies)
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # pandas is imported by the report, not by every trial that i
 
 Verdict = Literal["holds", "does not hold", "not measured", "too small to decide"]
 VERDICTS: tuple[Verdict, ...] = ("holds", "does not hold", "too small to decide", "not measured")
+UNDECIDED: Literal["too small to decide"] = "too small to decide"
+"""What a test returns instead of True or False when its confidence interval contains the claim's threshold."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +47,9 @@ class Check:
 Need = Callable[["pd.DataFrame"], "str | None"]
 """What a claim needs of its rows: returns the shortfall in words, or None when the rows suffice."""
 
-Test = Callable[["pd.DataFrame"], "tuple[bool | None, str]"]
-"""A claim's test on its rows: (holds, measured in words); holds is None when it cannot be computed."""
+Test = Callable[["pd.DataFrame"], "tuple[bool | None | Literal['too small to decide'], str]"]
+"""A claim's test on its rows: (outcome, measured in words); the outcome is None when it cannot be computed,
+``UNDECIDED`` when an interval it tests contains the threshold."""
 
 
 def decide(name: str, claim: str, rows: pd.DataFrame, test: Test, *, needs: Iterable[Need] = (),
@@ -54,7 +57,8 @@ def decide(name: str, claim: str, rows: pd.DataFrame, test: Test, *, needs: Iter
     """The check of ``claim`` on ``rows``: not measured, too small to decide, holds or does not hold.
 
     The test still runs on a run that is too small, so the report shows what was measured beside
-    the reason no verdict is given.
+    the reason no verdict is given. A test whose interval contains the claim's threshold
+    (``UNDECIDED``) is too small to decide too: more seeds would tell.
     """
     if rows.empty:
         return Check(name, claim, "not measured", missing, figure, note)
@@ -65,6 +69,9 @@ def decide(name: str, claim: str, rows: pd.DataFrame, test: Test, *, needs: Iter
         return Check(name, claim, "too small to decide", measured, figure, "; ".join(filter(None, [reason, note])))
     if holds is None:
         return Check(name, claim, "not measured", measured, figure, note)
+    if holds == UNDECIDED:
+        reason = "too small: the 95% interval contains the claim's threshold (more seeds would decide)"
+        return Check(name, claim, UNDECIDED, measured, figure, "; ".join(filter(None, [reason, note])))
     return Check(name, claim, "holds" if holds else "does not hold", measured, figure, note)
 
 
@@ -108,6 +115,14 @@ def span(column: str, factor: float, what: str) -> Need:
     return need
 
 
+def device_in(kinds: Sequence[str], what: str) -> Need:
+    """Every trial ran on a device of one of ``kinds`` (e.g. a speed claim made for accelerators)."""
+    def need(rows: pd.DataFrame) -> str | None:
+        found = set(_distinct(rows, "device_kind"))
+        return None if found and found <= set(kinds) else f"ran on {', '.join(sorted(found)) or 'no device'}; the claim needs {what}"
+    return need
+
+
 @dataclasses.dataclass(frozen=True)
 class Interval:
     """The mean of paired differences with a bootstrap confidence interval."""
@@ -126,10 +141,23 @@ class Interval:
         """The whole interval lies below ``threshold``."""
         return self.high < threshold
 
+    def side(self, claim: Literal["above", "below"], threshold: float = 0.0) -> bool | Literal["too small to decide"]:
+        """True when the whole interval lies on the claimed side of ``threshold``, False when it lies wholly on
+        the other side, ``UNDECIDED`` when it contains the threshold."""
+        on_claimed = self.above(threshold) if claim == "above" else self.below(threshold)
+        on_other = self.below(threshold) if claim == "above" else self.above(threshold)
+        return True if on_claimed else False if on_other else UNDECIDED
+
     def text(self, fmt: str = "+.3g") -> str:
         """E.g. ``+0.012 [+0.004, +0.020] (95% CI, 5 pairs)``."""
         return (f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}] "
                 f"({self.confidence:.0%} CI, {self.n} pair{'s' if self.n != 1 else ''})")
+
+
+def all_hold(outcomes: Iterable[bool | Literal["too small to decide"]]) -> bool | Literal["too small to decide"]:
+    """Several outcomes as one: False if any is False, ``UNDECIDED`` if any is undecided, else True."""
+    seen = list(outcomes)
+    return False if False in seen else UNDECIDED if UNDECIDED in seen else True
 
 
 def paired_interval(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95,
@@ -160,5 +188,5 @@ def pairs(rows: pd.DataFrame, column: str, first: object, second: object, *, on:
     return a.merge(b, on=keys)
 
 
-__all__ = ["VERDICTS", "Check", "Interval", "Need", "Test", "Verdict", "at_least", "decide", "distinct",
+__all__ = ["UNDECIDED", "VERDICTS", "Check", "all_hold", "Interval", "Need", "Test", "Verdict", "at_least", "decide", "device_in", "distinct",
            "paired_interval", "pairs", "seeds", "span"]

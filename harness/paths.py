@@ -48,13 +48,9 @@ def check_out(out: str) -> None:
     if "\x00" in out:
         raise UserError("--out: contains a NUL character")
     if "://" in out and not out.startswith("file://"):
-        import pyarrow as pa
-        import pyarrow.fs as pafs
+        from results.store import check_remote  # known scheme, existing bucket, endpoint answering
 
-        try:
-            pafs.FileSystem.from_uri(out)
-        except (pa.ArrowException, ValueError, OSError, TypeError) as err:
-            raise UserError(f"--out: pyarrow cannot open '{out}': {err}") from None
+        check_remote(out)
         return
     local = os.path.abspath(out.removeprefix("file://"))
     if len(os.fsencode(local)) > PATH_MAX_BYTES:

@@ -69,9 +69,11 @@ def _speaks_grpc(host: str, port: int, address: str, deadline: float) -> None:
         raise UserError(f"--address: at '{address}' {_describe(reply)}")
 
 
-def _is_gcs(address: str, host: str, port: int, deadline: float) -> None:
+def _is_gcs(address: str, host: str, port: int, timeout_s: float) -> None:
     import grpc
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s  # after the imports, which a loaded host may take seconds over
 
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with grpc.insecure_channel(target) as channel:
@@ -87,18 +89,19 @@ def _is_gcs(address: str, host: str, port: int, deadline: float) -> None:
             raise UserError(f"--address: no Ray GCS answers at '{address}' (gRPC {code.name})") from None
 
 
-def check_ray_address(address: str, timeout_s: float = 3.0) -> None:
+def check_ray_address(address: str, timeout_s: float = 2.0) -> None:
     """Return when a Ray GCS (or, for ``ray://``, a gRPC server) answers at ``address``; else UserError.
 
     Args:
       address: ``HOST:PORT`` of a GCS, or ``ray://HOST:PORT`` of a Ray Client server.
-      timeout_s: the whole probe's budget, in seconds; a port that refuses is retried until then.
+      timeout_s: the budget, in seconds, of each step (connect and handshake, then the GCS call); a port
+        that refuses is retried until then.
     """
     host, port = split_address(address)
     deadline = time.monotonic() + timeout_s
     _speaks_grpc(host, port, address, deadline)
     if not address.startswith("ray://"):
-        _is_gcs(address, host, port, deadline)
+        _is_gcs(address, host, port, timeout_s)
 
 
 def loopback_only() -> None:

@@ -290,18 +290,15 @@ class _BoundedLoader(_Base):  # type: ignore[misc,valid-type]
         return super().construct_object(node, deep)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        """A mapping, refusing a key given twice (PyYAML would keep the last one silently)."""
+        """A mapping, refusing a scalar key given twice (PyYAML would keep the last one silently)."""
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise UserError(f"spec: key {shown(key_node.value)} is given twice in one mapping "
+                                    f"(line {key_node.start_mark.line + 1})")
                 seen.add(key)
-            except TypeError:
-                continue  # unhashable: the base class says so
-            if duplicate:
-                raise UserError(f"spec: key {shown(key)} is given twice in one mapping "
-                                f"(line {key_node.start_mark.line + 1})")
         return super().construct_mapping(node, deep)
 
 

@@ -29,7 +29,9 @@ def style(fig: go.Figure, decl: Figure, summary: pd.DataFrame, unit: str, scale:
     _value_axis(fig, summary, unit, scale, decl.log_y)
     _x_axis(fig, summary[decl.x], decl.log_x)
     if decl.log_y and fig.layout.yaxis.tickvals is None:
-        fig.update_yaxes(tickvals=_log_ticks(summary[["median", "q25", "q75"]].to_numpy(dtype=float)))
+        values = summary[["median", "q25", "q75"]].to_numpy(dtype=float)
+        ticks = _log_ticks(values)
+        fig.update_yaxes(tickvals=ticks) if ticks else fig.update_yaxes(dtick=_decades(values))
     fig.update_xaxes(title_text=decl.x_title or column_text(decl.x), title_standoff=4,
                      **({"row": n_rows} if decl.facet else {}))
     fig.update_yaxes(title_text=_y_title(decl, unit_text, scale), **({"col": 1} if decl.facet else {}))
@@ -97,17 +99,26 @@ def _log_ticks(values: np.ndarray) -> list[float] | None:
     return inside if len(inside) >= 2 else None
 
 
+def _decades(values: np.ndarray) -> int:
+    """A log axis' tick step in decades: a label every power of ten, fewer past six decades (no 2s and 5s)."""
+    values = values[np.isfinite(values) & (values > 0)]
+    span = np.log10(values.max() / values.min()) if values.size else 1.0
+    return max(1, math.ceil(span / 6))
+
+
 def _x_axis(fig: go.Figure, x: pd.Series, log: bool) -> None:
-    """Integer axes get integer ticks: at each value when there are few, else whole numbers only."""
+    """Integer axes get integer ticks: at each value when there are few, else whole numbers only; log axes
+    a label per power of ten."""
     if x.dtype == object or x.dtype == bool or not pd.api.types.is_numeric_dtype(x):
         fig.update_xaxes(type="category" if not log else None)
         return
     values = np.sort(x.dropna().unique().astype(float))
-    if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
-        return
-    if len(values) <= 10:
+    integral = np.all(np.isfinite(values)) and np.all(values == np.round(values))
+    if integral and len(values) <= 10:
         fig.update_xaxes(tickmode="array", tickvals=values.tolist(), ticktext=[_int_text(v) for v in values])
-    elif not log:
+    elif log:
+        fig.update_xaxes(dtick=_decades(values))
+    elif integral:
         fig.update_xaxes(tickformat="d", dtick=max(1, math.ceil((values[-1] - values[0]) / 10)))
 
 

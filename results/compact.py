@@ -57,10 +57,9 @@ def compact_group(store: Store, directory: str, group: Group) -> Merged | None:
     if name not in workloads.REGISTRY:
         log.warning("left %s as it is: workload '%s' is not registered here", directory, name)
         return None
-    loose = store._readable(group.loose, whole=True)  # unreadable files stay: the next run quarantines them
+    table, loose = store.rows({directory: group}, full_schema())  # unreadable files stay: a run quarantines them
     if not loose and len(group.compacted) <= 1:
         return None
-    table = store.rows({directory: Group(loose, group.compacted)}, full_schema())
     if not table.num_rows:
         return None
     table = table.sort_by([("trial_key", "ascending")])

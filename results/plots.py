@@ -35,11 +35,8 @@ BACKEND_STYLES = ({"dash": "solid", "symbol": "circle", "size": 7, "pattern": ""
 _KNOWN_BACKENDS = ("torch", "jax")
 _PANEL_HEIGHT_PX = 210
 _TITLE_PX = 30
-_LEGEND_PX = 420
-_MODEBAR_REMOVED = ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d", "toggleSpikelines",
-                    "hoverClosestCartesian", "hoverCompareCartesian"]
-"""Kept: download, zoom, pan, reset; fewer buttons cover less of a title."""
-_FACET_COLUMNS = 3
+_LEGEND_PX = 310
+_FACET_COLUMNS = 4
 _TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="system-ui, sans-serif", size=12), plot_bgcolor="white", paper_bgcolor="white",
     xaxis=dict(showline=True, linecolor="#444", gridcolor="#eee", zeroline=False, ticks="outside"),
@@ -137,7 +134,8 @@ def embed(fig: go.Figure) -> str:
     """The figure as an HTML fragment for the report's grid (plotly.js is included once, by the page).
 
     The title becomes HTML above the plot, where it wraps to the cell's width (plotly clips titles of
-    several lines); a figure with several panels spans the grid's whole width.
+    several lines); a figure with several panels spans as many grid columns (at most four). No mode
+    bar, which would cover the panel titles of a small figure: dragging zooms, a double click resets.
     """
     panels = sum(1 for key in fig.layout if key.startswith("xaxis"))
     wide = f" span{min(panels, _FACET_COLUMNS)}" if panels > 1 else ""
@@ -147,7 +145,7 @@ def embed(fig: go.Figure) -> str:
     shown.update_layout(title_text=None, margin_t=top, height=(fig.layout.height or 450) - _TITLE_PX + top)
     return (f"<div class='fig{wide}'><div class=figtitle>{html.escape(title)}</div>" + shown.to_html(
         full_html=False, include_plotlyjs=False, default_width="100%", default_height=f"{shown.layout.height}px",
-        config={"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": _MODEBAR_REMOVED}) + "</div>")
+        config={"displayModeBar": False, "responsive": True}) + "</div>")
 
 
 def _has_color(trace: Any) -> bool:
@@ -220,7 +218,8 @@ def _draw_declared(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric],
 
 def sort_key(value: Any) -> tuple:
     """Numbers before strings, each in their natural order (for facets, x categories, lists of values)."""
-    return (0, value, "") if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else (1, 0, str(value))
+    number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+    return (0, value, "") if number else (1, 0, str(value))
 
 
 def _value_text(column: str | None, value: Any) -> str:
@@ -243,7 +242,8 @@ def _label_columns(summary: pd.DataFrame, decl: Figure) -> list[str]:
     it; such columns join the label, so no two configurations share a line.
     """
     label = list(decl.series) + (["metric"] if len(decl.metrics) > 1 and decl.kind != "box" else [])
-    fixed = label + ["backend", decl.x] + ([decl.facet] if decl.facet else []) + (["metric"] if decl.kind == "box" else [])
+    fixed = (label + ["backend", decl.x] + ([decl.facet] if decl.facet else [])
+             + (["metric"] if decl.kind == "box" else []))
     candidates = (["device_name"] + sorted(c for c in summary.columns if c.startswith("p_")) + ["tag"]
                   + (["step"] if decl.by_step and decl.x != "step" else []))
     extra: list[str] = []
@@ -285,7 +285,8 @@ def _traces(panel: pd.DataFrame, decl: Figure, labels: list[str], styles: Styles
         group = group.sort_values(decl.x, key=lambda s: s.map(sort_key))
         y, lo, hi = (_round(group[c]) for c in ("median", "q25", "q75"))
         error = dict(type="data", symmetric=False, array=hi - y, arrayminus=y - lo, color=color, thickness=1.2, width=3)
-        hover = f"{name}<br>{axes.column_text(decl.x)}=%{{x}}<br>median %{{y}} [IQR %{{customdata[0]:.4g}} - %{{customdata[1]:.4g}}]<br>n=%{{customdata[2]}}<extra></extra>"
+        hover = (f"{name}<br>{axes.column_text(decl.x)}=%{{x}}<br>median %{{y}} "
+                 "[IQR %{customdata[0]:.4g} - %{customdata[1]:.4g}]<br>n=%{customdata[2]}<extra></extra>")
         common = dict(x=group[decl.x].tolist(), y=y, error_y=error, name=name, legendgroup=label or name,
                       showlegend=False, customdata=np.column_stack([lo, hi, group["n"]]), hovertemplate=hover)
         if decl.kind == "bar":

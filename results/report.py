@@ -35,18 +35,21 @@ BAD_STATUSES = ("failed", "crashed", "oom", "timeout")
 _SUMMARY_ROWS = 300
 _VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "too small to decide": "small", "not measured": "na",
                   "error": "fails"}
-_CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;padding:0 16px;max-width:1360px;font-size:14px;color:#222}
+_CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;padding:0 16px;max-width:1360px;font-size:14px}
 h1{font-size:22px;margin:12px 0 2px}h2{font-size:18px;border-bottom:2px solid #333;margin:28px 0 8px}
 h3{font-size:15px;margin:14px 0 6px}p{margin:4px 0}nav{margin:4px 0 8px;line-height:1.7}nav a{margin-right:10px}
-table{border-collapse:collapse;font-size:12px;margin:4px 0}.checks{font-size:11.5px}td,th{border:1px solid #ccc;padding:2px 6px;
-text-align:left;vertical-align:top}th{background:#f3f3f3}.kv th{width:90px}
+table{border-collapse:collapse;font-size:12px;margin:4px 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;
+vertical-align:top}th{background:#f3f3f3}.kv th{width:90px}small{font-weight:normal;color:#666}
 .holds{color:#0a6b0a;font-weight:600}.fails{color:#b00;font-weight:700}.small{color:#a66b00;font-weight:600}
 .na{color:#777}.chip{display:inline-block;padding:1px 8px;margin-right:6px;border-radius:9px;background:#f3f3f3}
-.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:6px}.figs .span2{grid-column:span 2}.figs .span3{grid-column:1/-1}
-.figtitle{font-size:13px;font-weight:600;margin:6px 0 0 8px}
-.settings{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:0 12px;align-items:start}.settings table{width:100%}.doc p{max-width:960px}code{font-size:12px;background:#f5f5f5}
-details{margin:6px 0}summary{cursor:pointer;color:#245}pre{white-space:pre-wrap;font-size:11.5px;margin:4px 0}
-.verdicts,.checks{table-layout:fixed;width:100%}.verdicts td{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.verdicts td[rowspan]{white-space:normal}small{font-weight:normal;color:#666}"""
+.verdicts,.checks{table-layout:fixed;width:100%}.checks{font-size:11.5px}
+.verdicts td{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.verdicts td[rowspan]{white-space:normal}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:4px}
+.figs .span2{grid-column:span 2}.figs .span3{grid-column:span 3}.figs .span4{grid-column:1/-1}
+.figtitle{font-size:13px;font-weight:600;margin:6px 0 0 8px}.doc p{max-width:960px}
+.settings{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:0 12px;align-items:start}
+.settings table{width:100%}code{font-size:12px;background:#f5f5f5}details{margin:6px 0}
+summary{cursor:pointer;color:#245}pre{white-space:pre-wrap;font-size:11.5px;margin:4px 0}"""
 
 
 @dataclasses.dataclass
@@ -106,8 +109,8 @@ def render(df: pd.DataFrame, out: str) -> tuple[str, int]:
 
 def _thesis_order(name: str) -> tuple:
     """Workloads in the thesis' order (their first figure's chapter and number), those beyond it last."""
-    found = [tuple(int(n) for n in m.groups()) for f in (workloads.get(name).figures if name in workloads.REGISTRY else ())
-             if (m := re.search(r"(\d+)\.(\d+)", f.thesis))]
+    figures = workloads.get(name).figures if name in workloads.REGISTRY else ()
+    found = [tuple(int(n) for n in m.groups()) for f in figures if (m := re.search(r"(\d+)\.(\d+)", f.thesis))]
     return (min(found) if found else (999, 0), name)
 
 
@@ -260,9 +263,12 @@ def _setting_html(setting: Any, rows: pd.DataFrame) -> str:
             keep = list(value) if isinstance(value, (list, tuple, set)) else [value]
             ours_rows = ours_rows[ours_rows[column].isin(keep)]
     labels = list(dict.fromkeys([*setting.thesis, *setting.ours]))
-    body = "".join(f"<tr><th>{_esc(label)}</th><td>{_esc(setting.thesis.get(label, ''))}</td><td>"
-                   f"{_esc(_distinct_text(ours_rows[setting.ours[label]]) if setting.ours.get(label) in ours_rows else 'not recorded')}"
-                   f"</td></tr>" for label in labels)
+    def ours(label: str) -> str:
+        column = setting.ours.get(label)
+        return _distinct_text(ours_rows[column]) if column in ours_rows else "not recorded"
+
+    body = "".join(f"<tr><th>{_esc(label)}</th><td>{_esc(setting.thesis.get(label, ''))}</td>"
+                   f"<td>{_esc(ours(label))}</td></tr>" for label in labels)
     ours = "this run" if not ours_rows.empty else "this run (no trial has this setting)"
     return f"<table><tr><th>{_esc(setting.figure)}</th><th>thesis</th><th>{ours}</th></tr>{body}</table>"
 
@@ -311,7 +317,8 @@ def _summary_html(rows: pd.DataFrame, metrics: Any) -> str:
             + (["tag"] if summary["tag"].notna().any() else []) + ["median", "q25", "q75", "n", "unit"])
     shown = summary[cols].head(_SUMMARY_ROWS)
     head = "".join(f"<th>{_esc(c.removeprefix('p_'))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_number(v)}</td>" for v in r) + "</tr>" for r in shown.itertuples(index=False))
+    body = "".join("<tr>" + "".join(f"<td>{_number(v)}</td>" for v in r) + "</tr>"
+                   for r in shown.itertuples(index=False))
     more = (f"<p class=na>First {_SUMMARY_ROWS} of {len(summary)} rows; every row is in the Parquet store "
             "(<code>deeperbench compare</code>, pandas).</p>" if len(summary) > _SUMMARY_ROWS else "")
     return (f"<details><summary>Summary: median and IQR over repeats ({len(summary)} rows)</summary>"
@@ -338,7 +345,8 @@ def _unfinished_html(df: pd.DataFrame) -> str:
         for r in bad.itertuples():
             error = str(r.error or "").strip()
             first, _, rest = error.partition("\n")
-            full = f"<details><summary>{_esc(first)}</summary><pre>{_esc(rest)}</pre></details>" if rest else _esc(first)
+            full = (f"<details><summary>{_esc(first)}</summary><pre>{_esc(rest)}</pre></details>" if rest
+                    else _esc(first))
             rows.append(f"<tr><td>{_esc(r.workload)}</td><td>{_esc(r.sweep)}</td><td>{_esc(r.backend)}</td>"
                         f"<td>{_esc(r.device_kind)}</td><td>{_esc(_params_text(r.params))}</td>"
                         f"<td class=fails>{_esc(r.status)}</td><td>{full}</td></tr>")

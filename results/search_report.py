@@ -19,8 +19,8 @@ def search_html(df: pd.DataFrame, out: str, styles: plots.Styles | None = None) 
         return "", 0
     db = os.path.join(out, "optuna.db")
     if not os.path.exists(db):
-        return (f"<h2 id=searches>Searches</h2><p class=na>Trials of {', '.join(map(html.escape, studies))} are stored here, "
-                "but their study lives in another Optuna storage.</p>"), 0
+        return (f"<h2 id=searches>Searches</h2><p class=na>Trials of {', '.join(map(html.escape, studies))} are "
+                "stored here, but their study lives in another Optuna storage.</p>"), 0
     import optuna
     from optuna.trial import TrialState
 

@@ -19,7 +19,7 @@ import pydantic
 
 from backends import Backend
 from backends.ar_init import ARConfig, ar_sequences, augment
-from harness.checks import Check, decide, paired_interval, pairs, seeds
+from harness.checks import Check, all_hold, decide, paired_interval, pairs, seeds
 from harness.figures import Figure, Setting
 from harness.workload import Context, Float, Metric, Params as _Params, Record, Skip
 from results.aggregate import reduce_trials
@@ -197,10 +197,10 @@ figures = (
            x_title="depth L", y_title="epoch time"),
 )
 
-_OURS = {"training / test sequences": "p_n_train", "dimension d": "p_dim", "sequence length T": "p_length",
-         "depths L": "p_depth", "optimiser, lr": "p_lr", "batch": "p_batch", "epochs": "p_epochs", "seeds": "seed",
-         "backend": "backend", "device": "device_name"}
-_THESIS_SETTING = {"training / test sequences": "2^14 / 2^10", "dimension d": "d = 5",
+_OURS = {"training sequences": "p_n_train", "test sequences": "p_n_test", "dimension d": "p_dim",
+         "sequence length T": "p_length", "depths L": "p_depth", "optimiser, lr": "p_lr", "batch": "p_batch",
+         "epochs": "p_epochs", "seeds": "seed", "backend": "backend", "device": "device_name"}
+_THESIS_SETTING = {"training sequences": "2^14 = 16,384", "test sequences": "2^10 = 1,024", "dimension d": "d = 5",
                    "sequence length T": "T = 50", "depths L": "1 ... 6", "optimiser, lr": "Adam, 5e-3",
                    "batch": "1,024 (authors' code)", "epochs": "2,000 (32,000 Adam steps)", "seeds": "1 (not stated)",
                    "backend": "PyTorch", "device": "GPU (not stated)"}
@@ -240,7 +240,7 @@ def _per_trial(rows: pd.DataFrame) -> pd.DataFrame:
     return paired.assign(log_ratio=np.log10(paired["transformer"] / paired["gd"]))
 
 
-def _by_depth(trials: pd.DataFrame, test) -> tuple[bool | None, str]:
+def _by_depth(trials: pd.DataFrame, test) -> tuple[bool | str | None, str]:
     """``test(interval)`` at every depth; measured: the paired interval of log10(Transformer / GD) per depth."""
     if trials.empty:
         return None, "no trial recorded both the Transformer's and gradient descent's test MSE"
@@ -250,7 +250,7 @@ def _by_depth(trials: pd.DataFrame, test) -> tuple[bool | None, str]:
         verdicts.append(test(interval))
         parts.append(f"L={int(depth)}: log10(Transformer/GD) {interval.text('+.2f')}, medians Transformer "
                      f"{g['transformer'].median():.3g}, GD {g['gd'].median():.3g}, least squares {g['floor'].median():.3g}")
-    return all(verdicts), "; ".join(parts)
+    return all_hold(verdicts), "; ".join(parts)
 
 
 def _floor_reason(trials: pd.DataFrame) -> str:
@@ -269,13 +269,13 @@ _CLAIMS = (
     ("the first layers, linear attention", "Fig. 6.5", False, lambda d: d <= 2,
      "even though the first Transformer layers are competitive with gradient descent: for L <= 2 the linear-attention "
      "Transformer's test MSE is not an order of magnitude above that of L steps of gradient descent (95% CI of "
-     "log10(Transformer / GD) below 1, at every L <= 2)", lambda i: i.below(1.0)),
+     "log10(Transformer / GD) below 1, at every L <= 2)", lambda i: i.side("below", 1.0)),
     ("L >= 3, linear attention", "Fig. 6.5", False, lambda d: d >= 3,
      "gradient descent outperforms the [linear-attention] Transformer by orders of magnitude when L >= 3 (95% CI of "
-     "log10(Transformer / GD) above 1, at every L >= 3)", lambda i: i.above(1.0)),
+     "log10(Transformer / GD) above 1, at every L >= 3)", lambda i: i.side("above", 1.0)),
     ("softmax + MLP", "Fig. 6.10", True, lambda d: True,
      "a full Transformer with all the bells and whistles (softmax and MLP) outperforms gradient descent (95% CI of "
-     "log10(Transformer / GD) below 0, at every L)", lambda i: i.below(0.0)),
+     "log10(Transformer / GD) below 0, at every L)", lambda i: i.side("below")),
 )
 
 

@@ -187,8 +187,11 @@ figures = (
            metric="dist_to_limit", by_step=True, series=("step",), where={"p_init": "tied", "step": _TIMES},
            thesis="Fig. 3.1", **_DEPTH),
     Custom("a random entry of V_k and W_k across layers at several training times", _draw_entries, thesis="Fig. 3.2"),
-    Figure("training loss vs gradient step", metric="loss", x="step", by_step=True,
-           series=("p_init", "p_activation", "p_depth"), log_y=True, x_title="gradient step", thesis="Fig. 3.2"),
+    Figure("training loss vs gradient step, long-time run (80,000 steps)", metric="loss", x="step", by_step=True,
+           series=("p_init", "p_activation", "p_depth"), where={"p_steps": _LONG_STEPS}, log_y=True,
+           x_title="gradient step", thesis="Fig. 3.2"),
+    Figure("training loss vs gradient step", metric="loss", x="step", by_step=True, series=("p_init", "p_activation"),
+           facet="p_depth", where={"p_steps": _THESIS_STEPS}, log_y=True, x_title="gradient step"),
 )
 
 _OURS = {"width q = d = d'": "p_width", "MLP width m": "p_hidden", "activation": "p_activation", "init": "p_init",
@@ -231,7 +234,7 @@ def _slopes(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _slope_test(rows: pd.DataFrame, metric: str, holds) -> tuple[bool | None, str]:
+def _slope_test(rows: pd.DataFrame, metric: str, holds) -> tuple[bool | str | None, str]:
     """``holds(interval)`` on the bootstrap interval of the mean slope over seeds; measured: slope and values."""
     slopes = _slopes(rows, metric)
     if slopes.empty:
@@ -242,7 +245,7 @@ def _slope_test(rows: pd.DataFrame, metric: str, holds) -> tuple[bool | None, st
                              f"(median {metric} {slopes['first'].median():.3g} -> {slopes['last'].median():.3g})")
 
 
-def _relu_vs_gelu(rows: pd.DataFrame) -> tuple[bool | None, str]:
+def _relu_vs_gelu(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
     """Paired over seeds: slope with ReLU minus slope with GELU (both weight-tied); holds when above 0."""
     slopes = _slopes(rows, "max_layer_diff")
     if slopes.empty or set(slopes["p_activation"]) != {"relu", "gelu"}:
@@ -251,7 +254,7 @@ def _relu_vs_gelu(rows: pd.DataFrame) -> tuple[bool | None, str]:
     if wide.empty:
         return None, "no seed ran both activations"
     interval = paired_interval(wide["relu"], wide["gelu"])
-    return interval.above(0.0), (f"slope ReLU - slope GELU {interval.text('+.2f')}; slopes ReLU "
+    return interval.side("above"), (f"slope ReLU - slope GELU {interval.text('+.2f')}; slopes ReLU "
                                  f"{wide['relu'].median():+.2f}, GELU {wide['gelu'].median():+.2f} (medians)")
 
 
@@ -261,7 +264,7 @@ def _reference_deep_enough(rows: pd.DataFrame) -> str | None:
     return None if ratio >= 4 else f"reference depth only {ratio:g}x the largest depth < 4x (thesis: 2^14)"
 
 
-def _loss_test(rows: pd.DataFrame) -> tuple[bool | None, str]:
+def _loss_test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
     steps = reduce_trials(rows, metrics, by_step=True).sort_values("step")
     first = steps.groupby("trial_key")["value"].first().median()
     last = steps.groupby("trial_key")["value"].last().median()
@@ -321,13 +324,13 @@ def checks(table: pd.DataFrame) -> list[Check]:
                     "uniform convergence of Z^L to its large-depth limit Z (Theorem 3.4 (ii)): the distance to a much "
                     "deeper net's weights falls with L (95% CI of the log-log slope below -0.5)",
                     select("dist_to_limit", p_init="tied", p_activation="gelu"),
-                    lambda r: _slope_test(r, "dist_to_limit", lambda i: i.below(-0.5)),
+                    lambda r: _slope_test(r, "dist_to_limit", lambda i: i.side("below", -0.5)),
                     needs=(*_NEEDS, _reference_deep_enough), figure="Fig. 3.1", note=_limit_note),
         *_per_setup("no smoothness with i.i.d. init",
                     "if an i.i.d. initialization is used, smoothness is not preserved after training, and the residual "
                     "network does not discretize a neural ODE: the layer distance does not fall with depth (95% CI of "
                     "the log-log slope above -0.3)", select("max_layer_diff", p_init="iid"),
-                    lambda r: _slope_test(r, "max_layer_diff", lambda i: i.above(-0.3)),
+                    lambda r: _slope_test(r, "max_layer_diff", lambda i: i.side("above", -0.3)),
                     needs=(*_NEEDS, seeds(3)), figure="Table 3.1", note=_SYNTHETIC),
         *_per_setup("smoothness lost with ReLU, weight-tied",
                     "the smoothness of the weights is lost when training with ReLU (appendix 3.D), while GELU with a "

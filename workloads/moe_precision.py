@@ -256,13 +256,13 @@ def _deviations(rows: pd.DataFrame) -> str:
 
 
 def _improves(label: str):
-    def test(rows: pd.DataFrame) -> tuple[bool | None, str]:
+    def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
         paired = pairs(rows, "label", label, "hard")
         if paired.empty:
             return None, "no seed ran both routers"
         interval = paired_interval(paired["first"], paired["second"])
         late = rows.groupby("label")["value"].median()
-        return interval.above(0.0), (f"relaxed - hard precision-at-1 over the last quarter of the steps = "
+        return interval.side("above"), (f"relaxed - hard precision-at-1 over the last quarter of the steps = "
                                      f"{interval.text()}; medians hard {late.get('hard', np.nan):.3f}, relaxed "
                                      f"{late.get(label, np.nan):.3f}")
     return test
@@ -277,13 +277,13 @@ def _not_saturated(rows: pd.DataFrame) -> str | None:
 
 
 def _overhead(label: str):
-    def test(rows: pd.DataFrame) -> tuple[bool | None, str]:
+    def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
         paired = pairs(rows, "label", label, "hard")
         if paired.empty:
             return None, "no seed ran both routers"
         interval = paired_interval(np.log(paired["first"]), np.log(paired["second"]))
         ratio = [np.exp(v) for v in (interval.mean, interval.low, interval.high)]
-        return interval.below(np.log(2.0)), (f"step time relaxed / hard = {ratio[0]:.2f}x [{ratio[1]:.2f}, "
+        return interval.side("below", np.log(2.0)), (f"step time relaxed / hard = {ratio[0]:.2f}x [{ratio[1]:.2f}, "
                                              f"{ratio[2]:.2f}] (95% CI, {interval.n} pairs)")
     return test
 

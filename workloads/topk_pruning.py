@@ -227,13 +227,13 @@ def _per_trial_area(table: pd.DataFrame) -> pd.DataFrame:
 
 def _faster(label: str):
     """The test of 'relaxed trains faster': hard's area minus relaxed's, paired over seeds, above 0."""
-    def test(rows: pd.DataFrame) -> tuple[bool | None, str]:
+    def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
         paired = pairs(rows, "label", "hard", label)
         if paired.empty:
             return None, "no seed ran both the hard and the relaxed operator"
         interval = paired_interval(paired["first"], paired["second"])
         finals = rows.groupby("label")["final"].median()
-        return interval.above(0.0), (f"hard - relaxed mean test error over training = {interval.text()}; final test "
+        return interval.side("above"), (f"hard - relaxed mean test error over training = {interval.text()}; final test "
                                      f"error (median) hard {finals.get('hard', np.nan):.3f}, relaxed "
                                      f"{finals.get(label, np.nan):.3f}")
     return test

@@ -1,9 +1,13 @@
 """Sparse mixture-of-experts ViT with expert-choice routing, hard or relaxed top-k router (JAX).
 
 The ViT is ``backends/jax/vit.py``'s; the MoE layer is passed as its block ``mlp`` (a block whose
-``mlp`` weights hold a ``router`` is an MoE layer, the others stay dense). Every expert runs on
-every token and the combine weights (gate x mask) zero out the unselected ones: simple and exact,
-not the gather/scatter a production MoE would use.
+``mlp`` weights hold a ``router`` is an MoE layer, the others stay dense). With
+``MoEConfig.dispatch="sparse"`` each expert gathers the tokens its mask selects, runs on them and
+scatter-adds its gate-weighted outputs: k rows per group and expert for the hard router; for a
+relaxed mask, whose number of non-zeros is only known at run time, the smallest of the static sizes
+``MoEConfig.dispatch_ladder(n)`` (k, 2k, ..., n) that holds its widest row, chosen by ``lax.switch``
+(only that branch runs). ``"dense"`` runs every expert on every token and lets the combine weights
+(gate x mask) zero the rest. Same outputs and gradients.
 
 References:
     Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7; Zhou et al. (2022).
@@ -95,17 +99,57 @@ def moe_route(logits: jax.Array, moe: MoEConfig) -> tuple[jax.Array, jax.Array]:
     return gates * jnp.swapaxes(mask, -1, -2), mask
 
 
+def expert_mlp(params: dict[str, jax.Array], xs: jax.Array) -> jax.Array:
+    """Every expert's MLP on its own rows: (E, R, D) -> (E, R, D), ``gelu(x w1_e + b1_e) w2_e + b2_e``."""
+    h = jax.nn.gelu(jnp.einsum("erd,edh->erh", xs, params["w1"]) + jnp.expand_dims(params["b1"], 1),
+                    approximate=False)
+    return jnp.einsum("erh,ehd->erd", h, params["w2"]) + jnp.expand_dims(params["b2"], 1)
+
+
+def _dense_experts(params: dict[str, jax.Array], x: jax.Array, combine: jax.Array, mask: jax.Array,
+                   moe: MoEConfig) -> jax.Array:
+    """Every expert on every token (E x G n rows), weighted by the combine weights afterwards."""
+    G, n, D = x.shape
+    E = combine.shape[-1]
+    out = expert_mlp(params, jnp.broadcast_to(x.reshape(1, G * n, D), (E, G * n, D))).reshape(E, G, n, D)
+    return jnp.einsum("gne,egnd->gnd", combine, out)
+
+
+def _experts_at(capacity: int, params: dict[str, jax.Array], x: jax.Array, combine: jax.Array,
+                mask: jax.Array) -> jax.Array:
+    """Each expert on the ``capacity`` tokens of each group with the largest mask (E x G C rows), scatter-added."""
+    G, n, D = x.shape
+    E = combine.shape[-1]
+    _, idx = lax.top_k(lax.stop_gradient(mask), capacity)  # (G, E, C): the k ones, or every non-zero
+    weight = jnp.take_along_axis(jnp.swapaxes(combine, -1, -2), idx, axis=-1)
+    rows = jnp.swapaxes(idx + n * jnp.arange(G, dtype=idx.dtype).reshape(G, 1, 1), 0, 1).reshape(E, G * capacity)
+    out = expert_mlp(params, x.reshape(G * n, D)[rows]) * jnp.swapaxes(weight, 0, 1).reshape(E, G * capacity, 1)
+    return jnp.zeros((G * n, D), x.dtype).at[rows.reshape(-1)].add(out.reshape(E * G * capacity, D)).reshape(G, n, D)
+
+
+def _sparse_experts(params: dict[str, jax.Array], x: jax.Array, combine: jax.Array, mask: jax.Array,
+                    moe: MoEConfig) -> jax.Array:
+    """Each expert on its selected tokens only: k per group (hard), or the ladder size holding every non-zero."""
+    n = x.shape[1]
+    if moe.router == "hard":
+        return _experts_at(moe.capacity(n), params, x, combine, mask)
+    ladder = moe.dispatch_ladder(n)
+    widest = jnp.max(jnp.sum(mask != 0, axis=-1))
+    branch = jnp.searchsorted(jnp.asarray(ladder, widest.dtype), widest)
+    return lax.switch(branch, [functools.partial(_experts_at, c) for c in ladder], params, x, combine, mask)
+
+
+_EXPERTS = {"sparse": _sparse_experts, "dense": _dense_experts}
+
+
 def _moe_mlp(params: dict[str, jax.Array], x: jax.Array, moe: MoEConfig, record: list | None = None) -> jax.Array:
     """A block's MLP: dense, or the MoE layer when ``params`` holds a router; (B, T, D) -> (B, T, D)."""
     if "router" not in params:
         return dense_mlp(params, x)
-    combine, _ = moe_route(x @ params["router"], moe)
+    combine, mask = moe_route(x @ params["router"], moe)
     if record is not None:
         record.append(combine)
-    h = jax.nn.gelu(jnp.einsum("btd,edh->bteh", x, params["w1"]) + params["b1"].reshape(1, 1, *params["b1"].shape),
-                    approximate=False)
-    out = jnp.einsum("bteh,ehd->bted", h, params["w2"]) + params["b2"].reshape(1, 1, *params["b2"].shape)
-    return jnp.einsum("bte,bted->btd", combine, out)
+    return _EXPERTS[moe.dispatch](params, x, combine, mask, moe)
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,9 +1,11 @@
 """Sparse mixture-of-experts ViT with expert-choice routing, hard or relaxed top-k router (torch).
 
 The ViT is ``backends/torch/vit.py``'s; the MoE layer is passed as its block ``mlp`` (a block whose
-``mlp`` weights hold a ``router`` is an MoE layer, the others stay dense). Every expert runs on
-every token and the combine weights (gate x mask) zero out the unselected ones: simple and exact,
-not the gather/scatter a production MoE would use (see ``moe_config``'s docstring).
+``mlp`` weights hold a ``router`` is an MoE layer, the others stay dense). With
+``MoEConfig.dispatch="sparse"`` each expert gathers the tokens its mask selects (the k of the hard
+router; the non-zeros of a relaxed mask, as many rows per expert as the widest row of the layer
+has), runs on them and scatter-adds its gate-weighted outputs; ``"dense"`` runs every expert on every
+token and lets the combine weights (gate x mask) zero the rest. Same outputs and gradients.
 
 References:
     Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7; Zhou et al. (2022).
@@ -89,17 +91,50 @@ def moe_route(logits: torch.Tensor, moe: MoEConfig) -> tuple[torch.Tensor, torch
     return gates * mask.transpose(-1, -2), mask
 
 
+def expert_mlp(params: dict[str, torch.Tensor], xs: torch.Tensor) -> torch.Tensor:
+    """Every expert's MLP on its own rows: (E, R, D) -> (E, R, D), ``gelu(x w1_e + b1_e) w2_e + b2_e``."""
+    h = F.gelu(torch.baddbmm(params["b1"].unsqueeze(1), xs, params["w1"]))
+    return torch.baddbmm(params["b2"].unsqueeze(1), h, params["w2"])
+
+
+def _dense_experts(params: dict[str, torch.Tensor], x: torch.Tensor, combine: torch.Tensor,
+                   mask: torch.Tensor, moe: MoEConfig) -> torch.Tensor:
+    """Every expert on every token (E x G n rows), weighted by the combine weights afterwards."""
+    G, n, D = x.shape
+    E = combine.shape[-1]
+    out = expert_mlp(params, x.reshape(1, G * n, D).expand(E, G * n, D)).reshape(E, G, n, D)
+    return torch.einsum("gne,egnd->gnd", combine, out)
+
+
+def _sparse_experts(params: dict[str, torch.Tensor], x: torch.Tensor, combine: torch.Tensor,
+                    mask: torch.Tensor, moe: MoEConfig) -> torch.Tensor:
+    """Each expert on the C tokens of each group its mask selects (E x G C rows), scatter-added back.
+
+    C = k for the hard router, else the largest number of non-zeros in one row of ``mask``.
+    """
+    G, n, D = x.shape
+    E = combine.shape[-1]
+    picked = mask.detach()
+    C = moe.capacity(n) if moe.router == "hard" else int((picked != 0).sum(-1).max())
+    idx = torch.topk(picked, C, dim=-1).indices  # (G, E, C): the k ones, or every non-zero
+    weight = combine.transpose(-1, -2).gather(-1, idx)
+    rows = (idx + n * torch.arange(G, device=x.device).reshape(G, 1, 1)).transpose(0, 1).reshape(E, G * C)
+    out = expert_mlp(params, x.reshape(G * n, D)[rows]) * weight.transpose(0, 1).reshape(E, G * C, 1)
+    return x.new_zeros(G * n, D).index_add(0, rows.reshape(-1), out.reshape(E * G * C, D)).reshape(G, n, D)
+
+
+_EXPERTS = {"sparse": _sparse_experts, "dense": _dense_experts}
+
+
 def _moe_mlp(params: dict[str, torch.Tensor], x: torch.Tensor, moe: MoEConfig,
              record: list | None = None) -> torch.Tensor:
     """A block's MLP: dense, or the MoE layer when ``params`` holds a router; (B, T, D) -> (B, T, D)."""
     if "router" not in params:
         return dense_mlp(params, x)
-    combine, _ = moe_route(x @ params["router"], moe)
+    combine, mask = moe_route(x @ params["router"], moe)
     if record is not None:
         record.append(combine)
-    h = F.gelu(torch.einsum("btd,edh->bteh", x, params["w1"]) + params["b1"])
-    out = torch.einsum("bteh,ehd->bted", h, params["w2"]) + params["b2"]
-    return torch.einsum("bte,bted->btd", combine, out)
+    return _EXPERTS[moe.dispatch](params, x, combine, mask, moe)
 
 
 @functools.lru_cache(maxsize=64)

@@ -83,7 +83,7 @@ def _options(trial: Trial) -> dict[str, Any]:
 class RayExecutor:
     """Runs trials on a Ray cluster, at most as many at once as the nodes' resources allow."""
 
-    def __init__(self, address: str | None = None, connect_timeout_s: float = 3.0, *,
+    def __init__(self, address: str | None = None, connect_timeout_s: float = 2.0, *,
                  log: RayLog | None = None) -> None:
         self._idle: dict[str, list[Any]] = {}
         self.log = log or RayLog()

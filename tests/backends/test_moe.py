@@ -1,6 +1,8 @@
 """The sparse-MoE ViT's routing in both backends: expert-choice invariants, gradients, torch vs JAX."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,10 +123,11 @@ def test_unrolled_dykstra_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(f, (x,), eps=1e-7, atol=1e-5)
 
 
+@pytest.mark.parametrize("dispatch", ["sparse", "dense"])
 @pytest.mark.parametrize("router", ["hard", "relaxed"])
-def test_torch_and_jax_forwards_agree_from_the_same_seed(router):
+def test_torch_and_jax_forwards_agree_from_the_same_seed(router, dispatch):
     config = ViTConfig(width=16, depth=2, heads=2, mlp_dim=32)
-    moe = MoEConfig(experts=4, router=router, lam=0.05)
+    moe = MoEConfig(experts=4, router=router, lam=0.05, dispatch=dispatch)
     images = np.random.default_rng(8).standard_normal((3, 1, 8, 8))
     out = {}
     for name in BACKENDS:
@@ -146,6 +149,113 @@ def test_routing_stats_and_config_errors():
     assert stats["experts_per_token_cv"] == pytest.approx(np.std([2, 1, 0, 0]) / 0.75)
     with pytest.raises(ValueError, match="router"):
         MoEConfig(router="soft")
+    with pytest.raises(ValueError, match=r"MoEConfig.dispatch='gather': allowed sparse, dense"):
+        MoEConfig(dispatch="gather")
+    assert MoEConfig(experts=16).dispatch_ladder(65) == (5, 10, 20, 40, 65)
     with pytest.raises(ValueError, match="Dykstra needs p = 2"):
         MoEConfig(router="relaxed", solver="dykstra", p=4 / 3)
     assert MoEConfig(experts=8, capacity_factor=2.0).capacity(17) == 5
+
+
+# ------------------------------------------------------------------------------ sparse dispatch
+
+_CASES = {"hard": dict(router="hard"),
+          "dykstra": dict(router="relaxed", solver="dykstra", lam=0.02, max_iter=10),
+          "threshold p=4/3": dict(router="relaxed", solver="threshold", p=4 / 3, lam=0.02),
+          "pav": dict(router="relaxed", solver="pav", lam=0.02)}
+_SHAPE = ViTConfig(width=16, depth=2, heads=2, mlp_dim=24, patch=1)
+"""65 tokens per image; with 16 experts each takes k = 5 (k/n = 0.077, the thesis' 28/400 = 0.07)."""
+
+
+def _sharp_router(params, scale: float = 20.0):
+    """The init's router logits are nearly equal; scaled up, a relaxed mask has exact zeros to skip."""
+    for block in params["blocks"]:
+        if "router" in block["mlp"]:
+            block["mlp"]["router"] = block["mlp"]["router"] * scale
+    return params
+
+
+def _torch_value_and_grads(moe: MoEConfig, images: np.ndarray, weights: np.ndarray):
+    params = _sharp_router(tmoe.moe_vit_init(_SHAPE, moe, 0, "cpu", "float64"))
+    leaves = jax.tree_util.tree_leaves(params)
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    logits, combine = tmoe.moe_vit_apply(params, torch.tensor(images), _SHAPE, moe)
+    grads = torch.autograd.grad((logits * torch.tensor(weights)).sum(), leaves)
+    return logits.detach().numpy(), [g.numpy() for g in grads], [c.detach().numpy() for c in combine]
+
+
+def _jax_value_and_grads(moe: MoEConfig, images: np.ndarray, weights: np.ndarray):
+    params = _sharp_router(jmoe.moe_vit_init(_SHAPE, moe, 0, "cpu", "float64"))
+    x, w = jnp.asarray(images), jnp.asarray(weights)
+    grads = jax.grad(lambda p: (jmoe.moe_vit_apply(p, x, _SHAPE, moe)[0] * w).sum())(params)
+    logits, combine = jmoe.moe_vit_apply(params, x, _SHAPE, moe)
+    return np.asarray(logits), [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)], [np.asarray(c) for c in combine]
+
+
+_VALUE_AND_GRADS = {"torch": _torch_value_and_grads, "jax": _jax_value_and_grads}
+
+
+def _images_and_weights(seed: int = 11):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((3, 1, 8, 8)), rng.standard_normal((3, 10))
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_dispatch_gives_the_dense_outputs_and_gradients(backend, case):
+    images, weights = _images_and_weights()
+    moe = MoEConfig(experts=16, **_CASES[case])
+    sparse = _VALUE_AND_GRADS[backend](moe, images, weights)
+    dense = _VALUE_AND_GRADS[backend](dataclasses.replace(moe, dispatch="dense"), images, weights)
+    widest = max(int((c != 0).sum(1).max()) for c in sparse[2])
+    assert widest < 65, "the mask has no exact zeros: sparse and dense would do the same work"
+    assert_close(sparse[0], dense[0])
+    assert len(sparse[1]) == len(dense[1]) > 10
+    for got, want in zip(sparse[1], dense[1]):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_torch_and_jax_sparse_dispatch_agree_with_gradients(case):
+    images, weights = _images_and_weights(12)
+    moe = MoEConfig(experts=16, **_CASES[case])
+    t, j = _torch_value_and_grads(moe, images, weights), _jax_value_and_grads(moe, images, weights)
+    assert_close(t[0], j[0], atol=1e-10, rtol=1e-8)
+    for got, want in zip(t[1], j[1]):
+        assert_close(got, want, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dispatch", ["sparse", "dense"])
+@pytest.mark.parametrize("case", ["hard", "dykstra", "threshold p=4/3"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_experts_process_only_the_rows_they_select(backend, case, dispatch, monkeypatch):
+    """Spies on ``expert_mlp`` (the real one runs) and counts the rows each call hands the experts."""
+    module = {"torch": tmoe, "jax": jmoe}[backend]
+    seen: list[tuple[int, ...]] = []
+
+    def counting(params, xs):
+        seen.append(tuple(xs.shape))
+        return real(params, xs)
+
+    real = module.expert_mlp
+    monkeypatch.setattr(module, "expert_mlp", counting)
+    moe = MoEConfig(experts=16, dispatch=dispatch, **_CASES[case])
+    be = backends.get(backend)
+    params = _sharp_router(be.ops.moe_vit_init(_SHAPE, moe, 0, "cpu", "float64"))
+    images = be.asarray(_images_and_weights()[0], be.device("cpu"), "float64")
+    with jax.disable_jit():  # JAX runs op by op: lax.switch runs only the branch it picks
+        _, combine = be.ops.moe_vit_apply(params, images, _SHAPE, moe)
+    G, n, E = be.to_numpy(combine[0]).shape
+    widest = int((be.to_numpy(combine[0]) != 0).sum(1).max())
+    if dispatch == "dense":
+        per_expert = G * n
+    elif case == "hard":
+        per_expert = G * 5
+    elif backend == "torch":
+        per_expert = G * widest
+    else:
+        per_expert = G * min(c for c in moe.dispatch_ladder(n) if c >= widest)
+    assert seen == [(E, per_expert, _SHAPE.width)]
+    if dispatch == "sparse":
+        assert per_expert <= G * n // 2 if case == "hard" or backend == "torch" else per_expert < G * n

@@ -138,6 +138,7 @@ def test_an_address_that_is_not_ray_fails_within_10_s_with_exit_2(tmp_path, list
                           env=ENV, timeout=55)
     took = time.monotonic() - start
     record_property("seconds_to_fail", round(took, 2))
+    print(f"seconds_to_fail = {took:.2f}")  # shown with -rP
     assert done.returncode == 2, done.stderr
     assert took < 10, f"{took:.1f} s"
     assert done.stderr.count("\n") == 1 and says in done.stderr and listener in done.stderr, done.stderr
@@ -192,7 +193,9 @@ def test_a_damaged_page_is_quarantined_and_its_trial_runs_again(tmp_path, record
 
     start = time.monotonic()
     again = local_run(spec, out)
-    record_property("seconds_to_recover", round(time.monotonic() - start, 2))
+    took = round(time.monotonic() - start, 2)
+    record_property("seconds_to_recover", took)
+    print(f"seconds_to_recover = {took}")  # shown with -rP
     assert again.returncode == 0, again.stderr
     assert victim.name in again.stderr and ".quarantine" in again.stderr
     assert "1 ok" in again.stdout and "2 already stored ok" in again.stdout
@@ -233,7 +236,9 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, 
         wait_for(lambda: (out / ".lock").exists() and children_of(first.pid), 60)
         start = time.monotonic()
         second = local_run(spec, out)
-        record_property("seconds_to_refuse", round(time.monotonic() - start, 2))
+        took = round(time.monotonic() - start, 2)
+        record_property("seconds_to_refuse", took)
+        print(f"seconds_to_refuse = {took}")  # shown with -rP
         assert second.returncode == 2
         assert f"is in use by another run (pid {first.pid} on host {socket.gethostname()}" in second.stderr
         assert second.stderr.count("\n") == 1
@@ -258,7 +263,9 @@ def test_a_killed_local_driver_takes_its_trial_along_and_its_lock_is_taken_over(
     driver.wait()
     start = time.monotonic()
     wait_for(lambda: not any(alive(c) for c in children), 10)
-    record_property("seconds_until_children_gone", round(time.monotonic() - start, 2))
+    took = round(time.monotonic() - start, 2)
+    record_property("seconds_until_children_gone", took)
+    print(f"seconds_until_children_gone = {took}")  # shown with -rP
     assert "pid" in (out / ".lock").read_text()  # the dead run's lock is still there
     quick = tmp_path / "quick.yaml"
     quick.write_text(SLEEPY.replace("sleep_s: 30", "sleep_s: 0").replace("index: [0, 1]", "index: 0"))
@@ -291,8 +298,32 @@ def test_the_embedded_ray_listens_on_loopback_only_and_dies_with_a_killed_driver
         driver.wait()
         start = time.monotonic()
         wait_for(lambda: not any(alive(p.pid) for p in procs), 30)
-        record_property("seconds_until_ray_gone", round(time.monotonic() - start, 2))
+        took = round(time.monotonic() - start, 2)
+        record_property("seconds_until_ray_gone", took)
+        print(f"seconds_until_ray_gone = {took}")  # shown with -rP
     finally:
         driver.kill()
         for p in psutil.Process().children(recursive=True):
             p.kill()
+
+
+@pytest.mark.timeout(60)
+def test_a_grpc_server_that_is_not_ray_is_named_as_such():
+    """It speaks HTTP/2 like a GCS, so only the GCS call itself tells them apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from harness.errors import UserError
+    from harness.probe import check_ray_address
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(UserError, match=f"a gRPC server that is not a Ray GCS answered at '127.0.0.1:{port}'"):
+            check_ray_address(f"127.0.0.1:{port}")
+        assert time.monotonic() - start < 5
+    finally:
+        server.stop(None)

@@ -32,12 +32,14 @@ scalars = st.one_of(
 )
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=10)
+
+
 def axis(good: st.SearchStrategy) -> st.SearchStrategy:
     """A grid entry: one good value, or a list of them (a swept axis)."""
     return st.one_of(good, st.lists(good, min_size=1, max_size=4))
 
 
-search = st.fixed_dictionaries(
+bad_search = st.fixed_dictionaries(
     {"metric": st.sampled_from(["trial_s", "nope"]), "direction": st.sampled_from(["minimize", "maximize", "up"]),
      "space": st.dictionaries(st.sampled_from(["sleep_s", "index", "bogus"]),
                               st.one_of(st.fixed_dictionaries({"low": st.floats(-2, 2), "high": st.floats(-2, 2)},
@@ -85,7 +87,7 @@ hostile = {
         "cpus": st.floats(-1, 4), "gpus": st.floats(-1, 3), "tpus": st.integers(-1, 2), "gpu": st.integers()}), values),
     "exclude": st.one_of(st.lists(st.dictionaries(st.sampled_from(["mode", "index", "zz"]), scalars, max_size=2),
                                   max_size=2), values),
-    "search": st.one_of(good_search, search, values),
+    "search": st.one_of(good_search, bad_search, values),
     "extra": values,
 }
 GRID_KEYS = ("mode", "index", "sleep_s", "bogus")

@@ -196,3 +196,16 @@ def test_compact_of_a_missing_folder_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["compact", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "not a results folder" in result.output
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_damaged_compacted_file_is_quarantined_so_its_trials_run_again(tmp_path):
+    store = Store(str(tmp_path))
+    for i in range(3):
+        write(store, i, 1.0)
+    write(store, 3, 1.0, sweep="other")
+    compact(store)
+    path = tmp_path / "s" / "harness_probe" / f"{COMPACTED}000001.parquet"
+    path.write_bytes(path.read_bytes()[:200] + path.read_bytes()[-100:])
+    assert store.statuses("s", quarantine=True) == {}
+    assert (tmp_path / ".quarantine" / "s" / "harness_probe" / path.name).exists()
+    assert store.read().num_rows == 1  # the other sweep's compacted file still reads

@@ -121,3 +121,21 @@ def test_a_folder_written_before_issue_15_still_reads_through_the_store():
     assert table.schema.field("p_n").type == pa.int64()
     statuses = Store(str(OLD_FOLDER)).statuses("old")
     assert len(statuses) == len(set(table["trial_key"].to_pylist()))
+
+
+def test_the_one_level_glob_skips_quarantined_and_temporary_files(every_workload, tmp_path):
+    """``OUT/*/*/*.parquet`` matches no hidden folder or file, so a quarantined or half-written file is not read."""
+    pl = pytest.importorskip("polars")
+    duckdb = pytest.importorskip("duckdb")
+    out, rows = every_workload
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(out, copy)
+    (copy / ".quarantine" / "all" / "harness_probe").mkdir(parents=True)
+    (copy / ".quarantine" / "all" / "harness_probe" / "0123.parquet").write_bytes(b"PAR1 cut short")
+    (copy / "all" / "harness_probe" / ".tmp-1-0123.part").write_bytes(b"partial")
+    glob = f"{copy}/*/*/*.parquet"
+    check_whole(pl.scan_parquet(glob).collect().to_pandas(), rows)
+    check_whole(duckdb.sql(f"select * from read_parquet('{glob}')").df(), rows)
+    check_whole(pd.read_parquet(copy), rows)

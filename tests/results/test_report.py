@@ -213,7 +213,7 @@ def test_the_demo_report_is_under_6_mb_and_15000_px_with_the_verdicts_first(tmp_
     path, n_figs = build(str(out))
     size = os.path.getsize(path)
     dom, sizes = measure(path, tmp_path)
-    print(f"demo report: {size / 2**20:.2f} MiB, {sizes['height']:.0f} px tall, verdicts at {sizes['verdicts']:.0f} px, "
-          f"{n_figs} figures")
+    print(f"demo report: {size / 2**20:.2f} MiB, {sizes['height']:.0f} px tall, verdicts at "
+          f"{sizes['verdicts']:.0f} px, {n_figs} figures")
     assert dom.count('<div class="plot-container plotly"') == n_figs
     assert size < 6 * 2**20 and sizes["height"] < 15_000 and sizes["verdicts"] < 1000, (size, sizes)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 
 import pyarrow as pa
+import pytest
 
 import workloads
 from harness.spec import Sweep
@@ -95,3 +97,35 @@ def test_every_registered_workload_agrees_on_parameter_column_types():
 
     schema = unified_schema([workloads.get(n) for n in workloads.names()])
     assert "p_mode" in schema.names and "p_n" in schema.names
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("uri, says", [
+    ("nosuch://bucket/x", "pyarrow cannot open 'nosuch://bucket/x'"),
+    ("s3://bucket/x?scheme=http&endpoint_override=127.0.0.1:{port}", "cannot reach|no answer from"),
+], ids=["unknown-scheme", "unreachable-endpoint"])
+def test_a_bad_out_uri_is_one_line_and_exit_2_within_10_s(tmp_path, uri, says):
+    import time
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: s\nworkload: harness_probe\nbackends: [torch]\ngrid: {index: 0}\n")
+    uri = uri.format(port=closed_port())
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["run", str(spec), "--out", uri, "--executor", "local"])
+    took = time.monotonic() - start
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: --out:") and re.search(says, line), line
+    assert took < 10, f"{took:.1f} s"
+    assert not list(tmp_path.glob("**/*.parquet"))

@@ -139,7 +139,10 @@ def test_the_relu_check_holds_fails_or_is_too_small(fig31_rows):
     gelu = fig31_rows[layer_diff(fig31_rows, "tied", "gelu") & fig31_rows["p_ref_depth"].isna()]
     gelu = gelu.set_index(["seed", "p_depth", "step"])["value"]
     same = set_values(fig31_rows, relu, lambda r: 1.1 * gelu.loc[list(zip(r["seed"], r["p_depth"], r["step"]))].to_numpy())
-    assert verdicts(same)["smoothness lost with ReLU"].verdict == "does not hold"
+    assert verdicts(same)["smoothness lost with ReLU"].verdict == "too small to decide"  # equal slopes: undecided
+    smoother = set_values(fig31_rows, relu, lambda r: gelu.loc[list(zip(r["seed"], r["p_depth"], r["step"]))].to_numpy()
+                          * r["p_depth"] ** -0.3)
+    assert verdicts(smoother)["smoothness lost with ReLU"].verdict == "does not hold"
     short = slower.assign(p_steps=100)
     check = verdicts(short)["smoothness lost with ReLU"]
     assert check.verdict == "too small to decide" and "gradient steps 100 < 500" in check.note, check
@@ -159,7 +162,7 @@ def test_the_long_time_check_reads_the_longest_runs(fig31_rows):
 def test_figures_and_settings_are_declarations_of_recorded_metrics_and_columns(fig31_rows, smoke_rows):
     rows = pd.concat([fig31_rows, smoke_rows])
     declared = [f for f in W.figures if isinstance(f, Figure)]
-    assert {f.thesis for f in W.figures} == {"Fig. 3.1", "Fig. 3.2"}
+    assert {f.thesis for f in W.figures} == {"Fig. 3.1", "Fig. 3.2", ""}  # "": beyond the thesis
     for fig in declared:
         assert set(fig.metrics) <= set(rows["metric"]) and fig.x in rows.columns, fig
         assert all(c in rows.columns for c in (*fig.series, *fig.where, *filter(None, [fig.facet]))), fig

@@ -114,10 +114,17 @@ def test_precision_check_holds_when_relaxed_is_above_hard_on_every_seed(rows):
     assert "32 experts, k = 1 of n = 17 tokens" in check.note  # ceil(17 x 1 / 32): the edited expert count
 
 
-def test_precision_check_does_not_hold_when_the_interval_straddles_zero(rows):
+def test_precision_check_is_too_small_to_decide_when_the_interval_straddles_zero(rows):
     noisy = _relaxed_like_hard(_scaled(rows), "precision_at_1", lambda hard, seed: hard + 0.02 * (seed - 2) - 0.01)
     check = _check(noisy, "vs hard: precision-at-1")
-    assert check.verdict == "does not hold" and "= -0.01 [-0.0" in check.measured, check
+    assert check.verdict == "too small to decide" and "= -0.01 [-0.0" in check.measured, check
+    assert "interval contains the claim's threshold" in check.note
+
+
+def test_precision_check_does_not_hold_when_relaxed_is_worse_at_every_seed(rows):
+    worse = _relaxed_like_hard(_scaled(rows), "precision_at_1", lambda hard, seed: hard - 0.02 - 0.001 * seed)
+    check = _check(worse, "vs hard: precision-at-1")
+    assert check.verdict == "does not hold" and "= -0.02" in check.measured, check
 
 
 def test_precision_check_is_undecided_when_the_hard_router_saturates(rows):
