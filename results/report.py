@@ -107,9 +107,20 @@ def render(df: pd.DataFrame, out: str) -> tuple[str, int]:
     return page, sum(s.n_figs for s in sections) + n_search_figs
 
 
+def _load(name: str) -> tuple[Any, str]:
+    """The workload registered as ``name``, or None and why not (not installed here, or it fails to import)."""
+    if name not in workloads.REGISTRY:
+        return None, "this workload is not installed here"
+    try:
+        return workloads.get(name), ""
+    except Exception as err:  # noqa: BLE001 -- a broken workload module is reported, not fatal to the report
+        return None, f"the workload module does not load ({type(err).__name__}: {err})"
+
+
 def _thesis_order(name: str) -> tuple:
     """Workloads in the thesis' order (their first figure's chapter and number), those beyond it last."""
-    figures = workloads.get(name).figures if name in workloads.REGISTRY else ()
+    workload, _ = _load(name)
+    figures = workload.figures if workload is not None else ()
     found = [tuple(int(n) for n in m.groups()) for f in figures if (m := re.search(r"(\d+)\.(\d+)", f.thesis))]
     return (min(found) if found else (999, 0), name)
 
@@ -213,10 +224,10 @@ def _markdown(text: str) -> str:
 def _workload_section(name: str, rows: pd.DataFrame, styles: plots.Styles) -> _Section:
     """Description, settings, figures, checks and the collapsed summary of one workload."""
     anchor = _anchor(name)
-    if name not in workloads.REGISTRY:
-        return _Section(name, f"<h2 id='{anchor}'>{_esc(name)}</h2><p class=na>This workload is not installed "
-                              "here, so its figures and checks cannot be drawn.</p>", [])
-    workload = workloads.get(name)
+    workload, error = _load(name)
+    if workload is None:
+        return _Section(name, f"<h2 id='{anchor}'>{_esc(name)}</h2><p class=fails>{_esc(error)}: its figures "
+                              "and checks cannot be drawn.</p>", [], error)
     doc = inspect.getdoc(workload) or ""
     parts = [f"<h2 id='{anchor}'>{_esc(name)} <small>v{workload.version}</small></h2>",
              f"<div class=doc>{_markdown(doc)}</div>"]

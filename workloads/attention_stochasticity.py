@@ -281,7 +281,7 @@ def _concentrate_checks(table: pd.DataFrame, model: str) -> list[Check]:
     return out
 
 
-def _later_than_first(rows: pd.DataFrame) -> tuple[bool | None, str]:
+def _later_than_first(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
     """Paired (per seed) difference of the share at the last epoch and at epoch 1."""
     per_seed = rows.pivot_table(index="seed", columns="step", values="value")
     if 1 not in per_seed or per_seed.columns.max() <= 1:
@@ -291,7 +291,7 @@ def _later_than_first(rows: pd.DataFrame) -> tuple[bool | None, str]:
     interval = paired_interval(pair[last], pair[1])
     shown = [e for e in (0, 1, 4, 8, 12, 16, 20, last) if e in per_seed]
     means = ", ".join(f"epoch {e} {per_seed[e].mean():.2f}" for e in dict.fromkeys(shown))
-    return interval.above(0.0), f"epoch {last} - epoch 1: {interval.text('+.3f')}; mean share: {means}"
+    return interval.side("above"), f"epoch {last} - epoch 1: {interval.text('+.3f')}; mean share: {means}"
 
 
 def _concentrate_note(first: pd.Series, last_steps: float, thesis: bool) -> str:
@@ -365,11 +365,11 @@ def _patch_checks(table: pd.DataFrame) -> list[Check]:
         return [decide("Fig. 5.6 patch sizes", claim, pairs, lambda r: (None, ""), figure="Fig. 5.6",
                        missing="no attention-only softmax/Sinkhorn pair below the image side")]
 
-    def test(g: pd.DataFrame) -> tuple[bool, str]:
+    def test(g: pd.DataFrame) -> tuple[bool | str, str]:
         interval = paired_interval(g["value"], g["value_softmax"])
         per_patch = g.groupby("p_patch")[["value", "value_softmax"]].median()
         text = "; ".join(f"patch {int(p)}: {r.value:.3f} vs {r.value_softmax:.3f}" for p, r in per_patch.iterrows())
-        return interval.above(0.0), f"Sinkhorn - softmax: {interval.text('+.3f')}; median per patch {text}"
+        return interval.side("above"), f"Sinkhorn - softmax: {interval.text('+.3f')}; median per patch {text}"
 
     note = ("thesis: MNIST, batch 100, 45 epochs (27,000 steps), lr 1e-3 softmax / 2e-3 Sinkhorn divided by 10 at "
             "epochs 35 and 41, 5 iterations, 5 seeds; here a constant lr")
@@ -392,9 +392,9 @@ def _overhead_checks(table: pd.DataFrame) -> list[Check]:
         return [decide("Sinkhorn 3 overhead", claim, pairs, lambda r: (None, ""), figure="sec. 5.6.4",
                        missing="no softmax/Sinkhorn-3 pair with equal other parameters")]
 
-    def test(g: pd.DataFrame) -> tuple[bool, str]:
+    def test(g: pd.DataFrame) -> tuple[bool | str, str]:
         interval = paired_interval(g["value"] / g["value_softmax"], np.ones(len(g)))
-        return interval.below(0.1), f"epoch time ratio - 1: {interval.text('+.3f')}"
+        return interval.side("below", 0.1), f"epoch time ratio - 1: {interval.text('+.3f')}"
 
     note = "thesis: a depth-6, 8-head ViT on cats and dogs on a V100; small models on a CPU pay more per iteration"
     return [decide(f"Sinkhorn 3 overhead, {model} ({backend}, {device})", claim, g, test, figure="sec. 5.6.4",

@@ -4,6 +4,8 @@ The same algorithms as ``backends/torch/_topk_solvers.py`` (see its docstring an
 ``backends/topk_common.py``): the exact threshold (sort, prefix sums, two binary searches as
 ``lax.fori_loop``), Dykstra's projections (Algorithm 7.7) as one ``lax.while_loop`` with its stop
 test inside, and the VJPs of Prop. 7.8 per block (segment sums, never an n x n matrix).
+``select_threshold`` solves on the top ``k + m`` values of ``lax.top_k``; shapes are static, so
+``m`` grows along a fixed ladder of widths, one ``lax.cond`` branch each, down to the full sort.
 """
 from __future__ import annotations
 
@@ -91,6 +93,51 @@ def _searchsorted(rows: jax.Array, t: jax.Array, side: str) -> jax.Array:
     return jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))(rows, t).astype(jnp.int64)
 
 
+def saturates_at(s: jax.Array, lam: float, e: int, op: str) -> jax.Array:
+    """``U(s)``: the threshold below which an element of value ``s`` saturates (``s - lam``, or ``Y(s)``)."""
+    return s - lam if op == "mask" else head_value(s, lam, e)
+
+
+def select_margin(k: int, n: int) -> int:
+    """The first margin ``m``: ``k / 16`` values beyond the k-th, at least 16 (about 6% more than ``top_k``)."""
+    return max(16, k // 16)
+
+
+def select_threshold(key: jax.Array, k: int, lam: float, e: int, op: str, *, margin: int | None = None,
+                     wide: float = 0.5, growth: int = 8) -> jax.Array:
+    """Threshold ``t`` (B, 1) float64 of the exact solution from the top ``k + m`` values of each row.
+
+    As ``backends/torch/_topk_solvers.select_threshold``: the top ``k + m`` values (``lax.top_k``)
+    hold the window of ``solve_threshold`` when their last one is not above ``U(s_k)``, and the
+    solve on them equals the solve on the sorted row. Widths are static: ``m``, ``growth * m``,
+    ... up to ``wide * n``, then the full sort; each width is one ``lax.cond`` branch, taken only
+    when every row's window fits none of the narrower ones.
+
+    Args:
+        key: (B, n) rows (``x`` for the mask, ``|x|`` for the magnitude); 1 <= k <= n.
+        lam, e, op: as for ``solve_threshold``. margin: the first ``m`` (default ``select_margin``).
+        wide: the fraction of n from which the full sort is used. growth: the ratio of successive m.
+
+    Returns:
+        ``t`` (B, 1) float64, equal to ``solve_threshold`` on the fully sorted rows.
+    """
+    n = key.shape[1]
+    m = select_margin(k, n) if margin is None else max(1, int(margin))
+    widths = []
+    while k + m < n and k + m < wide * n:
+        widths.append(k + m)
+        m *= growth
+
+    def solve_from(level: int) -> jax.Array:
+        if level == len(widths):
+            return solve_threshold(jnp.sort(-key, axis=1), k, lam, e, op)
+        top = lax.top_k(key, widths[level])[0]
+        fits = jnp.all(top[:, -1] <= saturates_at(top[:, k], lam, e, op))  # #{s_i > U(s_k)} < k + m
+        return lax.cond(fits, lambda: solve_threshold(-top, k, lam, e, op), lambda: solve_from(level + 1))
+
+    return solve_from(0)
+
+
 def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, search: str | None = None) -> jax.Array:
     """Threshold ``t`` (B, 1) float64 of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
 
@@ -105,7 +152,7 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
     acc = jnp.float64
 
     def upper(s_val):  # U(s): where an element of value s saturates
-        return s_val - lam if op == "mask" else head_value(s_val, lam, e)
+        return saturates_at(s_val, lam, e, op)
 
     def saturation_level(t):  # U(s) >= t  <=>  s >= this
         return t + lam if op == "mask" else t + lam * jnp.maximum(t, 0.0) ** (1.0 / e)

@@ -1,6 +1,7 @@
 """Relaxed top-k mask and top-k in magnitude (thesis chapter 7) in JAX, with closed-form gradients.
 
-Three solvers give the same operator: ``threshold`` (exact: sort, prefix sums, binary search in
+Three solvers give the same operator: ``threshold`` (exact: ``lax.top_k`` of the k + m values
+around the k-th, a full sort only where the window is wide; prefix sums, binary search in
 ``lax.fori_loop``; jittable, no custom kernel), ``pav`` (exact: generic isotonic PAV on the host
 CPU through ``jax.pure_callback``, numba, one row per thread), ``dykstra`` (p = 2 only:
 Algorithm 7.7 as one ``lax.while_loop`` with its stop test). Gradients use the closed-form
@@ -22,7 +23,7 @@ import numpy as np
 from jax import lax
 
 from ..topk_common import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
-from ._topk_solvers import block_vjp, dykstra, solve_threshold, threshold_output, threshold_vjp
+from ._topk_solvers import block_vjp, dykstra, select_threshold, threshold_output, threshold_vjp
 
 
 def _rows(x: jax.Array) -> jax.Array:
@@ -37,7 +38,7 @@ def _threshold(x, k, lam, e, op):
 
 
 def _threshold_fwd(x, k, lam, e, op):
-    t = solve_threshold(jnp.sort(-x if op == "mask" else -jnp.abs(x), axis=1), k, lam, e, op)
+    t = select_threshold(x if op == "mask" else jnp.abs(x), k, lam, e, op)
     return threshold_output(x, t, lam, e, op), (x, t)
 
 

@@ -9,6 +9,10 @@ threshold (t found by a sort, prefix sums and two binary searches over the break
   sums to k and ``y_i = sign(x_i) (a_i if z_i < 1 else Y(s_i))``, where ``Y(s)`` is the head
   singleton ``Y + lam Y^(p-1) = s`` (``s / (1 + lam)`` for p = 2).
 
+The threshold depends only on the values near the k-th largest (the window of ``solve_threshold``),
+so ``select_threshold`` solves on the top ``k + m`` values that ``torch.topk`` selects, growing
+``m`` only for the rows whose window does not fit, and sorts the rows whose window is wide.
+
 Gradients are Prop. 7.8 with lam put back, applied per block (never an n x n matrix).
 """
 from __future__ import annotations
@@ -91,6 +95,71 @@ def threshold_parts(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: st
     return torch.sign(x) * y, sat, (ae > 0) & ~sat, a
 
 
+def saturates_at(s: torch.Tensor, lam: float, e: int, op: str) -> torch.Tensor:
+    """``U(s)``: the threshold below which an element of value ``s`` saturates (``s - lam``, or ``Y(s)``)."""
+    return s - lam if op == "mask" else head_value(s, lam, e)
+
+
+def select_margin(k: int, n: int) -> int:
+    """The first margin ``m``: ``k / 16`` values beyond the k-th, at least 16 (about 6% more than ``topk``)."""
+    return max(16, k // 16)
+
+
+def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, margin: int | None = None,
+                     wide: float = 0.5) -> torch.Tensor:
+    """Threshold ``t`` (B, 1) float64 of the exact solution from the top ``k + m`` values of each row.
+
+    ``solve_threshold`` reads only the window of values above ``U(s_k)`` (``s_k`` the (k+1)-th
+    largest): the top ``k + m`` values sorted by ``torch.topk`` hold it when their last one is not
+    above ``U(s_k)``, and then the solve on them equals the solve on the full sorted row (the same
+    elements in the same order). Rows whose window does not fit are selected again with a margin
+    grown from the density of the values just below ``s_k``; rows (or all rows, once ``k + m``
+    reaches ``wide * n``) are sorted in full as before.
+
+    Args:
+        key: (B, n) finite rows (``x`` for the mask, ``|x|`` for the magnitude); 1 <= k <= n.
+        lam, e, op: as for ``solve_threshold``. margin: the first ``m`` (default ``select_margin``).
+        wide: the fraction of n from which a full sort replaces the selection.
+
+    Returns:
+        ``t`` (B, 1) float64, equal to ``solve_threshold`` on the fully sorted rows.
+    """
+    B, n = key.shape
+    m = select_margin(k, n) if margin is None else max(1, int(margin))
+    t = torch.empty(B, 1, dtype=torch.float64, device=key.device)
+    rows = None  # the rows still to solve (None: all of them)
+    while True:
+        part = key if rows is None else key.index_select(0, rows)
+        width = k + m
+        if width >= n or width >= wide * n:
+            t_part = solve_threshold(torch.sort(-part, dim=1).values, k, lam, e, op)
+            if rows is None:
+                return t_part
+            t[rows] = t_part
+            return t
+        top = torch.topk(part, width, dim=1).values
+        s_k, last = top[:, k:k + 1], top[:, -1:]
+        fit = (last <= saturates_at(s_k, lam, e, op)).squeeze(1)  # #{s_i > U(s_k)} < k + m
+        if bool(fit.all()):
+            t_part = solve_threshold(top.neg_(), k, lam, e, op)
+            if rows is None:
+                return t_part
+            t[rows] = t_part
+            return t
+        if bool(fit.any()):
+            done = fit.nonzero().squeeze(1)
+            t[done if rows is None else rows[done]] = solve_threshold(top[done].neg_(), k, lam, e, op)
+        miss = (~fit).nonzero().squeeze(1)
+        rows = miss if rows is None else rows[miss]
+        s_k, last = s_k[miss], last[miss]
+        spread, need = (s_k - last).double(), (s_k - saturates_at(s_k, lam, e, op)).double()
+        if bool((spread <= 0).any()):  # the k-th value repeats past k + m: no density to extrapolate
+            m = n
+        else:  # the (k + m - 1 - k) values below s_k span `spread`; the window needs `need`
+            extra = float(((m - 1) * need / spread).max())
+            m = max(4 * m, int(min(1.5 * extra, n)) + select_margin(k, n))
+
+
 def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, search: str | None = None) -> torch.Tensor:
     """Threshold ``t`` (B, 1) float64 of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
 
@@ -109,7 +178,7 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
     acc = torch.float64
 
     def upper(s_val: torch.Tensor) -> torch.Tensor:  # U(s): where an element of value s saturates
-        return s_val - lam if op == "mask" else head_value(s_val, lam, e)
+        return saturates_at(s_val, lam, e, op)
 
     def saturation_level(t: torch.Tensor) -> torch.Tensor:  # U(s) >= t  <=>  s >= this
         return t + lam if op == "mask" else t + lam * t.clamp_min(0.0) ** (1.0 / e)

@@ -1,7 +1,7 @@
 """Relaxed top-k mask and top-k in magnitude (thesis chapter 7) in torch, with closed-form gradients.
 
-Three solvers give the same operator: ``threshold`` (exact: sort, prefix sums, binary search;
-O(n log n), no loop over n), ``pav`` (exact: generic isotonic PAV, numba on the host CPU, one row
+Three solvers give the same operator: ``threshold`` (exact: ``torch.topk`` of the k + m values
+around the k-th, prefix sums, binary search; a full sort only where the window is wide), ``pav`` (exact: generic isotonic PAV, numba on the host CPU, one row
 per thread), ``dykstra`` (p = 2 only: Algorithm 7.7 as a plain eager loop that checks its stop
 test every 10 iterations). Gradients use the closed-form Jacobian of Prop. 7.8 through
 ``torch.autograd.Function`` (O(n) memory per row). For Dykstra the gradient is the exact
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..topk_common import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
-from ._topk_solvers import block_vjp, dykstra, solve_threshold, threshold_output, threshold_vjp
+from ._topk_solvers import block_vjp, dykstra, select_threshold, threshold_output, threshold_vjp
 
 _NOT_FINITE = "x contains NaN or +-inf; the relaxed top-k is defined for finite inputs only"
 
@@ -38,14 +38,20 @@ def _as_rows(x: torch.Tensor, name: str = "x") -> tuple[torch.Tensor, int]:
     return (rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows), n
 
 
+def _check_finite(rows: torch.Tensor) -> None:
+    """One pass: NaN propagates into the extremes, +-inf is one of them."""
+    lo, hi = torch.aminmax(rows)
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        raise ValueError(_NOT_FINITE)
+
+
 class _Threshold(torch.autograd.Function):
-    """Exact sort-and-search solver; backward by Prop. 7.8 on the single pooled block."""
+    """Exact threshold solver on the top k + m values (selection); backward by Prop. 7.8 on the pooled block."""
 
     @staticmethod
     def forward(ctx, x, k, lam, e, op):  # noqa: D102
-        neg_s = torch.sort(-x if op == "mask" else -x.abs(), dim=1).values
-        _check_sorted_finite(neg_s)
-        t = solve_threshold(neg_s, k, lam, e, op)
+        _check_finite(x)
+        t = select_threshold(x if op == "mask" else x.abs(), k, lam, e, op)
         ctx.save_for_backward(x, t)
         ctx.args = (k, lam, e, op)
         return threshold_output(x, t, lam, e, op)
