@@ -18,9 +18,10 @@ setup: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
+# The report is written even when a trial failed (it lists the failures); the exit status is run's.
 demo: setup
-	$(VENV)/bin/deeperbench run sweeps/smoke.yaml --out runs/demo
-	$(VENV)/bin/deeperbench report runs/demo            # writes runs/demo/_report.html
+	@status=0; $(VENV)/bin/deeperbench run sweeps/smoke.yaml --out runs/demo || status=$$?; \
+	$(VENV)/bin/deeperbench report runs/demo && exit $$status      # writes runs/demo/_report.html
 
 # Every thesis figure's check at the largest setting that fits a 2-core CPU (about 30 minutes).
 thesis: setup

@@ -211,8 +211,8 @@ def _verdicts_html(sections: list[_Section]) -> str:
                      for v in (*VERDICTS, "error") if counts[v] or v in VERDICTS)
     if not rows:
         return f"<p>{chips}</p><p class=na>No workload here states a check.</p>"
-    return (f"<p>{chips}</p><table class=verdicts><colgroup><col style='width:11%'><col style='width:33%'>"
-            "<col style='width:9.5%'><col style='width:7.5%'><col></colgroup><tr><th>workload</th><th>check</th>"
+    return (f"<p>{chips}</p><table class=verdicts><colgroup><col style='width:11%'><col style='width:31%'>"
+            "<col style='width:11.5%'><col style='width:7.5%'><col></colgroup><tr><th>workload</th><th>check</th>"
             f"<th>verdict</th><th>thesis</th><th>measured (hover for all of it)</th></tr>{''.join(rows)}</table>")
 
 

@@ -238,7 +238,9 @@ class Store:
         """trial_key -> status of every trial of ``sweep`` whose file reads whole; the others are named.
 
         With ``quarantine`` (a run, holding the folder's lock) they are moved aside, so their trials
-        run again; without (``--dry-run``) they are skipped and nothing is written.
+        run again; without (``--dry-run``) they are skipped and nothing is written. A compacted file
+        is read for its keys and statuses only (fast at 10^5 trials): damage in its other columns is
+        named by ``read`` (which then skips the file), not quarantined here.
         """
         out: dict[str, str] = {}
         for group in self.groups(sweep).values():
@@ -256,7 +258,7 @@ class Store:
             for path in group.compacted:
                 try:
                     with self.fs.open_input_file(path) as f:
-                        t = pq.read_table(f)  # whole, as a loose file: damaged, all its trials run again
+                        t = pq.read_table(f, columns=["trial_key", "status"])  # 10^5 trials in well under 1 s
                 except (pa.ArrowException, OSError, ValueError) as err:
                     self._unreadable(path, err, quarantine)
                     continue

@@ -349,8 +349,13 @@ def _groups(rows: pd.DataFrame, columns: list[str]):
         yield d, rows.loc[group.index]
 
 
+def _text(value: object) -> str:
+    """A parameter value as a label shows it: 20, not 20.0 (a column with nulls holds floats)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _label(d: dict) -> str:
-    return ", ".join(f"{k.removeprefix('p_')}={v}" for k, v in d.items() if v != "-")
+    return ", ".join(f"{k.removeprefix('p_')}={_text(v)}" for k, v in d.items() if v != "-")
 
 
 def _is_weight(tag: object) -> bool:
@@ -386,7 +391,7 @@ def _rate_checks(table: pd.DataFrame) -> list[Check]:
     for metric, what, props in (("recon_err", "reconstruction error", ("Prop. 2.9", "Prop. 2.11")),
                                 ("grad_rel_err", "gradient relative error", ("Prop. 2.10", "Prop. 2.12"))):
         rows = _trials(table, metric)
-        rows = rows[(rows["p_train"] == False) & (rows["p_dtype"] == "float64")]  # noqa: E712
+        rows = rows[(rows["p_train"] == False) & (rows["p_dtype"] == "float64") & rows["p_scheme"].isin(_ADJOINT)]  # noqa: E712
         for d, g in _groups(rows, _CONFIG):
             label = _label(d)
             out.append(decide(f"Euler {what} falls like 1/N: {label}",
@@ -535,7 +540,7 @@ def _compare(first: dict, second: dict, side: str):
 
 def _fig24_note(d: dict) -> str:
     """Where a training configuration departs from appendix 2.B.1's setting."""
-    return "; ".join(f"{what} {d[key]} (thesis {value})" for key, (what, value) in _FIG24.items()
+    return "; ".join(f"{what} {_text(d[key])} (thesis {value})" for key, (what, value) in _FIG24.items()
                      if d.get(key, "-") not in (value, "-"))
 
 

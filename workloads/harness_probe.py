@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 import pydantic
 
 from backends import Backend
 from harness.checks import Check, decide
 from harness.figures import Figure
 from harness.workload import Context, Metric, Params as _Params, Record, Skip
-from results.aggregate import ok_rows
+
+if TYPE_CHECKING:  # pandas only for the report: a trial of this probe loads no data-frame library
+    import pandas as pd
 
 name = "harness_probe"
 version = 1
@@ -63,6 +64,8 @@ figures = (Figure("Time inside the trial, per mode", metric="trial_s", x="p_mode
 
 def checks(table: pd.DataFrame) -> list[Check]:
     """A no-op trial takes under a millisecond inside the trial: the harness' time is outside it."""
+    from results.aggregate import ok_rows  # pandas: loaded by the report only
+
     rows = ok_rows(table)
     noop = rows[(rows["metric"] == "trial_s") & (rows["p_mode"] == "noop")]
     return [decide("no-op", "a no-op trial spends under 1 ms inside the trial", noop, _under_a_millisecond,

@@ -204,8 +204,13 @@ def _groups(rows: pd.DataFrame, columns: list[str], x: str):
     return varying or [({}, rows)]
 
 
+def _text(value: object) -> str:
+    """A parameter value as a label shows it: 20, not 20.0 (a column with nulls holds floats)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _label(d: dict) -> str:
-    return ", ".join(f"{k.removeprefix('p_')}={v}" for k, v in d.items()) or "all trials"
+    return ", ".join(f"{k.removeprefix('p_')}={_text(v)}" for k, v in d.items()) or "all trials"
 
 
 def _slope(rows: pd.DataFrame, x: str) -> float | None:
@@ -233,7 +238,7 @@ def _flat_test(model: str, x: str, share: float):
 
 
 def _note(d: dict) -> str:
-    off = [f"{k.removeprefix('p_')} {d.get(k, '-')} (thesis {v})" for k, v in _FIG42.items() if d.get(k) != v]
+    off = [f"{k.removeprefix('p_')} {_text(d.get(k, '-'))} (thesis {v})" for k, v in _FIG42.items() if d.get(k) != v]
     return "thesis setting differs: " + ", ".join(off) if off else ""
 
 

@@ -104,7 +104,7 @@ def select_margin(k: int, n: int) -> int:
 
 
 def select_threshold(key: jax.Array, k: int, lam: float, e: int, op: str, *, margin: int | None = None,
-                     wide: float = 0.5, growth: int = 8) -> jax.Array:
+                     wide: float = 0.5, growth: int = 16) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """Threshold ``t`` (B, 1) float64 of the exact solution from the top ``k + m`` values of each row.
 
     As ``backends/torch/_topk_solvers.select_threshold``: the top ``k + m`` values (``lax.top_k``)
@@ -119,7 +119,10 @@ def select_threshold(key: jax.Array, k: int, lam: float, e: int, op: str, *, mar
         wide: the fraction of n from which the full sort is used. growth: the ratio of successive m.
 
     Returns:
-        ``t`` (B, 1) float64, equal to ``solve_threshold`` on the fully sorted rows.
+        ``t`` (B, 1) float64, equal to ``solve_threshold`` on the fully sorted rows; the indices
+        (B, k + m) of the first selection, largest first, and whether it solved every row (a bool
+        scalar: then every element with ``s_i > t`` is among them); None and None when n is too
+        small for a selection.
     """
     n = key.shape[1]
     m = select_margin(k, n) if margin is None else max(1, int(margin))
@@ -131,11 +134,17 @@ def select_threshold(key: jax.Array, k: int, lam: float, e: int, op: str, *, mar
     def solve_from(level: int) -> jax.Array:
         if level == len(widths):
             return solve_threshold(jnp.sort(-key, axis=1), k, lam, e, op)
-        top = lax.top_k(key, widths[level])[0]
-        fits = jnp.all(top[:, -1] <= saturates_at(top[:, k], lam, e, op))  # #{s_i > U(s_k)} < k + m
-        return lax.cond(fits, lambda: solve_threshold(-top, k, lam, e, op), lambda: solve_from(level + 1))
+        return select(level)[0]
 
-    return solve_from(0)
+    def select(level: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        top, index = lax.top_k(key, widths[level])
+        fits = jnp.all(top[:, -1] <= saturates_at(top[:, k], lam, e, op))  # #{s_i > U(s_k)} < k + m
+        t = lax.cond(fits, lambda: solve_threshold(-top, k, lam, e, op), lambda: solve_from(level + 1))
+        return t, index, fits
+
+    if not widths:
+        return solve_from(0), None, None
+    return select(0)
 
 
 def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, search: str | None = None) -> jax.Array:

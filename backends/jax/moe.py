@@ -7,7 +7,9 @@ scatter-adds its gate-weighted outputs: k rows per group and expert for the hard
 relaxed mask, whose number of non-zeros is only known at run time, the smallest of the static sizes
 ``MoEConfig.dispatch_ladder(n)`` (k, 2k, ..., n) that holds its widest row, chosen by ``lax.switch``
 (only that branch runs). ``"dense"`` runs every expert on every token and lets the combine weights
-(gate x mask) zero the rest. Same outputs and gradients.
+(gate x mask) zero the rest. Same outputs and gradients. The switch's branches are rematerialised
+(``jax.checkpoint``): its backward would otherwise carry the residuals of every branch, the ones not
+taken as zeros of up to the dense size.
 
 References:
     Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7; Zhou et al. (2022).
@@ -136,7 +138,9 @@ def _sparse_experts(params: dict[str, jax.Array], x: jax.Array, combine: jax.Arr
     ladder = moe.dispatch_ladder(n)
     widest = jnp.max(jnp.sum(mask != 0, axis=-1))
     branch = jnp.searchsorted(jnp.asarray(ladder, widest.dtype), widest)
-    return lax.switch(branch, [functools.partial(_experts_at, c) for c in ladder], params, x, combine, mask)
+    # Rematerialised branches: otherwise the backward keeps every branch's residuals, zeros where not taken.
+    branches = [jax.checkpoint(functools.partial(_experts_at, c)) for c in ladder]
+    return lax.switch(branch, branches, params, x, combine, mask)
 
 
 _EXPERTS = {"sparse": _sparse_experts, "dense": _dense_experts}

@@ -37,14 +37,35 @@ def _threshold(x, k, lam, e, op):
     return _threshold_fwd(x, k, lam, e, op)[0]
 
 
+def _scatter(x, index, values):
+    """Zeros of x's shape with ``values`` (B, W) at ``index`` (B, W) along the last axis."""
+    rows = jnp.broadcast_to(jnp.expand_dims(jnp.arange(x.shape[0]), 1), index.shape)
+    return jnp.zeros_like(x).at[rows, index].set(values)
+
+
 def _threshold_fwd(x, k, lam, e, op):
-    t = select_threshold(x if op == "mask" else jnp.abs(x), k, lam, e, op)
-    return threshold_output(x, t, lam, e, op), (x, t)
+    t, index, fits = select_threshold(x if op == "mask" else jnp.abs(x), k, lam, e, op)
+    if index is None:
+        return threshold_output(x, t, lam, e, op), (x, t, None, None)
+    # when the first selection solved every row, only its elements can be non-zero (s_i > t); for
+    # the magnitude with t = 0 (at most k non-zero |x_i|) every element is saturated
+    compact = fits if op == "mask" else fits & jnp.all(t > 0)
+    y = lax.cond(compact,
+                 lambda: _scatter(x, index, threshold_output(jnp.take_along_axis(x, index, 1), t, lam, e, op)),
+                 lambda: threshold_output(x, t, lam, e, op))
+    return y, (x, t, index, compact)
 
 
 def _threshold_bwd(k, lam, e, op, res, g):
-    x, t = res
-    return (threshold_vjp(x, t, g, k, lam, e, op),)
+    x, t, index, compact = res
+    if index is None:
+        return (threshold_vjp(x, t, g, k, lam, e, op),)
+
+    def on_selection():
+        x_top, g_top = jnp.take_along_axis(x, index, 1), jnp.take_along_axis(g, index, 1)
+        return _scatter(x, index, threshold_vjp(x_top, t, g_top, k, lam, e, op))
+
+    return (lax.cond(compact, on_selection, lambda: threshold_vjp(x, t, g, k, lam, e, op)),)
 
 
 _threshold.defvjp(_threshold_fwd, _threshold_bwd)

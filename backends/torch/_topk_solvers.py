@@ -106,7 +106,7 @@ def select_margin(k: int, n: int) -> int:
 
 
 def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, margin: int | None = None,
-                     wide: float = 0.5) -> torch.Tensor:
+                     wide: float = 0.5) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Threshold ``t`` (B, 1) float64 of the exact solution from the top ``k + m`` values of each row.
 
     ``solve_threshold`` reads only the window of values above ``U(s_k)`` (``s_k`` the (k+1)-th
@@ -122,7 +122,10 @@ def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, 
         wide: the fraction of n from which a full sort replaces the selection.
 
     Returns:
-        ``t`` (B, 1) float64, equal to ``solve_threshold`` on the fully sorted rows.
+        ``t`` (B, 1) float64, equal to ``solve_threshold`` on the fully sorted rows, and the
+        indices (B, k + m) int64 of the selected values, largest first, when one selection solved
+        every row (every element with ``s_i > t``, i.e. every non-zero output, is among them),
+        else None.
     """
     B, n = key.shape
     m = select_margin(k, n) if margin is None else max(1, int(margin))
@@ -134,18 +137,18 @@ def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, 
         if width >= n or width >= wide * n:
             t_part = solve_threshold(torch.sort(-part, dim=1).values, k, lam, e, op)
             if rows is None:
-                return t_part
+                return t_part, None
             t[rows] = t_part
-            return t
-        top = torch.topk(part, width, dim=1).values
+            return t, None
+        top, index = torch.topk(part, width, dim=1)
         s_k, last = top[:, k:k + 1], top[:, -1:]
         fit = (last <= saturates_at(s_k, lam, e, op)).squeeze(1)  # #{s_i > U(s_k)} < k + m
         if bool(fit.all()):
             t_part = solve_threshold(top.neg_(), k, lam, e, op)
             if rows is None:
-                return t_part
+                return t_part, index
             t[rows] = t_part
-            return t
+            return t, None
         if bool(fit.any()):
             done = fit.nonzero().squeeze(1)
             t[done if rows is None else rows[done]] = solve_threshold(top[done].neg_(), k, lam, e, op)
@@ -193,17 +196,20 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
     L = count_at_least(saturation_level(s_k1)).clamp_max(k - 1)  # < k but for |x| with zeros (t = 0 below)
     R = count_above(upper(-neg_s[:, k:k + 1])).clamp_min(k) if k < n else torch.full_like(L, n)
     c = s_k1.to(acc)
-    u = neg_s.clamp(min=neg_s.gather(1, L), max=neg_s.gather(1, R - 1)).add_(s_k1).neg_()  # window, centred
+    # prefix sums over the columns [first, last) that hold every row's window (the CPU reads its
+    # bounds; elsewhere the whole row, without a host synchronisation)
+    first, last = (int(L.min()), int(R.max())) if search == "binary" else (0, n)
+    u = neg_s[:, first:last].clamp(min=neg_s.gather(1, L), max=neg_s.gather(1, R - 1)).add_(s_k1).neg_()
     pre = [torch.cumsum(u, dim=1, dtype=acc)]
     if e == 3:
         u2 = u * u
         pre += [torch.cumsum(u2, dim=1, dtype=acc), torch.cumsum(u2.mul_(u), dim=1, dtype=acc)]
 
     def sums(lo: torch.Tensor, hi: torch.Tensor) -> list[torch.Tensor]:
-        """Sums of u^j over [lo, hi) (0 when hi <= lo)."""
+        """Sums of u^j over [lo, hi) (0 when hi <= lo), for first <= lo, hi <= last."""
         out = []
         for p in pre:
-            at = lambda j: torch.where(j > 0, p.gather(1, (j - 1).clamp(0, n - 1)), 0.0)  # noqa: E731
+            at = lambda j: torch.where(j > first, p.gather(1, (j - 1 - first).clamp(0, last - first - 1)), 0.0)  # noqa: E731
             out.append(torch.where(hi > lo, at(hi) - at(lo), 0.0))
         return out
 
@@ -227,7 +233,7 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
         ok = fits(u_all, j, count_above(u_all))
         saturated = L + (ok & (j > L) & (j <= k)).sum(1, keepdim=True)
     else:
-        steps = math.ceil(math.log2(n + 1))
+        steps = math.ceil(math.log2(int((R - L).max()) + 2))  # both searches stay inside [L, R]
         counts = []
         # positive count in [k, R] (F(s_(k-1)) <= k - 1); saturated count in [L, k] (F(U_k) >= k + 1)
         for positive_side, lo, hi in ((True, torch.full_like(L, k), R + 1), (False, L, torch.full_like(L, k + 1))):

@@ -277,3 +277,123 @@ def test_accelerator_search_matches_cpu_binary_search(backend):
         neg = _arr(backend, np.sort(-(x if op == "mask" else np.abs(x)), axis=1))
         ys = [_np(backend, output(_arr(backend, x), neg, k, lam, e, op, s)) for s in ("binary", "all")]
         assert_close(ys[0], ys[1], rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Threshold by selection (issue 19): the top k + m values solve every row exactly as the full sort
+# ----------------------------------------------------------------------------------------------
+
+def _selection_rows(n: int = 2000) -> np.ndarray:
+    """Random, tied, constant and adversarial rows: one huge outlier, mostly zeros, two tied levels."""
+    rng = np.random.default_rng(123)
+    x = rng.standard_normal((7, n))
+    x[1] = np.round(x[1] * 2) / 2  # ties everywhere, a tie group across the k-th value
+    x[2] = 0.3  # all equal: the window is the whole row
+    x[3, 17] = 1e6  # one huge outlier
+    x[4, : n - 50] = 0.0  # fewer non-zeros than k for the magnitude
+    x[5] = np.where(rng.random(n) < 0.5, 1.0, -1.0)  # two values
+    x[6] = rng.standard_normal(n) * 1e-3 + 5.0
+    return x
+
+
+def _sort_solution(backend: str, x: np.ndarray, k: int, lam: float, p: float, op: str, g: np.ndarray):
+    """Output and J^T g from the full sort (``solve_threshold`` on every sorted value): the reference."""
+    import importlib
+
+    solvers = importlib.import_module(f"backends.{backend}._topk_solvers")
+    e = 1 if p == 2.0 else 3
+    if k == 0:
+        return np.zeros_like(x), np.zeros_like(x)
+    if backend == "torch":
+        import torch
+
+        xt, gt = torch.from_numpy(x), torch.from_numpy(g)
+        key = xt if op == "mask" else xt.abs()
+        t = solvers.solve_threshold(torch.sort(-key, dim=1).values, k, lam, e, op)
+        return (solvers.threshold_output(xt, t, lam, e, op).numpy(),
+                solvers.threshold_vjp(xt, t, gt, k, lam, e, op).numpy())
+    import jax.numpy as jnp
+
+    xj, gj = jnp.asarray(x), jnp.asarray(g)
+    key = xj if op == "mask" else jnp.abs(xj)
+    t = solvers.solve_threshold(jnp.sort(-key, axis=1), k, lam, e, op)
+    return (np.asarray(solvers.threshold_output(xj, t, lam, e, op)),
+            np.asarray(solvers.threshold_vjp(xj, t, gj, k, lam, e, op)))
+
+
+SELECTION_GRID = [(k, lam) for k in (0, 1, 100, 1999, 2000) for lam in (0.01, 1.0)]
+JAX_SELECTION_GRID = [(1, 0.01), (100, 0.01), (100, 1.0), (2000, 0.1)]
+
+
+def _selection_cases():
+    """Every torch case; JAX compiles each case, so its p = 4/3 and wide-window cases are slow."""
+    cases = [("torch", op, p, k, lam) for op in OPS_ for p in (2.0, P43) for k, lam in SELECTION_GRID]
+    for op, p, (k, lam) in itertools.product(OPS_, (2.0, P43), JAX_SELECTION_GRID):
+        quick = p == 2.0 and (k, lam) in JAX_SELECTION_GRID[:2]
+        cases.append(pytest.param("jax", op, p, k, lam, marks=() if quick else pytest.mark.slow))
+    return cases
+
+
+@pytest.mark.parametrize("backend,op,p,k,lam", _selection_cases())
+def test_selection_equals_the_full_sort_forward_and_backward(backend, op, p, k, lam):
+    x = _selection_rows()
+    g = np.random.default_rng(5).standard_normal(x.shape)
+    ops = backends.get(backend).ops
+    y, grad = ops.topk_vjp(_arr(backend, x), k, _arr(backend, g), op=op, lam=lam, p=p)
+    y_ref, grad_ref = _sort_solution(backend, x, k, lam, p, op, g)
+    assert_close(_np(backend, y), y_ref, rtol=0, atol=1e-12 * max(1.0, np.abs(y_ref).max()))
+    assert_close(_np(backend, grad), grad_ref, rtol=0, atol=1e-12 * max(1.0, np.abs(grad_ref).max()))
+    if 0 < k < x.shape[1] and op == "mask":
+        assert_close(_np(backend, y).sum(1), np.full(len(x), k), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("op", OPS_)
+@pytest.mark.parametrize("p", [2.0, P43])
+def test_selection_grows_its_window_until_it_fits(backend, op, p):
+    """From a margin of one value, rows whose window is wider are selected again (or sorted): same t."""
+    import importlib
+
+    solvers = importlib.import_module(f"backends.{backend}._topk_solvers")
+    x = _selection_rows(600)
+    e = 1 if p == 2.0 else 3
+    for k, lam in [(60, 0.01), (60, 0.5), (1, 3.0)]:
+        if backend == "torch":
+            import torch
+
+            key = torch.from_numpy(x if op == "mask" else np.abs(x))
+            t_ref = solvers.solve_threshold(torch.sort(-key, dim=1).values, k, lam, e, op).numpy()
+            t, index = solvers.select_threshold(key, k, lam, e, op, margin=1)
+            wide_t, wide_index = solvers.select_threshold(key[:1], k, lam, e, op, margin=300)
+            assert wide_index is not None and wide_index.shape == (1, k + 300)  # one selection solved it
+        else:
+            import jax
+            import jax.numpy as jnp
+
+            key = jnp.asarray(x if op == "mask" else np.abs(x))
+            t_ref = np.asarray(solvers.solve_threshold(jnp.sort(-key, axis=1), k, lam, e, op))
+            t, index, fits = jax.jit(lambda a, k=k, lam=lam: solvers.select_threshold(a, k, lam, e, op, margin=1))(key)
+            assert index.shape == (len(x), k + 1) and not bool(fits)  # the constant row never fits
+        assert_close(np.asarray(t), t_ref, rtol=0, atol=1e-12 * max(1.0, np.abs(t_ref).max()))
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_selection_path_rejects_non_finite_rows(backend):
+    x = _selection_rows()
+    for bad, where in [(np.nan, 1000), (-np.inf, 3), (np.inf, 1999)]:
+        y = x.copy()
+        y[0, where] = bad
+        for op in OPS_:
+            with pytest.raises(ValueError, match="NaN or"):
+                _op(backend, op)(_arr(backend, y), 100, lam=0.01)
+
+
+@pytest.mark.parametrize("op", OPS_)
+@pytest.mark.parametrize("p", [2.0, P43])
+def test_torch_and_jax_agree_on_the_selection_path(op, p):
+    x = _selection_rows()[[0, 1, 3, 6]]
+    g = np.random.default_rng(6).standard_normal(x.shape)
+    out = [[_np(b, a) for a in backends.get(b).ops.topk_vjp(_arr(b, x), 100, _arr(b, g), op=op, lam=0.05, p=p)]
+           for b in ("torch", "jax")]
+    assert_close(out[0][0], out[1][0], rtol=1e-12, atol=1e-12)
+    assert_close(out[0][1], out[1][1], rtol=1e-12, atol=1e-9)
