@@ -25,7 +25,7 @@ from backends.datasets import DATASETS, DatasetUnavailable, load_images
 from backends.init import normal
 from backends.residual_classifier_init import ClassifierConfig, cosine_lr
 from backends.residual_config import init_params, make_config
-from harness.checks import Check, at_least, decide, distinct, paired_interval, seeds, span
+from harness.checks import Check, all_hold, at_least, decide, distinct, paired_interval, seeds, span
 from harness.figures import Figure, Setting
 from harness.workload import Context, Float, Metric, Params as _Params, Record, Skip
 from results.aggregate import reduce_trials
@@ -413,7 +413,7 @@ def _keys(rows: pd.DataFrame) -> list[str]:
     return ["backend", "seed", "p_depth", "tag"] + (["p_backward"] if rows["p_backward"].notna().any() else [])
 
 
-def _heun_better(rows: pd.DataFrame) -> tuple[bool | None, str]:
+def _heun_better(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
     """log10 of Heun's over Euler's error per weight tensor, paired; holds when the 95% interval is below 0."""
     rows = rows[rows["tag"].map(_is_weight)].assign(value=lambda r: np.log10(np.maximum(r["value"], 1e-300)))
     on = _keys(rows)
@@ -422,7 +422,7 @@ def _heun_better(rows: pd.DataFrame) -> tuple[bool | None, str]:
     if both.empty:
         return None, "no depth with both the ResNet and the HeunNet"
     interval = paired_interval(both["value_heun"], both["value_euler"])
-    return interval.below(0.0), f"log10(Heun / Euler) of the error ratio: {interval.text('+.2f')}"
+    return interval.side("below"), f"log10(Heun / Euler) of the error ratio: {interval.text('+.2f')}"
 
 
 def _deeper_better(rows: pd.DataFrame) -> tuple[bool | None, str]:
@@ -516,24 +516,25 @@ def _paired(rows: pd.DataFrame, first: dict, second: dict, on: list[str]):
 
 def _gap_at(which: str):
     """Test of backprop minus adjoint accuracy at the smallest (large gap) or the largest depth (no gap)."""
-    def test(rows: pd.DataFrame) -> tuple[bool | None, str]:
+    def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
         depth = rows["p_depth"].min() if which == "smallest" else rows["p_depth"].max()
         interval = _paired(rows[rows["p_depth"] == depth], {"p_backward": "backprop"}, {"p_backward": "adjoint"},
                            ["backend", "p_scheme", "seed"])
         if interval is None:
             return None, f"N={depth}: no seed trained both ways"
-        holds = interval.above(0.0) if which == "smallest" else interval.below(_CLOSE)
+        holds = interval.side("above") if which == "smallest" else interval.side("below", _CLOSE)
         return holds, f"N={depth}: backprop - adjoint accuracy {interval.text('+.3f')}"
     return test
 
 
 def _compare(first: dict, second: dict, side: str):
     """Test over every depth: ``first - second`` accuracy within +-1 point (same) or above -1 point (no worse)."""
-    def test(rows: pd.DataFrame) -> tuple[bool | None, str]:
+    def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
         interval = _paired(rows, first, second, ["backend", "p_depth", "seed"])
         if interval is None:
             return None, "no depth and seed with both"
-        holds = interval.above(-_CLOSE) and (side == "no worse" or interval.below(_CLOSE))
+        sides = [interval.side("above", -_CLOSE)] + ([] if side == "no worse" else [interval.side("below", _CLOSE)])
+        holds = all_hold(sides)
         return holds, f"difference {interval.text('+.3f')} over (depth, seed) pairs"
     return test
 

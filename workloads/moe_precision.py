@@ -28,7 +28,7 @@ from harness.workload import Check, Context, Float, Metric, Params as _Params, R
 from results.aggregate import ok_rows, summarize
 
 name = "moe_precision"
-version = 2  # 2: noise_std; checks decided with paired intervals over seeds
+version = 3  # 2: noise_std, paired intervals; 3: experts process only the tokens routed to them
 backends = ("torch", "jax")
 metrics = (
     Metric("precision_at_1", "fraction", "higher", "last", "validation precision-at-1 (accuracy for single-label data)"),

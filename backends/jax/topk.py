@@ -23,7 +23,8 @@ import numpy as np
 from jax import lax
 
 from ..topk_common import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
-from ._topk_solvers import block_vjp, dykstra, select_threshold, threshold_output, threshold_vjp
+from ._topk_solvers import (block_vjp, dykstra, saturates_at, select_margin, select_threshold,
+                             solve_threshold, threshold_output, threshold_vjp)
 
 
 def _rows(x: jax.Array) -> jax.Array:
@@ -43,16 +44,32 @@ def _scatter(x, index, values):
     return jnp.zeros_like(x).at[rows, index].set(values)
 
 
-def _threshold_fwd(x, k, lam, e, op):
-    t, index, fits = select_threshold(x if op == "mask" else jnp.abs(x), k, lam, e, op)
-    if index is None:
-        return threshold_output(x, t, lam, e, op), (x, t, None, None)
-    # when the first selection solved every row, only its elements can be non-zero (s_i > t); for
-    # the magnitude with t = 0 (at most k non-zero |x_i|) every element is saturated
+def _selected_output(x, t, index, fits, lam, e, op):
+    """Output at ``t``; when ``fits`` (``index`` holds every s_i > t) computed on the selection only.
+
+    For the magnitude with t = 0 (at most k non-zero |x_i|) every element is saturated: dense.
+    """
     compact = fits if op == "mask" else fits & jnp.all(t > 0)
     y = lax.cond(compact,
                  lambda: _scatter(x, index, threshold_output(jnp.take_along_axis(x, index, 1), t, lam, e, op)),
                  lambda: threshold_output(x, t, lam, e, op))
+    return y, compact
+
+
+def _selected_vjp(x, t, index, compact, g, k, lam, e, op):
+    """``J^T g`` at ``t`` (Prop. 7.8), on the selection only when ``compact``."""
+    def on_selection():
+        x_top, g_top = jnp.take_along_axis(x, index, 1), jnp.take_along_axis(g, index, 1)
+        return _scatter(x, index, threshold_vjp(x_top, t, g_top, k, lam, e, op))
+
+    return lax.cond(compact, on_selection, lambda: threshold_vjp(x, t, g, k, lam, e, op))
+
+
+def _threshold_fwd(x, k, lam, e, op):
+    t, index, fits = select_threshold(x if op == "mask" else jnp.abs(x), k, lam, e, op)
+    if index is None:
+        return threshold_output(x, t, lam, e, op), (x, t, None, None)
+    y, compact = _selected_output(x, t, index, fits, lam, e, op)
     return y, (x, t, index, compact)
 
 
@@ -60,12 +77,7 @@ def _threshold_bwd(k, lam, e, op, res, g):
     x, t, index, compact = res
     if index is None:
         return (threshold_vjp(x, t, g, k, lam, e, op),)
-
-    def on_selection():
-        x_top, g_top = jnp.take_along_axis(x, index, 1), jnp.take_along_axis(g, index, 1)
-        return _scatter(x, index, threshold_vjp(x_top, t, g_top, k, lam, e, op))
-
-    return (lax.cond(compact, on_selection, lambda: threshold_vjp(x, t, g, k, lam, e, op)),)
+    return (_selected_vjp(x, t, index, compact, g, k, lam, e, op),)
 
 
 _threshold.defvjp(_threshold_fwd, _threshold_bwd)
@@ -129,15 +141,51 @@ def _sorted_bwd(k, lam, e, op, solver, max_iter, tol, res, g):
 
 _sorted.defvjp(_sorted_fwd, _sorted_bwd)
 
+@functools.partial(jax.jit, static_argnames=("op", "width"))
+def _top_k(rows, *, op, width):
+    """``lax.top_k`` as the root of its own computation: XLA's CPU backend keeps its TopK kernel only
+    there and turns a top_k inside a larger graph into a full sort."""
+    return lax.top_k(rows if op == "mask" else jnp.abs(rows), width)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "lam", "e", "op"))
+def _window_fits(top, *, k, lam, e, op):
+    return jnp.all(top[:, -1] <= saturates_at(top[:, k], lam, e, op))  # #{s_i > U(s_k)} < k + m
+
+
+def _eager_selection(x, k: int, lam: float, e: int, op: str):
+    """The top k + m values and indices of each row of a concrete ``x`` when they hold every row's
+    window (``select_threshold``'s widths, tried in turn), else None (traced inputs, short rows)."""
+    if isinstance(x, jax.core.Tracer) or k == 0 or x.size == 0:
+        return None
+    rows = _rows(x)
+    n = rows.shape[1]
+    m = select_margin(k, n)
+    while k + m < 0.5 * n:
+        top, index = _top_k(rows, op=op, width=k + m)
+        if bool(_window_fits(top, k=k, lam=lam, e=e, op=op)):
+            return top, index
+        m *= 16
+    return None
+
+
+def _solve_selected(rows, top, index, k, lam, e, op):
+    t = solve_threshold(-top, k, lam, e, op)
+    y, compact = _selected_output(rows, t, index, jnp.ones((), bool), lam, e, op)
+    return t, y, compact
+
+
 _STATIC = ("k", "op", "lam", "e", "solver", "max_iter", "tol", "info")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _relaxed_rows(x, *, k, op, lam, e, solver, max_iter, tol, info):
+def _relaxed_rows(x, selection=None, *, k, op, lam, e, solver, max_iter, tol, info):
     rows = _rows(x)
     iterations = None
     if k == 0 or rows.size == 0:
         y = rows * 0.0
+    elif selection is not None:  # forward only (the differentiable path is _threshold)
+        y = _solve_selected(rows, *selection, k, lam, e, op)[1]
     elif solver == "threshold":
         y = _threshold(rows, k, lam, e, op)
     elif info:
@@ -169,8 +217,9 @@ def _checked(x, name: str = "x") -> jax.Array:
 def _relaxed(x, k, op, lam, p, solver, max_iter, tol, *, info: bool = False):
     x = _checked(x)
     a = check_args(x.shape[-1], k, lam, p, solver, max_iter, tol)
-    y, it, finite = _relaxed_rows(x, k=a.k, op=op, lam=a.lam, e=a.e, solver=a.solver, max_iter=a.max_iter,
-                                  tol=a.tol, info=info)
+    selection = _eager_selection(x, a.k, a.lam, a.e, op) if a.solver == "threshold" else None
+    y, it, finite = _relaxed_rows(x, selection, k=a.k, op=op, lam=a.lam, e=a.e, solver=a.solver,
+                                  max_iter=a.max_iter, tol=a.tol, info=info)
     if not isinstance(x, jax.core.Tracer) and not bool(finite):
         raise ValueError(_NOT_FINITE)
     return y, (None if it is None else int(it))
@@ -285,6 +334,16 @@ def _vjp(x, cotangent, *, k, op, lam, p, solver, max_iter, tol):
     return y, pullback(cotangent)[0]
 
 
+@functools.partial(jax.jit, static_argnames=("k", "op", "lam", "e"))
+def _vjp_selected(x, cotangent, top, index, *, k, op, lam, e):
+    """Output and ``J^T cotangent`` from an eager selection (the closed form of ``_threshold_bwd``)."""
+    rows = _rows(x)
+    t, y, compact = _solve_selected(rows, top, index, k, lam, e, op)
+    g = cotangent.reshape(rows.shape).astype(rows.dtype)
+    grad = _selected_vjp(rows, t, index, compact, g, k, lam, e, op)
+    return y.astype(x.dtype).reshape(x.shape), grad.astype(x.dtype).reshape(x.shape)
+
+
 def topk_vjp(x: jax.Array, k: int, cotangent: jax.Array, *, op: str = "mask", lam: float = 0.1,
              p: float = 2.0, solver: str = "threshold", max_iter: int | None = None,
              tol: float | None = None) -> tuple[jax.Array, jax.Array]:
@@ -301,5 +360,10 @@ def topk_vjp(x: jax.Array, k: int, cotangent: jax.Array, *, op: str = "mask", la
         check_args(x.shape[-1], k, lam, p, solver, max_iter, tol)
     if not isinstance(x, jax.core.Tracer) and not bool(_all_finite(x)):
         raise ValueError(_NOT_FINITE)
+    if solver == "threshold" and op in OPERATORS:
+        a = check_args(x.shape[-1], k, lam, p, solver, max_iter, tol)
+        selection = _eager_selection(x, a.k, a.lam, a.e, op)
+        if selection is not None:
+            return _vjp_selected(x, jnp.asarray(cotangent, x.dtype), *selection, k=a.k, op=op, lam=a.lam, e=a.e)
     return _vjp(x, jnp.asarray(cotangent, x.dtype), k=int(k), op=op, lam=lam, p=p, solver=solver,
                 max_iter=max_iter, tol=tol)

@@ -105,6 +105,23 @@ def select_margin(k: int, n: int) -> int:
     return max(16, k // 16)
 
 
+def sampled_margin(key: torch.Tensor, k: int, lam: float, e: int, op: str, stride: int = 64) -> int:
+    """A first margin from every ``stride``-th value: twice the sampled window width, scaled up.
+
+    The window (the values in ``(U(s_k), s_k]``) is counted in the sample's top ``k / stride``
+    (about 1/64 of the cost of the selection); rows shorter than ``64 stride`` use ``select_margin``.
+    """
+    B, n = key.shape
+    base = select_margin(k, n)
+    if n < 64 * stride or k < 4 * stride:
+        return base
+    sample = key[:, ::stride]
+    ks = k // stride
+    top = torch.topk(sample, min(sample.shape[1], 4 * ks), dim=1).values
+    inside = (top[:, ks:] > saturates_at(top[:, ks:ks + 1], lam, e, op)).sum(1)
+    return max(base, 2 * stride * (int(inside.max()) + 2))
+
+
 def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, margin: int | None = None,
                      wide: float = 0.5) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Threshold ``t`` (B, 1) float64 of the exact solution from the top ``k + m`` values of each row.
@@ -118,7 +135,7 @@ def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, 
 
     Args:
         key: (B, n) finite rows (``x`` for the mask, ``|x|`` for the magnitude); 1 <= k <= n.
-        lam, e, op: as for ``solve_threshold``. margin: the first ``m`` (default ``select_margin``).
+        lam, e, op: as for ``solve_threshold``. margin: the first ``m`` (default ``sampled_margin``).
         wide: the fraction of n from which a full sort replaces the selection.
 
     Returns:
@@ -128,7 +145,7 @@ def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, 
         else None.
     """
     B, n = key.shape
-    m = select_margin(k, n) if margin is None else max(1, int(margin))
+    m = sampled_margin(key, k, lam, e, op) if margin is None else max(1, int(margin))
     t = torch.empty(B, 1, dtype=torch.float64, device=key.device)
     rows = None  # the rows still to solve (None: all of them)
     while True:

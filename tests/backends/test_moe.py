@@ -183,7 +183,8 @@ def _jax_value_and_grads(moe: MoEConfig, images: np.ndarray, weights: np.ndarray
     x, w = jnp.asarray(images), jnp.asarray(weights)
     grads = jax.grad(lambda p: (jmoe.moe_vit_apply(p, x, _SHAPE, moe)[0] * w).sum())(params)
     logits, combine = jmoe.moe_vit_apply(params, x, _SHAPE, moe)
-    return np.asarray(logits), [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)], [np.asarray(c) for c in combine]
+    leaves = jax.tree_util.tree_leaves(grads)
+    return np.asarray(logits), [np.asarray(g) for g in leaves], [np.asarray(c) for c in combine]
 
 
 _VALUE_AND_GRADS = {"torch": _torch_value_and_grads, "jax": _jax_value_and_grads}
@@ -252,3 +253,16 @@ def test_experts_process_only_the_rows_they_select(backend, case, dispatch, monk
     assert seen == [(E, per_expert, _SHAPE.width)]
     if dispatch == "sparse":
         assert per_expert <= G * n // 2 if case == "hard" or backend == "torch" else per_expert < G * n
+
+
+@pytest.mark.parametrize("dispatch", ["sparse", "dense"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_input_raises_the_routers_one_line_error_in_either_dispatch(backend, dispatch):
+    config = ViTConfig(width=16, depth=2, heads=2, mlp_dim=24)
+    moe = MoEConfig(router="relaxed", solver="threshold", lam=0.01, dispatch=dispatch)
+    be = backends.get(backend)
+    params = be.ops.moe_vit_init(config, moe, 0, "cpu", "float64")
+    images = _images_and_weights()[0]
+    images[1, 0, 2, 3] = np.nan
+    with jax.disable_jit(), pytest.raises(ValueError, match=r"^x contains NaN or \+-inf; the relaxed top-k is defined"):
+        be.ops.moe_vit_apply(params, be.asarray(images, be.device("cpu"), "float64"), config, moe)

@@ -255,8 +255,8 @@ def test_training_checks_do_not_hold_on_contrary_accuracies(train_table):
         if backward == "backprop":
             return (0.98 if scheme == "euler" else 0.95) + 0.002 * seed  # HeunNet's curve lower
         if depth == 1:
-            return (0.98 if scheme == "euler" else 0.95) + 0.002 * seed  # no gap; the HeunNet worse than the ResNet
-        return 0.90 + 0.002 * seed  # the adjoint short at large depth
+            return (0.99 if scheme == "euler" else 0.96) + 0.002 * seed  # the adjoint ahead; the HeunNet worse
+        return (0.90 if scheme == "euler" else 0.87) + 0.002 * seed  # the adjoint short at large depth
     checks = _trained(_seeded(train_table, contrary))
     assert {c.name.split(":")[0]: c.verdict for c in checks} == {name: "does not hold" for name in TRAINED}
 
