@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/sinkhorn_attention.py [--T 256 1024 2048] [--device cpu]
 [--backends torch jax] [--max-gib 4]``. Shapes B = 8, H = 8, d = 64, float32, as in
-``../shared/anchors/README.md`` (one H200: Sinkhorn-21 is 19x SDPA's fp32 time at T = 2,048).
+``docs/anchors.md`` (one H200: Sinkhorn-21 is 19x SDPA's fp32 time at T = 2,048).
 Every case is timed with ``backends.timer`` (warm-up excluded, synchronised, median and IQR of
 all samples printed); memory is a separate pass: peak CUDA bytes on a GPU, else bytes saved for
 the backward (torch) or the compiled executable's temporary bytes (JAX). A case whose estimated
