@@ -299,7 +299,18 @@ class ClassifierTrainerObject(Protocol):
 
     def fit_epoch(self, x: Array, y: Array, order: Any, batch: int, lr: float) -> tuple[float, float]: ...
 
-    def body_gradients(self, x: Array, y: Array, backward: str) -> dict[str, Any]: ...
+    def body_gradients(self, x: Array, y: Array, backward: str) -> dict[str, Any]:
+        """Gradient of the mean cross-entropy on (x, y) w.r.t. the residual blocks' weights, at the current weights.
+
+        Args:
+            backward: ``adjoint`` (eq. 2.7, activations rebuilt by reversal) or ``backprop``.
+
+        Returns:
+            name -> (sets, *shape) float64 arrays, as ``params["body"]``.
+
+        References:
+            Thesis Fig. 2.3c (the adjoint's gradient against backprop's, per parameter tensor).
+        """
 
     def predict(self, x: Array) -> Any: ...
 

@@ -56,7 +56,7 @@ class Params(_Params):
     gamma: Float | None = pydantic.Field(None, ge=0.0, le=1.0,
                                          description="momentum term; None: 1 - 1/(50 depth) (Fig. 4.2), 0.9 torchvision")
     tied: bool | None = pydantic.Field(True, description="one set of weights for every layer")
-    block: Literal["mlp", "conv", *TORCHVISION] = "mlp"  # type: ignore[valid-type]
+    block: Literal[("mlp", "conv", *TORCHVISION)] = "mlp"  # type: ignore[valid-type]
     activation: Literal["tanh", "relu"] | None = "tanh"
     image_size: pydantic.PositiveInt | None = pydantic.Field(None, description="side of the images (conv: 8, torchvision: 32)")
     dtype: Literal["float32", "float64"] = "float32"

@@ -153,7 +153,7 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
     The algorithm of ``backends/torch/_topk_solvers.solve_threshold``: t lies in (U(s_k), s_(k-1)),
     only the window [L, R) can pool; a binary search (``lax.fori_loop``) over the s_i counts the
     positive elements, one over the U_i the saturated ones; the pooled block is solved in closed
-    form from prefix sums (accumulated in float64) of window-clamped values centred at s_(k-1).
+    form from sums (in float64, accumulated outwards from s_k) of window-clamped values centred at s_k.
     1 <= k <= n. ``search``: ``binary`` (the loops; CPU), ``all`` (every breakpoint at once, no
     loop; accelerators) or None (chosen per platform by ``lax.platform_dependent``).
     """
@@ -175,21 +175,27 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
     s_k1 = -neg_s[:, k - 1:k]
     L = jnp.minimum(count_at_least(saturation_level(s_k1)), k - 1)  # < k but for |x| with zeros (t = 0 below)
     R = jnp.maximum(count_above(upper(-neg_s[:, k:k + 1])), k) if k < n else jnp.full_like(L, n)
-    c = s_k1.astype(acc)
+    centre = -neg_s[:, min(k, n - 1):min(k, n - 1) + 1]  # s_k: inside the pooled range, never an outlier
+    c = centre.astype(acc)
     window_lo = jnp.take_along_axis(neg_s, L, 1)
     window_hi = jnp.take_along_axis(neg_s, R - 1, 1)
-    u = -(jnp.clip(neg_s, window_lo, window_hi) + s_k1)  # s clamped to the window, centred at s_(k-1)
-    pre = [jnp.cumsum(u.astype(acc), axis=1)]
+    u = -(jnp.clip(neg_s, window_lo, window_hi) + centre)  # s clamped to the window, centred at s_k
+    powers = [u.astype(acc)]
     if e == 3:
-        u2 = u * u
-        pre += [jnp.cumsum(u2.astype(acc), axis=1), jnp.cumsum((u2 * u).astype(acc), axis=1)]
+        powers += [powers[0] ** 2, powers[0] ** 3]
+    zero = jnp.zeros((B, 1), acc)
+    # accumulated outwards from column k, so that a range sum never cancels a far (huge) value
+    outwards = [(jnp.concatenate([zero, jnp.cumsum(v[:, k:], axis=1)], axis=1),  # [k, j) for j >= k
+                 jnp.concatenate([jnp.flip(jnp.cumsum(jnp.flip(v[:, :k], 1), axis=1), 1), zero], axis=1))  # [j, k)
+                for v in powers]
 
     def sums(lo, hi):
         """Sums of u^j over [lo, hi) (0 when hi <= lo)."""
         out = []
-        for p in pre:
-            def at(j, p=p):
-                return jnp.where(j > 0, jnp.take_along_axis(p, jnp.clip(j - 1, 0, n - 1), 1), 0.0)
+        for up, down in outwards:
+            def at(j, up=up, down=down):
+                return jnp.where(j >= k, jnp.take_along_axis(up, jnp.clip(j - k, 0, n - k), 1),
+                                 -jnp.take_along_axis(down, jnp.clip(j, 0, k), 1))
             out.append(jnp.where(hi > lo, at(hi) - at(lo), 0.0))
         return out
 

@@ -104,17 +104,7 @@ class JaxResidualClassifierTrainer:
         return float(jnp.mean(jnp.stack(losses))), float(jnp.sum(jnp.stack(correct))) / (n_batches * batch)
 
     def body_gradients(self, x: jax.Array, y: jax.Array, backward: str) -> dict[str, np.ndarray]:
-        """Gradient of the mean cross-entropy on (x, y) w.r.t. the residual blocks' weights, at the current weights.
-
-        Args:
-            backward: ``adjoint`` (eq. 2.7, activations rebuilt by reversal) or ``backprop``.
-
-        Returns:
-            name -> (sets, *shape) float64 arrays, as ``params["body"]``.
-
-        References:
-            Thesis Fig. 2.3c (the adjoint's gradient against backprop's, per parameter tensor).
-        """
+        """The residual blocks' weight gradients by ``backward`` (see ``backends.signatures``)."""
         config = dataclasses.replace(self.config, backward=backward)
         grads = jax.jit(jax.grad(lambda p: _loss(p, x, y, config)[0]))(self.params)
         return {k: np.asarray(v, np.float64) for k, v in grads["body"].items()}

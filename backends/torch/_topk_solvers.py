@@ -111,7 +111,7 @@ def sampled_margin(key: torch.Tensor, k: int, lam: float, e: int, op: str, strid
     The window (the values in ``(U(s_k), s_k]``) is counted in the sample's top ``k / stride``
     (about 1/64 of the cost of the selection); rows shorter than ``64 stride`` use ``select_margin``.
     """
-    B, n = key.shape
+    n = key.shape[1]
     base = select_margin(k, n)
     if n < 64 * stride or k < 4 * stride:
         return base
@@ -188,8 +188,8 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
     (it saturates: s_i - lam, or Y(s_i)); t lies in (U(s_k), s_(k-1)) (0-based), so only the
     elements of the window [L, R) with U_i < s_(k-1) and s_i > U(s_k) can pool. One binary search
     over the s_i finds how many elements are positive, one over the U_i how many are saturated, and
-    the pooled block between them is solved in closed form. Prefix sums accumulate in float64, over
-    values clamped to the window and centred at s_(k-1), so they do not cancel. 1 <= k <= n.
+    the pooled block between them is solved in closed form. Sums accumulate in float64, outwards
+    from s_k, over values clamped to the window and centred at s_k, so they do not cancel. 1 <= k <= n.
     ``search``: ``binary`` (two loops of log2(n) small steps; the CPU default) or ``all`` (every
     breakpoint tested at once, a few kernels and no loop; the default on accelerators).
     """
@@ -212,21 +212,29 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
     s_k1 = -neg_s[:, k - 1:k]
     L = count_at_least(saturation_level(s_k1)).clamp_max(k - 1)  # < k but for |x| with zeros (t = 0 below)
     R = count_above(upper(-neg_s[:, k:k + 1])).clamp_min(k) if k < n else torch.full_like(L, n)
-    c = s_k1.to(acc)
-    # prefix sums over the columns [first, last) that hold every row's window (the CPU reads its
-    # bounds; elsewhere the whole row, without a host synchronisation)
+    centre = -neg_s[:, min(k, n - 1):min(k, n - 1) + 1]  # s_k: inside the pooled range, never an outlier
+    c = centre.to(acc)
+    # sums over the columns [first, last) that hold every row's window (the CPU reads its bounds;
+    # elsewhere the whole row, without a host synchronisation), accumulated outwards from column k
+    # so that a range sum never cancels a far (e.g. huge saturated) value
     first, last = (int(L.min()), int(R.max())) if search == "binary" else (0, n)
-    u = neg_s[:, first:last].clamp(min=neg_s.gather(1, L), max=neg_s.gather(1, R - 1)).add_(s_k1).neg_()
-    pre = [torch.cumsum(u, dim=1, dtype=acc)]
+    u = neg_s[:, first:last].clamp(min=neg_s.gather(1, L), max=neg_s.gather(1, R - 1)).add_(centre).neg_()
+    powers = [u.to(acc)]
     if e == 3:
-        u2 = u * u
-        pre += [torch.cumsum(u2, dim=1, dtype=acc), torch.cumsum(u2.mul_(u), dim=1, dtype=acc)]
+        powers += [powers[0] ** 2, powers[0] ** 3]
+    split = k - first
+    zero = torch.zeros(B, 1, dtype=acc, device=neg_s.device)
+    outwards = [(torch.cat([zero, torch.cumsum(v[:, split:], dim=1)], dim=1),  # [k, j) for j >= k
+                 torch.cat([torch.cumsum(v[:, :split].flip(1), dim=1).flip(1), zero], dim=1))  # [j, k)
+                for v in powers]
 
     def sums(lo: torch.Tensor, hi: torch.Tensor) -> list[torch.Tensor]:
         """Sums of u^j over [lo, hi) (0 when hi <= lo), for first <= lo, hi <= last."""
         out = []
-        for p in pre:
-            at = lambda j: torch.where(j > first, p.gather(1, (j - 1 - first).clamp(0, last - first - 1)), 0.0)  # noqa: E731
+        for up, down in outwards:
+            def at(j: torch.Tensor, up=up, down=down) -> torch.Tensor:
+                return torch.where(j >= k, up.gather(1, (j - k).clamp(0, last - k)),
+                                   -down.gather(1, (j - first).clamp(0, split)))
             out.append(torch.where(hi > lo, at(hi) - at(lo), 0.0))
         return out
 

@@ -94,17 +94,7 @@ class TorchResidualClassifierTrainer:
                                 x, y, order, batch)
 
     def body_gradients(self, x: torch.Tensor, y: torch.Tensor, backward: str) -> dict[str, np.ndarray]:
-        """Gradient of the mean cross-entropy on (x, y) w.r.t. the residual blocks' weights, at the current weights.
-
-        Args:
-            backward: ``adjoint`` (eq. 2.7, activations rebuilt by reversal) or ``backprop``.
-
-        Returns:
-            name -> (sets, *shape) float64 arrays, as ``params["body"]``.
-
-        References:
-            Thesis Fig. 2.3c (the adjoint's gradient against backprop's, per parameter tensor).
-        """
+        """The residual blocks' weight gradients by ``backward`` (see ``backends.signatures``)."""
         config = dataclasses.replace(self.config, backward=backward)
         loss = F.cross_entropy(residual_classifier_apply(self.params, x, config), y)
         grads = torch.autograd.grad(loss, list(self.params["body"].values()))

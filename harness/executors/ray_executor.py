@@ -22,7 +22,7 @@ from harness.errors import UserError
 from harness.executors._base import OnDone
 from harness.executors._quiet import RayLog
 from harness.fate import descendants, reap_when_gone
-from harness.probe import check_ray_address, loopback_only
+from harness.probe import check_ray_address, loopback_only, split_address
 from harness.sweep import Trial
 from harness.trial import Outcome, execute, prepare, unfinished
 
@@ -89,6 +89,8 @@ class RayExecutor:
         self.log = log or RayLog()
         self.dashboard_url: str | None = None
         """The cluster's dashboard, when this executor joined one that has it."""
+        if address and address not in ("auto", "local"):
+            split_address(address)  # a malformed --address is bad input, whatever Ray this process runs
         self._owns = not ray.is_initialized()
         self._on_this_host = False
         """True for an embedded instance: trials run on this machine, whose devices can be checked here."""

@@ -407,11 +407,11 @@ def test_jax_eager_selection_is_taken_and_exact(op):
     import jax.numpy as jnp
 
     jax_topk = __import__("backends.jax.topk", fromlist=["_eager_selection"])
-    x = _selection_rows()[[0, 3, 6]]
+    x = _selection_rows()[[0, 3]]  # random and the outlier: about 2 values in the window at lam = 0.01
     g = np.random.default_rng(7).standard_normal(x.shape)
     for p in (2.0, P43):
         selection = jax_topk._eager_selection(jnp.asarray(x), 100, 0.01, 1 if p == 2.0 else 3, op)
-        assert selection is not None and selection[1].shape == (3, 100 + 16)
+        assert selection is not None and selection[1].shape == (2, 100 + 16)
         y, grad = backends.get("jax").ops.topk_vjp(_arr("jax", x), 100, _arr("jax", g), op=op, lam=0.01, p=p)
         y_ref, grad_ref = _sort_solution("jax", x, 100, 0.01, p, op, g)
         assert_close(_np("jax", y), y_ref, rtol=0, atol=1e-12 * np.abs(y_ref).max())
