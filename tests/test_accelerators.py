@@ -97,3 +97,22 @@ def test_run_of_a_gpu_sweep_on_a_host_without_gpu_exits_2_before_any_trial(execu
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "sees no GPU" in lines[0] and "deeperbench doctor" in lines[0], result.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_doctor_describes_every_node_of_a_cluster_and_its_ray_resources(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1, resources={"probe": 2})
+        cluster.wait_for_nodes()
+        result = subprocess.run([*CLI, "doctor", "sweeps/device_roofline.gpu.yaml", "--address", cluster.address],
+                                cwd=ROOT, capture_output=True, text=True, timeout=280,
+                                env=os.environ | {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"})
+    finally:
+        cluster.shutdown()
+    assert result.returncode == 1, result.stdout + result.stderr  # no node has a GPU
+    assert result.stdout.count("ray resources") == 2, result.stdout
+    assert "probe=2" in result.stdout and "JAX sees no GPU" in result.stdout, result.stdout
