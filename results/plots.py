@@ -372,4 +372,19 @@ def _with_opacity(color: str, opacity: float) -> str:
     return f"rgba({r},{g},{b},{opacity})"
 
 
-__all__ = ["PALETTE", "Styles", "draw", "embed", "finish", "sort_key", "title_of"]
+def median_lines(summary: pd.DataFrame, x: str, label: Any, *, x_title: str, y_title: str) -> go.Figure:
+    """For a ``Custom`` figure: one line per configuration of a summary, medians at ``x`` with IQR error bars.
+
+    ``label(row)`` names a configuration; the backend and device are added to it.
+    """
+    fig = go.Figure()
+    for (backend, device, _), g in summary.groupby(["backend", "device_name", "params"], sort=False):
+        g = g.sort_values(x)
+        fig.add_trace(go.Scatter(x=g[x], y=g["median"], mode="lines+markers", name=f"{label(g.iloc[0])} ({backend}, {device})",
+                                 error_y=dict(type="data", symmetric=False, array=g["q75"] - g["median"],
+                                              arrayminus=g["median"] - g["q25"])))
+    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title)
+    return fig
+
+
+__all__ = ["PALETTE", "Styles", "draw", "embed", "finish", "median_lines", "sort_key", "title_of"]

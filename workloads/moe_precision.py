@@ -171,21 +171,13 @@ def _label(row: pd.Series) -> str:
 
 def _late_precision_zoom(table: pd.DataFrame):
     """Fig. 7.7's zoom: median precision-at-1 (IQR over seeds) over the last quarter of the steps."""
-    import plotly.graph_objects as go
+    from results.plots import median_lines  # plotly: loaded by the report only
 
     steps = summarize(table, metrics, by_step=True)
     prec = steps[(steps["metric"] == "precision_at_1") & (steps["step"] >= _LATE * steps["p_steps"])]
     if prec.empty:
         return None
-    fig = go.Figure()
-    for (backend, device, _), g in prec.groupby(["backend", "device_name", "params"], sort=False):
-        g = g.sort_values("step")
-        fig.add_trace(go.Scatter(x=g["step"], y=g["median"], mode="lines+markers",
-                                 name=f"{_label(g.iloc[0])} ({backend}, {device})",
-                                 error_y=dict(type="data", symmetric=False, array=g["q75"] - g["median"],
-                                              arrayminus=g["median"] - g["q25"])))
-    fig.update_layout(xaxis_title="training step", yaxis_title="precision-at-1")
-    return fig
+    return median_lines(prec, "step", _label, x_title="training step", y_title="precision-at-1")
 
 
 figures = (

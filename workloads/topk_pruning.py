@@ -170,7 +170,7 @@ def _label(row: pd.Series) -> str:
 
 def _error_vs_time(table: pd.DataFrame):
     """Fig. 7.5's axes: median test error against the median training time at each evaluation step."""
-    import plotly.graph_objects as go
+    from results.plots import median_lines  # plotly: loaded by the report only
 
     steps = summarize(table, metrics, by_step=True)
     keys = ["backend", "device_name", "params", "step"]
@@ -180,14 +180,7 @@ def _error_vs_time(table: pd.DataFrame):
         return None
     start = error[error["step"] == 0][keys].assign(time_s=0.0)
     joined = error.merge(pd.concat([start, clock]), on=keys).sort_values("step")
-    fig = go.Figure()
-    for (backend, device, _), g in joined.groupby(["backend", "device_name", "params"], sort=False):
-        fig.add_trace(go.Scatter(x=g["time_s"], y=g["median"], mode="lines+markers",
-                                 name=f"{_label(g.iloc[0])} ({backend}, {device})",
-                                 error_y=dict(type="data", symmetric=False, array=g["q75"] - g["median"],
-                                              arrayminus=g["median"] - g["q25"])))
-    fig.update_layout(xaxis_title="training time (s, median over seeds)", yaxis_title="test error")
-    return fig
+    return median_lines(joined, "time_s", _label, x_title="training time (s, median over seeds)", y_title="test error")
 
 
 figures = (
