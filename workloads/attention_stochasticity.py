@@ -310,6 +310,9 @@ def _concentrate_note(first: pd.Series, last_steps: float, thesis: bool) -> str:
         text += "; the thesis' Fig. 5.2 ViT is the attention-only model: this ViT with MLPs is beyond the thesis"
     elif first["p_dataset"] != "mnist" or int(first["p_batch"]) != 10:
         text += "; thesis: MNIST, patch 7, batch 10, Adam lr 2e-3"
+        if int(first["p_batch"]) != 10 or float(first["p_lr"]) != 2e-3 or first["p_optimizer"] != "adam":
+            text += (f"; this run's recipe ({first['p_optimizer']}, lr {float(first['p_lr']):g}, batch {batch}) "
+                     "is not the thesis' Fig. 5.2 recipe")
     return text
 
 
