@@ -1,4 +1,5 @@
 """Framework backends (torch, jax) behind one interface; each loads only on first use."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """The Backend interface both frameworks implement, and the timing loop they share."""
+
 from __future__ import annotations
 
 import time
@@ -55,9 +56,7 @@ class Backend(Protocol):
         """A host NumPy copy of a framework array."""
 
 
-def timer(
-    backend: Backend, fn: Callable[[], Any], *, kind: str, warmup: int = 2, repeats: int = 10
-) -> list[float]:
+def timer(backend: Backend, fn: Callable[[], Any], *, kind: str, warmup: int = 2, repeats: int = 10) -> list[float]:
     """Time ``fn`` ``repeats`` times after ``warmup`` untimed calls; return every sample in seconds.
 
     The warm-up calls absorb compilation (jit, autotuning, lazy initialisation), so no sample

@@ -6,6 +6,7 @@ section 6.6 ("Augmented setting") iterates eq. 6.4 with layer normalisation: one
 ``ARConfig`` describes it and ``init_params`` draws its weights with NumPy, so both backends start
 from the same ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,8 +72,12 @@ def init_params(config: ARConfig, seed: int, dtype: str = "float32") -> dict:
         block["ln"] = norm()
         if config.mlp_dim is not None:
             h = config.mlp_dim
-            block["mlp"] = {"w1": uniform((width, h), width), "b1": uniform((h,), width),
-                            "w2": uniform((h, width), h), "b2": uniform((width,), h)}
+            block["mlp"] = {
+                "w1": uniform((width, h), width),
+                "b1": uniform((h,), width),
+                "w2": uniform((h, width), h),
+                "b2": uniform((width,), h),
+            }
             block["ln_mlp"] = norm()
         blocks.append(block)
     return {"blocks": blocks}

@@ -4,6 +4,7 @@ Framework-free. MNIST and CIFAR-10 are read from torchvision's on-disk layout un
 root (``$DEEPERBENCH_DATA``, else ``~/.cache/deeperbench/data``); they are downloaded through
 torchvision only when ``download=True`` (or ``$DEEPERBENCH_DOWNLOAD=1``), never by default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,13 +77,15 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DatasetUnavailable(f"{path} (or .gz) not found")
     raw = (gzip.open if found.suffix == ".gz" else open)(found, "rb").read()
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def _mnist(root: Path) -> ImageData:
     raw = root / "MNIST" / "raw"
-    images = {s: _read_idx(raw / f"{s}-images-idx3-ubyte").astype(np.float64)[:, None] / 255.0 for s in ("train", "t10k")}
+    images = {
+        s: _read_idx(raw / f"{s}-images-idx3-ubyte").astype(np.float64)[:, None] / 255.0 for s in ("train", "t10k")
+    }
     labels = {s: _read_idx(raw / f"{s}-labels-idx1-ubyte").astype(np.int64) for s in ("train", "t10k")}
     train_x, test_x = _standardise(images["train"], images["t10k"])
     return ImageData("mnist", train_x, labels["train"], test_x, labels["t10k"], 10)
@@ -164,7 +167,9 @@ def load_images(name: str, *, download: bool | None = None, test_fraction: float
     except DatasetUnavailable as missing:
         allowed = os.environ.get("DEEPERBENCH_DOWNLOAD") == "1" if download is None else download
         if not allowed:
-            raise DatasetUnavailable(f"{name} is not under {root} ({missing}); set DEEPERBENCH_DATA to where "
-                                     "torchvision stored it, or DEEPERBENCH_DOWNLOAD=1 to download it") from None
+            raise DatasetUnavailable(
+                f"{name} is not under {root} ({missing}); set DEEPERBENCH_DATA to where "
+                "torchvision stored it, or DEEPERBENCH_DOWNLOAD=1 to download it"
+            ) from None
     _download(name, root)
     return loader(root)

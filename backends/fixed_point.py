@@ -23,6 +23,7 @@ log2(d/n) bits per step either way, as section 4.3.2 says.
 
 References: thesis section 4.3.1 ("Invertibility"), 4.3.2 (memory cost), appendix 4.C.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Facts about the host that both backends report: CPU model, NVIDIA driver."""
+
 from __future__ import annotations
 
 import platform

@@ -1,4 +1,5 @@
 """One NumPy initialiser shared by both backends, so the same seed gives the same weights."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -18,6 +18,7 @@ in float64 by ``tests/backends/test_moe.py``.
 References:
     Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -121,11 +122,13 @@ def init_moe_params(config: ViTConfig, moe: MoEConfig, seed: int, dtype: str = "
             continue
         s = 1000 * seed + 100 * (layer + 1) + 50
         b1, b2 = 1.0 / math.sqrt(d), 1.0 / math.sqrt(h)
-        block["mlp"] = {"router": uniform(s, (d, E), bound=b1, dtype=dtype),
-                        "w1": uniform(s + 1, (E, d, h), bound=b1, dtype=dtype),
-                        "b1": uniform(s + 2, (E, h), bound=b1, dtype=dtype),
-                        "w2": uniform(s + 3, (E, h, d), bound=b2, dtype=dtype),
-                        "b2": uniform(s + 4, (E, d), bound=b2, dtype=dtype)}
+        block["mlp"] = {
+            "router": uniform(s, (d, E), bound=b1, dtype=dtype),
+            "w1": uniform(s + 1, (E, d, h), bound=b1, dtype=dtype),
+            "b1": uniform(s + 2, (E, h), bound=b1, dtype=dtype),
+            "w2": uniform(s + 3, (E, h, d), bound=b2, dtype=dtype),
+            "b2": uniform(s + 4, (E, d), bound=b2, dtype=dtype),
+        }
     return params
 
 
@@ -140,6 +143,8 @@ def routing_stats(combine: np.ndarray) -> dict[str, float]:
     nz = np.asarray(combine) != 0
     per_token = nz.sum(-1).reshape(-1).astype(np.float64)
     mean = per_token.mean() if per_token.size else 0.0
-    return {"tokens_unrouted_frac": float(np.mean(per_token == 0)) if per_token.size else 0.0,
-            "experts_per_token_cv": float(per_token.std() / mean) if mean > 0 else 0.0,
-            "router_nnz_frac": float(nz.mean()) if nz.size else 0.0}
+    return {
+        "tokens_unrouted_frac": float(np.mean(per_token == 0)) if per_token.size else 0.0,
+        "experts_per_token_cv": float(per_token.std() / mean) if mean > 0 else 0.0,
+        "router_nnz_frac": float(nz.mean()) if nz.size else 0.0,
+    }

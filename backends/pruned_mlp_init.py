@@ -5,6 +5,7 @@ is pruned to its ``keep`` fraction of largest entries (by magnitude, over the wh
 hard operator or the relaxed one of chapter 7 (regulariser lam/p ||y||_p^p), or not at all
 (``dense``, the baseline of Fig. 7.5).
 """
+
 from __future__ import annotations
 
 import dataclasses

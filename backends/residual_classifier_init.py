@@ -6,6 +6,7 @@ zero-initialised norm (``conv_norm``), then global average pooling and a linear 
 residual part is trained by backprop or by the adjoint backward (eq. 2.6, 2.9), which stores no
 activation. Framework-free, so that both backends start from the same weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,8 @@ import math
 
 import numpy as np
 
-from .residual_config import ResidualConfig, init_params as residual_init, make_config
+from .residual_config import ResidualConfig, make_config
+from .residual_config import init_params as residual_init
 
 SCHEMES = ("euler", "heun")
 BACKWARDS = ("adjoint", "backprop")
@@ -52,10 +54,19 @@ class ClassifierConfig:
 
     def body(self) -> ResidualConfig:
         """The residual part: adjoint_euler or adjoint_heun, conv_norm blocks (``backprop`` for the reference)."""
-        return dataclasses.replace(make_config(f"adjoint_{self.scheme}", depth=self.depth, width=self.width,
-                                               block="conv_norm", activation=self.activation,
-                                               image_size=self.image_size, backprop=self.backward == "backprop",
-                                               dtype=self.dtype), unroll=self.unroll)
+        return dataclasses.replace(
+            make_config(
+                f"adjoint_{self.scheme}",
+                depth=self.depth,
+                width=self.width,
+                block="conv_norm",
+                activation=self.activation,
+                image_size=self.image_size,
+                backprop=self.backward == "backprop",
+                dtype=self.dtype,
+            ),
+            unroll=self.unroll,
+        )
 
 
 def init_params(config: ClassifierConfig, seed: int) -> dict:
@@ -70,18 +81,22 @@ def init_params(config: ClassifierConfig, seed: int) -> dict:
         "head.weight" (classes, width), "head.bias", "body": name -> (sets, *shape)}, of ``config.dtype``.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 25]))
-    stem_fan = config.in_channels * STEM_KERNEL ** 2
+    stem_fan = config.in_channels * STEM_KERNEL**2
 
     def uniform(fan_in: int, shape: tuple[int, ...]) -> np.ndarray:
         bound = 1.0 / math.sqrt(fan_in)
         return rng.uniform(-bound, bound, shape).astype(config.dtype)
 
     d = config.width
-    return {"stem.weight": uniform(stem_fan, (d, config.in_channels, STEM_KERNEL, STEM_KERNEL)),
-            "stem.bias": uniform(stem_fan, (d,)),
-            "stem_bn.weight": np.ones(d, config.dtype), "stem_bn.bias": np.zeros(d, config.dtype),
-            "head.weight": uniform(d, (config.classes, d)), "head.bias": uniform(d, (config.classes,)),
-            "body": residual_init(config.body(), seed)}
+    return {
+        "stem.weight": uniform(stem_fan, (d, config.in_channels, STEM_KERNEL, STEM_KERNEL)),
+        "stem.bias": uniform(stem_fan, (d,)),
+        "stem_bn.weight": np.ones(d, config.dtype),
+        "stem_bn.bias": np.zeros(d, config.dtype),
+        "head.weight": uniform(d, (config.classes, d)),
+        "head.bias": uniform(d, (config.classes,)),
+        "body": residual_init(config.body(), seed),
+    }
 
 
 def cosine_lr(lr: float, epoch: int, epochs: int) -> float:

@@ -7,6 +7,7 @@ weights). The config is hashable: JAX uses it as a static argument.
 References: thesis eq. 2.1 and 2.8 (Euler and Heun ResNets), 4.2 (Momentum ResNet),
 4.4 (RevNet), section 2.4 (adjoint method), section 4.3.1 (exact reversal).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,13 +21,26 @@ from . import fixed_point
 MODELS = ("resnet", "checkpoint", "momentum", "momentum_reversible", "adjoint_euler", "adjoint_heun", "revnet")
 """Model names; each is a forward rule and a way to get the gradient (see RULE and BACKWARD)."""
 
-RULE = {"resnet": "euler", "checkpoint": "euler", "adjoint_euler": "euler", "adjoint_heun": "heun",
-        "momentum": "momentum", "momentum_reversible": "momentum", "revnet": "revnet"}
+RULE = {
+    "resnet": "euler",
+    "checkpoint": "euler",
+    "adjoint_euler": "euler",
+    "adjoint_heun": "heun",
+    "momentum": "momentum",
+    "momentum_reversible": "momentum",
+    "revnet": "revnet",
+}
 """The forward rule of each model: euler (eq. 2.1), heun (2.8), momentum (4.2), revnet (4.4)."""
 
-BACKWARD = {"resnet": "backprop", "checkpoint": "checkpoint", "momentum": "backprop",
-            "momentum_reversible": "exact", "revnet": "exact", "adjoint_euler": "adjoint",
-            "adjoint_heun": "adjoint"}
+BACKWARD = {
+    "resnet": "backprop",
+    "checkpoint": "checkpoint",
+    "momentum": "backprop",
+    "momentum_reversible": "exact",
+    "revnet": "exact",
+    "adjoint_euler": "adjoint",
+    "adjoint_heun": "adjoint",
+}
 """How the gradient is computed: backprop (activations stored), checkpoint (one per block),
 exact (activations recomputed bit for bit from the output: fixed point, no storage),
 adjoint (activations recomputed approximately by reversing the step, eq. 2.6 and 2.9)."""
@@ -114,10 +128,22 @@ class ResidualConfig:
         return (batch, self.width, self.image_size, self.image_size)
 
 
-def make_config(model: str, *, depth: int, width: int, hidden: int | None = None, block: str = "mlp",
-                activation: str = "tanh", tied: bool = False, gamma: float | str | None = None,
-                scale: float | None = None, frac_bits: int | None = None, image_size: int | None = None,
-                backprop: bool = False, dtype: str = "float32") -> ResidualConfig:
+def make_config(
+    model: str,
+    *,
+    depth: int,
+    width: int,
+    hidden: int | None = None,
+    block: str = "mlp",
+    activation: str = "tanh",
+    tied: bool = False,
+    gamma: float | str | None = None,
+    scale: float | None = None,
+    frac_bits: int | None = None,
+    image_size: int | None = None,
+    backprop: bool = False,
+    dtype: str = "float32",
+) -> ResidualConfig:
     """Validate the constructor arguments of ``residual_net``; errors name the field and what is allowed.
 
     Args: as ``residual_net`` (see backends/signatures.py, ``ResidualNet``).
@@ -129,8 +155,10 @@ def make_config(model: str, *, depth: int, width: int, hidden: int | None = None
     if model not in MODELS:
         raise ValueError(f"model={model!r} is unknown; allowed: {', '.join(MODELS)}")
     if block not in BLOCKS:
-        raise ValueError(f"block={block!r} is not a block of this constructor; allowed: {', '.join(BLOCKS)}"
-                         f" (torchvision names {', '.join(TORCHVISION)} are built by the torch backend only)")
+        raise ValueError(
+            f"block={block!r} is not a block of this constructor; allowed: {', '.join(BLOCKS)}"
+            f" (torchvision names {', '.join(TORCHVISION)} are built by the torch backend only)"
+        )
     if not isinstance(depth, (int, np.integer)) or depth < 1:
         raise ValueError(f"depth={depth!r} must be an integer >= 1")
     if not isinstance(width, (int, np.integer)) or width < 1:
@@ -152,8 +180,10 @@ def make_config(model: str, *, depth: int, width: int, hidden: int | None = None
     if rule == "momentum":
         g = fixed_point.default_gamma(depth) if gamma is None else fixed_point.ratio(gamma)
         if BACKWARD[model] == "exact" and not backprop and g == 0:
-            raise ValueError(f"gamma={gamma!r}: momentum_reversible needs gamma in (0, 1]; "
-                             "gamma = 0 is a ResNet, whose step cannot be inverted (use model='resnet')")
+            raise ValueError(
+                f"gamma={gamma!r}: momentum_reversible needs gamma in (0, 1]; "
+                "gamma = 0 is a ResNet, whose step cannot be inverted (use model='resnet')"
+            )
     else:
         g = Fraction(0)
     if scale is None:
@@ -165,11 +195,24 @@ def make_config(model: str, *, depth: int, width: int, hidden: int | None = None
     steps, words = (depth, 0)
     if exact and rule == "momentum":
         steps, words = fixed_point.buffer_schedule(g.numerator, g.denominator, depth)
-    return ResidualConfig(model=model, depth=int(depth), width=int(width), hidden=int(hidden), block=block,
-                          activation=activation, tied=bool(tied), gamma_n=g.numerator,
-                          gamma_d=g.denominator, scale=float(scale), frac_bits=bits,
-                          image_size=int(image_size), backprop=bool(backprop), dtype=dtype,
-                          steps_per_word=steps, words=words)
+    return ResidualConfig(
+        model=model,
+        depth=int(depth),
+        width=int(width),
+        hidden=int(hidden),
+        block=block,
+        activation=activation,
+        tied=bool(tied),
+        gamma_n=g.numerator,
+        gamma_d=g.denominator,
+        scale=float(scale),
+        frac_bits=bits,
+        image_size=int(image_size),
+        backprop=bool(backprop),
+        dtype=dtype,
+        steps_per_word=steps,
+        words=words,
+    )
 
 
 def block_shapes(config: ResidualConfig) -> dict[str, tuple[int, ...]]:
@@ -183,8 +226,14 @@ def block_shapes(config: ResidualConfig) -> dict[str, tuple[int, ...]]:
     d, h = config.width, config.hidden
     if config.block == "mlp":
         return {"w1": (h, d), "b1": (h,), "w2": (d, h), "b2": (d,)}
-    conv = {"bn1.weight": (d,), "bn1.bias": (d,), "conv1.weight": (h, d, 3, 3),
-            "bn2.weight": (h,), "bn2.bias": (h,), "conv2.weight": (d, h, 3, 3)}
+    conv = {
+        "bn1.weight": (d,),
+        "bn1.bias": (d,),
+        "conv1.weight": (h, d, 3, 3),
+        "bn2.weight": (h,),
+        "bn2.bias": (h,),
+        "conv2.weight": (d, h, 3, 3),
+    }
     return conv if config.block == "conv" else {**conv, "bn3.weight": (d,), "bn3.bias": (d,)}
 
 
@@ -221,8 +270,9 @@ def init_params(config: ResidualConfig, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def with_weights(config: ResidualConfig, drawn: dict[str, np.ndarray],
-                 weights: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def with_weights(
+    config: ResidualConfig, drawn: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
     """``drawn`` with the arrays of ``weights`` put in (e.g. weights interpolated in depth, or zeros).
 
     Args:

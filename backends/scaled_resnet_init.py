@@ -5,6 +5,7 @@ A = B = identity (q = d = d', section 3.5.1). V starts at zero; W is one standar
 shared by every layer (``tied``, the discretisation of a constant function: the smooth
 initialisation of section 3.3) or an independent draw per layer (``iid``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ def check_activation(activation: str) -> str:
     return activation
 
 
-def init_scaled_resnet(depth: int, width: int, hidden: int, init: str, seed: int,
-                       dtype: str = "float32") -> dict[str, np.ndarray]:
+def init_scaled_resnet(
+    depth: int, width: int, hidden: int, init: str, seed: int, dtype: str = "float32"
+) -> dict[str, np.ndarray]:
     """Initial weights of eq. 3.3: V = 0 and W tied or i.i.d. standard Gaussian.
 
     Args:
@@ -61,7 +63,7 @@ def gaussian_pairs(n: int, width: int, seed: int, dtype: str = "float32") -> tup
 def layer_diffs(v: np.ndarray, w: np.ndarray) -> np.ndarray:
     """||Z_{k+1} - Z_k||_F = ||V_{k+1} - V_k||_F + ||W_{k+1} - W_k||_F for k = 1 ... L-1, float64 (L-1,)."""
     v, w = np.asarray(v, np.float64), np.asarray(w, np.float64)
-    return (np.sqrt(((v[1:] - v[:-1]) ** 2).sum(axis=(1, 2))) + np.sqrt(((w[1:] - w[:-1]) ** 2).sum(axis=(1, 2))))
+    return np.sqrt(((v[1:] - v[:-1]) ** 2).sum(axis=(1, 2))) + np.sqrt(((w[1:] - w[:-1]) ** 2).sum(axis=(1, 2)))
 
 
 def function_distance(v: np.ndarray, w: np.ndarray, v_ref: np.ndarray, w_ref: np.ndarray) -> float:
@@ -87,5 +89,5 @@ def function_distance(v: np.ndarray, w: np.ndarray, v_ref: np.ndarray, w_ref: np
     rep = ref // depth
     dv = np.repeat(np.asarray(v, np.float64), rep, axis=0) - np.asarray(v_ref, np.float64)
     dw = np.repeat(np.asarray(w, np.float64), rep, axis=0) - np.asarray(w_ref, np.float64)
-    per_layer = np.sqrt((dv ** 2).sum(axis=(1, 2))) + np.sqrt((dw ** 2).sum(axis=(1, 2)))
-    return float(np.sqrt(np.mean(per_layer ** 2)))
+    per_layer = np.sqrt((dv**2).sum(axis=(1, 2))) + np.sqrt((dw**2).sum(axis=(1, 2)))
+    return float(np.sqrt(np.mean(per_layer**2)))

@@ -3,6 +3,7 @@
 ``tests/backends/test_signatures.py`` checks that ``backends.torch.ops`` and ``backends.jax.ops``
 export every name listed here with the same parameters, order and defaults.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -28,8 +29,16 @@ class Sinkhorn(Protocol):
 class Attention(Protocol):
     """Dot-product attention normalised by softmax or Sinkhorn; returns (out, weights) (eq. 5.1, 5.4)."""
 
-    def __call__(self, q: Array, k: Array, v: Array, normalization: str = "softmax", sinkhorn_iters: int = 3,
-                 mask: Array | None = None, implicit: bool = False) -> tuple[Array, Array]: ...
+    def __call__(
+        self,
+        q: Array,
+        k: Array,
+        v: Array,
+        normalization: str = "softmax",
+        sinkhorn_iters: int = 3,
+        mask: Array | None = None,
+        implicit: bool = False,
+    ) -> tuple[Array, Array]: ...
 
 
 class FusedAttention(Protocol):
@@ -67,8 +76,9 @@ class VitTrainerObject(Protocol):
 class VitTrainer(Protocol):
     """A trainer (Adam or SGD on cross-entropy) of a ViT starting from ``params``."""
 
-    def __call__(self, config: Any, params: Any, lr: float, optimizer: str = "adam",
-                 mlp: Any = None) -> VitTrainerObject: ...
+    def __call__(
+        self, config: Any, params: Any, lr: float, optimizer: str = "adam", mlp: Any = None
+    ) -> VitTrainerObject: ...
 
 
 class ResidualNet(Protocol):
@@ -82,11 +92,26 @@ class ResidualNet(Protocol):
     weights: name -> NumPy array replacing the seeded draw (smooth or zero initialisations).
     """
 
-    def __call__(self, model: str, *, depth: int | None = None, width: int | None = None, hidden: int | None = None,
-                 block: str = "mlp", activation: str = "tanh", tied: bool = False,
-                 gamma: float | str | None = None, scale: float | None = None, frac_bits: int | None = None,
-                 image_size: int | None = None, backprop: bool = False, weights: dict[str, Any] | None = None,
-                 seed: int = 0, dtype: str = "float32", device: Any = "cpu") -> Any: ...
+    def __call__(
+        self,
+        model: str,
+        *,
+        depth: int | None = None,
+        width: int | None = None,
+        hidden: int | None = None,
+        block: str = "mlp",
+        activation: str = "tanh",
+        tied: bool = False,
+        gamma: float | str | None = None,
+        scale: float | None = None,
+        frac_bits: int | None = None,
+        image_size: int | None = None,
+        backprop: bool = False,
+        weights: dict[str, Any] | None = None,
+        seed: int = 0,
+        dtype: str = "float32",
+        device: Any = "cpu",
+    ) -> Any: ...
 
 
 class ResidualApply(Protocol):
@@ -128,15 +153,33 @@ class HostPeakBytes(Protocol):
 class TopkMask(Protocol):
     """Relaxed top-k mask along the last axis (thesis 7.4; solvers threshold, pav, dykstra)."""
 
-    def __call__(self, x: Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
-                 max_iter: int | None = None, tol: float | None = None) -> Array: ...
+    def __call__(
+        self,
+        x: Array,
+        k: int,
+        *,
+        lam: float = 0.1,
+        p: float = 2.0,
+        solver: str = "threshold",
+        max_iter: int | None = None,
+        tol: float | None = None,
+    ) -> Array: ...
 
 
 class TopkMag(Protocol):
     """Relaxed top-k in magnitude along the last axis (thesis 7.4, phi(x) = x^2/2)."""
 
-    def __call__(self, x: Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
-                 max_iter: int | None = None, tol: float | None = None) -> Array: ...
+    def __call__(
+        self,
+        x: Array,
+        k: int,
+        *,
+        lam: float = 0.1,
+        p: float = 2.0,
+        solver: str = "threshold",
+        max_iter: int | None = None,
+        tol: float | None = None,
+    ) -> Array: ...
 
 
 class HardTopkMask(Protocol):
@@ -154,17 +197,36 @@ class HardTopkMag(Protocol):
 class TopkSolve(Protocol):
     """Forward only: (output, Dykstra's iterations or None); ``solver="hard"`` gives the hard operator."""
 
-    def __call__(self, x: Array, k: int, *, op: str = "mask", lam: float = 0.1, p: float = 2.0,
-                 solver: str = "threshold", max_iter: int | None = None,
-                 tol: float | None = None) -> tuple[Array, int | None]: ...
+    def __call__(
+        self,
+        x: Array,
+        k: int,
+        *,
+        op: str = "mask",
+        lam: float = 0.1,
+        p: float = 2.0,
+        solver: str = "threshold",
+        max_iter: int | None = None,
+        tol: float | None = None,
+    ) -> tuple[Array, int | None]: ...
 
 
 class TopkVjp(Protocol):
     """Forward and backward in one call: (output, cotangent^T Jacobian) (Prop. 7.8)."""
 
-    def __call__(self, x: Array, k: int, cotangent: Array, *, op: str = "mask", lam: float = 0.1, p: float = 2.0,
-                 solver: str = "threshold", max_iter: int | None = None,
-                 tol: float | None = None) -> tuple[Array, Array]: ...
+    def __call__(
+        self,
+        x: Array,
+        k: int,
+        cotangent: Array,
+        *,
+        op: str = "mask",
+        lam: float = 0.1,
+        p: float = 2.0,
+        solver: str = "threshold",
+        max_iter: int | None = None,
+        tol: float | None = None,
+    ) -> tuple[Array, Array]: ...
 
 
 class ScaledResnetApply(Protocol):
@@ -176,8 +238,9 @@ class ScaledResnetApply(Protocol):
 class ScaledResnetGd(Protocol):
     """``steps`` full-batch GD steps on the MSE of eq. 3.3: (params, losses (steps+1,), max layer distances (steps+1,))."""
 
-    def __call__(self, params: Any, x: Array, y: Array, lr: float, steps: int,
-                 activation: str = "gelu") -> tuple[Any, Array, Array]: ...
+    def __call__(
+        self, params: Any, x: Array, y: Array, lr: float, steps: int, activation: str = "gelu"
+    ) -> tuple[Any, Array, Array]: ...
 
 
 class ArTransformerInit(Protocol):
@@ -318,8 +381,9 @@ class ClassifierTrainerObject(Protocol):
 class ResidualClassifierTrainer(Protocol):
     """A trainer (SGD, momentum, weight decay, on cross-entropy) of the classifier from ``params``."""
 
-    def __call__(self, config: Any, params: Any, momentum: float = 0.9,
-                 weight_decay: float = 5e-4) -> ClassifierTrainerObject: ...
+    def __call__(
+        self, config: Any, params: Any, momentum: float = 0.9, weight_decay: float = 5e-4
+    ) -> ClassifierTrainerObject: ...
 
 
 OPS: dict[str, type] = {

@@ -15,6 +15,7 @@ PAV (appendix 7.B.2) runs here, one row per thread, compiled by numba when it is
 same code runs as plain Python, much slower, when it is not). JAX reaches it through
 ``jax.pure_callback``; torch calls it on the host.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,12 +68,12 @@ def exponent(p: float) -> int:
         return 1
     if abs(pf - 4.0 / 3.0) < 1e-9:
         return 3
-    raise ValueError(f"p={p!r} is not supported; allowed: 2 or 4/3 (the p-norms with a closed-form pooling step, "
-                     "thesis 7.A.6)")
+    raise ValueError(
+        f"p={p!r} is not supported; allowed: 2 or 4/3 (the p-norms with a closed-form pooling step, thesis 7.A.6)"
+    )
 
 
-def check_args(n: int, k: object, lam: object, p: object, solver: object, max_iter: object,
-               tol: object) -> TopkArgs:
+def check_args(n: int, k: object, lam: object, p: object, solver: object, max_iter: object, tol: object) -> TopkArgs:
     """Check the arguments of ``topk_mask``/``topk_mag`` for rows of length ``n``; raise naming the field.
 
     Args:
@@ -84,26 +85,41 @@ def check_args(n: int, k: object, lam: object, p: object, solver: object, max_it
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= n:
         raise ValueError(f"k={k!r} must be an integer in [0, n] with n={n} (the last axis of x)")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(float(lam)) or float(lam) <= 0:
+    if (
+        isinstance(lam, bool)
+        or not isinstance(lam, (int, float, np.floating, np.integer))
+        or not math.isfinite(float(lam))
+        or float(lam) <= 0
+    ):
         raise ValueError(f"lam={lam!r} must be a finite number > 0")
     e = exponent(p)
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is not one of {', '.join(SOLVERS)}")
     if solver != "dykstra" and (max_iter is not None or tol is not None):
-        raise ValueError(f"max_iter={max_iter!r} and tol={tol!r} apply to solver='dykstra' only; "
-                         f"solver={solver!r} is exact (leave them None)")
+        raise ValueError(
+            f"max_iter={max_iter!r} and tol={tol!r} apply to solver='dykstra' only; "
+            f"solver={solver!r} is exact (leave them None)"
+        )
     if solver == "dykstra":
         if e != 1:
-            raise ValueError(f"solver='dykstra' needs p=2 (a Euclidean projection, thesis 7.5); got p={p!r}; "
-                             "use solver='threshold' or 'pav' for p=4/3")
-        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer))
-                                     or max_iter < 1):
+            raise ValueError(
+                f"solver='dykstra' needs p=2 (a Euclidean projection, thesis 7.5); got p={p!r}; "
+                "use solver='threshold' or 'pav' for p=4/3"
+            )
+        if max_iter is not None and (
+            isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1
+        ):
             raise ValueError(f"max_iter={max_iter!r} must be a positive integer or None (default {DEFAULT_MAX_ITER})")
         if tol is not None and (not isinstance(tol, (int, float, np.floating)) or not float(tol) >= 0):
             raise ValueError(f"tol={tol!r} must be a number >= 0 or None (a few ulps of max|x|)")
-    return TopkArgs(int(k), float(lam), e, str(solver), None if max_iter is None else int(max_iter),
-                    None if tol is None else float(tol))
+    return TopkArgs(
+        int(k),
+        float(lam),
+        e,
+        str(solver),
+        None if max_iter is None else int(max_iter),
+        None if tol is None else float(tol),
+    )
 
 
 def default_tol(eps: float, scale: float) -> float:
@@ -116,6 +132,7 @@ def default_tol(eps: float, scale: float) -> float:
 # and centred second and third moments, merged with Chan/Pebay's formulas, so the p = 4/3 pooling
 # cubic is solved without cancellation.
 # ----------------------------------------------------------------------------------------------
+
 
 def _cubic_root(P: float, Q: float) -> float:
     """The real root of ``d^3 + P d + Q = 0`` for ``P >= 0`` (hyperbolic form, no cancellation)."""
@@ -168,8 +185,12 @@ def _pav_row(s, w, lam, mode, r, bid):
             na, nb = cnt[top - 1], cnt[top]
             nn = na + nb
             d = mu[top] - mu[top - 1]
-            m3[top - 1] = (m3[top - 1] + m3[top] + d * d * d * na * nb * (na - nb) / (nn * nn)
-                           + 3.0 * d * (na * m2[top] - nb * m2[top - 1]) / nn)
+            m3[top - 1] = (
+                m3[top - 1]
+                + m3[top]
+                + d * d * d * na * nb * (na - nb) / (nn * nn)
+                + 3.0 * d * (na * m2[top] - nb * m2[top - 1]) / nn
+            )
             m2[top - 1] = m2[top - 1] + m2[top] + d * d * na * nb / nn
             mu[top - 1] = mu[top - 1] + d * nb / nn
             cnt[top - 1] = nn

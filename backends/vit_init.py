@@ -3,6 +3,7 @@
 The same ``(config, seed)`` gives the same weights in ``backends/torch/vit.py`` and
 ``backends/jax/vit.py``, so the two forwards can be compared. Framework-free on purpose.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,10 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.mlp_dim={self.mlp_dim!r}: expected an integer >= 1 or None (no MLP)")
         if self.image_size % self.patch:
             sides = [p for p in range(1, self.image_size + 1) if self.image_size % p == 0]
-            raise ValueError(f"ViTConfig.patch={self.patch}: must divide image_size={self.image_size}; "
-                             f"allowed: {', '.join(map(str, sides))}")
+            raise ValueError(
+                f"ViTConfig.patch={self.patch}: must divide image_size={self.image_size}; "
+                f"allowed: {', '.join(map(str, sides))}"
+            )
         if self.dim_head is not None and (not isinstance(self.dim_head, int) or self.dim_head < 1):
             raise ValueError(f"ViTConfig.dim_head={self.dim_head!r}: expected an integer >= 1 or None (width // heads)")
         if self.dim_head is None and self.width % self.heads:
@@ -99,7 +102,10 @@ def _norm(width: int, dtype: str) -> dict[str, np.ndarray]:
 
 def init_mlp(config: ViTConfig, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
     """One block's MLP weights: width -> mlp_dim -> width."""
-    up, down = _linear(seed, config.width, config.mlp_dim, dtype), _linear(seed + 2, config.mlp_dim, config.width, dtype)
+    up, down = (
+        _linear(seed, config.width, config.mlp_dim, dtype),
+        _linear(seed + 2, config.mlp_dim, config.width, dtype),
+    )
     return {"w1": up["w"], "b1": up["b"], "w2": down["w"], "b2": down["b"]}
 
 
@@ -131,9 +137,11 @@ def init_params(config: ViTConfig, seed: int, dtype: str = "float32") -> dict[st
         s = base + 100 * (layer + 1)
         block: dict[str, Any] = {
             "ln1": _norm(config.width, dtype),
-            "attn": {"wqkv": _linear(s, config.width, 3 * inner, dtype, bias=False)["w"],
-                     "wo": _linear(s + 10, inner, config.width, dtype)["w"],
-                     "bo": _linear(s + 10, inner, config.width, dtype)["b"]},
+            "attn": {
+                "wqkv": _linear(s, config.width, 3 * inner, dtype, bias=False)["w"],
+                "wo": _linear(s + 10, inner, config.width, dtype)["w"],
+                "bo": _linear(s + 10, inner, config.width, dtype)["b"],
+            },
         }
         if config.mlp_dim is not None:
             block["ln2"] = _norm(config.width, dtype)

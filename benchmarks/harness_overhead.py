@@ -5,6 +5,7 @@ get one CPU per task on the same embedded Ray instance, after a warm-up round th
 workers; the harness side includes expansion, the store's resume scan and one Parquet write per
 trial. Prints each round, the medians, the per-trial overhead in ms and the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def bare_tasks(n: int) -> float:
 def harness_trials(n: int, workdir: str, isolation: str) -> float:
     spec = os.path.join(workdir, "noop.yaml")
     with open(spec, "w") as f:
-        f.write(f"name: overhead\nworkload: harness_probe\nbackends: [torch]\nisolation: {isolation}\n"
-                f"resources: {{cpus: 1}}\ngrid: {{mode: noop, index: {list(range(n))}}}\n")
+        f.write(
+            f"name: overhead\nworkload: harness_probe\nbackends: [torch]\nisolation: {isolation}\n"
+            f"resources: {{cpus: 1}}\ngrid: {{mode: noop, index: {list(range(n))}}}\n"
+        )
     out = tempfile.mkdtemp(dir=workdir)
     start = time.perf_counter()
     summary = runner.run(spec, out)
@@ -60,8 +63,10 @@ def main() -> None:
             ours.append(harness_trials(args.trials, workdir, "actor"))
             print(f"round {r}: bare {bare[-1]:.2f} s, harness {ours[-1]:.2f} s")
     b, h = statistics.median(bare), statistics.median(ours)
-    print(f"{args.trials} trials, {cpus} CPUs, ray {ray.__version__}: bare Ray tasks {b:.2f} s "
-          f"[{min(bare):.2f}-{max(bare):.2f}], harness {h:.2f} s [{min(ours):.2f}-{max(ours):.2f}]")
+    print(
+        f"{args.trials} trials, {cpus} CPUs, ray {ray.__version__}: bare Ray tasks {b:.2f} s "
+        f"[{min(bare):.2f}-{max(bare):.2f}], harness {h:.2f} s [{min(ours):.2f}-{max(ours):.2f}]"
+    )
     print(f"per-trial overhead above bare Ray tasks: {(h - b) / args.trials * 1e3:.1f} ms; ratio {h / b:.1f}x")
 
 

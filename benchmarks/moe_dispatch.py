@@ -22,6 +22,7 @@ dispatch both about 1.0x, the experts' dense cost hiding the router's.
 References:
     Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7 (relaxed training 15 h vs hard 10 h).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,11 @@ from backends.datasets import load_images
 from backends.moe_config import MoEConfig
 from backends.vit_init import ViTConfig
 
-ROUTERS = {"hard": dict(router="hard"),
-           "relaxed lam=0.1": dict(router="relaxed", solver="dykstra", lam=0.1, max_iter=10),
-           "relaxed lam=0.01": dict(router="relaxed", solver="dykstra", lam=0.01, max_iter=10)}
+ROUTERS = {
+    "hard": dict(router="hard"),
+    "relaxed lam=0.1": dict(router="relaxed", solver="dykstra", lam=0.1, max_iter=10),
+    "relaxed lam=0.01": dict(router="relaxed", solver="dykstra", lam=0.01, max_iter=10),
+}
 """moe_precision's relaxed default (Dykstra, p = 2, 10 unrolled iterations, lam 0.1) and a sharper lam."""
 
 
@@ -68,8 +71,16 @@ def main() -> None:
     args = parser.parse_args()
 
     data = load_images("digits")
-    config = ViTConfig(image_size=data.image_size, channels=data.channels, num_classes=data.num_classes,
-                       patch=args.patch, width=args.width, depth=args.depth, heads=4, mlp_dim=args.mlp_dim)
+    config = ViTConfig(
+        image_size=data.image_size,
+        channels=data.channels,
+        num_classes=data.num_classes,
+        patch=args.patch,
+        width=args.width,
+        depth=args.depth,
+        heads=4,
+        mlp_dim=args.mlp_dim,
+    )
     n = (data.image_size // args.patch) ** 2 + 1
     rng = np.random.default_rng(0)
     orders = [rng.choice(len(data.train_y), args.batch, replace=False) for _ in range(args.warmup + args.rounds)]
@@ -87,8 +98,9 @@ def main() -> None:
         for router, kw in ROUTERS.items():
             for dispatch in ("sparse", "dense"):
                 moe = MoEConfig(experts=args.experts, capacity_factor=1.0, every=args.every, dispatch=dispatch, **kw)
-                trainer = ops.moe_vit_trainer(config, moe, ops.moe_vit_init(config, moe, 0, device, "float32"),
-                                              1e-3, "adam")
+                trainer = ops.moe_vit_trainer(
+                    config, moe, ops.moe_vit_init(config, moe, 0, device, "float32"), 1e-3, "adam"
+                )
 
                 def step(i, trainer=trainer, train_x=train_x, train_y=train_y):
                     trainer.fit_epoch(train_x, train_y, orders[i], args.batch)
@@ -109,17 +121,21 @@ def main() -> None:
     widest_after = {key: widest() for key, (_, _, widest) in runs.items()}
 
     k = MoEConfig(experts=args.experts, capacity_factor=1.0).capacity(n)
-    print(f"\n{platform.processor() or platform.machine()}, python {platform.python_version()}, device "
-          f"{args.device}, {args.threads} threads; ViT width {args.width}, depth {args.depth}, MoE every "
-          f"{args.every} block(s), {args.experts} experts of hidden width {args.mlp_dim}, n = {n} tokens, "
-          f"k = {k} (k/n = {k / n:.3f}), batch {args.batch}, float32; {args.warmup} warm-up steps, "
-          f"{args.rounds} rounds")
+    print(
+        f"\n{platform.processor() or platform.machine()}, python {platform.python_version()}, device "
+        f"{args.device}, {args.threads} threads; ViT width {args.width}, depth {args.depth}, MoE every "
+        f"{args.every} block(s), {args.experts} experts of hidden width {args.mlp_dim}, n = {n} tokens, "
+        f"k = {k} (k/n = {k / n:.3f}), batch {args.batch}, float32; {args.warmup} warm-up steps, "
+        f"{args.rounds} rounds"
+    )
     print("\n| backend | router | dispatch | step median ms | IQR ms | widest relaxed row (start -> end) |")
     print("|---|---|---|---:|---:|---|")
     for key, values in samples.items():
         med, q25, q75 = _quartiles(values)
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {med * 1e3:.1f} | {q25 * 1e3:.1f}-{q75 * 1e3:.1f} | "
-              f"{widest_before[key]} -> {widest_after[key]} of {n} |")
+        print(
+            f"| {key[0]} | {key[1]} | {key[2]} | {med * 1e3:.1f} | {q25 * 1e3:.1f}-{q75 * 1e3:.1f} | "
+            f"{widest_before[key]} -> {widest_after[key]} of {n} |"
+        )
 
     def ratio(a: tuple, b: tuple) -> str:
         med, q25, q75 = _quartiles(np.asarray(samples[a]) / np.asarray(samples[b]))
@@ -130,10 +146,18 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for name in args.backends.split(","):
         for router in ROUTERS:
-            over = ("", "") if router == "hard" else (ratio((name, router, "sparse"), (name, "hard", "sparse")),
-                                                      ratio((name, router, "dense"), (name, "hard", "dense")))
-            print(f"| {name} | {router} | {ratio((name, router, 'dense'), (name, router, 'sparse'))} | "
-                  f"{over[0]} | {over[1]} |")
+            over = (
+                ("", "")
+                if router == "hard"
+                else (
+                    ratio((name, router, "sparse"), (name, "hard", "sparse")),
+                    ratio((name, router, "dense"), (name, "hard", "dense")),
+                )
+            )
+            print(
+                f"| {name} | {router} | {ratio((name, router, 'dense'), (name, router, 'sparse'))} | "
+                f"{over[0]} | {over[1]} |"
+            )
 
 
 if __name__ == "__main__":

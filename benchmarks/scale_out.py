@@ -6,6 +6,7 @@ per cluster size, the wall time of ``deeperbench run`` (worker start-up included
 the first trial's start to the last one's end (start-up excluded), with the efficiency
 ideal / measured of each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ def one_size(nodes: int, trials: int, sleep_s: float, workdir: str) -> tuple[flo
     try:
         spec = os.path.join(workdir, f"scale{nodes}.yaml")
         with open(spec, "w") as f:
-            f.write(f"name: scale\nworkload: harness_probe\nbackends: [torch]\nresources: {{cpus: 1}}\n"
-                    f"grid: {{mode: sleep, sleep_s: {sleep_s}, index: {list(range(trials))}}}\n")
+            f.write(
+                f"name: scale\nworkload: harness_probe\nbackends: [torch]\nresources: {{cpus: 1}}\n"
+                f"grid: {{mode: sleep, sleep_s: {sleep_s}, index: {list(range(trials))}}}\n"
+            )
         out = tempfile.mkdtemp(dir=workdir)
         start = time.perf_counter()
         summary = runner.run(spec, out, address=cluster.address)
@@ -54,8 +57,11 @@ def main() -> None:
         for n in args.nodes:
             ideal = args.trials * args.sleep_s / n
             wall, span = one_size(n, args.trials, args.sleep_s, workdir)
-            print(f"{n} node(s): ideal {ideal:.1f} s; wall {wall:.1f} s (efficiency {ideal / wall:.2f}); "
-                  f"first start to last end {span:.1f} s (efficiency {ideal / span:.2f})", flush=True)
+            print(
+                f"{n} node(s): ideal {ideal:.1f} s; wall {wall:.1f} s (efficiency {ideal / wall:.2f}); "
+                f"first start to last end {span:.1f} s (efficiency {ideal / span:.2f})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

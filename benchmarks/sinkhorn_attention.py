@@ -8,6 +8,7 @@ all samples printed); memory is a separate pass: peak CUDA bytes on a GPU, else 
 the backward (torch) or the compiled executable's temporary bytes (JAX). A case whose estimated
 footprint, (iterations + 4) B H T^2 x 4 bytes, exceeds ``--max-gib`` is skipped and says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,19 +57,33 @@ STEPS = {"torch": _torch_step, "jax": _jax_step}
 """Backend -> how to build one forward+backward call (the only framework-specific part)."""
 
 
-def _memory(backend: Any, kind: str, forward: Callable[..., Any], step: Callable[[], Any], args: tuple) -> tuple[str, int | None]:
+def _memory(
+    backend: Any, kind: str, forward: Callable[..., Any], step: Callable[[], Any], args: tuple
+) -> tuple[str, int | None]:
     if backend.name == "jax":
         import jax
 
         return "compiled temp+out", backend.memory.peak_bytes(
-            lambda q, k, v: jax.grad(lambda *a: forward(*a).sum(), argnums=(0, 1, 2))(q, k, v), *args)
+            lambda q, k, v: jax.grad(lambda *a: forward(*a).sum(), argnums=(0, 1, 2))(q, k, v), *args
+        )
     if kind == "cuda":
         return "peak", backend.memory.peak_bytes(lambda *_: step(), *args)
     return "saved for backward", backend.memory.saved_bytes(forward, *args)
 
 
-def measure(backend_name: str, kind: str, t: int, case: str, *, b: int, h: int, d: int, repeats: int,
-            warmup: int, max_gib: float) -> dict[str, Any]:
+def measure(
+    backend_name: str,
+    kind: str,
+    t: int,
+    case: str,
+    *,
+    b: int,
+    h: int,
+    d: int,
+    repeats: int,
+    warmup: int,
+    max_gib: float,
+) -> dict[str, Any]:
     """Time and memory of one case; a dict with the samples' median/IQR, or the reason it was skipped."""
     row: dict[str, Any] = {"backend": backend_name, "device": kind, "T": t, "case": case}
     iters = CASES[case] or 0
@@ -83,9 +98,14 @@ def measure(backend_name: str, kind: str, t: int, case: str, *, b: int, h: int, 
     samples = backends.timer(backend, step, kind=kind, warmup=warmup, repeats=repeats)
     quart = np.percentile(samples, [25, 50, 75])
     what, nbytes = _memory(backend, kind, forward, step, args)
-    return row | {"ms_median": 1e3 * quart[1], "ms_q25": 1e3 * quart[0], "ms_q75": 1e3 * quart[2],
-                  "samples_ms": [1e3 * s for s in samples], "memory": what,
-                  "MiB": None if nbytes is None else nbytes / 2**20}
+    return row | {
+        "ms_median": 1e3 * quart[1],
+        "ms_q25": 1e3 * quart[0],
+        "ms_q75": 1e3 * quart[2],
+        "samples_ms": [1e3 * s for s in samples],
+        "memory": what,
+        "MiB": None if nbytes is None else nbytes / 2**20,
+    }
 
 
 def main() -> None:
@@ -109,23 +129,50 @@ def main() -> None:
             backends.get(name).set_threads(args.threads)
         for t in args.T:
             for case in args.cases:
-                row = measure(name, args.device, t, case, b=args.batch, h=args.heads, d=args.dim,
-                              repeats=args.repeats, warmup=args.warmup, max_gib=args.max_gib)
+                row = measure(
+                    name,
+                    args.device,
+                    t,
+                    case,
+                    b=args.batch,
+                    h=args.heads,
+                    d=args.dim,
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                    max_gib=args.max_gib,
+                )
                 rows.append(row)
                 if "skipped" in row:
                     print(f"{name:5} {args.device} T={t:5} {case:10} skipped: {row['skipped']}", flush=True)
                     continue
-                sdpa = next((r for r in rows if r["backend"] == name and r["T"] == t and r["case"] == "sdpa"
-                             and "ms_median" in r), None)
+                sdpa = next(
+                    (
+                        r
+                        for r in rows
+                        if r["backend"] == name and r["T"] == t and r["case"] == "sdpa" and "ms_median" in r
+                    ),
+                    None,
+                )
                 ratio = f"  {row['ms_median'] / sdpa['ms_median']:6.1f}x sdpa" if sdpa else ""
                 mem = "n/a" if row["MiB"] is None else f"{row['MiB']:9.1f} MiB ({row['memory']})"
-                print(f"{name:5} {args.device} T={t:5} {case:10} {row['ms_median']:10.2f} ms "
-                      f"[IQR {row['ms_q25']:.2f}-{row['ms_q75']:.2f}]{ratio}  {mem}", flush=True)
+                print(
+                    f"{name:5} {args.device} T={t:5} {case:10} {row['ms_median']:10.2f} ms "
+                    f"[IQR {row['ms_q25']:.2f}-{row['ms_q75']:.2f}]{ratio}  {mem}",
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": {n: backends.get(n).device_name(args.device) for n in args.backends},
-                       "rows": rows, "median_of_medians_ms": statistics.median(
-                           [r["ms_median"] for r in rows if "ms_median" in r] or [0.0])}, fh, indent=1)
+            json.dump(
+                {
+                    "device": {n: backends.get(n).device_name(args.device) for n in args.backends},
+                    "rows": rows,
+                    "median_of_medians_ms": statistics.median(
+                        [r["ms_median"] for r in rows if "ms_median" in r] or [0.0]
+                    ),
+                },
+                fh,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

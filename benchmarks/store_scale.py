@@ -10,6 +10,7 @@ since writing 10^5 loose files takes longer than reading them. Times, in seconds
 (``results.compare.compare``); bytes on disk per trial (allocated blocks); then the growth exponent
 of each time between the smallest and the largest size (1 = linear in the number of trials).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,21 @@ def trial(i: int) -> Trial:
     params = PROBE.Params(index=i // 2 % (CONFIGS // 2)).model_dump(mode="json")
     backend, repeat = ("torch", "jax")[i % 2], i // CONFIGS
     key = trial_key(PROBE.name, PROBE.version, backend, "cpu", params, repeat)
-    return Trial(key=key, sweep=SWEEP, workload=PROBE.name, version=PROBE.version, backend=backend, device="cpu",
-                 params=params, repeat=repeat, seed=repeat, timeout_s=60.0, num_cpus=1.0, resources=Resources(),
-                 isolation="actor")
+    return Trial(
+        key=key,
+        sweep=SWEEP,
+        workload=PROBE.name,
+        version=PROBE.version,
+        backend=backend,
+        device="cpu",
+        params=params,
+        repeat=repeat,
+        seed=repeat,
+        timeout_s=60.0,
+        num_cpus=1.0,
+        resources=Resources(),
+        isolation="actor",
+    )
 
 
 def rows(n: int) -> pa.Table:
@@ -56,8 +69,16 @@ def rows(n: int) -> pa.Table:
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     tables = []
     for i in range(min(n, DISTINCT)):
-        outcome = Outcome("ok", [Record("trial_s", 1e-3 * (1 + i % 7), sample=0)], now, 0.01, "host", None, None,
-                          {"git_sha": "0" * 40})
+        outcome = Outcome(
+            "ok",
+            [Record("trial_s", 1e-3 * (1 + i % 7), sample=0)],
+            now,
+            0.01,
+            "host",
+            None,
+            None,
+            {"git_sha": "0" * 40},
+        )
         tables.append(trial_table(trial(i), outcome, "run"))
     base = pa.concat_tables(tables)
     if n <= DISTINCT:
@@ -83,17 +104,24 @@ def write_loose(out: str, table: pa.Table) -> None:
 
 
 def on_disk(out: str) -> int:
-    return sum(os.stat(os.path.join(d, f)).st_blocks * 512 for d, _, files in os.walk(out) for f in files
-               if f.endswith(".parquet") or f == "_common_metadata")
+    return sum(
+        os.stat(os.path.join(d, f)).st_blocks * 512
+        for d, _, files in os.walk(out)
+        for f in files
+        if f.endswith(".parquet") or f == "_common_metadata"
+    )
 
 
 def timed(out: str, n: int) -> dict[str, float]:
     from results.compare import compare
     from results.report import build
 
-    steps = {"statuses": lambda: Store(out).statuses(SWEEP), "read": lambda: Store(out).read(),
-             "report": lambda: build(out, os.path.join(out, "_report.html")),
-             "compare": lambda: compare(out, "trial_s")}
+    steps = {
+        "statuses": lambda: Store(out).statuses(SWEEP),
+        "read": lambda: Store(out).read(),
+        "report": lambda: build(out, os.path.join(out, "_report.html")),
+        "compare": lambda: compare(out, "trial_s"),
+    }
     times = {}
     for name, step in steps.items():
         start = time.perf_counter()
@@ -116,8 +144,11 @@ def main() -> None:
     parser.add_argument("--loose-max", type=int, default=10_000, help="largest size also measured loose")
     args = parser.parse_args()
     results: dict[str, dict[int, dict[str, float]]] = {"loose": {}, "compacted": {}}
-    print(f"{'layout':<10} {'trials':>8} {'files':>7} {'B/trial':>8} {'write_s':>8} {'compact_s':>9} "
-          + " ".join(f"{s + '_s':>10}" for s in STEPS), flush=True)
+    print(
+        f"{'layout':<10} {'trials':>8} {'files':>7} {'B/trial':>8} {'write_s':>8} {'compact_s':>9} "
+        + " ".join(f"{s + '_s':>10}" for s in STEPS),
+        flush=True,
+    )
     for n in args.sizes:
         table = rows(n)
         with tempfile.TemporaryDirectory(prefix="store-scale-") as out:
@@ -137,8 +168,11 @@ def main() -> None:
                 disk = on_disk(out)
                 times = timed(out, n)
                 results[layout][n] = times
-                print(f"{layout:<10} {n:>8} {files:>7} {disk / n:>8.0f} {write_s:>8.1f} {compact_s:>9.1f} "
-                      + " ".join(f"{times[s]:>10.2f}" for s in STEPS), flush=True)
+                print(
+                    f"{layout:<10} {n:>8} {files:>7} {disk / n:>8.0f} {write_s:>8.1f} {compact_s:>9.1f} "
+                    + " ".join(f"{times[s]:>10.2f}" for s in STEPS),
+                    flush=True,
+                )
                 if layout == "loose":
                     start = time.perf_counter()
                     compact(Store(out))
@@ -146,8 +180,10 @@ def main() -> None:
     for layout, by_size in results.items():
         sizes = sorted(by_size)
         if len(sizes) > 1:
-            print(f"growth exponent {layout} {sizes[0]}..{sizes[-1]}: " + ", ".join(
-                f"{s} {exponent(sizes, [by_size[n][s] for n in sizes]):.2f}" for s in STEPS))
+            print(
+                f"growth exponent {layout} {sizes[0]}..{sizes[-1]}: "
+                + ", ".join(f"{s} {exponent(sizes, [by_size[n][s] for n in sizes]):.2f}" for s in STEPS)
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ measured in the same run, against the target (1.5x at n <= 1e5, 2x above); forwa
 float64 solution of the same input by the full sort (``solve_threshold``), which shares no
 selection code. The load average is printed before and after: the machine may be shared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,8 +95,11 @@ def main() -> None:
                 fn = ops.topk_mask if op == "mask" else ops.topk_mag
                 tag = f"topk_{op} p={'2' if p == 2 else '4/3'}"
                 y = b.to_numpy(fn(x, k, lam=args.lam, p=p)).astype(np.float64)
-                time(f"{tag} fwd", lambda fn=fn, p=p: fn(x, k, lam=args.lam, p=p),
-                     float(np.max(np.abs(y - refs[(op, p)]))))
+                time(
+                    f"{tag} fwd",
+                    lambda fn=fn, p=p: fn(x, k, lam=args.lam, p=p),
+                    float(np.max(np.abs(y - refs[(op, p)]))),
+                )
                 time(f"{tag} fwd+bwd", lambda op=op, p=p: ops.topk_vjp(x, k, g, op=op, lam=args.lam, p=p))
     load_after = os.getloadavg()
 
@@ -103,12 +107,16 @@ def main() -> None:
     for name in args.backends:
         info = backends.get(name).env_info()
         versions += [f"{key} {info[key]}" for key in ("torch", "jax", "jaxlib") if key in info]
-    print(f"\nbatch {args.batch}, k = ceil(n/10), lam {args.lam}, float32, {args.threads} thread(s), "
-          f"{args.warmup} warm-up + {args.repeats} timed calls each; CPU: {torch_info['cpu']} "
-          f"({os.cpu_count()} logical cores), Python {platform.python_version()}, numpy {np.__version__}, "
-          f"{', '.join(versions)}")
-    print(f"load average (1, 5, 15 min): before {', '.join(f'{v:.1f}' for v in load_before)}; "
-          f"after {', '.join(f'{v:.1f}' for v in load_after)}")
+    print(
+        f"\nbatch {args.batch}, k = ceil(n/10), lam {args.lam}, float32, {args.threads} thread(s), "
+        f"{args.warmup} warm-up + {args.repeats} timed calls each; CPU: {torch_info['cpu']} "
+        f"({os.cpu_count()} logical cores), Python {platform.python_version()}, numpy {np.__version__}, "
+        f"{', '.join(versions)}"
+    )
+    print(
+        f"load average (1, 5, 15 min): before {', '.join(f'{v:.1f}' for v in load_before)}; "
+        f"after {', '.join(f'{v:.1f}' for v in load_after)}"
+    )
     print("| backend | n | call | median ms | IQR ms | / topk | target | max err vs float64 sort |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     base = {(name, n): _stats(s)[0] for name, n, label, s, _ in rows if label == "topk"}

@@ -4,6 +4,7 @@ A workload's ``checks(table)`` builds each ``Check`` with :func:`decide`: the ro
 the test, and what the claim needs (seeds, epochs, a span of depths) to be decided at all. Claims that
 compare two settings over seeds test a paired confidence interval (:func:`paired_interval`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,17 @@ Test = Callable[["pd.DataFrame"], "tuple[bool | None | Literal['too small to dec
 ``UNDECIDED`` when an interval it tests contains the threshold."""
 
 
-def decide(name: str, claim: str, rows: pd.DataFrame, test: Test, *, needs: Iterable[Need] = (),
-           figure: str = "", note: str = "", missing: str = "no trial measured it") -> Check:
+def decide(
+    name: str,
+    claim: str,
+    rows: pd.DataFrame,
+    test: Test,
+    *,
+    needs: Iterable[Need] = (),
+    figure: str = "",
+    note: str = "",
+    missing: str = "no trial measured it",
+) -> Check:
     """The check of ``claim`` on ``rows``: not measured, too small to decide, holds or does not hold.
 
     The test still runs on a run that is too small, so the report shows what was measured beside
@@ -81,45 +91,59 @@ def _distinct(rows: pd.DataFrame, column: str) -> list:
 
 def at_least(column: str, minimum: float, what: str) -> Need:
     """Every trial's ``column`` (a parameter such as ``p_epochs``) is at least ``minimum``."""
+
     def need(rows: pd.DataFrame) -> str | None:
         values = _distinct(rows, column)
         low = min(values) if values else None
         return None if low is not None and low >= minimum else f"{what} {low} < {minimum:g}"
+
     return need
 
 
 def seeds(minimum: int) -> Need:
     """Each configuration ran with at least ``minimum`` seeds (repeats)."""
+
     def need(rows: pd.DataFrame) -> str | None:
         keys = [c for c in ("backend", "device_name", "params") if c in rows]
         counts = rows.groupby(keys, dropna=False)["seed"].nunique().tolist() if keys else [rows["seed"].nunique()]
         fewest = int(min(counts)) if counts else 0
         return None if fewest >= minimum else f"{fewest} seed(s) per configuration < {minimum}"
+
     return need
 
 
 def distinct(column: str, minimum: int, what: str) -> Need:
     """At least ``minimum`` distinct values of ``column`` (e.g. depths, epochs recorded)."""
+
     def need(rows: pd.DataFrame) -> str | None:
         n = len(_distinct(rows, column))
         return None if n >= minimum else f"{n} {what} < {minimum}"
+
     return need
 
 
 def span(column: str, factor: float, what: str) -> Need:
     """The values of ``column`` span at least ``factor`` (largest / smallest), e.g. depths over 8x."""
+
     def need(rows: pd.DataFrame) -> str | None:
         values = [v for v in _distinct(rows, column) if v > 0]
         ratio = values[-1] / values[0] if values else 0.0
         return None if ratio >= factor else f"{what} span {ratio:g}x < {factor:g}x"
+
     return need
 
 
 def device_in(kinds: Sequence[str], what: str) -> Need:
     """Every trial ran on a device of one of ``kinds`` (e.g. a speed claim made for accelerators)."""
+
     def need(rows: pd.DataFrame) -> str | None:
         found = set(_distinct(rows, "device_kind"))
-        return None if found and found <= set(kinds) else f"ran on {', '.join(sorted(found)) or 'no device'}; the claim needs {what}"
+        return (
+            None
+            if found and found <= set(kinds)
+            else f"ran on {', '.join(sorted(found)) or 'no device'}; the claim needs {what}"
+        )
+
     return need
 
 
@@ -150,8 +174,10 @@ class Interval:
 
     def text(self, fmt: str = "+.3g") -> str:
         """E.g. ``+0.012 [+0.004, +0.020] (95% CI, 5 pairs)``."""
-        return (f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}] "
-                f"({self.confidence:.0%} CI, {self.n} pair{'s' if self.n != 1 else ''})")
+        return (
+            f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}] "
+            f"({self.confidence:.0%} CI, {self.n} pair{'s' if self.n != 1 else ''})"
+        )
 
 
 def all_hold(outcomes: Iterable[bool | Literal["too small to decide"]]) -> bool | Literal["too small to decide"]:
@@ -160,8 +186,9 @@ def all_hold(outcomes: Iterable[bool | Literal["too small to decide"]]) -> bool 
     return False if False in seen else UNDECIDED if UNDECIDED in seen else True
 
 
-def paired_interval(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95,
-                    resamples: int = 10_000) -> Interval:
+def paired_interval(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, resamples: int = 10_000
+) -> Interval:
     """Mean of ``a - b`` over pairs (same seed, same configuration) and its percentile bootstrap interval.
 
     Seeded, so a table gives the same interval every time. With one pair the interval is that pair.
@@ -176,8 +203,15 @@ def paired_interval(a: Sequence[float], b: Sequence[float], *, confidence: float
     return Interval(float(diffs.mean()), float(low), float(high), int(diffs.size), confidence)
 
 
-def pairs(rows: pd.DataFrame, column: str, first: object, second: object, *, on: Sequence[str] = ("seed",),
-          value: str = "value") -> pd.DataFrame:
+def pairs(
+    rows: pd.DataFrame,
+    column: str,
+    first: object,
+    second: object,
+    *,
+    on: Sequence[str] = ("seed",),
+    value: str = "value",
+) -> pd.DataFrame:
     """``value`` of the rows with ``column == first`` beside those with ``column == second``, joined on ``on``.
 
     Columns ``first`` and ``second`` of the result hold the two values of each pair.
@@ -188,5 +222,21 @@ def pairs(rows: pd.DataFrame, column: str, first: object, second: object, *, on:
     return a.merge(b, on=keys)
 
 
-__all__ = ["UNDECIDED", "VERDICTS", "Check", "all_hold", "Interval", "Need", "Test", "Verdict", "at_least", "decide", "device_in", "distinct",
-           "paired_interval", "pairs", "seeds", "span"]
+__all__ = [
+    "UNDECIDED",
+    "VERDICTS",
+    "Check",
+    "Interval",
+    "Need",
+    "Test",
+    "Verdict",
+    "all_hold",
+    "at_least",
+    "decide",
+    "device_in",
+    "distinct",
+    "paired_interval",
+    "pairs",
+    "seeds",
+    "span",
+]

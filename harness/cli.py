@@ -4,13 +4,15 @@ Exit status: 0 when done (every trial ok or skipped); 1 when a trial failed, cra
 memory or timed out (after everything is stored), or a compare gate tripped; 2 on bad input
 (one line on stderr, nothing written).
 """
+
 from __future__ import annotations
 
 import logging
 import typing
-from importlib.metadata import PackageNotFoundError, entry_points, version as dist_version
+from importlib.metadata import PackageNotFoundError, entry_points
+from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -42,16 +44,22 @@ class _OneLineErrors(typer.core.TyperGroup):
             sys.exit(err.exit_code)
         except ClickException as err:
             command = f" (see: {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
-            err_console.print(f"error: {' '.join(err.format_message().split())}{command}", markup=False,
-                              highlight=False)
+            err_console.print(
+                f"error: {' '.join(err.format_message().split())}{command}", markup=False, highlight=False
+            )
             sys.exit(err.exit_code)
         except typer.Abort:
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
-                  help="Benchmark sweeps of the thesis' algorithms on Ray; Parquet results; HTML reports.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    cls=_OneLineErrors,
+    help="Benchmark sweeps of the thesis' algorithms on Ray; Parquet results; HTML reports.",
+)
 
 _EXECUTOR_HELP = f"where trials run: {' | '.join(EXECUTORS.names())} (local: child processes, no Ray)"
 _DEVICE_HELP = f"override the spec's device: {' | '.join(DEVICES)}"
@@ -75,8 +83,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="print the version and exit")) -> None:
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
     """Benchmark sweeps of the thesis' algorithms on Ray; Parquet results; HTML reports."""
 
 
@@ -91,8 +102,12 @@ def _trials(n: int) -> str:
 
 def _where_errors(failed: int, out: str) -> None:
     if failed:
-        out_console.print(f"full tracebacks: deeperbench report {out} (failures table), or the 'error' column "
-                          f"of results.store.Store('{out}').read()", markup=False, highlight=False)
+        out_console.print(
+            f"full tracebacks: deeperbench report {out} (failures table), or the 'error' column "
+            f"of results.store.Store('{out}').read()",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _exit_for(failed: int, allow_failures: bool) -> None:
@@ -100,8 +115,7 @@ def _exit_for(failed: int, allow_failures: bool) -> None:
         raise typer.Exit(1)
 
 
-def _dry_run(spec: Path, out: str, backend: Optional[str], device: Optional[str], force: bool,
-             max_trials: int) -> None:
+def _dry_run(spec: Path, out: str, backend: str | None, device: str | None, force: bool, max_trials: int) -> None:
     from harness.runner import dry_run
 
     try:
@@ -115,21 +129,28 @@ def _dry_run(spec: Path, out: str, backend: Optional[str], device: Optional[str]
         line = f"{action} {p.stored or '-':<8} {t.sweep}/{t.workload} {t.backend} {t.device} repeat {t.repeat}"
         out_console.print(f"{line} {t.key}  {params}", markup=False, highlight=False)
     runs = sum(p.runs for p in planned)
-    out_console.print(f"dry run: {_trials(len(planned))}, {runs} would run, {len(planned) - runs} already stored ok; "
-                      f"nothing started, nothing written", markup=False, highlight=False)
+    out_console.print(
+        f"dry run: {_trials(len(planned))}, {runs} would run, {len(planned) - runs} already stored ok; "
+        f"nothing started, nothing written",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="sweep YAML (one or more documents)"),
     out: str = typer.Option("runs/results", help="results directory or pyarrow URI"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to join; default: RAY_ADDRESS, else an embedded instance"),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to join; default: RAY_ADDRESS, else an embedded instance"
+    ),
     executor: str = typer.Option("ray", help=_EXECUTOR_HELP),
-    backend: Optional[str] = typer.Option(None, help="run only this backend"),
-    device: Optional[str] = typer.Option(None, help=_DEVICE_HELP),
+    backend: str | None = typer.Option(None, help="run only this backend"),
+    device: str | None = typer.Option(None, help=_DEVICE_HELP),
     force: bool = typer.Option(False, help="run again trials already stored ok"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="list the trials a run would start (and those stored); "
-                                                          "start nothing, write nothing"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="list the trials a run would start (and those stored); start nothing, write nothing"
+    ),
     allow_failures: bool = typer.Option(False, "--allow-failures", help=_FAILURES_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
     max_trials: int = typer.Option(1_000_000, "--max-trials", min=1, help="refuse a spec with more trials than this"),
@@ -145,17 +166,30 @@ def run(
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = runner.run(str(spec), out, executor_name=executor, address=address, backend=backend,
-                             device=device, force=force, console=err_console, verbose=verbose,
-                             max_trials=max_trials)
+        summary = runner.run(
+            str(spec),
+            out,
+            executor_name=executor,
+            address=address,
+            backend=backend,
+            device=device,
+            force=force,
+            console=err_console,
+            verbose=verbose,
+            max_trials=max_trials,
+        )
     except UserError as err:
         _fail(err)
     out_console.print(f"results: {summary.out}", markup=False, highlight=False)
     out_console.print(f"report:  deeperbench report {summary.out}", markup=False, highlight=False)
     _where_errors(summary.failed, summary.out)
     total = sum(summary.counts.values())
-    out_console.print(f"{_trials(total)}: {_counts(summary.counts)}; {summary.already_done} already stored ok; "
-                      f"{summary.duration_s:.1f} s", markup=False, highlight=False)
+    out_console.print(
+        f"{_trials(total)}: {_counts(summary.counts)}; {summary.already_done} already stored ok; "
+        f"{summary.duration_s:.1f} s",
+        markup=False,
+        highlight=False,
+    )
     _exit_for(summary.failed, allow_failures)
 
 
@@ -164,12 +198,12 @@ def search(
     spec: Path = typer.Argument(..., help="sweep YAML with a search section"),
     trials: int = typer.Option(..., help="trials in the study in total (a search run again resumes)"),
     parallel: int = typer.Option(2, help="trials in flight at once"),
-    storage: Optional[str] = typer.Option(None, help="Optuna RDB URL; default sqlite:///OUT/optuna.db"),
+    storage: str | None = typer.Option(None, help="Optuna RDB URL; default sqlite:///OUT/optuna.db"),
     out: str = typer.Option("runs/search", help="results directory"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to join"),
+    address: str | None = typer.Option(None, help="Ray cluster to join"),
     executor: str = typer.Option("ray", help=_EXECUTOR_HELP),
-    backend: Optional[str] = typer.Option(None, help="the backend to search on, if the spec lists several"),
-    device: Optional[str] = typer.Option(None, help=_DEVICE_HELP),
+    backend: str | None = typer.Option(None, help="the backend to search on, if the spec lists several"),
+    device: str | None = typer.Option(None, help=_DEVICE_HELP),
     allow_failures: bool = typer.Option(False, "--allow-failures", help=_FAILURES_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
 ) -> None:
@@ -181,17 +215,34 @@ def search(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        s = run_search(str(spec), trials, out, parallel=parallel, storage=storage, executor_name=executor,
-                       address=address, backend=backend, device=device, console=err_console, verbose=verbose)
+        s = run_search(
+            str(spec),
+            trials,
+            out,
+            parallel=parallel,
+            storage=storage,
+            executor_name=executor,
+            address=address,
+            backend=backend,
+            device=device,
+            console=err_console,
+            verbose=verbose,
+        )
     except UserError as err:
         _fail(err)
-    out_console.print(f"study {s.study}: {s.finished} complete trials ({s.asked_now} asked now); storage {s.storage}",
-                      markup=False, highlight=False)
+    out_console.print(
+        f"study {s.study}: {s.finished} complete trials ({s.asked_now} asked now); storage {s.storage}",
+        markup=False,
+        highlight=False,
+    )
     if s.best_number is None:
         out_console.print("no feasible complete trial yet", markup=False)
     else:
-        out_console.print(f"best: trial {s.best_number}, value {s.best_value:.6g}, params {s.best_params}",
-                          markup=False, highlight=False)
+        out_console.print(
+            f"best: trial {s.best_number}, value {s.best_value:.6g}, params {s.best_params}",
+            markup=False,
+            highlight=False,
+        )
     out_console.print(f"report:  deeperbench report {out}", markup=False, highlight=False)
     _where_errors(s.failed, out)
     out_console.print(f"{_trials(sum(s.counts.values()))} run now: {_counts(s.counts)}", markup=False, highlight=False)
@@ -218,8 +269,10 @@ def submit(
 
 
 @app.command()
-def status(job_id: str = typer.Argument(..., metavar="JOB"),
-           address: str = typer.Option(..., help="the cluster's dashboard URL")) -> None:
+def status(
+    job_id: str = typer.Argument(..., metavar="JOB"),
+    address: str = typer.Option(..., help="the cluster's dashboard URL"),
+) -> None:
     """Status of a submitted job."""
     from harness import jobs
 
@@ -230,8 +283,10 @@ def status(job_id: str = typer.Argument(..., metavar="JOB"),
 
 
 @app.command()
-def logs(job_id: str = typer.Argument(..., metavar="JOB"),
-         address: str = typer.Option(..., help="the cluster's dashboard URL")) -> None:
+def logs(
+    job_id: str = typer.Argument(..., metavar="JOB"),
+    address: str = typer.Option(..., help="the cluster's dashboard URL"),
+) -> None:
     """What a submitted job printed so far."""
     from harness import jobs
 
@@ -244,7 +299,7 @@ def logs(job_id: str = typer.Argument(..., metavar="JOB"),
 @app.command()
 def report(
     directory: str = typer.Argument(..., metavar="DIR", help="results directory or URI"),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="HTML file; default DIR/_report.html"),
+    output: str | None = typer.Option(None, "-o", "--output", help="HTML file; default DIR/_report.html"),
 ) -> None:
     """Write one self-contained HTML report of the results in DIR (exit 2, nothing written, when it holds none)."""
     from results.report import build
@@ -260,11 +315,12 @@ def report(
 def compare(
     directory: str = typer.Argument(..., metavar="DIR"),
     metric: str = typer.Option(..., help="metric to compare; every workload here that records it is shown"),
-    by: str = typer.Option("backend", help=f"column to compare across: {' | '.join(BY)} "
-                                           f"| a parameter (p_NAME or NAME)"),
-    workload: Optional[str] = typer.Option(None, help="only this workload's rows"),
-    baseline: Optional[str] = typer.Option(None, help="results of an earlier run to compare against"),
-    fail_above: Optional[float] = typer.Option(None, help="with --baseline: exit 1 if a ratio is worse than this"),
+    by: str = typer.Option(
+        "backend", help=f"column to compare across: {' | '.join(BY)} | a parameter (p_NAME or NAME)"
+    ),
+    workload: str | None = typer.Option(None, help="only this workload's rows"),
+    baseline: str | None = typer.Option(None, help="results of an earlier run to compare against"),
+    fail_above: float | None = typer.Option(None, help="with --baseline: exit 1 if a ratio is worse than this"),
     format: str = typer.Option("table", "--format", help=f"output: {' | '.join(FORMATS)}"),
 ) -> None:
     """Print a metric's medians by backend (or --by, or against --baseline) with ratios and its direction."""
@@ -279,15 +335,22 @@ def compare(
             raise UserError("--fail-above: needs --baseline (the run to compare against)")
         if fail_above is not None and not fail_above > 0:
             raise UserError(f"--fail-above: must be a ratio > 0, got {fail_above}")
-        c = (cmp.against_baseline(directory, baseline, metric, workload) if baseline
-             else cmp.compare(directory, metric, by, workload))
+        c = (
+            cmp.against_baseline(directory, baseline, metric, workload)
+            if baseline
+            else cmp.compare(directory, metric, by, workload)
+        )
     except UserError as err:
         _fail(err)
     except (OSError, pa.ArrowException) as err:
         _fail(UserError(f"DIR: cannot read the results: {type(err).__name__}: {err}"))
-    except Exception as err:  # noqa: BLE001 -- issue 14: no traceback reaches the user; one line, exit 1
-        err_console.print(f"error: compare failed: {type(err).__name__}: {' '.join(str(err).split())[:300]} "
-                          f"(a bug: please report it with this line)", markup=False, highlight=False)
+    except Exception as err:
+        err_console.print(
+            f"error: compare failed: {type(err).__name__}: {' '.join(str(err).split())[:300]} "
+            f"(a bug: please report it with this line)",
+            markup=False,
+            highlight=False,
+        )
         raise typer.Exit(1) from None
     render = {"markdown": cmp.to_markdown, "csv": cmp.to_csv, "json": cmp.to_json}.get(format)
     if render is None:
@@ -297,8 +360,11 @@ def compare(
     if fail_above is not None:
         worse = c.worse_than(fail_above)
         if worse.any():
-            err_console.print(f"{int(worse.sum())} configuration(s) worse than {fail_above}x the baseline",
-                              markup=False, highlight=False)
+            err_console.print(
+                f"{int(worse.sum())} configuration(s) worse than {fail_above}x the baseline",
+                markup=False,
+                highlight=False,
+            )
             raise typer.Exit(1)
 
 
@@ -319,10 +385,16 @@ def compact(directory: str = typer.Argument(..., metavar="DIR", help="results di
     except UserError as err:
         _fail(err)
     for m in merged:
-        out_console.print(f"{m.folder}: {m.files_merged} files -> {m.path} ({_trials(m.trials)}, {m.rows} rows)",
-                          markup=False, highlight=False)
-    out_console.print(f"compacted {len(merged)} folder(s) of {directory}" if merged
-                      else f"nothing to compact in {directory}", markup=False, highlight=False)
+        out_console.print(
+            f"{m.folder}: {m.files_merged} files -> {m.path} ({_trials(m.trials)}, {m.rows} rows)",
+            markup=False,
+            highlight=False,
+        )
+    out_console.print(
+        f"compacted {len(merged)} folder(s) of {directory}" if merged else f"nothing to compact in {directory}",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _type_text(annotation: Any) -> str:
@@ -341,14 +413,25 @@ def _type_text(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
-           ("min_length", "length >="), ("max_length", "length <="))
+_BOUNDS = (
+    ("gt", ">"),
+    ("ge", ">="),
+    ("lt", "<"),
+    ("le", "<="),
+    ("multiple_of", "multiple of"),
+    ("min_length", "length >="),
+    ("max_length", "length <="),
+)
 
 
 def _bounds(metadata: Any) -> str:
     """`` >= 1 <= 64`` from a field's annotated-types constraints (pydantic keeps them as metadata)."""
-    parts = [f" {sign} {getattr(item, attr)}" for attr, sign in _BOUNDS for item in metadata
-             if getattr(item, attr, None) is not None]
+    parts = [
+        f" {sign} {getattr(item, attr)}"
+        for attr, sign in _BOUNDS
+        for item in metadata
+        if getattr(item, attr, None) is not None
+    ]
     return "".join(parts)
 
 
@@ -356,7 +439,7 @@ def _field_text(field: Any) -> str:
     """A parameter's type with its bounds next to the value they bound: ``float > 0.0 | None``."""
     text, bounds = _type_text(field.annotation), _bounds(field.metadata)
     if bounds and text.endswith(" | None"):
-        return text[:-len(" | None")] + bounds + " | None"
+        return text[: -len(" | None")] + bounds + " | None"
     return text + bounds
 
 
@@ -370,10 +453,13 @@ def list_() -> None:
     for name in workloads.names():
         try:
             wl = workloads.get(name)
-        except Exception as err:  # noqa: BLE001 -- one broken plugin must not hide the others
+        except Exception as err:
             broken += 1
-            err_console.print(f"error: workload {name} cannot be loaded: {type(err).__name__}: "
-                              f"{' '.join(str(err).split())[:300]}", markup=False, highlight=False)
+            err_console.print(
+                f"error: workload {name} cannot be loaded: {type(err).__name__}: {' '.join(str(err).split())[:300]}",
+                markup=False,
+                highlight=False,
+            )
             continue
         origin = f"  plugin: {plugins[name]}" if name in plugins else ""
         out_console.print(Text.assemble((name, "bold"), f" v{wl.version}  backends: {', '.join(wl.backends)}{origin}"))
@@ -381,8 +467,11 @@ def list_() -> None:
             text = _field_text(field)
             out_console.print(f"  param  {pname}: {text} = {field.default!r}", markup=False, highlight=False)
         for m in wl.metrics:
-            out_console.print(f"  metric {m.name} [{m.unit}] {m.direction} is better, {m.reduce} per trial",
-                              markup=False, highlight=False)
+            out_console.print(
+                f"  metric {m.name} [{m.unit}] {m.direction} is better, {m.reduce} per trial",
+                markup=False,
+                highlight=False,
+            )
     if broken:
         raise typer.Exit(1)
 
@@ -390,8 +479,8 @@ def list_() -> None:
 @app.command()
 def doctor(
     specs: list[Path] = typer.Argument(None, metavar="[SPEC]...", help="sweep YAMLs to check against the nodes"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster whose every node to describe; default: this machine"),
-    device: Optional[str] = typer.Option(None, help=_DEVICE_HELP),
+    address: str | None = typer.Option(None, help="Ray cluster whose every node to describe; default: this machine"),
+    device: str | None = typer.Option(None, help=_DEVICE_HELP),
 ) -> None:
     """Versions, the devices torch and JAX see and Ray's resources, per node; whether each spec can run.
 

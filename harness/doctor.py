@@ -1,5 +1,6 @@
 """``deeperbench doctor``: what each node has (versions, the devices torch and JAX see, Ray's resources)
 and whether the sweeps of a spec can run there, with what to install when they cannot."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,12 @@ from harness.errors import UserError
 from harness.sweep import Trial
 
 PACKAGES = ("torch", "jax", "jaxlib", "ray", "numpy", "pyarrow")
-INSTALL = {("jax", "cuda"): "install deeperbench[cuda] (JAX's CUDA 13 plugin) there",
-           ("jax", "tpu"): "install deeperbench[tpu] (jax[tpu]) on a TPU VM",
-           ("torch", "cuda"): "it needs an NVIDIA GPU with its driver and torch's CUDA build (the default on Linux x86-64)",
-           ("torch", "tpu"): "the torch backend runs on cpu and cuda only: drop torch from the sweep's backends"}
+INSTALL = {
+    ("jax", "cuda"): "install deeperbench[cuda] (JAX's CUDA 13 plugin) there",
+    ("jax", "tpu"): "install deeperbench[tpu] (jax[tpu]) on a TPU VM",
+    ("torch", "cuda"): "it needs an NVIDIA GPU with its driver and torch's CUDA build (the default on Linux x86-64)",
+    ("torch", "tpu"): "the torch backend runs on cpu and cuda only: drop torch from the sweep's backends",
+}
 """What to do where a backend sees no device of a kind."""
 
 
@@ -58,8 +61,7 @@ def describe_here() -> Node:
             devices[name] = {kind: _device_text(backend, kind) for kind in backend.devices()}
         except Exception as err:  # a framework that fails to import is what doctor reports, not a crash
             errors[name] = f"{type(err).__name__}: {err}".splitlines()[0]
-    return Node(socket.gethostname(), platform.python_version(), {p: _version(p) for p in PACKAGES},
-                devices, errors)
+    return Node(socket.gethostname(), platform.python_version(), {p: _version(p) for p in PACKAGES}, devices, errors)
 
 
 def describe_cluster(address: str) -> list[Node]:
@@ -71,13 +73,19 @@ def describe_cluster(address: str) -> list[Node]:
     try:
         alive = [n for n in ray.nodes() if n["Alive"]]
         task = ray.remote(num_cpus=0)(describe_here)
-        refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-                for n in alive]
+        refs = [
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in alive
+        ]
         nodes = ray.get(refs, timeout=300)
-        return [dataclasses.replace(node, name=f"{node.name} ({n['NodeManagerAddress']})",
-                                    resources={k: float(v) for k, v in n["Resources"].items()
-                                               if not k.startswith("node:")})
-                for node, n in zip(nodes, alive)]
+        return [
+            dataclasses.replace(
+                node,
+                name=f"{node.name} ({n['NodeManagerAddress']})",
+                resources={k: float(v) for k, v in n["Resources"].items() if not k.startswith("node:")},
+            )
+            for node, n in zip(nodes, alive)
+        ]
     finally:
         ray.shutdown()
 
@@ -107,8 +115,10 @@ def can_run(sweep: str, backends: Sequence[str], device: str, nodes: Sequence[No
             continue
         where = ", ".join(n.name for n in nodes)
         label = {"cuda": "GPU", "tpu": "TPU"}.get(kind, kind)
-        missing.append(f"{'JAX' if backend == 'jax' else backend} sees no {label} on {where}: "
-                       f"{INSTALL.get((backend, kind), 'no node has one')}")
+        missing.append(
+            f"{'JAX' if backend == 'jax' else backend} sees no {label} on {where}: "
+            f"{INSTALL.get((backend, kind), 'no node has one')}"
+        )
     return Verdict(sweep, not missing, "; ".join(missing) or f"{', '.join(backends)} on {device}: available")
 
 
@@ -137,8 +147,11 @@ def check_specs(paths: Sequence[str], nodes: Sequence[Node], device: str | None 
     """One verdict per sweep of the spec files ``paths`` (``device`` overrides each sweep's)."""
     from harness.spec import load_specs
 
-    return [can_run(f"{path}: {sweep.name}", sweep.backends, device or sweep.device, nodes)
-            for path in paths for sweep, _ in load_specs(path)]
+    return [
+        can_run(f"{path}: {sweep.name}", sweep.backends, device or sweep.device, nodes)
+        for path in paths
+        for sweep, _ in load_specs(path)
+    ]
 
 
 def as_rows(node: Node) -> list[tuple[str, str]]:

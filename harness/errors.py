@@ -1,4 +1,5 @@
 """Errors the CLI turns into one line and exit status 2, and bounded views of bad values for them."""
+
 from __future__ import annotations
 
 import reprlib
@@ -8,8 +9,9 @@ MAX_MESSAGE_CHARS = 500
 """A UserError's message is cut to this length: a hostile value never floods the terminal."""
 
 _SHOWN = reprlib.Repr()
-for _limit, _value in dict(maxlevel=3, maxdict=6, maxlist=8, maxtuple=8, maxset=8, maxstring=120, maxother=120,
-                           maxlong=60).items():
+for _limit, _value in dict(
+    maxlevel=3, maxdict=6, maxlist=8, maxtuple=8, maxset=8, maxstring=120, maxother=120, maxlong=60
+).items():
     setattr(_SHOWN, _limit, _value)  # Python 3.11's Repr takes no keyword arguments
 
 
@@ -22,7 +24,7 @@ class UserError(ValueError):
     def __init__(self, message: str) -> None:
         text = " ".join(str(message).split())
         if len(text) > MAX_MESSAGE_CHARS:
-            text = text[:MAX_MESSAGE_CHARS - 3] + "..."
+            text = text[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(text)
 
 
@@ -34,5 +36,5 @@ def shown(value: Any) -> str:
     """
     try:
         return _SHOWN.repr(value)
-    except Exception:  # noqa: BLE001 -- a value whose repr fails is still named by its type
+    except Exception:
         return f"<{type(value).__name__}>"

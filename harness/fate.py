@@ -1,4 +1,5 @@
 """Child processes that die with their parent, however the parent dies (Linux)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -69,9 +70,14 @@ def reap_when_gone(exclude: dict[int, int] | None = None, poll_s: float = 0.5) -
         return None
     skip = ",".join(f"{p}:{s}" for p, s in (exclude or {}).items()) or "-"
     code = "import harness.fate as f, sys; f._watch(int(sys.argv[1]), sys.argv[2], float(sys.argv[3]))"
-    return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), skip, str(poll_s)],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(os.getpid()), skip, str(poll_s)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
 
 
 def _is_ray(pid: int) -> bool:
@@ -91,8 +97,11 @@ def _watch(parent: int, skip: str, poll_s: float) -> None:
     threading.Thread(target=lambda: (sys.stdin.buffer.read(), gone.set()), daemon=True).start()
     noted: dict[int, int] = {}
     while not gone.is_set():
-        noted |= {p: s for p, s in descendants(parent).items()
-                  if (p, s) not in excluded and p != os.getpid() and p not in noted and _is_ray(p)}
+        noted |= {
+            p: s
+            for p, s in descendants(parent).items()
+            if (p, s) not in excluded and p != os.getpid() and p not in noted and _is_ray(p)
+        }
         gone.wait(poll_s)
     for pid, start in noted.items():
         info = _stat(pid)

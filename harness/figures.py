@@ -4,6 +4,7 @@ A workload lists ``figures`` (a tuple of :class:`Figure`, or :class:`Custom` whe
 express the plot) and ``settings`` (a tuple of :class:`Setting`: the thesis' setting of each figure it
 reproduces, set beside this run's in the report).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """``deeperbench submit / status / logs``: a sweep as a Ray job, through Ray's Jobs API."""
+
 from __future__ import annotations
 
 import os
@@ -36,14 +37,16 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise UserError(f"--address: no Ray dashboard answers at '{address}': {' '.join(str(err).split())[:200]}") from None
+        raise UserError(
+            f"--address: no Ray dashboard answers at '{address}': {' '.join(str(err).split())[:200]}"
+        ) from None
 
 
 def quote_out(out: str) -> str:
     """``out`` as one shell word; a leading ``$HOME/`` or ``~/`` is left for the cluster's shell to expand."""
     for prefix in ("$HOME/", "${HOME}/", "~/"):
         if out.startswith(prefix):
-            return '"$HOME"/' + shlex.quote(out[len(prefix):])
+            return '"$HOME"/' + shlex.quote(out[len(prefix) :])
     return shlex.quote(out)
 
 
@@ -65,9 +68,14 @@ def submit(spec: str, address: str, out: str, *, python: str = "python", extra: 
         raise UserError(f"SPEC: '{spec}' must lie inside the project ({PROJECT}) to travel with it")
     relative = path.relative_to(PROJECT)
     client = _client(address)
-    return client.submit_job(entrypoint=entrypoint(python, str(relative), out, extra),
-                             runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES,
-                                          "env_vars": {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "")}})
+    return client.submit_job(
+        entrypoint=entrypoint(python, str(relative), out, extra),
+        runtime_env={
+            "working_dir": str(PROJECT),
+            "excludes": EXCLUDES,
+            "env_vars": {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "")},
+        },
+    )
 
 
 def status(job_id: str, address: str) -> str:

@@ -5,6 +5,7 @@ dies however it dies, so a stale lock (a killed run's) is taken over by the next
 so. The file's text names the holder for the message a refused run prints. Remote stores
 (``s3://``, ``gs://``) have no such lock: a run there is not guarded against a concurrent one.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -49,8 +50,10 @@ class RunLock:
             except BlockingIOError:
                 text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
                 os.close(fd)
-                raise UserError(f"--out: '{self.out}' is in use by another run ({_holder(text)}); wait for it "
-                                "to finish or give another --out") from None
+                raise UserError(
+                    f"--out: '{self.out}' is in use by another run ({_holder(text)}); wait for it "
+                    "to finish or give another --out"
+                ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -61,8 +64,11 @@ class RunLock:
         stale = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         if stale:
             log.warning("taking over the lock of a run that is no longer running (%s)", _holder(stale))
-        info = {"host": socket.gethostname(), "pid": os.getpid(),
-                "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
@@ -78,7 +84,7 @@ class RunLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 

@@ -3,6 +3,7 @@
 A sweep's name becomes one folder under ``--out``; it must not climb out of it (``..``), hide
 itself (``.x``, which pyarrow's dataset discovery skips) or exceed what a filesystem can name.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,10 @@ PATH_MAX_BYTES = 4096
 def check_name(name: object, field: str = "name") -> str:
     """``name`` if it is one safe path component (see ``NAME_PATTERN``), else UserError naming ``field``."""
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-        raise UserError(f"{field}: must be 1 to {NAME_MAX_CHARS} characters of letters, digits, '_', '.', '-', "
-                        f"starting with a letter or digit (it names a folder under --out); got {shown(name)}")
+        raise UserError(
+            f"{field}: must be 1 to {NAME_MAX_CHARS} characters of letters, digits, '_', '.', '-', "
+            f"starting with a letter or digit (it names a folder under --out); got {shown(name)}"
+        )
     return name
 
 

@@ -4,6 +4,7 @@ Ray itself retries a wrong address for minutes, and hangs on a listener that spe
 protocol. Here: a TCP connection, then the HTTP/2 preface every gRPC server answers with a
 SETTINGS frame, then (for a GCS address) one ``GetClusterId`` call that only a Ray GCS implements.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,10 @@ def _connect(host: str, port: int, address: str, deadline: float) -> socket.sock
             raise UserError(f"--address: cannot resolve host '{host}' ({err.strerror or err})") from None
         except OSError as err:
             if time.monotonic() + 0.5 >= deadline:
-                raise UserError(f"--address: nothing answers at '{address}' ({err.strerror or err}); "
-                                "start the cluster or fix the address") from None
+                raise UserError(
+                    f"--address: nothing answers at '{address}' ({err.strerror or err}); "
+                    "start the cluster or fix the address"
+                ) from None
             time.sleep(0.5)
 
 
@@ -57,14 +60,17 @@ def _speaks_grpc(host: str, port: int, address: str, deadline: float) -> None:
             sock.sendall(_PREFACE)
             reply = sock.recv(64)
         except TimeoutError:
-            raise UserError(f"--address: something at '{address}' accepted the connection but said nothing "
-                            "(not a Ray cluster)") from None
+            raise UserError(
+                f"--address: something at '{address}' accepted the connection but said nothing (not a Ray cluster)"
+            ) from None
         except OSError as err:
-            raise UserError(f"--address: the connection to '{address}' failed ({err.strerror or err}); "
-                            "not a Ray cluster") from None
+            raise UserError(
+                f"--address: the connection to '{address}' failed ({err.strerror or err}); not a Ray cluster"
+            ) from None
     if not reply:
-        raise UserError(f"--address: something at '{address}' closed the connection without a reply "
-                        "(not a Ray cluster)")
+        raise UserError(
+            f"--address: something at '{address}' closed the connection without a reply (not a Ray cluster)"
+        )
     if len(reply) < 9 or reply[3] != _SETTINGS:
         raise UserError(f"--address: at '{address}' {_describe(reply)}")
 

@@ -1,4 +1,5 @@
 """Name registries for workloads, backends and executors: unique names, helpful lookup errors."""
+
 from __future__ import annotations
 
 import difflib
@@ -36,9 +37,7 @@ class Registry(Generic[T]):
         """Return the object registered as ``name``, loading it on first use."""
         if name not in self._loaders:
             known = self.names()
-            raise KeyError(
-                f"unknown {self.kind} '{name}'; known: {', '.join(known)}{did_you_mean(name, known)}"
-            )
+            raise KeyError(f"unknown {self.kind} '{name}'; known: {', '.join(known)}{did_you_mean(name, known)}")
         if name not in self._loaded:
             self._loaded[name] = self._loaders[name]()
         return self._loaded[name]

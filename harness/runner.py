@@ -1,4 +1,5 @@
 """``deeperbench run``: validate specs, expand trials, skip stored ones, execute, store, report progress."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,14 +59,21 @@ def git_sha() -> str | None:
     """The project's commit, for the env of every row; None outside a git checkout."""
     try:
         top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def plan(spec: str, executor: executors.Executor, *, backend: str | None = None,
-         device: str | None = None, max_trials: int = MAX_TRIALS) -> list[Trial]:
+def plan(
+    spec: str,
+    executor: executors.Executor,
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+    max_trials: int = MAX_TRIALS,
+) -> list[Trial]:
     """Every trial the spec asks for on this executor, validated and checked against the cluster."""
     if device is not None and device not in DEVICES:
         raise UserError(f"--device: unknown device '{device}'; allowed: {', '.join(DEVICES)}")
@@ -74,8 +82,10 @@ def plan(spec: str, executor: executors.Executor, *, backend: str | None = None,
         names = sweep.backends
         if backend is not None:
             if backend not in workload.backends:
-                raise UserError(f"--backend: '{backend}' is not a backend of {workload.name}; "
-                                f"allowed: {', '.join(workload.backends)}")
+                raise UserError(
+                    f"--backend: '{backend}' is not a backend of {workload.name}; "
+                    f"allowed: {', '.join(workload.backends)}"
+                )
             names = [backend]
         sweep = sweep.model_copy(update={"backends": names})
         resolved = executor.resolve_device(device or sweep.device)
@@ -101,8 +111,15 @@ class _Offline:
         pass
 
 
-def dry_run(spec: str, out: str, *, backend: str | None = None, device: str | None = None,
-            force: bool = False, max_trials: int = MAX_TRIALS) -> list[Planned]:
+def dry_run(
+    spec: str,
+    out: str,
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+    force: bool = False,
+    max_trials: int = MAX_TRIALS,
+) -> list[Planned]:
     """The trials ``run`` would consider, each with its stored status; starts no Ray and writes nothing.
 
     ``auto`` resolves from this host's devices; a cluster may resolve it otherwise.
@@ -114,9 +131,16 @@ def dry_run(spec: str, out: str, *, backend: str | None = None, device: str | No
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("ok {task.fields[ok]} failed {task.fields[failed]} skipped {task.fields[skipped]}"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ok {task.fields[ok]} failed {task.fields[failed]} skipped {task.fields[skipped]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 def log_folder(out: str) -> str:
@@ -134,9 +158,19 @@ def announce(executor: executors.Executor, log: RayLog, out: str, console: Conso
     return path
 
 
-def run(spec: str, out: str, *, executor_name: str = "ray", address: str | None = None,
-        backend: str | None = None, device: str | None = None, force: bool = False,
-        console: Console | None = None, verbose: bool = False, max_trials: int = MAX_TRIALS) -> RunSummary:
+def run(
+    spec: str,
+    out: str,
+    *,
+    executor_name: str = "ray",
+    address: str | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    force: bool = False,
+    console: Console | None = None,
+    verbose: bool = False,
+    max_trials: int = MAX_TRIALS,
+) -> RunSummary:
     """Run every trial of ``spec`` not already stored ok in ``out`` (all with ``force``).
 
     Every trial is stored whatever its status; the caller decides the exit status from ``counts``.
@@ -178,5 +212,11 @@ def run(spec: str, out: str, *, executor_name: str = "ray", address: str | None 
     finally:
         executor.close()
         lock.release()
-    return RunSummary(counts=counts, already_done=len(trials) - len(todo), out=out, sweeps=sweeps,
-                      duration_s=time.monotonic() - began, log_path=log_path)
+    return RunSummary(
+        counts=counts,
+        already_done=len(trials) - len(todo),
+        out=out,
+        sweeps=sweeps,
+        duration_s=time.monotonic() - began,
+        log_path=log_path,
+    )

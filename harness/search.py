@@ -5,6 +5,7 @@ The study is named after the sweep and lives in a real database (``sqlite:///<ou
 default). ``trials`` is the study's total: a search run again marks trials an interrupted run left
 RUNNING as FAIL and asks only for the rest.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,8 @@ from rich.console import Console
 
 from harness import executors
 from harness.errors import UserError
-from harness.paths import check_out
 from harness.executors import RayLog
+from harness.paths import check_out
 from harness.runner import announce, git_sha
 from harness.spec import DEVICES, Range, Sweep, load_specs, one_line_error
 from harness.sweep import Trial, trial_key
@@ -63,8 +64,11 @@ def _distributions(sweep: Sweep) -> dict:
     out = {}
     for name, spec in sweep.search.space.items():
         if isinstance(spec, Range):
-            out[name] = (d.IntDistribution(int(spec.low), int(spec.high), log=spec.log) if spec.int
-                         else d.FloatDistribution(spec.low, spec.high, log=spec.log))
+            out[name] = (
+                d.IntDistribution(int(spec.low), int(spec.high), log=spec.log)
+                if spec.int
+                else d.FloatDistribution(spec.low, spec.high, log=spec.log)
+            )
         else:
             out[name] = d.CategoricalDistribution(spec)
     return out
@@ -77,10 +81,14 @@ def _only_search_sweep(spec: str, backend: str | None) -> tuple[Sweep, Workload]
     sweep, workload = sweeps[0]
     for key, value in sweep.grid.items():
         if isinstance(value, list):
-            raise UserError(f"grid.{key}: a search fixes every grid parameter; give one value, or put it in search.space")
+            raise UserError(
+                f"grid.{key}: a search fixes every grid parameter; give one value, or put it in search.space"
+            )
     overlap = sorted(set(sweep.grid) & set(sweep.search.space))
     if overlap:
-        raise UserError(f"search.space: {', '.join(overlap)} also fixed in grid; a parameter is either fixed or searched")
+        raise UserError(
+            f"search.space: {', '.join(overlap)} also fixed in grid; a parameter is either fixed or searched"
+        )
     names = [backend] if backend else sweep.backends
     if len(names) != 1 or names[0] not in workload.backends:
         raise UserError(f"backends: a search runs on one backend; give one in the spec or --backend (got {names})")
@@ -96,15 +104,28 @@ def _feasibility(sweep: Sweep, workload: Workload, outcome: Outcome) -> list[flo
         if v is None:
             values.append(float("inf"))
             continue
-        values.append(max((v - c.max) if c.max is not None else float("-inf"),
-                          (c.min - v) if c.min is not None else float("-inf")))
+        values.append(
+            max(
+                (v - c.max) if c.max is not None else float("-inf"), (c.min - v) if c.min is not None else float("-inf")
+            )
+        )
     return values
 
 
-def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage: str | None = None,
-               executor_name: str = "ray", address: str | None = None, backend: str | None = None,
-               device: str | None = None, console: Console | None = None,
-               verbose: bool = False) -> SearchSummary:
+def run_search(
+    spec: str,
+    n_trials: int,
+    out: str,
+    *,
+    parallel: int = 2,
+    storage: str | None = None,
+    executor_name: str = "ray",
+    address: str | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+    verbose: bool = False,
+) -> SearchSummary:
     """Bring the study of ``spec`` to ``n_trials`` trials in total; return its state and best trial."""
     import optuna
     import pydantic
@@ -123,8 +144,13 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
     constrained = bool(sweep.search.constraints)
     sampler = optuna.samplers.TPESampler(seed=sweep.base_seed)
     try:
-        study = optuna.create_study(study_name=sweep.name, storage=storage, direction=sweep.search.direction,
-                                    sampler=sampler, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=sweep.name,
+            storage=storage,
+            direction=sweep.search.direction,
+            sampler=sampler,
+            load_if_exists=True,
+        )
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError, SQLAlchemyError) as err:
         raise UserError(f"--storage: cannot open '{storage}': {' '.join(str(err).split())[:200]}") from None
     for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING, TrialState.WAITING]):
@@ -153,14 +179,34 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
                     counts["failed"] += 1
                     console.print(f"trial {asked.number}: {one_line_error(err, 'search.space')}", markup=False)
                     continue
-                key = trial_key(workload.name, workload.version, sweep.backends[0], resolved, params, 0,
-                                study=sweep.name, trial_number=asked.number)
+                key = trial_key(
+                    workload.name,
+                    workload.version,
+                    sweep.backends[0],
+                    resolved,
+                    params,
+                    0,
+                    study=sweep.name,
+                    trial_number=asked.number,
+                )
                 pending[key] = asked
-                yield Trial(key=key, sweep=sweep.name, workload=workload.name, version=workload.version,
-                            backend=sweep.backends[0], device=resolved, params=params, repeat=0,
-                            seed=sweep.base_seed + asked.number, timeout_s=sweep.timeout_s, num_cpus=cpus,
-                            resources=sweep.resources, isolation=sweep.isolation, study=sweep.name,
-                            trial_number=asked.number)
+                yield Trial(
+                    key=key,
+                    sweep=sweep.name,
+                    workload=workload.name,
+                    version=workload.version,
+                    backend=sweep.backends[0],
+                    device=resolved,
+                    params=params,
+                    repeat=0,
+                    seed=sweep.base_seed + asked.number,
+                    timeout_s=sweep.timeout_s,
+                    num_cpus=cpus,
+                    resources=sweep.resources,
+                    isolation=sweep.isolation,
+                    study=sweep.name,
+                    trial_number=asked.number,
+                )
 
         def on_done(trial: Trial, outcome: Outcome) -> None:
             outcome.env["git_sha"] = sha
@@ -170,8 +216,10 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
             value = reduce_records(outcome.records, metric) if outcome.status == "ok" else None
             if value is None:
                 study.tell(asked, state=TrialState.FAIL)
-                console.print(f"trial {trial.trial_number}: {outcome.status} "
-                              f"{first_line(outcome.error) or 'no ' + metric.name}", markup=False)
+                console.print(
+                    f"trial {trial.trial_number}: {outcome.status} {first_line(outcome.error) or 'no ' + metric.name}",
+                    markup=False,
+                )
                 return
             if constrained:
                 values = _feasibility(sweep, workload, outcome)
@@ -182,20 +230,39 @@ def run_search(spec: str, n_trials: int, out: str, *, parallel: int = 2, storage
             console.print(f"trial {trial.trial_number}: {metric.name} = {value:.4g} {dict(asked.params)}", markup=False)
 
         if to_ask:
-            executor.check(Trial(key="capacity", sweep=sweep.name, workload=workload.name,
-                                 version=workload.version, backend=sweep.backends[0], device=resolved, params={},
-                                 repeat=0, seed=0, timeout_s=sweep.timeout_s, num_cpus=cpus,
-                                 resources=sweep.resources, isolation=sweep.isolation))
+            executor.check(
+                Trial(
+                    key="capacity",
+                    sweep=sweep.name,
+                    workload=workload.name,
+                    version=workload.version,
+                    backend=sweep.backends[0],
+                    device=resolved,
+                    params={},
+                    repeat=0,
+                    seed=0,
+                    timeout_s=sweep.timeout_s,
+                    num_cpus=cpus,
+                    resources=sweep.resources,
+                    isolation=sweep.isolation,
+                )
+            )
             log_path = announce(executor, log, out, console)
             executor.run(trials(), on_done, max_in_flight=parallel)
     finally:
         executor.close()
     best = best_trial(study, constrained)
-    return SearchSummary(study=sweep.name, storage=storage,
-                         finished=len([t for t in study.trials if t.state == TrialState.COMPLETE]),
-                         asked_now=to_ask, best_number=best.number if best else None,
-                         best_value=best.value if best else None, best_params=dict(best.params) if best else {},
-                         counts=counts, log_path=log_path)
+    return SearchSummary(
+        study=sweep.name,
+        storage=storage,
+        finished=len([t for t in study.trials if t.state == TrialState.COMPLETE]),
+        asked_now=to_ask,
+        best_number=best.number if best else None,
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        counts=counts,
+        log_path=log_path,
+    )
 
 
 def best_trial(study, constrained: bool):

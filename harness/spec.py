@@ -1,4 +1,5 @@
 """Sweep specs: YAML documents read into validated pydantic models (DESIGN.md, "Sweep spec")."""
+
 from __future__ import annotations
 
 import itertools
@@ -57,7 +58,7 @@ class Range(_Strict):
     int: bool = False
 
     @pydantic.model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if not self.low < self.high or (self.log and self.low <= 0):
             raise ValueError(f"needs low < high (and low > 0 with log); got low={self.low}, high={self.high}")
         return self
@@ -105,10 +106,12 @@ class Sweep(_Strict):
             raise ValueError(str(err).removeprefix("name: ")) from None
 
     @pydantic.model_validator(mode="after")
-    def _seeds_fit(self) -> "Sweep":
+    def _seeds_fit(self) -> Sweep:
         if self.base_seed + self.repeats - 1 > SEED_MAX:
-            raise ValueError(f"base_seed + repeats - 1 must be at most {SEED_MAX} (seeds are 32-bit); "
-                             f"got base_seed={self.base_seed}, repeats={self.repeats}")
+            raise ValueError(
+                f"base_seed + repeats - 1 must be at most {SEED_MAX} (seeds are 32-bit); "
+                f"got base_seed={self.base_seed}, repeats={self.repeats}"
+            )
         return self
 
 
@@ -124,8 +127,10 @@ def one_line_error(err: pydantic.ValidationError, prefix: str = "") -> str:
 def _check_names(kind: str, path: str, given: list[str], known: list[str]) -> None:
     for name in given:
         if name not in known:
-            raise UserError(f"{path}: unknown {kind} {shown(name)}; allowed: {', '.join(known)}"
-                            f"{did_you_mean(name, known) if isinstance(name, str) else ''}")
+            raise UserError(
+                f"{path}: unknown {kind} {shown(name)}; allowed: {', '.join(known)}"
+                f"{did_you_mean(name, known) if isinstance(name, str) else ''}"
+            )
 
 
 def validate_sweep(doc: Any, *, max_trials: int = MAX_TRIALS) -> tuple[Sweep, Workload]:
@@ -146,8 +151,10 @@ def validate_sweep(doc: Any, *, max_trials: int = MAX_TRIALS) -> tuple[Sweep, Wo
     _check_names("workload", "workload", [doc["workload"]], workloads.names())
     workload = workloads.get(doc["workload"])
     if not isinstance(doc.get("grid"), dict) or not doc["grid"]:
-        raise UserError("grid: is empty; give at least one parameter, e.g. "
-                        f"grid: {{{next(iter(workload.Params.model_fields))}: ...}}")
+        raise UserError(
+            "grid: is empty; give at least one parameter, e.g. "
+            f"grid: {{{next(iter(workload.Params.model_fields))}: ...}}"
+        )
     try:
         sweep = Sweep.model_validate(doc)
     except pydantic.ValidationError as err:
@@ -162,8 +169,10 @@ def validate_sweep(doc: Any, *, max_trials: int = MAX_TRIALS) -> tuple[Sweep, Wo
             raise UserError(f"grid.{key}: empty list; give one value or a list of values")
     count = count_trials(sweep)
     if count > max_trials:
-        raise UserError(f"grid: sweep {sweep.name} asks for {count:.3g} trials (grid points x backends x repeats); "
-                        f"{max_trials:g} are left of the file's limit: shrink the grid or raise it with --max-trials")
+        raise UserError(
+            f"grid: sweep {sweep.name} asks for {count:.3g} trials (grid points x backends x repeats); "
+            f"{max_trials:g} are left of the file's limit: shrink the grid or raise it with --max-trials"
+        )
     if sweep.search:
         _check_names("parameter", "search.space", list(sweep.search.space), fields)
         metric_names = [m.name for m in workload.metrics]
@@ -212,8 +221,10 @@ def check_document(doc: Any) -> int:
             raise UserError(f"{path}: nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, int) and not isinstance(value, bool):
             if not INT64[0] <= value <= INT64[1]:
-                raise UserError(f"{path}: {shown(value)} does not fit in 64 bits; integers must lie in "
-                                f"[-2**63, 2**63 - 1] for the results store")
+                raise UserError(
+                    f"{path}: {shown(value)} does not fit in 64 bits; integers must lie in "
+                    f"[-2**63, 2**63 - 1] for the results store"
+                )
             return 1
         if not isinstance(value, (list, dict)):
             return 1
@@ -296,8 +307,10 @@ class _BoundedLoader(_Base):  # type: ignore[misc,valid-type]
             if isinstance(key_node, yaml.ScalarNode):
                 key = (key_node.tag, key_node.value)
                 if key in seen:
-                    raise UserError(f"spec: key {shown(key_node.value)} is given twice in one mapping "
-                                    f"(line {key_node.start_mark.line + 1})")
+                    raise UserError(
+                        f"spec: key {shown(key_node.value)} is given twice in one mapping "
+                        f"(line {key_node.start_mark.line + 1})"
+                    )
                 seen.add(key)
         return super().construct_mapping(node, deep)
 

@@ -1,4 +1,5 @@
 """Expand a sweep into trials: grid x backends x repeats, exclusions dropped, stable keys."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,11 +33,25 @@ class Trial:
     trial_number: int | None = None
 
 
-def trial_key(workload: str, version: int, backend: str, device: str, params: dict[str, Any],
-              repeat: int, study: str | None = None, trial_number: int | None = None) -> str:
+def trial_key(
+    workload: str,
+    version: int,
+    backend: str,
+    device: str,
+    params: dict[str, Any],
+    repeat: int,
+    study: str | None = None,
+    trial_number: int | None = None,
+) -> str:
     """A stable hash of what defines a trial's result (parameters with defaults and nulls filled)."""
-    payload = {"workload": workload, "version": version, "backend": backend, "device": device,
-               "params": params, "repeat": repeat}
+    payload = {
+        "workload": workload,
+        "version": version,
+        "backend": backend,
+        "device": device,
+        "params": params,
+        "repeat": repeat,
+    }
     if study is not None:
         payload |= {"study": study, "trial_number": trial_number}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -60,9 +75,22 @@ def expand(sweep: Sweep, workload: Workload, *, device: str, node_cpus: float = 
             continue
         for backend, repeat in itertools.product(sweep.backends, range(sweep.repeats)):
             key = trial_key(workload.name, workload.version, backend, device, params, repeat)
-            trials.setdefault(key, Trial(
-                key=key, sweep=sweep.name, workload=workload.name, version=workload.version,
-                backend=backend, device=device, params=params, repeat=repeat,
-                seed=sweep.base_seed + repeat, timeout_s=sweep.timeout_s, num_cpus=cpus,
-                resources=sweep.resources, isolation=sweep.isolation))
+            trials.setdefault(
+                key,
+                Trial(
+                    key=key,
+                    sweep=sweep.name,
+                    workload=workload.name,
+                    version=workload.version,
+                    backend=backend,
+                    device=device,
+                    params=params,
+                    repeat=repeat,
+                    seed=sweep.base_seed + repeat,
+                    timeout_s=sweep.timeout_s,
+                    num_cpus=cpus,
+                    resources=sweep.resources,
+                    isolation=sweep.isolation,
+                ),
+            )
     return list(trials.values())

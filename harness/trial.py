@@ -1,4 +1,5 @@
 """Run one trial in the current process and classify how it ended (ok, skipped, failed, oom)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,12 @@ class Outcome:
 
 def host_env() -> dict[str, Any]:
     """Host facts every row carries: hostname, Python, platform, library versions, the project's git commit."""
-    return {"hostname": socket.gethostname(), "python": sys.version.split()[0], "platform": platform.platform(),
-            **_process_env()}
+    return {
+        "hostname": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        **_process_env(),
+    }
 
 
 @functools.cache
@@ -57,8 +62,13 @@ def _process_env() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             info[package] = None
     try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                              text=True, timeout=10, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
         info["git_commit"] = done.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
@@ -67,9 +77,15 @@ def _process_env() -> dict[str, Any]:
 
 def unfinished(trial: Trial, status: str, error: str, started: float, start_wall: dt.datetime) -> Outcome:
     """The outcome of a trial that did not come back (timeout, crashed), recorded by the driver."""
-    return Outcome(status=status, records=[], started_at=start_wall, duration_s=time.monotonic() - started,
-                   host=socket.gethostname(), error=f"{trial.workload} trial {trial.key}: {error}",
-                   env=host_env())
+    return Outcome(
+        status=status,
+        records=[],
+        started_at=start_wall,
+        duration_s=time.monotonic() - started,
+        host=socket.gethostname(),
+        error=f"{trial.workload} trial {trial.key}: {error}",
+        env=host_env(),
+    )
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -113,8 +129,13 @@ def execute(trial: Trial) -> Outcome:
             backend.device(trial.device)
             device_name = backend.device_name(trial.device)
             env |= backend.env_info()
-        ctx = Context(seed=trial.seed, device=trial.device, num_cpus=threads,
-                      deadline=started + trial.timeout_s, logger=logging.getLogger(f"deeperbench.{trial.workload}"))
+        ctx = Context(
+            seed=trial.seed,
+            device=trial.device,
+            num_cpus=threads,
+            deadline=started + trial.timeout_s,
+            logger=logging.getLogger(f"deeperbench.{trial.workload}"),
+        )
         records = workload.run(workload.Params.model_validate(trial.params), backend, ctx)
         known = metric_map(workload)
         for r in records:
@@ -123,8 +144,16 @@ def execute(trial: Trial) -> Outcome:
         status, error = "ok", None
     except Skip as exc:
         records, status, error = [], "skipped", str(exc)
-    except Exception as exc:  # noqa: BLE001 -- failure is a result (STYLE.md rule 8)
+    except Exception as exc:
         records, status = [], "oom" if _is_oom(exc) else "failed"
         error = f"{trial.workload} trial {trial.key}: {_describe(exc)}"
-    return Outcome(status=status, records=records, started_at=start_wall, duration_s=time.monotonic() - started,
-                   host=env["hostname"], device_name=device_name, error=error, env=env)
+    return Outcome(
+        status=status,
+        records=records,
+        started_at=start_wall,
+        duration_s=time.monotonic() - started,
+        host=env["hostname"],
+        device_name=device_name,
+        error=error,
+        env=env,
+    )

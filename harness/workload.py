@@ -1,4 +1,5 @@
 """What a workload module declares and returns: metrics, records, checks, the trial context."""
+
 from __future__ import annotations
 
 import dataclasses

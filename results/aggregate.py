@@ -1,4 +1,5 @@
 """Summaries: each trial's samples reduced as its metric declares, then median and IQR over repeats."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,14 +23,17 @@ def reduce_records(records: Sequence[Record], metric: Metric) -> float | None:
 
     Records with several tags (layers, parameter tensors) are reduced together.
     """
-    rows = sorted((r for r in records if r.metric == metric.name),
-                  key=lambda r: (r.step if r.step is not None else -1, r.sample if r.sample is not None else -1))
+    rows = sorted(
+        (r for r in records if r.metric == metric.name),
+        key=lambda r: (r.step if r.step is not None else -1, r.sample if r.sample is not None else -1),
+    )
     return _reduce(pd.Series([r.value for r in rows]), metric.reduce) if rows else None
 
 
 def _reduce(values: pd.Series, how: str) -> float:
-    return float({"median": np.median, "last": lambda v: v.iloc[-1], "max": np.max, "min": np.min,
-                  "mean": np.mean}[how](values))
+    return float(
+        {"median": np.median, "last": lambda v: v.iloc[-1], "max": np.max, "min": np.min, "mean": np.mean}[how](values)
+    )
 
 
 def reduce_trials(df: pd.DataFrame, metrics: Sequence[Metric], *, by_step: bool = False) -> pd.DataFrame:
@@ -57,9 +61,15 @@ def summarize(df: pd.DataFrame, metrics: Sequence[Metric], *, by_step: bool = Fa
     per_trial = reduce_trials(df, metrics, by_step=by_step)
     pcols = [c for c in per_trial.columns if c.startswith("p_")]
     keys = ["backend", "device_kind", "device_name", "params", "metric", "tag"] + (["step"] if by_step else [])
-    return (per_trial.groupby(keys, dropna=False, sort=False)
-            .agg(median=("value", "median"), q25=("value", lambda v: v.quantile(0.25)),
-                 q75=("value", lambda v: v.quantile(0.75)), n=("value", "size"), unit=("unit", "first"),
-                 **{c: (c, "first") for c in pcols})
-            .reset_index())
-
+    return (
+        per_trial.groupby(keys, dropna=False, sort=False)
+        .agg(
+            median=("value", "median"),
+            q25=("value", lambda v: v.quantile(0.25)),
+            q75=("value", lambda v: v.quantile(0.75)),
+            n=("value", "size"),
+            unit=("unit", "first"),
+            **{c: (c, "first") for c in pcols},
+        )
+        .reset_index()
+    )

@@ -1,4 +1,5 @@
 """Axes of the report's figures: units with SI or binary prefixes, log ticks, integer ticks, titles."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ def column_text(column: str) -> str:
     return column.removeprefix("p_")
 
 
-def style(fig: go.Figure, decl: Figure, summary: pd.DataFrame, unit: str, scale: float, unit_text: str,
-          n_rows: int) -> None:
+def style(
+    fig: go.Figure, decl: Figure, summary: pd.DataFrame, unit: str, scale: float, unit_text: str, n_rows: int
+) -> None:
     """Log axes, units, prefixes and ticks; titles on the outer panels."""
     if unit_text not in DIMENSIONLESS:
         fig.update_yaxes(exponentformat="SI")
@@ -32,8 +34,9 @@ def style(fig: go.Figure, decl: Figure, summary: pd.DataFrame, unit: str, scale:
         values = summary[["median", "q25", "q75"]].to_numpy(dtype=float)
         ticks = _log_ticks(values)
         fig.update_yaxes(tickvals=ticks) if ticks else fig.update_yaxes(dtick=_decades(values))
-    fig.update_xaxes(title_text=decl.x_title or column_text(decl.x), title_standoff=4,
-                     **({"row": n_rows} if decl.facet else {}))
+    fig.update_xaxes(
+        title_text=decl.x_title or column_text(decl.x), title_standoff=4, **({"row": n_rows} if decl.facet else {})
+    )
     fig.update_yaxes(title_text=_y_title(decl, unit_text, scale), **({"col": 1} if decl.facet else {}))
 
 
@@ -76,8 +79,10 @@ def _value_axis(fig: go.Figure, summary: pd.DataFrame, unit: str, scale: float, 
     low, high = math.floor(math.log2(values.min())), math.ceil(math.log2(values.max()))
     step = max(1, math.ceil((high - low + 1) / 8))
     exponents = range(low, high + 1, step)
-    fig.update_yaxes(tickvals=[2.0**e for e in exponents],
-                     ticktext=[format_bytes(2.0**e) + (f"/{per}" if per else "") for e in exponents])
+    fig.update_yaxes(
+        tickvals=[2.0**e for e in exponents],
+        ticktext=[format_bytes(2.0**e) + (f"/{per}" if per else "") for e in exponents],
+    )
 
 
 def format_bytes(value: float) -> str:

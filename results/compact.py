@@ -9,6 +9,7 @@ the store prefers the loose file, and an older generation is overridden by the n
 again finishes the job; on a compacted folder with no new trial it does nothing. The caller holds
 the folder's run lock, so no trial is written meanwhile.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,8 +69,9 @@ def compact_group(store: Store, directory: str, group: Group) -> Merged | None:
     for path in loose + group.compacted:  # the new generation holds every row these did
         store.fs.delete_file(store._inside(path))
     trials = len(set(table["trial_key"].to_pylist()))
-    return Merged(directory[len(store.root.rstrip("/")) + 1:], final, trials, table.num_rows,
-                  len(loose) + len(group.compacted))
+    return Merged(
+        directory[len(store.root.rstrip("/")) + 1 :], final, trials, table.num_rows, len(loose) + len(group.compacted)
+    )
 
 
 def compact(store: Store) -> list[Merged]:

@@ -4,6 +4,7 @@ a baseline run, as medians over repeats with ratios; as a terminal table, Markdo
 Every workload in the results that declares the metric contributes its rows (a ``workload``
 column tells them apart): nothing recorded is left out.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,11 +42,14 @@ class Comparison:
     @property
     def title(self) -> str:
         """What the numbers are: metric, unit, direction, reduction; plain text (never markup)."""
+
         def one(attr: str) -> str:
             return "/".join(sorted({str(getattr(m, attr)) for m in self.declared.values()}))
 
-        return (f"{self.metric} [{one('unit')}], {one('direction')} is better, {one('reduce')} per trial, "
-                f"median over repeats; workloads: {', '.join(sorted(self.declared))}")
+        return (
+            f"{self.metric} [{one('unit')}], {one('direction')} is better, {one('reduce')} per trial, "
+            f"median over repeats; workloads: {', '.join(sorted(self.declared))}"
+        )
 
     def worse_than(self, threshold: float) -> pd.Series:
         """Rows whose ratio to the baseline is worse than ``threshold`` in their metric's direction."""
@@ -66,8 +70,10 @@ def _declared(df: pd.DataFrame, metric: str, workload: str | None) -> dict[str, 
     present = sorted(w for w in df["workload"].dropna().unique() if w in workloads.REGISTRY)
     if workload is not None:
         if workload not in present:
-            raise UserError(f"--workload: no results of '{workload}' here; allowed: {', '.join(present)}"
-                            f"{did_you_mean(workload, present)}")
+            raise UserError(
+                f"--workload: no results of '{workload}' here; allowed: {', '.join(present)}"
+                f"{did_you_mean(workload, present)}"
+            )
         present = [workload]
     known: dict[str, dict[str, Metric]] = {}
     for name in present:
@@ -75,8 +81,10 @@ def _declared(df: pd.DataFrame, metric: str, workload: str | None) -> dict[str, 
             known.setdefault(m.name, {})[name] = m
     if metric not in known:
         names = sorted(known)
-        raise UserError(f"--metric: '{metric}' is not a metric of the results here; allowed: {', '.join(names)}"
-                        f"{did_you_mean(metric, names)}")
+        raise UserError(
+            f"--metric: '{metric}' is not a metric of the results here; allowed: {', '.join(names)}"
+            f"{did_you_mean(metric, names)}"
+        )
     return known[metric]
 
 
@@ -141,8 +149,10 @@ def compare(out: str, metric: str, by: str = "backend", workload: str | None = N
     allowed = by_columns(summary)
     column = by if by in allowed or f"p_{by}" not in allowed else f"p_{by}"
     if column not in allowed:
-        raise UserError(f"--by: no column '{by}' in the results of {metric}; allowed: {', '.join(allowed)}"
-                        f"{did_you_mean(by, allowed)}")
+        raise UserError(
+            f"--by: no column '{by}' in the results of {metric}; allowed: {', '.join(allowed)}"
+            f"{did_you_mean(by, allowed)}"
+        )
     keyed = _keyed(summary, drop=column if column.startswith("p_") else None)
     keyed["_by"] = keyed[column].map(lambda v: "" if pd.isna(v) else _label(v)).replace("", "(none)")
     index = _index(keyed, exclude=column)
@@ -163,8 +173,7 @@ def against_baseline(out: str, baseline: str, metric: str, workload: str | None 
     before, _ = _summary(baseline, metric, workload)
     now, before = _keyed(now), _keyed(before)
     keys = [c for c in _KEYS if c != "device_name"]  # another machine of the same kind is the point of a baseline
-    joined = now[keys + ["median"]].merge(before[keys + ["median"]], on=keys, how="outer",
-                                          suffixes=("", "_baseline"))
+    joined = now[keys + ["median"]].merge(before[keys + ["median"]], on=keys, how="outer", suffixes=("", "_baseline"))
     joined["ratio"] = joined["median"] / joined["median_baseline"]
     index = [c for c in keys if (joined[c] != "").any()]
     table = joined[index + ["median", "median_baseline", "ratio"]].sort_values(index, kind="stable")
@@ -179,11 +188,11 @@ def _cell(value: object) -> str:
 
 def to_markdown(c: Comparison) -> str:
     """A GitHub-flavoured Markdown table under the title in bold (``|`` escaped in cells)."""
+
     def row(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
-    lines = [f"**{c.title}**", "", row([str(col) for col in c.table.columns]),
-             row(["---"] * len(c.table.columns))]
+    lines = [f"**{c.title}**", "", row([str(col) for col in c.table.columns]), row(["---"] * len(c.table.columns))]
     lines += [row([_cell(v) for v in r]) for r in c.table.itertuples(index=False)]
     return "\n".join(lines)
 
@@ -197,8 +206,17 @@ def to_json(c: Comparison) -> str:
     """``{"metric", "title", "declared", "values", "ratios", "rows"}``; missing values are null."""
     declared = {w: dataclasses.asdict(m) for w, m in c.declared.items()}
     rows = json.loads(c.table.to_json(orient="records"))
-    return json.dumps({"metric": c.metric, "title": c.title, "declared": declared, "values": c.values,
-                       "ratios": c.ratios, "rows": rows}, indent=2)
+    return json.dumps(
+        {
+            "metric": c.metric,
+            "title": c.title,
+            "declared": declared,
+            "values": c.values,
+            "ratios": c.ratios,
+            "rows": rows,
+        },
+        indent=2,
+    )
 
 
 def to_rich(c: Comparison):

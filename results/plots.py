@@ -5,6 +5,7 @@ across the whole report (:class:`Styles`, as benchopt's ``get_style``); torch an
 dash and marker so neither hides the other; SI units (bytes as KiB/MiB/GiB, rates per second); integer
 ticks on integer axes; the thesis figure in front of every title that reproduces one.
 """
+
 from __future__ import annotations
 
 import html
@@ -27,9 +28,11 @@ from results.aggregate import summarize
 PALETTE = tuple(dict.fromkeys(qualitative.Plotly + qualitative.Dark24))
 """Colours handed out to series labels in order of first use, then reused cyclically."""
 
-BACKEND_STYLES = ({"dash": "solid", "symbol": "circle", "size": 7, "pattern": "", "opacity": 0.75},
-                  {"dash": "dash", "symbol": "diamond-open", "size": 11, "pattern": "/", "opacity": 0.25},
-                  {"dash": "dot", "symbol": "x-thin-open", "size": 10, "pattern": "x", "opacity": 0.5})
+BACKEND_STYLES = (
+    {"dash": "solid", "symbol": "circle", "size": 7, "pattern": "", "opacity": 0.75},
+    {"dash": "dash", "symbol": "diamond-open", "size": 11, "pattern": "/", "opacity": 0.25},
+    {"dash": "dot", "symbol": "x-thin-open", "size": 10, "pattern": "x", "opacity": 0.5},
+)
 """Per backend (torch, jax, then others): an open, larger marker and a dashed line draw over a solid one visibly."""
 
 _KNOWN_BACKENDS = ("torch", "jax")
@@ -37,11 +40,16 @@ _PANEL_HEIGHT_PX = 210
 _TITLE_PX = 30
 _LEGEND_PX = 310
 _FACET_COLUMNS = 4
-_TEMPLATE = go.layout.Template(layout=dict(
-    font=dict(family="system-ui, sans-serif", size=12), plot_bgcolor="white", paper_bgcolor="white",
-    xaxis=dict(showline=True, linecolor="#444", gridcolor="#eee", zeroline=False, ticks="outside"),
-    yaxis=dict(showline=True, linecolor="#444", gridcolor="#eee", zeroline=False, ticks="outside"),
-    hovermode="closest"))
+_TEMPLATE = go.layout.Template(
+    layout=dict(
+        font=dict(family="system-ui, sans-serif", size=12),
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        xaxis=dict(showline=True, linecolor="#444", gridcolor="#eee", zeroline=False, ticks="outside"),
+        yaxis=dict(showline=True, linecolor="#444", gridcolor="#eee", zeroline=False, ticks="outside"),
+        hovermode="closest",
+    )
+)
 """A small template: plotly's default one adds about 7 kB of JSON to every figure of the report."""
 
 
@@ -83,8 +91,9 @@ def title_of(title: str, thesis: str) -> str:
     return f"{thesis}: {title}" if thesis and not title.startswith(thesis) else title
 
 
-def draw(declaration: Figure | Custom, table: pd.DataFrame, metrics: Sequence[Metric],
-         styles: Styles | None = None) -> go.Figure | None:
+def draw(
+    declaration: Figure | Custom, table: pd.DataFrame, metrics: Sequence[Metric], styles: Styles | None = None
+) -> go.Figure | None:
     """The plotly figure of ``declaration`` from a workload's rows, or None when no row feeds it.
 
     Args:
@@ -117,16 +126,23 @@ def finish(fig: go.Figure, title: str, styles: Styles, *, height: int | None = N
             color = styles.color(trace.name)
             trace.update(marker_color=color) if trace.type == "bar" else trace.update(line_color=color)
     below = height or max((fig.layout.height or _PANEL_HEIGHT_PX + 120) - _TITLE_PX, 200)
-    fig.update_layout(template=_TEMPLATE, title=dict(text=title, font=dict(size=13), x=0.01, xanchor="left"),
-                      height=below + _TITLE_PX, margin=dict(l=10, r=10, t=_TITLE_PX, b=10),
-                      legend=dict(font=dict(size=10.5)))
+    fig.update_layout(
+        template=_TEMPLATE,
+        title=dict(text=title, font=dict(size=13), x=0.01, xanchor="left"),
+        height=below + _TITLE_PX,
+        margin=dict(l=10, r=10, t=_TITLE_PX, b=10),
+        legend=dict(font=dict(size=10.5)),
+    )
     fig.update_xaxes(exponentformat="power", automargin=True)
     fig.update_yaxes(exponentformat="power", automargin=True)
     named = sum(1 for t in fig.data if t.name and t.showlegend is not False)
     if height is None and fig.layout.legend.orientation is None and named > 1:  # drawn elsewhere: legend below
         rows = math.ceil(named / 3)
-        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin_b=60 + 18 * rows,
-                          height=fig.layout.height + 50 + 18 * rows)
+        fig.update_layout(
+            legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
+            margin_b=60 + 18 * rows,
+            height=fig.layout.height + 50 + 18 * rows,
+        )
     return fig
 
 
@@ -143,9 +159,17 @@ def embed(fig: go.Figure) -> str:
     shown = go.Figure(fig)
     top = 26 if fig.layout.annotations else 8  # panel titles sit above the panels
     shown.update_layout(title_text=None, margin_t=top, height=(fig.layout.height or 450) - _TITLE_PX + top)
-    return (f"<div class='fig{wide}'><div class=figtitle>{html.escape(title)}</div>" + shown.to_html(
-        full_html=False, include_plotlyjs=False, default_width="100%", default_height=f"{shown.layout.height}px",
-        config={"displayModeBar": False, "responsive": True}) + "</div>")
+    return (
+        f"<div class='fig{wide}'><div class=figtitle>{html.escape(title)}</div>"
+        + shown.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            default_width="100%",
+            default_height=f"{shown.layout.height}px",
+            config={"displayModeBar": False, "responsive": True},
+        )
+        + "</div>"
+    )
 
 
 def _has_color(trace: Any) -> bool:
@@ -166,17 +190,20 @@ def _summary(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric]) -> pd
     known = {m.name: m for m in metrics}
     unknown = [m for m in decl.metrics if m not in known]
     if unknown:
-        raise ValueError(f"figure '{decl.title}': metric(s) {', '.join(unknown)} not declared; declared: "
-                         f"{', '.join(known)}")
+        raise ValueError(
+            f"figure '{decl.title}': metric(s) {', '.join(unknown)} not declared; declared: {', '.join(known)}"
+        )
     early = [c for c in decl.where if c in table.columns]
-    summary = summarize(_where(table, dict(decl.where), early), [known[m] for m in decl.metrics],
-                        by_step=decl.by_step)
+    summary = summarize(_where(table, dict(decl.where), early), [known[m] for m in decl.metrics], by_step=decl.by_step)
     late = [c for c in decl.where if c not in early]
-    absent = [c for c in (*late, decl.x, *decl.series, *([decl.facet] if decl.facet else []))
-              if c not in summary.columns]
+    absent = [
+        c for c in (*late, decl.x, *decl.series, *([decl.facet] if decl.facet else [])) if c not in summary.columns
+    ]
     if absent and not summary.empty:
-        raise ValueError(f"figure '{decl.title}': column(s) {', '.join(absent)} are neither in the rows nor in "
-                         f"the summary; columns: {', '.join(summary.columns)}")
+        raise ValueError(
+            f"figure '{decl.title}': column(s) {', '.join(absent)} are neither in the rows nor in "
+            f"the summary; columns: {', '.join(summary.columns)}"
+        )
     summary = _where(summary, dict(decl.where), late)
     summary = summary[summary[decl.x].notna()] if not summary.empty else summary
     return summary.assign(backend=summary["backend"].fillna("")) if not summary.empty else summary
@@ -190,12 +217,26 @@ def _draw_declared(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric],
     summary[["median", "q25", "q75"]] = summary[["median", "q25", "q75"]] / scale
     facets = sorted(summary[decl.facet].dropna().unique(), key=sort_key) if decl.facet else [None]
     labels = _label_columns(summary, decl)
-    styles.colors(sorted({_label(row, labels, decl) or decl.metrics[0]
-                          for _, row in summary.drop_duplicates(labels or ["backend"]).iterrows()}))
+    styles.colors(
+        sorted(
+            {
+                _label(row, labels, decl) or decl.metrics[0]
+                for _, row in summary.drop_duplicates(labels or ["backend"]).iterrows()
+            }
+        )
+    )
     n_rows, n_cols = math.ceil(len(facets) / _FACET_COLUMNS), min(len(facets), _FACET_COLUMNS)
-    fig = (make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[_value_text(decl.facet, f) for f in facets],
-                         horizontal_spacing=0.07, vertical_spacing=min(0.3, 70 / (_PANEL_HEIGHT_PX * n_rows)))
-           if decl.facet else go.Figure())
+    fig = (
+        make_subplots(
+            rows=n_rows,
+            cols=n_cols,
+            subplot_titles=[_value_text(decl.facet, f) for f in facets],
+            horizontal_spacing=0.07,
+            vertical_spacing=min(0.3, 70 / (_PANEL_HEIGHT_PX * n_rows)),
+        )
+        if decl.facet
+        else go.Figure()
+    )
     for i, facet in enumerate(facets):
         panel = summary if facet is None else summary[summary[decl.facet] == facet]
         where = dict(row=i // _FACET_COLUMNS + 1, col=i % _FACET_COLUMNS + 1) if decl.facet else {}
@@ -203,13 +244,21 @@ def _draw_declared(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric],
             fig.add_trace(trace, **where)
     entries = _legend(fig, summary, decl, labels, styles)
     if decl.hline is not None:
-        fig.add_hline(y=decl.hline / scale, line_dash="dot", line_color="#888",
-                      **({"row": "all", "col": "all"} if decl.facet else {}))
+        fig.add_hline(
+            y=decl.hline / scale,
+            line_dash="dot",
+            line_color="#888",
+            **({"row": "all", "col": "all"} if decl.facet else {}),
+        )
     bottom = 48 + 19 * _legend_rows(entries, columns=n_cols)
     finish(fig, title_of(decl.title, decl.thesis), styles, height=_PANEL_HEIGHT_PX * n_rows + bottom)
-    fig.update_layout(margin=dict(b=bottom), showlegend=bool(entries),
-                      legend=dict(orientation="h", yanchor="top", x=0, y=-44 / (_PANEL_HEIGHT_PX * n_rows),
-                                  tracegroupgap=0, itemwidth=30))
+    fig.update_layout(
+        margin=dict(b=bottom),
+        showlegend=bool(entries),
+        legend=dict(
+            orientation="h", yanchor="top", x=0, y=-44 / (_PANEL_HEIGHT_PX * n_rows), tracegroupgap=0, itemwidth=30
+        ),
+    )
     if decl.kind in ("bar", "box"):
         fig.update_layout(barmode="group", boxmode="group")
     axes.style(fig, decl, summary, unit, scale, unit_text, n_rows)
@@ -242,10 +291,15 @@ def _label_columns(summary: pd.DataFrame, decl: Figure) -> list[str]:
     it; such columns join the label, so no two configurations share a line.
     """
     label = list(decl.series) + (["metric"] if len(decl.metrics) > 1 and decl.kind != "box" else [])
-    fixed = (label + ["backend", decl.x] + ([decl.facet] if decl.facet else [])
-             + (["metric"] if decl.kind == "box" else []))
-    candidates = (["device_name"] + sorted(c for c in summary.columns if c.startswith("p_")) + ["tag"]
-                  + (["step"] if decl.by_step and decl.x != "step" else []))
+    fixed = (
+        label + ["backend", decl.x] + ([decl.facet] if decl.facet else []) + (["metric"] if decl.kind == "box" else [])
+    )
+    candidates = (
+        ["device_name"]
+        + sorted(c for c in summary.columns if c.startswith("p_"))
+        + ["tag"]
+        + (["step"] if decl.by_step and decl.x != "step" else [])
+    )
     extra: list[str] = []
     for column in candidates:
         if column in fixed or column not in summary.columns:
@@ -285,15 +339,31 @@ def _traces(panel: pd.DataFrame, decl: Figure, labels: list[str], styles: Styles
         group = group.sort_values(decl.x, key=lambda s: s.map(sort_key))
         y, lo, hi = (_round(group[c]) for c in ("median", "q25", "q75"))
         error = dict(type="data", symmetric=False, array=hi - y, arrayminus=y - lo, color=color, thickness=1.2, width=3)
-        hover = (f"{name}<br>{axes.column_text(decl.x)}=%{{x}}<br>median %{{y}} "
-                 "[IQR %{customdata[0]:.4g} - %{customdata[1]:.4g}]<br>n=%{customdata[2]}<extra></extra>")
-        common = dict(x=group[decl.x].tolist(), y=y, error_y=error, name=name, legendgroup=label or name,
-                      showlegend=False, customdata=np.column_stack([lo, hi, group["n"]]), hovertemplate=hover)
+        hover = (
+            f"{name}<br>{axes.column_text(decl.x)}=%{{x}}<br>median %{{y}} "
+            "[IQR %{customdata[0]:.4g} - %{customdata[1]:.4g}]<br>n=%{customdata[2]}<extra></extra>"
+        )
+        common = dict(
+            x=group[decl.x].tolist(),
+            y=y,
+            error_y=error,
+            name=name,
+            legendgroup=label or name,
+            showlegend=False,
+            customdata=np.column_stack([lo, hi, group["n"]]),
+            hovertemplate=hover,
+        )
         if decl.kind == "bar":
             traces.append(go.Bar(marker=dict(color=color, pattern_shape=look["pattern"], line_color=color), **common))
         else:
-            traces.append(go.Scatter(mode="lines+markers", line=dict(color=color, dash=look["dash"], width=2),
-                                     marker=dict(color=color, symbol=look["symbol"], size=look["size"]), **common))
+            traces.append(
+                go.Scatter(
+                    mode="lines+markers",
+                    line=dict(color=color, dash=look["dash"], width=2),
+                    marker=dict(color=color, symbol=look["symbol"], size=look["size"]),
+                    **common,
+                )
+            )
     return traces
 
 
@@ -307,25 +377,48 @@ def _legend(fig: go.Figure, summary: pd.DataFrame, decl: Figure, labels: list[st
 
     Each line is named by both in its hover text; the legend lists each once, which keeps it short.
     """
-    names = sorted({_label(row, labels, decl) for _, row in summary.drop_duplicates(labels or ["backend"]).iterrows()}
-                   if labels else set(), key=str)
+    names = sorted(
+        {_label(row, labels, decl) for _, row in summary.drop_duplicates(labels or ["backend"]).iterrows()}
+        if labels
+        else set(),
+        key=str,
+    )
     backends = sorted(set(summary["backend"]), key=_backend_rank)
     entries = []
     if names:
         for name in names:
             color = styles.color(name)
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, legendgroup=name, meta="legend",
-                                     line=dict(color=color, width=3), hoverinfo="skip"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    meta="legend",
+                    line=dict(color=color, width=3),
+                    hoverinfo="skip",
+                )
+            )
             entries.append(name)
     if len(backends) > 1 or not entries:
         for backend in backends:
             look = styles.backend(backend)
             solo = not names or len(names) == 1
             color = styles.color(names[0] if names else decl.metrics[0]) if solo else "#555"
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines+markers", name=backend or decl.metrics[0],
-                                     meta="legend", legendgroup=f"backend {backend}", hoverinfo="skip",
-                                     line=dict(color=color, dash=look["dash"], width=2),
-                                     marker=dict(color=color, symbol=look["symbol"], size=look["size"])))
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="lines+markers",
+                    name=backend or decl.metrics[0],
+                    meta="legend",
+                    legendgroup=f"backend {backend}",
+                    hoverinfo="skip",
+                    line=dict(color=color, dash=look["dash"], width=2),
+                    marker=dict(color=color, symbol=look["symbol"], size=look["size"]),
+                )
+            )
             entries.append(backend)
     if decl.facet:  # legend proxies sit in the first panel, which they do not change
         for trace in fig.data:
@@ -356,19 +449,31 @@ def _round(values: pd.Series) -> np.ndarray:
 def _box(group: pd.DataFrame, decl: Figure, name: str, color: str, look: dict[str, Any]) -> go.Box:
     """One box per x from five metrics: low, q1, median, q3, high (each the median over repeats)."""
     if len(decl.metrics) != 5:
-        raise ValueError(f"figure '{decl.title}': a box needs five metrics (low, q1, median, q3, high), "
-                         f"got {len(decl.metrics)}")
+        raise ValueError(
+            f"figure '{decl.title}': a box needs five metrics (low, q1, median, q3, high), got {len(decl.metrics)}"
+        )
     wide = group.pivot_table(index=decl.x, columns="metric", values="median", aggfunc="first")
     wide = wide.reindex(columns=list(decl.metrics)).dropna()
     wide = wide.loc[sorted(wide.index, key=sort_key)]
     low, q1, median, q3, high = (_round(wide[m]) for m in decl.metrics)
-    return go.Box(x=list(wide.index), lowerfence=low, q1=q1, median=median, q3=q3, upperfence=high, name=name,
-                  legendgroup=name, showlegend=False, line=dict(color=color), marker=dict(color=color),
-                  fillcolor=_with_opacity(color, look["opacity"]))
+    return go.Box(
+        x=list(wide.index),
+        lowerfence=low,
+        q1=q1,
+        median=median,
+        q3=q3,
+        upperfence=high,
+        name=name,
+        legendgroup=name,
+        showlegend=False,
+        line=dict(color=color),
+        marker=dict(color=color),
+        fillcolor=_with_opacity(color, look["opacity"]),
+    )
 
 
 def _with_opacity(color: str, opacity: float) -> str:
-    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{opacity})"
 
 
@@ -380,9 +485,17 @@ def median_lines(summary: pd.DataFrame, x: str, label: Any, *, x_title: str, y_t
     fig = go.Figure()
     for (backend, device, _), g in summary.groupby(["backend", "device_name", "params"], sort=False):
         g = g.sort_values(x)
-        fig.add_trace(go.Scatter(x=g[x], y=g["median"], mode="lines+markers", name=f"{label(g.iloc[0])} ({backend}, {device})",
-                                 error_y=dict(type="data", symmetric=False, array=g["q75"] - g["median"],
-                                              arrayminus=g["median"] - g["q25"])))
+        fig.add_trace(
+            go.Scatter(
+                x=g[x],
+                y=g["median"],
+                mode="lines+markers",
+                name=f"{label(g.iloc[0])} ({backend}, {device})",
+                error_y=dict(
+                    type="data", symmetric=False, array=g["q75"] - g["median"], arrayminus=g["median"] - g["q25"]
+                ),
+            )
+        )
     fig.update_layout(xaxis_title=x_title, yaxis_title=y_title)
     return fig
 

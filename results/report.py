@@ -2,6 +2,7 @@
 its description, thesis settings, figures, checks and summary, the searches, the trials that did not
 finish, and the environment.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,13 @@ REPORT_NAME = "_report.html"
 
 BAD_STATUSES = ("failed", "crashed", "oom", "timeout")
 _SUMMARY_ROWS = 300
-_VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "too small to decide": "small", "not measured": "na",
-                  "error": "fails"}
+_VERDICT_CLASS = {
+    "holds": "holds",
+    "does not hold": "fails",
+    "too small to decide": "small",
+    "not measured": "na",
+    "error": "fails",
+}
 _CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;padding:0 16px;max-width:1360px;font-size:14px}
 h1{font-size:22px;margin:12px 0 2px}h2{font-size:18px;border-bottom:2px solid #333;margin:28px 0 8px}
 h3{font-size:15px;margin:14px 0 6px}p{margin:4px 0}nav{margin:4px 0 8px;line-height:1.7}nav a{margin-right:10px}
@@ -89,17 +95,20 @@ def render(df: pd.DataFrame, out: str) -> tuple[str, int]:
     names = sorted(df["workload"].dropna().unique(), key=_thesis_order)
     sections = [_workload_section(name, df[df["workload"] == name], styles) for name in names]
     searches, n_search_figs = search_html(df, out, styles)
-    toc = ([("run", "Run"), ("verdicts", "Verdicts")] + [(_anchor(s.name), s.name) for s in sections]
-           + ([("searches", "Searches")] if searches else [])
-           + [("unfinished", "Trials that did not finish"), ("environment", "Environment")])
+    toc = (
+        [("run", "Run"), ("verdicts", "Verdicts")]
+        + [(_anchor(s.name), s.name) for s in sections]
+        + ([("searches", "Searches")] if searches else [])
+        + [("unfinished", "Trials that did not finish"), ("environment", "Environment")]
+    )
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>deeperbench report</title>
 <style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head><body>
 <h1>deeperbench report</h1><p class=na>{html.escape(out)} · generated {generated}</p>
-<nav>{' '.join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in toc)}</nav>
+<nav>{" ".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in toc)}</nav>
 <h2 id=run>Run</h2>{_run_html(df)}
 <h2 id=verdicts>Verdicts of every check</h2>{_verdicts_html(sections)}
-{''.join(s.html for s in sections)}
+{"".join(s.html for s in sections)}
 {searches}
 <h2 id=unfinished>Trials that did not finish</h2>{_unfinished_html(df)}
 <h2 id=environment>Environment</h2>{_env_html(df)}{_limits_html(df)}
@@ -113,7 +122,7 @@ def _load(name: str) -> tuple[Any, str]:
         return None, "this workload is not installed here"
     try:
         return workloads.get(name), ""
-    except Exception as err:  # noqa: BLE001 -- a broken workload module is reported, not fatal to the report
+    except Exception as err:
         return None, f"the workload module does not load ({type(err).__name__}: {err})"
 
 
@@ -158,37 +167,63 @@ def _duration(seconds: float) -> str:
 def _envs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per trial with its environment JSON parsed into columns."""
     trials = df.drop_duplicates("trial_key")
-    parsed = pd.DataFrame([json.loads(e) if isinstance(e, str) and e else {} for e in trials["env"]],
-                          index=trials.index)
+    parsed = pd.DataFrame(
+        [json.loads(e) if isinstance(e, str) and e else {} for e in trials["env"]], index=trials.index
+    )
     return pd.concat([trials[["backend", "device_kind", "device_name", "host", "workload"]], parsed], axis=1)
 
 
-_VERSIONS = (("Python", "python"), ("torch", "torch"), ("JAX", "jax"), ("jaxlib", "jaxlib"), ("Ray", "ray"),
-             ("numpy", "numpy"), ("pyarrow", "pyarrow"))
+_VERSIONS = (
+    ("Python", "python"),
+    ("torch", "torch"),
+    ("JAX", "jax"),
+    ("jaxlib", "jaxlib"),
+    ("Ray", "ray"),
+    ("numpy", "numpy"),
+    ("pyarrow", "pyarrow"),
+)
 
 
 def _run_html(df: pd.DataFrame) -> str:
     """Trials, statuses, devices, versions and duration of the run, in a few lines."""
     trials = df.drop_duplicates("trial_key")
     counts = Counter(trials["status"])
-    statuses = " ".join(f"<span class='chip {'fails' if s in BAD_STATUSES else ''}'>{_esc(s)} {n}</span>"
-                        for s, n in counts.most_common())
-    devices = (trials.dropna(subset=["device_name"]).groupby("device_kind")["device_name"]
-               .agg(lambda v: ", ".join(sorted(set(v)))))
+    statuses = " ".join(
+        f"<span class='chip {'fails' if s in BAD_STATUSES else ''}'>{_esc(s)} {n}</span>"
+        for s, n in counts.most_common()
+    )
+    devices = (
+        trials.dropna(subset=["device_name"])
+        .groupby("device_kind")["device_name"]
+        .agg(lambda v: ", ".join(sorted(set(v))))
+    )
     envs = _envs(df)
-    versions = [f"{label} {', '.join(sorted(set(envs[key].dropna().astype(str))))}" for label, key in _VERSIONS
-                if key in envs and envs[key].notna().any()]
+    versions = [
+        f"{label} {', '.join(sorted(set(envs[key].dropna().astype(str))))}"
+        for label, key in _VERSIONS
+        if key in envs and envs[key].notna().any()
+    ]
     start = trials["started_at"].min()
     end = (trials["started_at"] + pd.to_timedelta(trials["duration_s"].fillna(0), unit="s")).max()
-    rows = [("trials", f"{len(trials)} in {trials['sweep'].nunique()} sweep(s), {trials['workload'].nunique()} "
-                       f"workload(s), {trials['run_id'].nunique()} run(s)"),
-            ("statuses", statuses),
-            ("devices", "; ".join(f"{_esc(k)}: {_esc(v)}" for k, v in devices.items()) or "none recorded"),
-            ("versions", _esc(" · ".join(versions)) or "none recorded")]
+    rows = [
+        (
+            "trials",
+            f"{len(trials)} in {trials['sweep'].nunique()} sweep(s), {trials['workload'].nunique()} "
+            f"workload(s), {trials['run_id'].nunique()} run(s)",
+        ),
+        ("statuses", statuses),
+        ("devices", "; ".join(f"{_esc(k)}: {_esc(v)}" for k, v in devices.items()) or "none recorded"),
+        ("versions", _esc(" · ".join(versions)) or "none recorded"),
+    ]
     if pd.notna(start):
-        rows.append(("duration", f"{_duration((end - start).total_seconds())} from the first trial's start to the "
-                                 f"last one's end ({start:%Y-%m-%d %H:%M} UTC); "
-                                 f"{_duration(trials['duration_s'].sum())} of trial time"))
+        rows.append(
+            (
+                "duration",
+                f"{_duration((end - start).total_seconds())} from the first trial's start to the "
+                f"last one's end ({start:%Y-%m-%d %H:%M} UTC); "
+                f"{_duration(trials['duration_s'].sum())} of trial time",
+            )
+        )
     return _kv_table(rows)
 
 
@@ -196,24 +231,32 @@ def _verdicts_html(sections: list[_Section]) -> str:
     """Counts per verdict, then one row per check of every workload, linking to the check."""
     rows, counts = [], Counter()
     for s in sections:
-        entries = [(c.verdict, c.name, c.figure, c.measured, f"{_anchor(s.name)}-check-{i}")
-                   for i, c in enumerate(s.checks)]
+        entries = [
+            (c.verdict, c.name, c.figure, c.measured, f"{_anchor(s.name)}-check-{i}") for i, c in enumerate(s.checks)
+        ]
         if s.error:
             entries.append(("error", "checks could not be computed", "", s.error, _anchor(s.name)))
         for i, (verdict, name, figure, measured, anchor) in enumerate(entries):
             counts[verdict] += 1
             first = f"<td rowspan={len(entries)}><a href='#{_anchor(s.name)}'>{_esc(s.name)}</a></td>" if i == 0 else ""
-            rows.append(f"<tr>{first}<td title='{_esc(name)}'><a href='#{anchor}'>{_esc(name)}</a></td>"
-                        f"<td class={_VERDICT_CLASS[verdict]}>{_esc(verdict)}</td>"
-                        f"<td>{_esc(figure) or '<span class=na>beyond</span>'}</td>"
-                        f"<td title='{_esc(measured)}'>{_esc(measured)}</td></tr>")
-    chips = " ".join(f"<span class='chip {_VERDICT_CLASS[v]}'>{v}: {counts[v]}</span>"
-                     for v in (*VERDICTS, "error") if counts[v] or v in VERDICTS)
+            rows.append(
+                f"<tr>{first}<td title='{_esc(name)}'><a href='#{anchor}'>{_esc(name)}</a></td>"
+                f"<td class={_VERDICT_CLASS[verdict]}>{_esc(verdict)}</td>"
+                f"<td>{_esc(figure) or '<span class=na>beyond</span>'}</td>"
+                f"<td title='{_esc(measured)}'>{_esc(measured)}</td></tr>"
+            )
+    chips = " ".join(
+        f"<span class='chip {_VERDICT_CLASS[v]}'>{v}: {counts[v]}</span>"
+        for v in (*VERDICTS, "error")
+        if counts[v] or v in VERDICTS
+    )
     if not rows:
         return f"<p>{chips}</p><p class=na>No workload here states a check.</p>"
-    return (f"<p>{chips}</p><table class=verdicts><colgroup><col style='width:11%'><col style='width:31%'>"
-            "<col style='width:11.5%'><col style='width:7.5%'><col></colgroup><tr><th>workload</th><th>check</th>"
-            f"<th>verdict</th><th>thesis</th><th>measured (hover for all of it)</th></tr>{''.join(rows)}</table>")
+    return (
+        f"<p>{chips}</p><table class=verdicts><colgroup><col style='width:11%'><col style='width:31%'>"
+        "<col style='width:11.5%'><col style='width:7.5%'><col></colgroup><tr><th>workload</th><th>check</th>"
+        f"<th>verdict</th><th>thesis</th><th>measured (hover for all of it)</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _markdown(text: str) -> str:
@@ -226,21 +269,30 @@ def _workload_section(name: str, rows: pd.DataFrame, styles: plots.Styles) -> _S
     anchor = _anchor(name)
     workload, error = _load(name)
     if workload is None:
-        return _Section(name, f"<h2 id='{anchor}'>{_esc(name)}</h2><p class=fails>{_esc(error)}: its figures "
-                              "and checks cannot be drawn.</p>", [], error)
+        return _Section(
+            name,
+            f"<h2 id='{anchor}'>{_esc(name)}</h2><p class=fails>{_esc(error)}: its figures "
+            "and checks cannot be drawn.</p>",
+            [],
+            error,
+        )
     doc = inspect.getdoc(workload) or ""
-    parts = [f"<h2 id='{anchor}'>{_esc(name)} <small>v{workload.version}</small></h2>",
-             f"<div class=doc>{_markdown(doc)}</div>"]
+    parts = [
+        f"<h2 id='{anchor}'>{_esc(name)} <small>v{workload.version}</small></h2>",
+        f"<div class=doc>{_markdown(doc)}</div>",
+    ]
     setting_tables = [_setting_html(s, rows) for s in settings_of(workload)]
     if setting_tables:
         figures = ", ".join(dict.fromkeys(s.figure for s in settings_of(workload)))
-        parts.append(f"<details class=setting><summary>Setting of {_esc(figures)}: the thesis beside this run</summary>"
-                     f"<div class=settings>{''.join(setting_tables)}</div></details>")
+        parts.append(
+            f"<details class=setting><summary>Setting of {_esc(figures)}: the thesis beside this run</summary>"
+            f"<div class=settings>{''.join(setting_tables)}</div></details>"
+        )
     figs, n_figs = [], 0
     for declaration in workload.figures:
         try:
             fig = plots.draw(declaration, rows, workload.metrics, styles)
-        except Exception as err:  # noqa: BLE001 -- one bad figure must not take the report with it
+        except Exception as err:
             figs.append(f"<p class=fails>Figure '{_esc(declaration.title)}' could not be drawn: {_esc(err)}</p>")
             continue
         if fig is not None:
@@ -250,7 +302,7 @@ def _workload_section(name: str, rows: pd.DataFrame, styles: plots.Styles) -> _S
         parts.append("<div class=figs>" + "".join(figs) + "</div>")
     try:
         checks, error = list(workload.checks(rows)), ""
-    except Exception as err:  # noqa: BLE001 -- shown as an error row in the verdict table
+    except Exception as err:
         checks, error = [], f"{type(err).__name__}: {err}"
     parts.append("<h3>Checks</h3>" + _checks_html(anchor, checks, error))
     parts.append(_summary_html(rows, workload.metrics))
@@ -274,12 +326,15 @@ def _setting_html(setting: Any, rows: pd.DataFrame) -> str:
             keep = list(value) if isinstance(value, (list, tuple, set)) else [value]
             ours_rows = ours_rows[ours_rows[column].isin(keep)]
     labels = list(dict.fromkeys([*setting.thesis, *setting.ours]))
+
     def ours(label: str) -> str:
         column = setting.ours.get(label)
         return _distinct_text(ours_rows[column]) if column in ours_rows else "not recorded"
 
-    body = "".join(f"<tr><th>{_esc(label)}</th><td>{_esc(setting.thesis.get(label, ''))}</td>"
-                   f"<td>{_esc(ours(label))}</td></tr>" for label in labels)
+    body = "".join(
+        f"<tr><th>{_esc(label)}</th><td>{_esc(setting.thesis.get(label, ''))}</td><td>{_esc(ours(label))}</td></tr>"
+        for label in labels
+    )
     ours = "this run" if not ours_rows.empty else "this run (no trial has this setting)"
     return f"<table><tr><th>{_esc(setting.figure)}</th><th>thesis</th><th>{ours}</th></tr>{body}</table>"
 
@@ -294,12 +349,16 @@ def _checks_html(anchor: str, checks: list[Check], error: str) -> str:
     rows = []
     for i, c in enumerate(checks):
         cells = {f: f"<td rowspan={spans[f][i]}>{_esc(getattr(c, f))}</td>" if spans[f][i] else "" for f in spans}
-        rows.append(f"<tr id='{anchor}-check-{i}'><td class={_VERDICT_CLASS[c.verdict]}>{_esc(c.verdict)}</td>"
-                    f"<td>{_esc(c.name)}</td>{cells['figure']}{cells['claim']}<td>{_esc(c.measured)}</td>"
-                    f"{cells['note']}</tr>")
-    return ("<table class=checks><colgroup><col style='width:7.5%'><col style='width:17%'><col style='width:6.5%'>"
-            "<col style='width:26%'><col style='width:20%'><col></colgroup><tr><th>verdict</th><th>check</th>"
-            "<th>thesis</th><th>claim</th><th>measured</th><th>note</th></tr>" + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr id='{anchor}-check-{i}'><td class={_VERDICT_CLASS[c.verdict]}>{_esc(c.verdict)}</td>"
+            f"<td>{_esc(c.name)}</td>{cells['figure']}{cells['claim']}<td>{_esc(c.measured)}</td>"
+            f"{cells['note']}</tr>"
+        )
+    return (
+        "<table class=checks><colgroup><col style='width:7.5%'><col style='width:17%'><col style='width:6.5%'>"
+        "<col style='width:26%'><col style='width:20%'><col></colgroup><tr><th>verdict</th><th>check</th>"
+        "<th>thesis</th><th>claim</th><th>measured</th><th>note</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _runs(values: list[str]) -> list[int]:
@@ -324,17 +383,30 @@ def _summary_html(rows: pd.DataFrame, metrics: Any) -> str:
     params = [c for c in summary.columns if c.startswith("p_") and summary[c].notna().any()]
     varying = [c for c in params if summary[c].nunique(dropna=False) > 1]
     fixed = [f"{c[2:]}={_distinct_text(summary[c])}" for c in params if c not in varying]
-    cols = (["backend"] + (["device_name"] if summary["device_name"].nunique() > 1 else []) + varying + ["metric"]
-            + (["tag"] if summary["tag"].notna().any() else []) + ["median", "q25", "q75", "n", "unit"])
+    cols = (
+        ["backend"]
+        + (["device_name"] if summary["device_name"].nunique() > 1 else [])
+        + varying
+        + ["metric"]
+        + (["tag"] if summary["tag"].notna().any() else [])
+        + ["median", "q25", "q75", "n", "unit"]
+    )
     shown = summary[cols].head(_SUMMARY_ROWS)
     head = "".join(f"<th>{_esc(c.removeprefix('p_'))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_number(v)}</td>" for v in r) + "</tr>"
-                   for r in shown.itertuples(index=False))
-    more = (f"<p class=na>First {_SUMMARY_ROWS} of {len(summary)} rows; every row is in the Parquet store "
-            "(<code>deeperbench compare</code>, pandas).</p>" if len(summary) > _SUMMARY_ROWS else "")
-    return (f"<details><summary>Summary: median and IQR over repeats ({len(summary)} rows)</summary>"
-            f"<p>Same in every row: {_esc(', '.join(fixed)) or 'nothing'}</p>{more}<table><tr>{head}</tr>{body}</table>"
-            "</details>")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_number(v)}</td>" for v in r) + "</tr>" for r in shown.itertuples(index=False)
+    )
+    more = (
+        f"<p class=na>First {_SUMMARY_ROWS} of {len(summary)} rows; every row is in the Parquet store "
+        "(<code>deeperbench compare</code>, pandas).</p>"
+        if len(summary) > _SUMMARY_ROWS
+        else ""
+    )
+    return (
+        f"<details><summary>Summary: median and IQR over repeats ({len(summary)} rows)</summary>"
+        f"<p>Same in every row: {_esc(', '.join(fixed)) or 'nothing'}</p>{more}<table><tr>{head}</tr>{body}</table>"
+        "</details>"
+    )
 
 
 def _params_text(params: Any) -> str:
@@ -356,27 +428,51 @@ def _unfinished_html(df: pd.DataFrame) -> str:
         for r in bad.itertuples():
             error = str(r.error or "").strip()
             first, _, rest = error.partition("\n")
-            full = (f"<details><summary>{_esc(first)}</summary><pre>{_esc(rest)}</pre></details>" if rest
-                    else _esc(first))
-            rows.append(f"<tr><td>{_esc(r.workload)}</td><td>{_esc(r.sweep)}</td><td>{_esc(r.backend)}</td>"
-                        f"<td>{_esc(r.device_kind)}</td><td>{_esc(_params_text(r.params))}</td>"
-                        f"<td class=fails>{_esc(r.status)}</td><td>{full}</td></tr>")
-        parts.append("<table><tr><th>workload</th><th>sweep</th><th>backend</th><th>device</th><th>parameters</th>"
-                     "<th>status</th><th>error</th></tr>" + "".join(rows) + "</table>")
+            full = (
+                f"<details><summary>{_esc(first)}</summary><pre>{_esc(rest)}</pre></details>" if rest else _esc(first)
+            )
+            rows.append(
+                f"<tr><td>{_esc(r.workload)}</td><td>{_esc(r.sweep)}</td><td>{_esc(r.backend)}</td>"
+                f"<td>{_esc(r.device_kind)}</td><td>{_esc(_params_text(r.params))}</td>"
+                f"<td class=fails>{_esc(r.status)}</td><td>{full}</td></tr>"
+            )
+        parts.append(
+            "<table><tr><th>workload</th><th>sweep</th><th>backend</th><th>device</th><th>parameters</th>"
+            "<th>status</th><th>error</th></tr>" + "".join(rows) + "</table>"
+        )
     skipped = trials[trials["status"] == "skipped"]
     if not skipped.empty:
         reasons = skipped.groupby(["workload", "error"], dropna=False).size().reset_index(name="trials")
-        body = "".join(f"<tr><td>{_esc(r.workload)}</td><td>{r.trials}</td><td>{_esc(r.error)}</td></tr>"
-                       for r in reasons.itertuples())
-        parts.append(f"<details><summary>{len(skipped)} skipped trial(s): the workload cannot run them here</summary>"
-                     f"<table><tr><th>workload</th><th>trials</th><th>reason</th></tr>{body}</table></details>")
+        body = "".join(
+            f"<tr><td>{_esc(r.workload)}</td><td>{r.trials}</td><td>{_esc(r.error)}</td></tr>"
+            for r in reasons.itertuples()
+        )
+        parts.append(
+            f"<details><summary>{len(skipped)} skipped trial(s): the workload cannot run them here</summary>"
+            f"<table><tr><th>workload</th><th>trials</th><th>reason</th></tr>{body}</table></details>"
+        )
     return "".join(parts)
 
 
-_ENV_ROWS = (("host", "host"), ("device kind", "device_kind"), ("device", "device_name"), ("Python", "python"),
-             ("torch", "torch"), ("JAX", "jax"), ("jaxlib", "jaxlib"), ("Ray", "ray"), ("numpy", "numpy"),
-             ("pyarrow", "pyarrow"), ("CUDA", "cuda"), ("cuDNN", "cudnn"), ("NVIDIA driver", "driver"),
-             ("GPU", "cuda_device"), ("threads", "threads"), ("platform", "platform"), ("git commit", "git_commit"))
+_ENV_ROWS = (
+    ("host", "host"),
+    ("device kind", "device_kind"),
+    ("device", "device_name"),
+    ("Python", "python"),
+    ("torch", "torch"),
+    ("JAX", "jax"),
+    ("jaxlib", "jaxlib"),
+    ("Ray", "ray"),
+    ("numpy", "numpy"),
+    ("pyarrow", "pyarrow"),
+    ("CUDA", "cuda"),
+    ("cuDNN", "cudnn"),
+    ("NVIDIA driver", "driver"),
+    ("GPU", "cuda_device"),
+    ("threads", "threads"),
+    ("platform", "platform"),
+    ("git commit", "git_commit"),
+)
 _GPU_ONLY = {"cuda", "cudnn", "driver", "cuda_device"}
 
 
@@ -412,11 +508,15 @@ def _limits_html(df: pd.DataFrame) -> str:
         return "<p class=na>No device_roofline results here: run it to see the device's limits.</p>"
     per_trial = rows.groupby(["backend", "device_name", "p_dtype", "metric", "trial_key"])["value"].median()
     best = per_trial.groupby(["backend", "device_name", "p_dtype", "metric"]).max().unstack("metric")
-    body = "".join(f"<tr><td>{_esc(b)}</td><td>{_esc(d)}</td><td>{_esc(t)}</td>"
-                   f"<td>{_si(r.get('flop_per_s'), 'FLOP/s')}</td><td>{_si(r.get('bytes_per_s'), 'B/s')}</td></tr>"
-                   for (b, d, t), r in best.iterrows())
-    return ("<h3>Device limits (device_roofline)</h3><table><tr><th>backend</th><th>device</th><th>dtype</th>"
-            f"<th>best matmul</th><th>best copy</th></tr>{body}</table>")
+    body = "".join(
+        f"<tr><td>{_esc(b)}</td><td>{_esc(d)}</td><td>{_esc(t)}</td>"
+        f"<td>{_si(r.get('flop_per_s'), 'FLOP/s')}</td><td>{_si(r.get('bytes_per_s'), 'B/s')}</td></tr>"
+        for (b, d, t), r in best.iterrows()
+    )
+    return (
+        "<h3>Device limits (device_roofline)</h3><table><tr><th>backend</th><th>device</th><th>dtype</th>"
+        f"<th>best matmul</th><th>best copy</th></tr>{body}</table>"
+    )
 
 
 def _si(value: Any, unit: str) -> str:

@@ -1,4 +1,5 @@
 """The Arrow schema of result rows (DESIGN.md, "Results"), parameter columns included."""
+
 from __future__ import annotations
 
 import functools
@@ -11,17 +12,35 @@ import pyarrow as pa
 
 from harness.workload import Workload
 
-BASE = pa.schema([
-    ("run_id", pa.string()), ("sweep", pa.string()), ("trial_key", pa.string()),
-    ("workload", pa.string()), ("workload_version", pa.int64()), ("backend", pa.string()),
-    ("device_kind", pa.string()), ("device_name", pa.string()), ("params", pa.string()),
-    ("repeat", pa.int64()), ("seed", pa.int64()), ("metric", pa.string()), ("value", pa.float64()),
-    ("unit", pa.string()), ("step", pa.int64()), ("sample", pa.int64()), ("tag", pa.string()),
-    ("status", pa.string()), ("error", pa.string()),
-    ("started_at", pa.timestamp("us", tz="UTC")), ("duration_s", pa.float64()),
-    ("host", pa.string()), ("env", pa.string()),
-    ("study", pa.string()), ("trial_number", pa.int64()),
-])
+BASE = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sweep", pa.string()),
+        ("trial_key", pa.string()),
+        ("workload", pa.string()),
+        ("workload_version", pa.int64()),
+        ("backend", pa.string()),
+        ("device_kind", pa.string()),
+        ("device_name", pa.string()),
+        ("params", pa.string()),
+        ("repeat", pa.int64()),
+        ("seed", pa.int64()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("unit", pa.string()),
+        ("step", pa.int64()),
+        ("sample", pa.int64()),
+        ("tag", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("duration_s", pa.float64()),
+        ("host", pa.string()),
+        ("env", pa.string()),
+        ("study", pa.string()),
+        ("trial_number", pa.int64()),
+    ]
+)
 
 _SCALARS: dict[type, pa.DataType] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 
@@ -51,8 +70,10 @@ def unified_schema(workload_list: list[Workload]) -> pa.Schema:
     for workload in workload_list:
         for f in param_fields(workload):
             if f.name in fields and fields[f.name].type != f.type:
-                raise TypeError(f"parameter column {f.name} is {fields[f.name].type} elsewhere but "
-                                f"{f.type} in workload {workload.name}")
+                raise TypeError(
+                    f"parameter column {f.name} is {fields[f.name].type} elsewhere but "
+                    f"{f.type} in workload {workload.name}"
+                )
             fields[f.name] = f
     return pa.schema(list(fields.values()))
 
@@ -62,7 +83,6 @@ def param_value(value: Any, typ: pa.DataType) -> Any:
     if value is None or typ != pa.string() or isinstance(value, str):
         return value
     return json.dumps(value)
-
 
 
 def full_schema() -> pa.Schema:

@@ -1,4 +1,5 @@
 """The report's search section: each study's history, parameter importances and best trial."""
+
 from __future__ import annotations
 
 import html
@@ -19,8 +20,10 @@ def search_html(df: pd.DataFrame, out: str, styles: plots.Styles | None = None) 
         return "", 0
     db = os.path.join(out, "optuna.db")
     if not os.path.exists(db):
-        return (f"<h2 id=searches>Searches</h2><p class=na>Trials of {', '.join(map(html.escape, studies))} are "
-                "stored here, but their study lives in another Optuna storage.</p>"), 0
+        return (
+            f"<h2 id=searches>Searches</h2><p class=na>Trials of {', '.join(map(html.escape, studies))} are "
+            "stored here, but their study lives in another Optuna storage.</p>"
+        ), 0
     import optuna
     from optuna.trial import TrialState
 
@@ -33,8 +36,10 @@ def search_html(df: pd.DataFrame, out: str, styles: plots.Styles | None = None) 
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         constrained = any("constraints" in t.user_attrs for t in complete)
         best = best_trial(study, constrained)
-        parts.append(f"<h3>{html.escape(name)}</h3><p>{len(study.trials)} trials, {len(complete)} complete, "
-                     f"direction {study.direction.name.lower()}{', with constraints' if constrained else ''}.</p>")
+        parts.append(
+            f"<h3>{html.escape(name)}</h3><p>{len(study.trials)} trials, {len(complete)} complete, "
+            f"direction {study.direction.name.lower()}{', with constraints' if constrained else ''}.</p>"
+        )
         figs = [(optuna.visualization.plot_optimization_history(study), "optimisation history")] if complete else []
         if len(complete) >= 2 and len(complete[0].params) >= 1:
             try:
@@ -48,6 +53,8 @@ def search_html(df: pd.DataFrame, out: str, styles: plots.Styles | None = None) 
         if best is None:
             parts.append("<p class=fails>No feasible complete trial.</p>")
         else:
-            parts.append(f"<p>Best trial {best.number}: value {best.value:.6g}, parameters "
-                         f"<code>{html.escape(str(best.params))}</code></p>")
+            parts.append(
+                f"<p>Best trial {best.number}: value {best.value:.6g}, parameters "
+                f"<code>{html.escape(str(best.params))}</code></p>"
+            )
     return "\n".join(parts), n_figs

@@ -8,6 +8,7 @@ file if there is one, else from the newest compacted file holding it, so a trial
 compaction replaces its compacted rows, and a compaction killed at any point leaves every trial
 readable exactly once.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,7 +84,9 @@ def check_remote(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
     try:
         done = subprocess.run([sys.executable, "-c", _PROBE, uri], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise UserError(f"--out: no answer from '{uri}' within {timeout_s:.0f} s (is the endpoint reachable?)") from None
+        raise UserError(
+            f"--out: no answer from '{uri}' within {timeout_s:.0f} s (is the endpoint reachable?)"
+        ) from None
     if done.returncode:
         lines = done.stderr.strip().splitlines() or [f"the probe of '{uri}' exited {done.returncode}"]
         raise UserError(f"--out: {' '.join(lines[-1].split())[:300]}")
@@ -95,19 +98,48 @@ def trial_table(trial: Trial, outcome: Outcome, run_id: str) -> pa.Table:
     units = {name: m.unit for name, m in metric_map(workload).items()}
     schema = full_schema()
     common: dict[str, Any] = {
-        "run_id": run_id, "sweep": trial.sweep, "trial_key": trial.key, "workload": trial.workload,
-        "workload_version": trial.version, "backend": trial.backend, "device_kind": trial.device,
-        "device_name": outcome.device_name, "params": json.dumps(trial.params, sort_keys=True),
-        "repeat": trial.repeat, "seed": trial.seed, "status": outcome.status, "error": outcome.error,
-        "started_at": outcome.started_at, "duration_s": outcome.duration_s, "host": outcome.host,
-        "env": json.dumps(outcome.env, sort_keys=True, default=str), "study": trial.study,
+        "run_id": run_id,
+        "sweep": trial.sweep,
+        "trial_key": trial.key,
+        "workload": trial.workload,
+        "workload_version": trial.version,
+        "backend": trial.backend,
+        "device_kind": trial.device,
+        "device_name": outcome.device_name,
+        "params": json.dumps(trial.params, sort_keys=True),
+        "repeat": trial.repeat,
+        "seed": trial.seed,
+        "status": outcome.status,
+        "error": outcome.error,
+        "started_at": outcome.started_at,
+        "duration_s": outcome.duration_s,
+        "host": outcome.host,
+        "env": json.dumps(outcome.env, sort_keys=True, default=str),
+        "study": trial.study,
         "trial_number": trial.trial_number,
     }
-    common |= {f.name: param_value(trial.params.get(f.name[2:]), f.type) for f in schema
-               if f.name.startswith("p_") and f.name[2:] in trial.params}
+    common |= {
+        f.name: param_value(trial.params.get(f.name[2:]), f.type)
+        for f in schema
+        if f.name.startswith("p_") and f.name[2:] in trial.params
+    }
     records = outcome.records or [None]
-    rows = [common | ({"metric": r.metric, "value": float(r.value), "unit": units[r.metric], "step": r.step,
-                       "sample": r.sample, "tag": r.tag} if r else {}) for r in records]
+    rows = [
+        common
+        | (
+            {
+                "metric": r.metric,
+                "value": float(r.value),
+                "unit": units[r.metric],
+                "step": r.step,
+                "sample": r.sample,
+                "tag": r.tag,
+            }
+            if r
+            else {}
+        )
+        for r in records
+    ]
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -131,11 +163,11 @@ class Group(NamedTuple):
 
 def generation(path: str) -> int:
     """The generation number in a compacted file's name (``compacted-000003.parquet`` -> 3)."""
-    return int(os.path.basename(path)[len(COMPACTED):-len(".parquet")])
+    return int(os.path.basename(path)[len(COMPACTED) : -len(".parquet")])
 
 
 def loose_key(path: str) -> str:
-    return os.path.basename(path)[:-len(".parquet")]
+    return os.path.basename(path)[: -len(".parquet")]
 
 
 class Store:
@@ -155,17 +187,21 @@ class Store:
 
     def _visible(self, path: str) -> bool:
         """False for anything under a hidden or underscore folder (quarantine, logs, lock), as pyarrow's discovery."""
-        relative = path[len(self.root.rstrip("/")) + 1:]
+        relative = path[len(self.root.rstrip("/")) + 1 :]
         return not any(part.startswith((".", "_")) for part in relative.split("/")[:-1])
 
     def quarantine(self, path: str, err: Exception) -> str:
         """Move an unreadable file to ``<root>/.quarantine/`` (named in a warning) so that its trial runs again."""
-        relative = self._inside(path)[len(self.root.rstrip("/")) + 1:]
+        relative = self._inside(path)[len(self.root.rstrip("/")) + 1 :]
         target = self._inside(f"{self.root}/{QUARANTINE}/{relative}")
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         self.fs.move(path, target)
-        log.warning("unreadable result file %s (%s) moved to %s; its trial will run again", path,
-                    " ".join(str(err).split())[:200], target)
+        log.warning(
+            "unreadable result file %s (%s) moved to %s; its trial will run again",
+            path,
+            " ".join(str(err).split())[:200],
+            target,
+        )
         return target
 
     def write(self, trial: Trial, outcome: Outcome, run_id: str) -> None:
@@ -202,9 +238,14 @@ class Store:
             raise UserError(f"DIR: '{self.uri}' is a file, not a results folder")
         base = self.root if sweep is None else f"{self.root}/{sweep}"
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        return sorted(i.path for i in self.fs.get_file_info(selector)
-                      if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-                      and not os.path.basename(i.path).startswith(_TMP) and self._visible(i.path))
+        return sorted(
+            i.path
+            for i in self.fs.get_file_info(selector)
+            if i.type == pafs.FileType.File
+            and i.path.endswith(".parquet")
+            and not os.path.basename(i.path).startswith(_TMP)
+            and self._visible(i.path)
+        )
 
     def groups(self, sweep: str | None = None) -> dict[str, Group]:
         """``<sweep>/<workload>`` folder -> its loose and compacted files (of ``sweep``, or all)."""
@@ -221,8 +262,11 @@ class Store:
         """Delete the temporary files a killed run (or compaction) left under ``sweep`` (or all); return how many."""
         base = self.root if sweep is None else self._inside(f"{self.root}/{sweep}")
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        stale = [i.path for i in self.fs.get_file_info(selector)
-                 if i.type == pafs.FileType.File and os.path.basename(i.path).startswith(_TMP)]
+        stale = [
+            i.path
+            for i in self.fs.get_file_info(selector)
+            if i.type == pafs.FileType.File and os.path.basename(i.path).startswith(_TMP)
+        ]
         for path in stale:
             self.fs.delete_file(self._inside(path))
         return len(stale)
@@ -231,8 +275,11 @@ class Store:
         if quarantine:
             self.quarantine(path, err)
         else:
-            log.warning("ignoring unreadable result file %s (%s); its trial will run again", path,
-                        " ".join(str(err).split())[:200])
+            log.warning(
+                "ignoring unreadable result file %s (%s); its trial will run again",
+                path,
+                " ".join(str(err).split())[:200],
+            )
 
     def statuses(self, sweep: str, *, quarantine: bool = False) -> dict[str, str]:
         """trial_key -> status of every trial of ``sweep`` whose file reads whole; the others are named.
@@ -263,8 +310,9 @@ class Store:
                     self._unreadable(path, err, quarantine)
                     continue
                 pairs = t.group_by(["trial_key", "status"]).aggregate([])
-                out |= {k: s for k, s in zip(pairs["trial_key"].to_pylist(), pairs["status"].to_pylist())
-                        if k not in seen}
+                out |= {
+                    k: s for k, s in zip(pairs["trial_key"].to_pylist(), pairs["status"].to_pylist()) if k not in seen
+                }
                 seen.update(pairs["trial_key"].to_pylist())
         return out
 

@@ -1,4 +1,5 @@
 """Shared test set-up: strict JAX numerics, one embedded Ray instance, a results directory."""
+
 from __future__ import annotations
 
 import os

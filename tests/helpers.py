@@ -1,4 +1,5 @@
 """Tolerances in one place (STYLE.md rule 12): float64 oracles, float32 runs, looser GPU bounds."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,9 @@ TOL = {
 
 def assert_close(actual, expected, dtype: str = "float64", **override) -> None:
     """``np.testing.assert_allclose`` with the tolerance of ``dtype`` (``override`` wins)."""
-    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
-                               **(TOL[dtype] | override))
+    np.testing.assert_allclose(
+        np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64), **(TOL[dtype] | override)
+    )
 
 
 def dtype_eps(dtype: str) -> float:
@@ -36,9 +38,21 @@ def run_rows(workload, runs, *, num_cpus: int = 1):
 
     tables = []
     for i, (backend, params, repeat) in enumerate(runs):
-        trial = Trial(key=f"t{i}", sweep="test", workload=workload.name, version=workload.version, backend=backend,
-                      device="cpu", params=params.model_dump(mode="json"), repeat=repeat, seed=repeat, timeout_s=300,
-                      num_cpus=num_cpus, resources=Resources(), isolation="actor")
+        trial = Trial(
+            key=f"t{i}",
+            sweep="test",
+            workload=workload.name,
+            version=workload.version,
+            backend=backend,
+            device="cpu",
+            params=params.model_dump(mode="json"),
+            repeat=repeat,
+            seed=repeat,
+            timeout_s=300,
+            num_cpus=num_cpus,
+            resources=Resources(),
+            isolation="actor",
+        )
         outcome = execute(trial)
         assert outcome.status == "ok", outcome.error
         tables.append(trial_table(trial, outcome, "test"))

@@ -1,15 +1,16 @@
 """The accelerator path on a machine without one: the extras that give JAX a GPU or TPU, the cluster
 config that installs them, `deeperbench doctor`, and the GPU check's dry run."""
+
 from __future__ import annotations
 
 import os
 import pathlib
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -51,8 +52,9 @@ def test_cluster_config_installs_the_extra_of_each_accelerator_node_type():
 
 
 def _cli(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(ROOT)}
+    )
 
 
 def test_doctor_here_lists_versions_and_devices_and_exits_0():
@@ -77,12 +79,18 @@ def test_doctor_passes_a_cpu_sweep():
 
 def test_gpu_check_dry_run_plans_every_workload_on_cuda_and_writes_nothing(tmp_path):
     out = tmp_path / "gpu-check"
-    result = subprocess.run([str(ROOT / "tools" / "gpu-check.sh"), "--dry-run", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300,
-                            env=os.environ | {"DEEPERBENCH": " ".join(CLI), "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [str(ROOT / "tools" / "gpu-check.sh"), "--dry-run", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"DEEPERBENCH": " ".join(CLI), "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "JAX sees no GPU" in result.stdout
     import workloads
+
     for name in workloads.names():
         assert name in result.stdout, name
     assert "cuda" in result.stdout
@@ -108,9 +116,14 @@ def test_doctor_describes_every_node_of_a_cluster_and_its_ray_resources(tmp_path
     try:
         cluster.add_node(num_cpus=1, resources={"probe": 2})
         cluster.wait_for_nodes()
-        result = subprocess.run([*CLI, "doctor", "sweeps/device_roofline.gpu.yaml", "--address", cluster.address],
-                                cwd=ROOT, capture_output=True, text=True, timeout=280,
-                                env=os.environ | {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"})
+        result = subprocess.run(
+            [*CLI, "doctor", "sweeps/device_roofline.gpu.yaml", "--address", cluster.address],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=280,
+            env=os.environ | {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"},
+        )
     finally:
         cluster.shutdown()
     assert result.returncode == 1, result.stdout + result.stderr  # no node has a GPU

@@ -1,4 +1,5 @@
 """cluster.yaml is a valid Ray launcher config whose node types can hold every sweep's trials."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def test_some_node_type_can_hold_each_sweeps_trials(path):
             need["GPU"] = max(need["GPU"], 1e-9)
         if sweep.device == "tpu":
             need["TPU"] = max(need["TPU"], 1)
-        fits = [name for name, t in NODE_TYPES.items()
-                if all(t["resources"].get(k, 0) >= v for k, v in need.items() if v)]
+        fits = [
+            name for name, t in NODE_TYPES.items() if all(t["resources"].get(k, 0) >= v for k, v in need.items() if v)
+        ]
         assert fits, f"{path.name}/{sweep.name} needs {need}; no node type of cluster.yaml has it"
 
 

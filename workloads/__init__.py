@@ -3,6 +3,7 @@
 Third-party workloads register through the entry-point group ``deeperbench.workloads``
 (``name = "package.module"``).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -12,6 +12,7 @@ records its test accuracy after every epoch (Fig. 2.4 plots the best).
 References: thesis section 2.4, Prop. 2.9-2.12, Fig. 2.3c; section 2.5.2, Fig. 2.4, appendix
 2.B.1; eq. 2.1, 2.6-2.9, 4.2-4.3.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -27,28 +28,53 @@ from backends.residual_classifier_init import ClassifierConfig, cosine_lr
 from backends.residual_config import init_params, make_config
 from harness.checks import Check, all_hold, at_least, decide, distinct, paired_interval, seeds, span
 from harness.figures import Figure, Setting
-from harness.workload import Context, Float, Metric, Params as _Params, Record, Skip
+from harness.workload import Context, Float, Metric, Record, Skip
+from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
 
 name = "adjoint_error"
 version = 3
 backends = ("torch", "jax")
 metrics = (
-    Metric("recon_err", "1", "lower", "median",
-           "max over layers n of ||x_n - x~_n|| / ||x_n||, x~ recovered from the output by the model's reversal"),
-    Metric("grad_rel_err", "1", "lower", "median",
-           "||g_adj - g_bp|| / ||g_bp|| per parameter tensor (tag; 'input' for x_0), g_bp by backprop; with train: "
-           "true, of the trained net's residual blocks on 256 training images"),
-    Metric("grad_mse_ratio", "1", "lower", "median",
-           "mean((g_bp - g_adj)^2) / mean(g_bp^2) per parameter tensor (tag): the measure of Fig. 2.3c; with train: "
-           "true, of the trained net's residual blocks on 256 training images"),
-    Metric("test_acc", "1", "higher", "max",
-           "train: true only; test accuracy after each epoch (step); a trial's value is the best (Fig. 2.4)"),
+    Metric(
+        "recon_err",
+        "1",
+        "lower",
+        "median",
+        "max over layers n of ||x_n - x~_n|| / ||x_n||, x~ recovered from the output by the model's reversal",
+    ),
+    Metric(
+        "grad_rel_err",
+        "1",
+        "lower",
+        "median",
+        "||g_adj - g_bp|| / ||g_bp|| per parameter tensor (tag; 'input' for x_0), g_bp by backprop; with train: "
+        "true, of the trained net's residual blocks on 256 training images",
+    ),
+    Metric(
+        "grad_mse_ratio",
+        "1",
+        "lower",
+        "median",
+        "mean((g_bp - g_adj)^2) / mean(g_bp^2) per parameter tensor (tag): the measure of Fig. 2.3c; with train: "
+        "true, of the trained net's residual blocks on 256 training images",
+    ),
+    Metric(
+        "test_acc",
+        "1",
+        "higher",
+        "max",
+        "train: true only; test accuracy after each epoch (step); a trial's value is the best (Fig. 2.4)",
+    ),
     Metric("train_loss", "1", "lower", "last", "train: true only; mean training cross-entropy of each epoch (step)"),
 )
 
-MODELS = {"euler": "adjoint_euler", "heun": "adjoint_heun", "momentum": "momentum",
-          "momentum_reversible": "momentum_reversible"}
+MODELS = {
+    "euler": "adjoint_euler",
+    "heun": "adjoint_heun",
+    "momentum": "momentum",
+    "momentum_reversible": "momentum_reversible",
+}
 """scheme -> residual model: euler and heun reverse their step (section 2.4); momentum reverses by
 float division by gamma (no buffer), momentum_reversible with the information buffer (exact)."""
 _ADJOINT = ("euler", "heun")
@@ -61,8 +87,15 @@ _COARSE = 4
 
 _TRAIN_ONLY = {"backward": None, "epochs": None, "lr": None, "data": None}
 _ERRORS_ONLY = ("init", "hidden", "image_size", "scale", "gamma", "block")
-_TRAIN_DEFAULTS = {"backward": "adjoint", "epochs": 200, "lr": 0.1, "batch": 128, "activation": "relu",
-                   "dtype": "float32", "data": "digits"}
+_TRAIN_DEFAULTS = {
+    "backward": "adjoint",
+    "epochs": 200,
+    "lr": 0.1,
+    "batch": 128,
+    "activation": "relu",
+    "dtype": "float32",
+    "data": "digits",
+}
 """A training trial's defaults: appendix 2.B.1's recipe (SGD, momentum 0.9, weight decay 5e-4, cosine
 schedule from lr 0.1, batch 128, 200 epochs); the data is digits unless CIFAR-10 is on disk."""
 
@@ -71,33 +104,46 @@ class Params(_Params):
     """One network: reversal scheme, depth, width, batch, initialisation, block, numerics; or a training run."""
 
     scheme: Literal[tuple(MODELS)] = pydantic.Field(  # type: ignore[valid-type]
-        "euler", description="euler | heun (the adjoint's reversal, section 2.4); momentum (float division by "
-                             "gamma) | momentum_reversible (information buffer); train: euler | heun only")
+        "euler",
+        description="euler | heun (the adjoint's reversal, section 2.4); momentum (float division by "
+        "gamma) | momentum_reversible (information buffer); train: euler | heun only",
+    )
     depth: pydantic.PositiveInt = pydantic.Field(64, le=65536, description="N: number of residual layers")
     width: pydantic.PositiveInt = pydantic.Field(16, description="d: features, or channels of a conv block")
     hidden: pydantic.PositiveInt | None = pydantic.Field(None, description="hidden width of f; None: width")
     batch: pydantic.PositiveInt = 8
     init: Literal["tied", "smooth", "iid", "zero"] | None = pydantic.Field(
-        "tied", description="tied: one set for every layer; smooth: linearly interpolated in depth from a "
-                            f"{_COARSE}-layer net (2.5.2); iid: independent per layer; zero: last layer of f "
-                            "zero, so f = 0 and the reversal is exact")
+        "tied",
+        description="tied: one set for every layer; smooth: linearly interpolated in depth from a "
+        f"{_COARSE}-layer net (2.5.2); iid: independent per layer; zero: last layer of f "
+        "zero, so f = 0 and the reversal is exact",
+    )
     activation: Literal["tanh", "relu", "gelu"] = "tanh"
     block: Literal["mlp", "conv", "conv_norm"] | None = pydantic.Field(
-        "mlp", description="mlp; conv: pre-activation basic block; conv_norm: the same ending in a zero-initialised norm")
+        "mlp",
+        description="mlp; conv: pre-activation basic block; conv_norm: the same ending in a zero-initialised norm",
+    )
     image_size: pydantic.PositiveInt | None = pydantic.Field(None, description="side of the images (conv: 8)")
     scale: Float | None = pydantic.Field(None, gt=0.0, description="step h; None: 1/depth (adjoint), 1 (momentum)")
-    gamma: Float | None = pydantic.Field(None, gt=0.0, le=1.0,
-                                         description="momentum term (momentum models); None: 1 - 1/(50 depth)")
+    gamma: Float | None = pydantic.Field(
+        None, gt=0.0, le=1.0, description="momentum term (momentum models); None: 1 - 1/(50 depth)"
+    )
     dtype: Literal["float32", "float64"] = "float64"
-    train: bool = pydantic.Field(False, description="train the section 2.5.2 classifier on digits (Fig. 2.4) "
-                                                    "instead of measuring reconstruction and gradient errors")
+    train: bool = pydantic.Field(
+        False,
+        description="train the section 2.5.2 classifier on digits (Fig. 2.4) "
+        "instead of measuring reconstruction and gradient errors",
+    )
     backward: Literal["adjoint", "backprop"] | None = pydantic.Field(
-        None, description="train only: gradient of the residual part by the adjoint or by backprop")
+        None, description="train only: gradient of the residual part by the adjoint or by backprop"
+    )
     epochs: pydantic.PositiveInt | None = pydantic.Field(None, description="train only (default 200)")
-    lr: Float | None = pydantic.Field(None, gt=0.0, description="train only: initial learning rate, cosine-annealed "
-                                                                 "(default 0.1)")
+    lr: Float | None = pydantic.Field(
+        None, gt=0.0, description="train only: initial learning rate, cosine-annealed (default 0.1)"
+    )
     data: Literal[tuple(DATASETS)] | None = pydantic.Field(  # type: ignore[valid-type]
-        None, description="train only: digits (default) | cifar10 (the thesis' data) | mnist, read from disk")
+        None, description="train only: digits (default) | cifar10 (the thesis' data) | mnist, read from disk"
+    )
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -125,14 +171,23 @@ class Params(_Params):
         return data
 
     @pydantic.model_validator(mode="after")
-    def _train_schemes(self) -> "Params":
+    def _train_schemes(self) -> Params:
         if self.train and self.scheme not in _ADJOINT:
             raise ValueError(f"scheme={self.scheme!r} with train: true; allowed: {', '.join(_ADJOINT)}")
         return self
 
 
-def smooth_weights(sets: int, *, width: int, hidden: int | None, block: str, activation: str,
-                   dtype: str, seed: int, coarse: int = _COARSE) -> dict[str, np.ndarray]:
+def smooth_weights(
+    sets: int,
+    *,
+    width: int,
+    hidden: int | None,
+    block: str,
+    activation: str,
+    dtype: str,
+    seed: int,
+    coarse: int = _COARSE,
+) -> dict[str, np.ndarray]:
     """Weights linearly interpolated in depth from a ``coarse``-layer net (thesis section 2.5.2).
 
     Args:
@@ -143,8 +198,9 @@ def smooth_weights(sets: int, *, width: int, hidden: int | None, block: str, act
     Returns:
         name -> array (sets, *shape) of ``dtype``, Lipschitz in the layer index with constant O(1/N).
     """
-    cfg = make_config("resnet", depth=coarse, width=width, hidden=hidden, block=block,
-                      activation=activation, dtype=dtype)
+    cfg = make_config(
+        "resnet", depth=coarse, width=width, hidden=hidden, block=block, activation=activation, dtype=dtype
+    )
     drawn = init_params(cfg, seed)
     t = np.linspace(0.0, coarse - 1.0, sets)
     lo = np.minimum(np.floor(t).astype(int), coarse - 2)
@@ -157,20 +213,39 @@ def smooth_weights(sets: int, *, width: int, hidden: int | None, block: str, act
 
 
 def _net_kwargs(params: Params, seed: int, device) -> dict:
-    kwargs = dict(depth=params.depth, width=params.width, hidden=params.hidden, block=params.block,
-                  activation=params.activation, tied=params.init == "tied", gamma=params.gamma,
-                  scale=params.scale, seed=seed, dtype=params.dtype, device=device)
+    kwargs = dict(
+        depth=params.depth,
+        width=params.width,
+        hidden=params.hidden,
+        block=params.block,
+        activation=params.activation,
+        tied=params.init == "tied",
+        gamma=params.gamma,
+        scale=params.scale,
+        seed=seed,
+        dtype=params.dtype,
+        device=device,
+    )
     if params.block != "mlp":
         kwargs["image_size"] = params.image_size
     sets = params.depth + 1 if params.scheme == "heun" else params.depth
     if params.init == "smooth":
-        kwargs["weights"] = smooth_weights(sets, width=params.width, hidden=params.hidden,
-                                           block=params.block, activation=params.activation,
-                                           dtype=params.dtype, seed=seed)
+        kwargs["weights"] = smooth_weights(
+            sets,
+            width=params.width,
+            hidden=params.hidden,
+            block=params.block,
+            activation=params.activation,
+            dtype=params.dtype,
+            seed=seed,
+        )
     elif params.init == "zero":
         hidden = params.hidden or params.width
-        last = ({"w2": (params.width, hidden), "b2": (params.width,)} if params.block == "mlp"
-                else {"conv2.weight": (params.width, hidden, 3, 3)})
+        last = (
+            {"w2": (params.width, hidden), "b2": (params.width,)}
+            if params.block == "mlp"
+            else {"conv2.weight": (params.width, hidden, 3, 3)}
+        )
         kwargs["weights"] = {k: np.zeros((sets, *shape)) for k, shape in last.items()}
     return kwargs
 
@@ -186,9 +261,18 @@ def _train(params: Params, backend: Backend, ctx: Context) -> list[Record]:
         data = load_images(params.data)
     except DatasetUnavailable as missing:
         raise Skip(str(missing)) from missing
-    config = ClassifierConfig(scheme=params.scheme, backward=params.backward, depth=params.depth, width=params.width,
-                              activation=params.activation, in_channels=data.channels, image_size=data.image_size,
-                              classes=data.num_classes, dtype=params.dtype, unroll=ctx.device == "cpu")
+    config = ClassifierConfig(
+        scheme=params.scheme,
+        backward=params.backward,
+        depth=params.depth,
+        width=params.width,
+        activation=params.activation,
+        in_channels=data.channels,
+        image_size=data.image_size,
+        classes=data.num_classes,
+        dtype=params.dtype,
+        unroll=ctx.device == "cpu",
+    )
     device, ops = backend.device(ctx.device), backend.ops
     x = backend.asarray(data.train_x, device, params.dtype)
     y = backend.asarray(data.train_y, device)
@@ -198,8 +282,9 @@ def _train(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     test_x = backend.asarray(data.test_x, device, params.dtype)
     records = []
     for epoch in range(params.epochs):
-        loss, _ = trainer.fit_epoch(x, y, rng.permutation(len(data.train_y)), params.batch,
-                                    cosine_lr(params.lr, epoch, params.epochs))
+        loss, _ = trainer.fit_epoch(
+            x, y, rng.permutation(len(data.train_y)), params.batch, cosine_lr(params.lr, epoch, params.epochs)
+        )
         if not np.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss} at epoch {epoch + 1} (lr={params.lr})")
         accuracy = float(np.mean(trainer.predict(test_x) == data.test_y))
@@ -217,9 +302,11 @@ def _gradient_records(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray]
         a = np.asarray(mine[key], np.float64)
         b = np.asarray(b, np.float64)
         nb, err = float(np.linalg.norm(b)), float(np.linalg.norm(a - b))
-        msb, mse = float(np.mean(b ** 2)), float(np.mean((a - b) ** 2))
-        records += [Record("grad_rel_err", err / nb if nb else err, tag=key),
-                    Record("grad_mse_ratio", mse / msb if msb else mse, tag=key)]
+        msb, mse = float(np.mean(b**2)), float(np.mean((a - b) ** 2))
+        records += [
+            Record("grad_rel_err", err / nb if nb else err, tag=key),
+            Record("grad_mse_ratio", mse / msb if msb else mse, tag=key),
+        ]
     return records
 
 
@@ -232,20 +319,24 @@ def _errors(params: Params, backend: Backend, ctx: Context) -> list[Record]:
         net = backend.ops.residual_net(model, **kwargs)
     except ValueError as exc:
         raise Skip(str(exc)) from exc
-    shape = ((params.batch, params.width) if params.block == "mlp"
-             else (params.batch, params.width, params.image_size, params.image_size))
+    shape = (
+        (params.batch, params.width)
+        if params.block == "mlp"
+        else (params.batch, params.width, params.image_size, params.image_size)
+    )
     x = backend.asarray(normal(ctx.seed + 1, shape), device, params.dtype)
     seen = backend.to_numpy(backend.ops.residual_trajectory(net, x)).astype(np.float64)
     back = backend.to_numpy(backend.ops.residual_reconstruct(net, x)).astype(np.float64)
     axes = tuple(range(1, seen.ndim))
-    rel = np.sqrt(((seen - back) ** 2).sum(axis=axes)) / np.sqrt((seen ** 2).sum(axis=axes))
+    rel = np.sqrt(((seen - back) ** 2).sum(axis=axes)) / np.sqrt((seen**2).sum(axis=axes))
     records = [Record("recon_err", float(np.max(rel)))]
     if params.scheme in _ADJOINT:
         g = backend.asarray(normal(ctx.seed + 2, shape), device, params.dtype)
         ref = backend.ops.residual_net(model, backprop=True, **kwargs)
         mine, theirs = backend.ops.residual_vjp(net, x, g), backend.ops.residual_vjp(ref, x, g)
-        records += _gradient_records({k: backend.to_numpy(v) for k, v in mine.items()},
-                                     {k: backend.to_numpy(v) for k, v in theirs.items()})
+        records += _gradient_records(
+            {k: backend.to_numpy(v) for k, v in mine.items()}, {k: backend.to_numpy(v) for k, v in theirs.items()}
+        )
     return records
 
 
@@ -264,53 +355,154 @@ def fitted_slope(depths: np.ndarray, errors: np.ndarray, floor: float) -> tuple[
 _ERRORS = {"p_train": False}
 _TRAINED = {"p_train": True}
 figures = (
-    Figure("Relative gradient error of the adjoint per parameter tensor vs depth, ResNet (Euler) vs HeunNet",
-           "grad_mse_ratio", "p_depth", thesis="Fig. 2.3c", series=("p_scheme", "tag"), facet="p_init",
-           where=_ERRORS | {"p_scheme": _ADJOINT, "p_dtype": "float64"}, log_x=True, log_y=True, x_title="depth N",
-           y_title="mean (g_adj - g_bp)^2 / mean g_bp^2"),
-    Figure("Relative gradient error of the adjoint per residual-block tensor of the trained classifier vs depth",
-           "grad_mse_ratio", "p_depth", thesis="Fig. 2.3c", series=("p_scheme", "tag"), facet="p_backward",
-           where=_TRAINED, log_x=True, log_y=True, x_title="depth N (trained at N)",
-           y_title="mean (g_adj - g_bp)^2 / mean g_bp^2"),
-    Figure("Reconstruction error of the reversal vs depth (Prop. 2.9: O(1/N); Prop. 2.11: O(1/N^2) with smooth weights)",
-           "recon_err", "p_depth", series=("p_scheme", "p_dtype"), facet="p_init",
-           where=_ERRORS | {"p_scheme": _ADJOINT}, log_x=True, log_y=True, x_title="depth N",
-           y_title="max_n ||x_n - x~_n|| / ||x_n||"),
-    Figure("Gradient relative error of the adjoint vs depth (Prop. 2.10: O(1/N); Prop. 2.12: O(1/N^2) with smooth weights)",
-           "grad_rel_err", "p_depth", series=("p_scheme", "tag"), facet="p_init",
-           where=_ERRORS | {"p_scheme": _ADJOINT, "p_dtype": "float64"}, log_x=True, log_y=True, x_title="depth N",
-           y_title="||g_adj - g_bp|| / ||g_bp||"),
-    Figure("Momentum ResNet reversed by division by gamma vs with the information buffer (exactly 0, off the log axis)",
-           "recon_err", "p_depth", series=("p_scheme", "p_gamma", "p_dtype"), facet="p_init",
-           where=_ERRORS | {"p_scheme": ("momentum", "momentum_reversible")}, log_x=True, log_y=True,
-           x_title="depth N", y_title="max_n ||x_n - x~_n|| / ||x_n||"),
-    Figure("Best test accuracy vs depth, ResNet (Euler) and HeunNet trained by backprop or by the adjoint",
-           "test_acc", "p_depth", thesis="Fig. 2.4", series=("p_scheme", "p_backward"), where=_TRAINED, log_x=True,
-           x_title="depth N", y_title="best test accuracy"),
-    Figure("Test accuracy per epoch, per depth", "test_acc", "step", series=("p_scheme", "p_backward"),
-           facet="p_depth", where=_TRAINED, by_step=True, x_title="epoch", y_title="test accuracy"),
-    Figure("Training loss per epoch, per depth", "train_loss", "step", series=("p_scheme", "p_backward"),
-           facet="p_depth", where=_TRAINED, by_step=True, log_y=True, x_title="epoch", y_title="cross-entropy"),
+    Figure(
+        "Relative gradient error of the adjoint per parameter tensor vs depth, ResNet (Euler) vs HeunNet",
+        "grad_mse_ratio",
+        "p_depth",
+        thesis="Fig. 2.3c",
+        series=("p_scheme", "tag"),
+        facet="p_init",
+        where=_ERRORS | {"p_scheme": _ADJOINT, "p_dtype": "float64"},
+        log_x=True,
+        log_y=True,
+        x_title="depth N",
+        y_title="mean (g_adj - g_bp)^2 / mean g_bp^2",
+    ),
+    Figure(
+        "Relative gradient error of the adjoint per residual-block tensor of the trained classifier vs depth",
+        "grad_mse_ratio",
+        "p_depth",
+        thesis="Fig. 2.3c",
+        series=("p_scheme", "tag"),
+        facet="p_backward",
+        where=_TRAINED,
+        log_x=True,
+        log_y=True,
+        x_title="depth N (trained at N)",
+        y_title="mean (g_adj - g_bp)^2 / mean g_bp^2",
+    ),
+    Figure(
+        "Reconstruction error of the reversal vs depth (Prop. 2.9: O(1/N); Prop. 2.11: O(1/N^2) with smooth weights)",
+        "recon_err",
+        "p_depth",
+        series=("p_scheme", "p_dtype"),
+        facet="p_init",
+        where=_ERRORS | {"p_scheme": _ADJOINT},
+        log_x=True,
+        log_y=True,
+        x_title="depth N",
+        y_title="max_n ||x_n - x~_n|| / ||x_n||",
+    ),
+    Figure(
+        "Gradient relative error of the adjoint vs depth (Prop. 2.10: O(1/N); Prop. 2.12: O(1/N^2) with smooth weights)",
+        "grad_rel_err",
+        "p_depth",
+        series=("p_scheme", "tag"),
+        facet="p_init",
+        where=_ERRORS | {"p_scheme": _ADJOINT, "p_dtype": "float64"},
+        log_x=True,
+        log_y=True,
+        x_title="depth N",
+        y_title="||g_adj - g_bp|| / ||g_bp||",
+    ),
+    Figure(
+        "Momentum ResNet reversed by division by gamma vs with the information buffer (exactly 0, off the log axis)",
+        "recon_err",
+        "p_depth",
+        series=("p_scheme", "p_gamma", "p_dtype"),
+        facet="p_init",
+        where=_ERRORS | {"p_scheme": ("momentum", "momentum_reversible")},
+        log_x=True,
+        log_y=True,
+        x_title="depth N",
+        y_title="max_n ||x_n - x~_n|| / ||x_n||",
+    ),
+    Figure(
+        "Best test accuracy vs depth, ResNet (Euler) and HeunNet trained by backprop or by the adjoint",
+        "test_acc",
+        "p_depth",
+        thesis="Fig. 2.4",
+        series=("p_scheme", "p_backward"),
+        where=_TRAINED,
+        log_x=True,
+        x_title="depth N",
+        y_title="best test accuracy",
+    ),
+    Figure(
+        "Test accuracy per epoch, per depth",
+        "test_acc",
+        "step",
+        series=("p_scheme", "p_backward"),
+        facet="p_depth",
+        where=_TRAINED,
+        by_step=True,
+        x_title="epoch",
+        y_title="test accuracy",
+    ),
+    Figure(
+        "Training loss per epoch, per depth",
+        "train_loss",
+        "step",
+        series=("p_scheme", "p_backward"),
+        facet="p_depth",
+        where=_TRAINED,
+        by_step=True,
+        log_y=True,
+        x_title="epoch",
+        y_title="cross-entropy",
+    ),
 )
 
 settings = (
-    Setting("Fig. 2.3c",
-            thesis={"model": "the Fig. 2.4 classifier trained on CIFAR-10 at depth 32, its blocks copied to depth N",
-                    "weights": "trained (smooth in depth after transfer)", "data": "one CIFAR-10 batch of 256",
-                    "measure": "mean squared gradient error / mean squared gradient, per weight tensor",
-                    "dtype": "float32", "device": "NVIDIA V100"},
-            ours={"trained (else random)": "p_train", "block (random nets)": "p_block", "width": "p_width",
-                  "weights (random nets)": "p_init", "data (trained nets)": "p_data", "depths": "p_depth",
-                  "dtype": "p_dtype", "seeds": "seed", "device": "device_name"}),
-    Setting("Fig. 2.4",
-            thesis={"model": "5x5 conv to 16 channels (down-sampled to 10x10), BN, ReLU, N pre-activation basic "
-                             "blocks with zero-initialised last BN, h = 1/N", "data": "CIFAR-10",
-                    "optimiser": "SGD, momentum 0.9, weight decay 5e-4, cosine schedule", "lr": "0.1",
-                    "batch": "128", "epochs": "200", "depths": "2, 4, 8, 16, 32, 64",
-                    "seeds": "5 (median; the authors' plot script reads 4)", "device": "NVIDIA V100"},
-            ours={"data": "p_data", "width": "p_width", "lr": "p_lr", "batch": "p_batch", "epochs": "p_epochs",
-                  "depths": "p_depth", "dtype": "p_dtype", "seeds": "seed", "device": "device_name"},
-            where=_TRAINED),
+    Setting(
+        "Fig. 2.3c",
+        thesis={
+            "model": "the Fig. 2.4 classifier trained on CIFAR-10 at depth 32, its blocks copied to depth N",
+            "weights": "trained (smooth in depth after transfer)",
+            "data": "one CIFAR-10 batch of 256",
+            "measure": "mean squared gradient error / mean squared gradient, per weight tensor",
+            "dtype": "float32",
+            "device": "NVIDIA V100",
+        },
+        ours={
+            "trained (else random)": "p_train",
+            "block (random nets)": "p_block",
+            "width": "p_width",
+            "weights (random nets)": "p_init",
+            "data (trained nets)": "p_data",
+            "depths": "p_depth",
+            "dtype": "p_dtype",
+            "seeds": "seed",
+            "device": "device_name",
+        },
+    ),
+    Setting(
+        "Fig. 2.4",
+        thesis={
+            "model": "5x5 conv to 16 channels (down-sampled to 10x10), BN, ReLU, N pre-activation basic "
+            "blocks with zero-initialised last BN, h = 1/N",
+            "data": "CIFAR-10",
+            "optimiser": "SGD, momentum 0.9, weight decay 5e-4, cosine schedule",
+            "lr": "0.1",
+            "batch": "128",
+            "epochs": "200",
+            "depths": "2, 4, 8, 16, 32, 64",
+            "seeds": "5 (median; the authors' plot script reads 4)",
+            "device": "NVIDIA V100",
+        },
+        ours={
+            "data": "p_data",
+            "width": "p_width",
+            "lr": "p_lr",
+            "batch": "p_batch",
+            "epochs": "p_epochs",
+            "depths": "p_depth",
+            "dtype": "p_dtype",
+            "seeds": "seed",
+            "device": "device_name",
+        },
+        where=_TRAINED,
+    ),
 )
 
 _CONFIG = ["p_init", "p_activation", "p_block", "p_width", "p_hidden", "p_batch", "p_image_size", "p_scale", "p_dtype"]
@@ -376,35 +568,57 @@ def _slopes(rows: pd.DataFrame, scheme: str) -> dict[str, tuple[float | None, in
 
 def _rate_test(scheme: str, bound: float):
     """Test: every backend's fitted slope of ``scheme`` is at most ``bound`` (the error falls at least that fast)."""
+
     def test(rows: pd.DataFrame) -> tuple[bool | None, str]:
         slopes = _slopes(rows, scheme)
         fitted = [s for s, _ in slopes.values() if s is not None]
-        text = "; ".join(f"{b}: slope {s:.2f} over {n} depths" if s is not None else f"{b}: n/a ({n} depth(s) above "
-                         "100 float64 epsilons)" for b, (s, n) in slopes.items())
+        text = "; ".join(
+            f"{b}: slope {s:.2f} over {n} depths"
+            if s is not None
+            else f"{b}: n/a ({n} depth(s) above 100 float64 epsilons)"
+            for b, (s, n) in slopes.items()
+        )
         return (all(s <= bound for s in fitted) if fitted else None), text or f"no {scheme} trial"
+
     return test
 
 
 def _rate_checks(table: pd.DataFrame) -> list[Check]:
     """Prop. 2.9-2.12: reconstruction and gradient errors of the Euler and Heun reversals fall at their rates."""
     out = []
-    for metric, what, props in (("recon_err", "reconstruction error", ("Prop. 2.9", "Prop. 2.11")),
-                                ("grad_rel_err", "gradient relative error", ("Prop. 2.10", "Prop. 2.12"))):
+    for metric, what, props in (
+        ("recon_err", "reconstruction error", ("Prop. 2.9", "Prop. 2.11")),
+        ("grad_rel_err", "gradient relative error", ("Prop. 2.10", "Prop. 2.12")),
+    ):
         rows = _trials(table, metric)
         rows = rows[(rows["p_train"] == False) & (rows["p_dtype"] == "float64") & rows["p_scheme"].isin(_ADJOINT)]  # noqa: E712
         for d, g in _groups(rows, _CONFIG):
             label = _label(d)
-            out.append(decide(f"Euler {what} falls like 1/N: {label}",
-                              f"the {what} of the adjoint's Euler reversal (eq. {_EQ[metric]}) "
-                              "is O(1/N): fitted log-log slope at most -0.7", g, _rate_test("euler", -0.7),
-                              needs=_SLOPE_NEEDS, figure=props[0],
-                              note="random untrained residual MLPs, not a trained network"))
+            out.append(
+                decide(
+                    f"Euler {what} falls like 1/N: {label}",
+                    f"the {what} of the adjoint's Euler reversal (eq. {_EQ[metric]}) "
+                    "is O(1/N): fitted log-log slope at most -0.7",
+                    g,
+                    _rate_test("euler", -0.7),
+                    needs=_SLOPE_NEEDS,
+                    figure=props[0],
+                    note="random untrained residual MLPs, not a trained network",
+                )
+            )
             if d["p_init"] in _SMOOTH:
-                out.append(decide(f"Heun {what} falls like 1/N^2 with smooth weights: {label}",
-                                  f"with weights smooth in depth (Delta_theta = O(1/N)) the {what} of Heun's reversal "
-                                  "(eq. 2.9) is O(1/N^2): fitted log-log slope at most -1.7", g, _rate_test("heun", -1.7),
-                                  needs=_SLOPE_NEEDS, figure=props[1],
-                                  note="random untrained residual MLPs, not a trained network"))
+                out.append(
+                    decide(
+                        f"Heun {what} falls like 1/N^2 with smooth weights: {label}",
+                        f"with weights smooth in depth (Delta_theta = O(1/N)) the {what} of Heun's reversal "
+                        "(eq. 2.9) is O(1/N^2): fitted log-log slope at most -1.7",
+                        g,
+                        _rate_test("heun", -1.7),
+                        needs=_SLOPE_NEEDS,
+                        figure=props[1],
+                        note="random untrained residual MLPs, not a trained network",
+                    )
+                )
     return out
 
 
@@ -439,8 +653,9 @@ def _deeper_better(rows: pd.DataFrame) -> tuple[bool | None, str]:
     if not slopes:
         return None, "fewer than two depths above (100 epsilons)^2"
     worst = max(slopes, key=slopes.get)
-    return all(s < 0 for s in slopes.values()), (f"{len(slopes)} curves, slopes {min(slopes.values()):.2f} to "
-                                                 f"{slopes[worst]:.2f} ({worst})")
+    return all(s < 0 for s in slopes.values()), (
+        f"{len(slopes)} curves, slopes {min(slopes.values()):.2f} to {slopes[worst]:.2f} ({worst})"
+    )
 
 
 def _gradient_checks(table: pd.DataFrame) -> list[Check]:
@@ -448,26 +663,56 @@ def _gradient_checks(table: pd.DataFrame) -> list[Check]:
     rows = _trials(table, "grad_mse_ratio")
     random = rows[(rows["p_train"] == False) & (rows["p_dtype"] == "float64")]  # noqa: E712
     trained = rows[rows["p_train"] == True]  # noqa: E712
-    note = "random untrained residual networks (weights as p_init), not the thesis' CIFAR-10 network trained at depth 32"
+    note = (
+        "random untrained residual networks (weights as p_init), not the thesis' CIFAR-10 network trained at depth 32"
+    )
     groups = [(d, g, note) for d, g in _groups(random, _CONFIG)]
-    groups += [(d | {"p_init": "trained"}, g, "; ".join(filter(None, ["trained at depth N on the data (the thesis: "
-                                                                      "trained at depth 32, blocks copied to depth N)",
-                                                                      _fig24_note(d)])))
-               for d, g in _groups(trained, _TRAIN_CONFIG)]
+    groups += [
+        (
+            d | {"p_init": "trained"},
+            g,
+            "; ".join(
+                filter(
+                    None,
+                    [
+                        "trained at depth N on the data (the thesis: trained at depth 32, blocks copied to depth N)",
+                        _fig24_note(d),
+                    ],
+                )
+            ),
+        )
+        for d, g in _groups(trained, _TRAIN_CONFIG)
+    ]
     out = []
     for d, g, why in groups:
         label = _label({k: v for k, v in d.items() if k != "p_init" or v != "trained"})
         label = f"trained, {label}" if d["p_init"] == "trained" else label
-        out.append(decide(f"deeper is better for the adjoint's gradients: {label}",
-                          "the deeper the architecture, the better the approximation on the gradients: each weight "
-                          "tensor's relative error falls with depth (fitted log-log slope < 0), ResNet and HeunNet",
-                          g, _deeper_better, needs=_SLOPE_NEEDS, figure="Fig. 2.3c", note=why))
+        out.append(
+            decide(
+                f"deeper is better for the adjoint's gradients: {label}",
+                "the deeper the architecture, the better the approximation on the gradients: each weight "
+                "tensor's relative error falls with depth (fitted log-log slope < 0), ResNet and HeunNet",
+                g,
+                _deeper_better,
+                needs=_SLOPE_NEEDS,
+                figure="Fig. 2.3c",
+                note=why,
+            )
+        )
         if d["p_init"] in _SMOOTH + ("trained",):
-            out.append(decide(f"HeunNet approximates the gradient better than the ResNet: {label}",
-                              "the HeunNet approximates the true gradient better than the ResNet: log10 of Heun's over "
-                              "Euler's relative error per weight tensor, paired on seed, depth and tensor, has its "
-                              "95% interval below 0", g, _heun_better, needs=(seeds(3), distinct("p_depth", 2, "depths")),
-                              figure="Fig. 2.3c", note=why))
+            out.append(
+                decide(
+                    f"HeunNet approximates the gradient better than the ResNet: {label}",
+                    "the HeunNet approximates the true gradient better than the ResNet: log10 of Heun's over "
+                    "Euler's relative error per weight tensor, paired on seed, depth and tensor, has its "
+                    "95% interval below 0",
+                    g,
+                    _heun_better,
+                    needs=(seeds(3), distinct("p_depth", 2, "depths")),
+                    figure="Fig. 2.3c",
+                    note=why,
+                )
+            )
     return out
 
 
@@ -481,19 +726,36 @@ def _momentum_checks(table: pd.DataFrame) -> list[Check]:
     rows = rows[rows["p_train"] == False]  # noqa: E712
     out = []
     for d, g in _groups(rows[rows["p_scheme"] == "momentum_reversible"], _CONFIG + ["p_gamma"]):
-        out.append(decide(f"buffer reverses exactly: {_label(d)}",
-                          "with the information buffer the Momentum ResNet's activations are recovered exactly, at "
-                          "every depth", g, _exact,
-                          needs=(span("p_depth", 8, "depths"),), figure="section 4.3.1"))
+        out.append(
+            decide(
+                f"buffer reverses exactly: {_label(d)}",
+                "with the information buffer the Momentum ResNet's activations are recovered exactly, at every depth",
+                g,
+                _exact,
+                needs=(span("p_depth", 8, "depths"),),
+                figure="section 4.3.1",
+            )
+        )
     for d, g in _groups(rows[rows["p_scheme"] == "momentum"], _CONFIG + ["p_gamma"]):
+
         def grows(r: pd.DataFrame) -> tuple[bool | None, str]:
             curve = r.groupby("p_depth")["value"].median()
-            return (bool(curve.iloc[-1] > curve.iloc[0]),
-                    f"N={curve.index[0]}: {curve.iloc[0]:.3g}; N={curve.index[-1]}: {curve.iloc[-1]:.3g}")
-        out.append(decide(f"division by gamma amplifies rounding: {_label(d)}",
-                          "without the buffer, reversing by float division by gamma loses bits at every layer: the "
-                          "reconstruction error grows with depth", g, grows,
-                          needs=(span("p_depth", 8, "depths"),), figure="section 4.3.1"))
+            return (
+                bool(curve.iloc[-1] > curve.iloc[0]),
+                f"N={curve.index[0]}: {curve.iloc[0]:.3g}; N={curve.index[-1]}: {curve.iloc[-1]:.3g}",
+            )
+
+        out.append(
+            decide(
+                f"division by gamma amplifies rounding: {_label(d)}",
+                "without the buffer, reversing by float division by gamma loses bits at every layer: the "
+                "reconstruction error grows with depth",
+                g,
+                grows,
+                needs=(span("p_depth", 8, "depths"),),
+                figure="section 4.3.1",
+            )
+        )
     return out
 
 
@@ -516,19 +778,26 @@ def _paired(rows: pd.DataFrame, first: dict, second: dict, on: list[str]):
 
 def _gap_at(which: str):
     """Test of backprop minus adjoint accuracy at the smallest (large gap) or the largest depth (no gap)."""
+
     def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
         depth = rows["p_depth"].min() if which == "smallest" else rows["p_depth"].max()
-        interval = _paired(rows[rows["p_depth"] == depth], {"p_backward": "backprop"}, {"p_backward": "adjoint"},
-                           ["backend", "p_scheme", "seed"])
+        interval = _paired(
+            rows[rows["p_depth"] == depth],
+            {"p_backward": "backprop"},
+            {"p_backward": "adjoint"},
+            ["backend", "p_scheme", "seed"],
+        )
         if interval is None:
             return None, f"N={depth}: no seed trained both ways"
         holds = interval.side("above") if which == "smallest" else interval.side("below", _CLOSE)
         return holds, f"N={depth}: backprop - adjoint accuracy {interval.text('+.3f')}"
+
     return test
 
 
 def _compare(first: dict, second: dict, side: str):
     """Test over every depth: ``first - second`` accuracy within +-1 point (same) or above -1 point (no worse)."""
+
     def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
         interval = _paired(rows, first, second, ["backend", "p_depth", "seed"])
         if interval is None:
@@ -536,13 +805,17 @@ def _compare(first: dict, second: dict, side: str):
         sides = [interval.side("above", -_CLOSE)] + ([] if side == "no worse" else [interval.side("below", _CLOSE)])
         holds = all_hold(sides)
         return holds, f"difference {interval.text('+.3f')} over (depth, seed) pairs"
+
     return test
 
 
 def _fig24_note(d: dict) -> str:
     """Where a training configuration departs from appendix 2.B.1's setting."""
-    return "; ".join(f"{what} {_text(d[key])} (thesis {value})" for key, (what, value) in _FIG24.items()
-                     if d.get(key, "-") not in (value, "-"))
+    return "; ".join(
+        f"{what} {_text(d[key])} (thesis {value})"
+        for key, (what, value) in _FIG24.items()
+        if d.get(key, "-") not in (value, "-")
+    )
 
 
 def _train_checks(table: pd.DataFrame) -> list[Check]:
@@ -553,29 +826,63 @@ def _train_checks(table: pd.DataFrame) -> list[Check]:
     for d, g in _groups(rows, _TRAIN_CONFIG):
         label = _label(d)
         note = _fig24_note(d)
-        out.append(decide(f"adjoint falls short at small depth: {label}",
-                          "approximated gradients lead to a large test error at small depth: at the smallest depth, "
-                          "backprop's best test accuracy minus the adjoint's (paired on seed) has its 95% interval above 0",
-                          g, _gap_at("smallest"), needs=_TRAIN_NEEDS + (distinct("p_depth", 2, "depths"),),
-                          figure="Fig. 2.4", note=note))
-        out.append(decide(f"adjoint matches backprop at large depth: {label}",
-                          "approximated gradients give the same performance at large depth: at the largest depth, "
-                          f"backprop's accuracy minus the adjoint's has its 95% interval below {_CLOSE:.0%}",
-                          g, _gap_at("largest"), needs=_TRAIN_NEEDS + (span("p_depth", 8, "depths"),),
-                          figure="Fig. 2.4", note=note))
-        out.append(decide(f"backprop gives the same curves for ResNet and HeunNet: {label}",
-                          "the true backpropagation gives the same curves for the ResNet and the HeunNet: HeunNet minus "
-                          f"ResNet accuracy, paired on depth and seed, has its 95% interval within +-{_CLOSE:.0%}",
-                          g, _compare({"p_scheme": "heun", "p_backward": "backprop"},
-                                      {"p_scheme": "euler", "p_backward": "backprop"}, "same"),
-                          needs=_TRAIN_NEEDS, figure="Fig. 2.4", note=note))
-        out.append(decide(f"HeunNet trained by the adjoint no worse than the ResNet: {label}",
-                          "at fixed depth, the accuracy when training a HeunNet with the adjoint method is better (or "
-                          "similar) than for the ResNet with the adjoint method: HeunNet minus ResNet accuracy, paired "
-                          f"on depth and seed, has its 95% interval above -{_CLOSE:.0%}",
-                          g, _compare({"p_scheme": "heun", "p_backward": "adjoint"},
-                                      {"p_scheme": "euler", "p_backward": "adjoint"}, "no worse"),
-                          needs=_TRAIN_NEEDS, figure="Fig. 2.4 (Prop. 2.10 vs 2.12)", note=note))
+        out.append(
+            decide(
+                f"adjoint falls short at small depth: {label}",
+                "approximated gradients lead to a large test error at small depth: at the smallest depth, "
+                "backprop's best test accuracy minus the adjoint's (paired on seed) has its 95% interval above 0",
+                g,
+                _gap_at("smallest"),
+                needs=_TRAIN_NEEDS + (distinct("p_depth", 2, "depths"),),
+                figure="Fig. 2.4",
+                note=note,
+            )
+        )
+        out.append(
+            decide(
+                f"adjoint matches backprop at large depth: {label}",
+                "approximated gradients give the same performance at large depth: at the largest depth, "
+                f"backprop's accuracy minus the adjoint's has its 95% interval below {_CLOSE:.0%}",
+                g,
+                _gap_at("largest"),
+                needs=_TRAIN_NEEDS + (span("p_depth", 8, "depths"),),
+                figure="Fig. 2.4",
+                note=note,
+            )
+        )
+        out.append(
+            decide(
+                f"backprop gives the same curves for ResNet and HeunNet: {label}",
+                "the true backpropagation gives the same curves for the ResNet and the HeunNet: HeunNet minus "
+                f"ResNet accuracy, paired on depth and seed, has its 95% interval within +-{_CLOSE:.0%}",
+                g,
+                _compare(
+                    {"p_scheme": "heun", "p_backward": "backprop"},
+                    {"p_scheme": "euler", "p_backward": "backprop"},
+                    "same",
+                ),
+                needs=_TRAIN_NEEDS,
+                figure="Fig. 2.4",
+                note=note,
+            )
+        )
+        out.append(
+            decide(
+                f"HeunNet trained by the adjoint no worse than the ResNet: {label}",
+                "at fixed depth, the accuracy when training a HeunNet with the adjoint method is better (or "
+                "similar) than for the ResNet with the adjoint method: HeunNet minus ResNet accuracy, paired "
+                f"on depth and seed, has its 95% interval above -{_CLOSE:.0%}",
+                g,
+                _compare(
+                    {"p_scheme": "heun", "p_backward": "adjoint"},
+                    {"p_scheme": "euler", "p_backward": "adjoint"},
+                    "no worse",
+                ),
+                needs=_TRAIN_NEEDS,
+                figure="Fig. 2.4 (Prop. 2.10 vs 2.12)",
+                note=note,
+            )
+        )
     return out
 
 

@@ -3,6 +3,7 @@
 Every report shows these beside the workloads' numbers, so a time can be read against what the
 device can do at all.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -14,7 +15,8 @@ from backends import Backend, timer
 from backends.init import normal
 from harness.checks import Check, decide, distinct
 from harness.figures import Figure
-from harness.workload import Context, Metric, Params as _Params, Record
+from harness.workload import Context, Metric, Record
+from harness.workload import Params as _Params
 from results.aggregate import ok_rows, summarize
 
 name = "device_roofline"
@@ -46,22 +48,43 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     a = backend.asarray(normal(ctx.seed, shape), device, params.dtype)
     if params.op == "matmul":
         b = backend.asarray(normal(ctx.seed + 1, shape), device, params.dtype)
-        samples = timer(backend, lambda: backend.ops.matmul(a, b), kind=ctx.device,
-                        warmup=params.warmup, repeats=params.timing_repeats)
+        samples = timer(
+            backend,
+            lambda: backend.ops.matmul(a, b),
+            kind=ctx.device,
+            warmup=params.warmup,
+            repeats=params.timing_repeats,
+        )
         work, metric = 2.0 * params.n**3, "flop_per_s"
     else:
-        samples = timer(backend, lambda: backend.ops.copy(a), kind=ctx.device,
-                        warmup=params.warmup, repeats=params.timing_repeats)
+        samples = timer(
+            backend, lambda: backend.ops.copy(a), kind=ctx.device, warmup=params.warmup, repeats=params.timing_repeats
+        )
         work, metric = 2.0 * params.n**2 * _ITEMSIZE[params.dtype], "bytes_per_s"
-    return [r for i, t in enumerate(samples)
-            for r in (Record("time_s", t, sample=i), Record(metric, work / t, sample=i))]
+    return [
+        r for i, t in enumerate(samples) for r in (Record("time_s", t, sample=i), Record(metric, work / t, sample=i))
+    ]
 
 
 figures = (
-    Figure("Matmul: achieved FLOP/s vs n", metric="flop_per_s", x="p_n", series=("p_dtype",), where={"p_op": "matmul"},
-           log_x=True, log_y=True),
-    Figure("Copy: achieved bytes/s vs n (read + write)", metric="bytes_per_s", x="p_n", series=("p_dtype",),
-           where={"p_op": "copy"}, log_x=True, log_y=True),
+    Figure(
+        "Matmul: achieved FLOP/s vs n",
+        metric="flop_per_s",
+        x="p_n",
+        series=("p_dtype",),
+        where={"p_op": "matmul"},
+        log_x=True,
+        log_y=True,
+    ),
+    Figure(
+        "Copy: achieved bytes/s vs n (read + write)",
+        metric="bytes_per_s",
+        x="p_n",
+        series=("p_dtype",),
+        where={"p_op": "copy"},
+        log_x=True,
+        log_y=True,
+    ),
 )
 """Beyond the thesis: the device's practical limits, which every time in the report can be read against."""
 
@@ -73,17 +96,27 @@ def checks(table: pd.DataFrame) -> list[Check]:
     rows = ok_rows(table)
     rows = rows[rows["metric"] == "flop_per_s"]
     groups = list(rows.groupby(["backend", "device_name", "p_dtype"], dropna=False)) or [(("", "", ""), rows)]
-    return [decide(f"{backend} {dtype} {device}".strip() or "matmul throughput", _CLAIM, group, _throughput_holds,
-                   needs=[distinct("p_n", 2, "sizes n")], note="the smallest and the largest n are compared")
-            for (backend, device, dtype), group in groups]
+    return [
+        decide(
+            f"{backend} {dtype} {device}".strip() or "matmul throughput",
+            _CLAIM,
+            group,
+            _throughput_holds,
+            needs=[distinct("p_n", 2, "sizes n")],
+            note="the smallest and the largest n are compared",
+        )
+        for (backend, device, dtype), group in groups
+    ]
 
 
 def _throughput_holds(rows: pd.DataFrame) -> tuple[bool, str]:
     """The median FLOP/s at the largest n is at least 0.9x that at the smallest n."""
     per_n = summarize(rows, metrics).groupby("p_n")["median"].median().sort_index()
     lo, hi = per_n.index[0], per_n.index[-1]
-    return (bool(per_n[hi] >= 0.9 * per_n[lo]),
-            f"n={lo:g}: {per_n[lo]:.3g} FLOP/s; n={hi:g}: {per_n[hi]:.3g} FLOP/s ({per_n[hi] / per_n[lo]:.2f}x)")
+    return (
+        bool(per_n[hi] >= 0.9 * per_n[lo]),
+        f"n={lo:g}: {per_n[lo]:.3g} FLOP/s; n={hi:g}: {per_n[hi]:.3g} FLOP/s ({per_n[hi] / per_n[lo]:.2f}x)",
+    )
 
 
 smoke = Params(op="matmul", n=256, dtype="float32", warmup=2, timing_repeats=5)

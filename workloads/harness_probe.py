@@ -3,6 +3,7 @@
 It measures the harness itself (per-trial overhead, ``benchmarks/harness_overhead.py``) and shows
 that every way a trial can end is recorded (``sweeps/harness_probe.yaml``, the executor tests).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,8 @@ import pydantic
 from backends import Backend
 from harness.checks import Check, decide
 from harness.figures import Figure
-from harness.workload import Context, Metric, Params as _Params, Record, Skip
+from harness.workload import Context, Metric, Record, Skip
+from harness.workload import Params as _Params
 
 if TYPE_CHECKING:  # pandas only for the report: a trial of this probe loads no data-frame library
     import pandas as pd
@@ -68,8 +70,15 @@ def checks(table: pd.DataFrame) -> list[Check]:
 
     rows = ok_rows(table)
     noop = rows[(rows["metric"] == "trial_s") & (rows["p_mode"] == "noop")]
-    return [decide("no-op", "a no-op trial spends under 1 ms inside the trial", noop, _under_a_millisecond,
-                   missing="no no-op trial")]
+    return [
+        decide(
+            "no-op",
+            "a no-op trial spends under 1 ms inside the trial",
+            noop,
+            _under_a_millisecond,
+            missing="no no-op trial",
+        )
+    ]
 
 
 def _under_a_millisecond(rows: pd.DataFrame) -> tuple[bool, str]:

@@ -9,6 +9,7 @@ search over the training sequences finds best, and with the least-squares fit of
 limit of many gradient steps: what no linear in-context estimator beats). Errors count positions
 t >= 2 (at t = 1 the context holds no pair). Thesis chapter 6, section 6.6 (Fig. 6.5), 6.B (Fig. 6.10).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -21,18 +22,35 @@ from backends import Backend
 from backends.ar_init import ARConfig, ar_sequences, augment
 from harness.checks import Check, all_hold, decide, paired_interval, pairs, seeds
 from harness.figures import Figure, Setting
-from harness.workload import Context, Float, Metric, Params as _Params, Record, Skip
+from harness.workload import Context, Float, Metric, Record, Skip
+from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
 
 name = "icl_autoregressive"
 version = 2
 backends = ("torch", "jax")
 metrics = (
-    Metric("test_mse", "1", "lower", "last",
-           "the Transformer's test mean squared error per coordinate, positions t >= 2, per evaluated epoch (0 = init)"),
-    Metric("gd_mse", "1", "lower", "last", "test MSE of L steps of gradient descent on the in-context loss (6.5), best step size"),
-    Metric("lstsq_mse", "1", "lower", "last",
-           "test MSE of the least-squares fit of the context: the floor L steps of gradient descent approach"),
+    Metric(
+        "test_mse",
+        "1",
+        "lower",
+        "last",
+        "the Transformer's test mean squared error per coordinate, positions t >= 2, per evaluated epoch (0 = init)",
+    ),
+    Metric(
+        "gd_mse",
+        "1",
+        "lower",
+        "last",
+        "test MSE of L steps of gradient descent on the in-context loss (6.5), best step size",
+    ),
+    Metric(
+        "lstsq_mse",
+        "1",
+        "lower",
+        "last",
+        "test MSE of the least-squares fit of the context: the floor L steps of gradient descent approach",
+    ),
     Metric("train_loss", "1", "lower", "last", "mean training MSE over the epoch's minibatches"),
     Metric("gd_step_size", "1", "lower", "last", "the step size the line search chose for L gradient steps"),
     Metric("epoch_time_s", "s", "lower", "median", "wall time of one training epoch (compilation excluded)"),
@@ -51,10 +69,18 @@ class Params(_Params):
     epochs: pydantic.NonNegativeInt = pydantic.Field(2000, le=100_000)
     lr: Float = pydantic.Field(5e-3, gt=0, le=10, description="Adam's learning rate")
     batch: pydantic.PositiveInt = 1024
-    softmax: bool = pydantic.Field(False, description="off: linear attention (Fig. 6.5); on: softmax attention + MLP (Fig. 6.10)")
-    mlp_dim: pydantic.PositiveInt | None = pydantic.Field(60, le=65536, description="MLP hidden width when softmax is on")
-    eval_every: pydantic.PositiveInt = pydantic.Field(10, description="epochs between test evaluations (the last one always)")
-    line_search_n: pydantic.PositiveInt = pydantic.Field(4096, description="training sequences the step-size search uses")
+    softmax: bool = pydantic.Field(
+        False, description="off: linear attention (Fig. 6.5); on: softmax attention + MLP (Fig. 6.10)"
+    )
+    mlp_dim: pydantic.PositiveInt | None = pydantic.Field(
+        60, le=65536, description="MLP hidden width when softmax is on"
+    )
+    eval_every: pydantic.PositiveInt = pydantic.Field(
+        10, description="epochs between test evaluations (the last one always)"
+    )
+    line_search_n: pydantic.PositiveInt = pydantic.Field(
+        4096, description="training sequences the step-size search uses"
+    )
     dtype: Literal["float32", "float64"] = "float32"
 
     @pydantic.model_validator(mode="before")
@@ -70,7 +96,9 @@ def _mse(pred: np.ndarray, targets: np.ndarray) -> float:
     return value if np.isfinite(value) else float("inf")
 
 
-def _line_search(mse_of, low: float = 1e-5, high: float = 10.0, grid: int = 49, refine: int = 30) -> tuple[float, float]:
+def _line_search(
+    mse_of, low: float = 1e-5, high: float = 10.0, grid: int = 49, refine: int = 30
+) -> tuple[float, float]:
     """The step size with the smallest ``mse_of``: a log grid, then golden sections around its best point."""
     etas = np.geomspace(low, high, grid)
     values = [mse_of(e) for e in etas]
@@ -127,6 +155,7 @@ def _gd_mse_of(states: np.ndarray, steps: int):
         with np.errstate(over="ignore", invalid="ignore"):
             gain = np.where(np.abs(x) > 1e-12, (1.0 - (1.0 - x) ** steps) / np.where(lam == 0, 1.0, lam), eta * steps)
         return _mse(np.einsum("ntij,ntj->nti", mapped, gain * coords), targets)
+
     return mse
 
 
@@ -142,15 +171,25 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
 
     eta, _ = _line_search(_gd_mse_of(train_states[: params.line_search_n], params.depth))
     gd_pred = backend.to_numpy(ops.ar_gd_predict(backend.asarray(test_states, device, "float64"), params.depth, eta))
-    records = [Record("gd_mse", _mse(gd_pred, test_targets)), Record("gd_step_size", eta),
-               Record("lstsq_mse", _mse(_lstsq_predict(test_states), test_targets))]
+    records = [
+        Record("gd_mse", _mse(gd_pred, test_targets)),
+        Record("gd_step_size", eta),
+        Record("lstsq_mse", _mse(_lstsq_predict(test_states), test_targets)),
+    ]
 
-    config = ARConfig(dim=params.dim, depth=params.depth, softmax=params.softmax,
-                      mlp_dim=params.mlp_dim if params.softmax else None, loss_start=_LOSS_START)
+    config = ARConfig(
+        dim=params.dim,
+        depth=params.depth,
+        softmax=params.softmax,
+        mlp_dim=params.mlp_dim if params.softmax else None,
+        loss_start=_LOSS_START,
+    )
     x = backend.asarray(train_tokens, device, params.dtype)
     y = backend.asarray(train_targets, device, params.dtype)
     x_test = backend.asarray(test_tokens, device, params.dtype)
-    trainer = ops.ar_transformer_trainer(config, ops.ar_transformer_init(config, ctx.seed, device, params.dtype), params.lr)
+    trainer = ops.ar_transformer_trainer(
+        config, ops.ar_transformer_init(config, ctx.seed, device, params.dtype), params.lr
+    )
 
     def evaluate(epoch: int) -> None:
         records.append(Record("test_mse", _mse(trainer.predict(x_test, params.batch), test_targets), step=epoch))
@@ -181,34 +220,101 @@ _MIN_STEPS = 1000
 _SETUP = ["p_dim", "p_length", "p_n_train", "p_n_test", "p_epochs", "p_lr", "p_batch", "p_dtype"]
 """Parameters that must match for trials to sit on one curve over depth."""
 
-_CURVES = dict(x="p_depth", metric=("test_mse", "gd_mse", "lstsq_mse"), log_y=True,
-               x_title="depth L (Transformer layers / gradient steps)", y_title="test MSE")
+_CURVES = dict(
+    x="p_depth",
+    metric=("test_mse", "gd_mse", "lstsq_mse"),
+    log_y=True,
+    x_title="depth L (Transformer layers / gradient steps)",
+    y_title="test MSE",
+)
 figures = (
-    Figure("Test MSE vs depth: linear-attention Transformer, L steps of gradient descent, least-squares floor",
-           thesis="Fig. 6.5", where={"p_softmax": False}, **_CURVES),
-    Figure("Test MSE vs depth: softmax + MLP Transformer, L steps of gradient descent, least-squares floor",
-           thesis="Fig. 6.10", where={"p_softmax": True}, **_CURVES),
-    Figure("Training loss vs epoch, linear attention (off) and softmax + MLP (on), per depth", metric="train_loss",
-           x="step", by_step=True, series=("p_depth",), facet="p_softmax", log_y=True, x_title="epoch",
-           y_title="training MSE", thesis="Fig. 6.9"),
-    Figure("Transformer test MSE vs epoch (0 = initialisation), per depth", metric="test_mse", x="step",
-           by_step=True, series=("p_depth",), facet="p_softmax", log_y=True, x_title="epoch", y_title="test MSE"),
-    Figure("Training epoch time vs depth", metric="epoch_time_s", x="p_depth", series=("p_softmax",),
-           x_title="depth L", y_title="epoch time"),
+    Figure(
+        "Test MSE vs depth: linear-attention Transformer, L steps of gradient descent, least-squares floor",
+        thesis="Fig. 6.5",
+        where={"p_softmax": False},
+        **_CURVES,
+    ),
+    Figure(
+        "Test MSE vs depth: softmax + MLP Transformer, L steps of gradient descent, least-squares floor",
+        thesis="Fig. 6.10",
+        where={"p_softmax": True},
+        **_CURVES,
+    ),
+    Figure(
+        "Training loss vs epoch, linear attention (off) and softmax + MLP (on), per depth",
+        metric="train_loss",
+        x="step",
+        by_step=True,
+        series=("p_depth",),
+        facet="p_softmax",
+        log_y=True,
+        x_title="epoch",
+        y_title="training MSE",
+        thesis="Fig. 6.9",
+    ),
+    Figure(
+        "Transformer test MSE vs epoch (0 = initialisation), per depth",
+        metric="test_mse",
+        x="step",
+        by_step=True,
+        series=("p_depth",),
+        facet="p_softmax",
+        log_y=True,
+        x_title="epoch",
+        y_title="test MSE",
+    ),
+    Figure(
+        "Training epoch time vs depth",
+        metric="epoch_time_s",
+        x="p_depth",
+        series=("p_softmax",),
+        x_title="depth L",
+        y_title="epoch time",
+    ),
 )
 
-_OURS = {"training sequences": "p_n_train", "test sequences": "p_n_test", "dimension d": "p_dim",
-         "sequence length T": "p_length", "depths L": "p_depth", "optimiser, lr": "p_lr", "batch": "p_batch",
-         "epochs": "p_epochs", "seeds": "seed", "backend": "backend", "device": "device_name"}
-_THESIS_SETTING = {"training sequences": "2^14 = 16,384", "test sequences": "2^10 = 1,024", "dimension d": "d = 5",
-                   "sequence length T": "T = 50", "depths L": "1 ... 6", "optimiser, lr": "Adam, 5e-3",
-                   "batch": "1,024 (authors' code)", "epochs": "2,000 (32,000 Adam steps)", "seeds": "1 (not stated)",
-                   "backend": "PyTorch", "device": "GPU (not stated)"}
+_OURS = {
+    "training sequences": "p_n_train",
+    "test sequences": "p_n_test",
+    "dimension d": "p_dim",
+    "sequence length T": "p_length",
+    "depths L": "p_depth",
+    "optimiser, lr": "p_lr",
+    "batch": "p_batch",
+    "epochs": "p_epochs",
+    "seeds": "seed",
+    "backend": "backend",
+    "device": "device_name",
+}
+_THESIS_SETTING = {
+    "training sequences": "2^14 = 16,384",
+    "test sequences": "2^10 = 1,024",
+    "dimension d": "d = 5",
+    "sequence length T": "T = 50",
+    "depths L": "1 ... 6",
+    "optimiser, lr": "Adam, 5e-3",
+    "batch": "1,024 (authors' code)",
+    "epochs": "2,000 (32,000 Adam steps)",
+    "seeds": "1 (not stated)",
+    "backend": "PyTorch",
+    "device": "GPU (not stated)",
+}
 settings = (
-    Setting("Fig. 6.5", thesis={"model": "L layers of linear attention (eq. 6.4) with layer norm, augmented tokens "
-                                         "(0, s_t, s_{t-1})", **_THESIS_SETTING}, ours=_OURS, where={"p_softmax": False}),
-    Setting("Fig. 6.10", thesis={"model": "L layers of softmax attention + MLP with layer norm, augmented tokens",
-                                 **_THESIS_SETTING}, ours=_OURS, where={"p_softmax": True}),
+    Setting(
+        "Fig. 6.5",
+        thesis={
+            "model": "L layers of linear attention (eq. 6.4) with layer norm, augmented tokens (0, s_t, s_{t-1})",
+            **_THESIS_SETTING,
+        },
+        ours=_OURS,
+        where={"p_softmax": False},
+    ),
+    Setting(
+        "Fig. 6.10",
+        thesis={"model": "L layers of softmax attention + MLP with layer norm, augmented tokens", **_THESIS_SETTING},
+        ours=_OURS,
+        where={"p_softmax": True},
+    ),
 )
 
 
@@ -225,7 +331,9 @@ def _deviations(rows: pd.DataFrame) -> str:
         ours = sorted(rows[column].dropna().unique())
         if ours and any(v != value for v in ours):
             out.append(f"{column[2:]} {'/'.join(f'{v:g}' for v in ours)} (thesis {value:g})")
-    steps = sorted({int(e * (n // b)) for e, n, b in rows[["p_epochs", "p_n_train", "p_batch"]].itertuples(index=False)})
+    steps = sorted(
+        {int(e * (n // b)) for e, n, b in rows[["p_epochs", "p_n_train", "p_batch"]].itertuples(index=False)}
+    )
     if steps != [_THESIS_STEPS]:
         out.append(f"{'/'.join(f'{s:,}' for s in steps)} Adam steps (thesis {_THESIS_STEPS:,})")
     return "deviations: " + ", ".join(out) if out else ""
@@ -248,8 +356,10 @@ def _by_depth(trials: pd.DataFrame, test) -> tuple[bool | str | None, str]:
     for depth, g in trials.groupby("p_depth"):
         interval = paired_interval(g["log_ratio"], np.zeros(len(g)))
         verdicts.append(test(interval))
-        parts.append(f"L={int(depth)}: log10(Transformer/GD) {interval.text('+.2f')}, medians Transformer "
-                     f"{g['transformer'].median():.3g}, GD {g['gd'].median():.3g}, least squares {g['floor'].median():.3g}")
+        parts.append(
+            f"L={int(depth)}: log10(Transformer/GD) {interval.text('+.2f')}, medians Transformer "
+            f"{g['transformer'].median():.3g}, GD {g['gd'].median():.3g}, least squares {g['floor'].median():.3g}"
+        )
     return all_hold(verdicts), "; ".join(parts)
 
 
@@ -260,22 +370,42 @@ def _floor_reason(trials: pd.DataFrame) -> str:
     if near.empty:
         return ""
     depths = ", ".join(str(int(d)) for d in near.index)
-    return (f"at L = {depths} our Transformer trains to within 10x of the least-squares floor (the error L steps of "
-            f"gradient descent approach as L grows), so at this budget gradient descent cannot be ahead of it by an "
-            f"order of magnitude")
+    return (
+        f"at L = {depths} our Transformer trains to within 10x of the least-squares floor (the error L steps of "
+        f"gradient descent approach as L grows), so at this budget gradient descent cannot be ahead of it by an "
+        f"order of magnitude"
+    )
 
 
 _CLAIMS = (
-    ("the first layers, linear attention", "Fig. 6.5", False, lambda d: d <= 2,
-     "even though the first Transformer layers are competitive with gradient descent: for L <= 2 the linear-attention "
-     "Transformer's test MSE is not an order of magnitude above that of L steps of gradient descent (95% CI of "
-     "log10(Transformer / GD) below 1, at every L <= 2)", lambda i: i.side("below", 1.0)),
-    ("L >= 3, linear attention", "Fig. 6.5", False, lambda d: d >= 3,
-     "gradient descent outperforms the [linear-attention] Transformer by orders of magnitude when L >= 3 (95% CI of "
-     "log10(Transformer / GD) above 1, at every L >= 3)", lambda i: i.side("above", 1.0)),
-    ("softmax + MLP", "Fig. 6.10", True, lambda d: True,
-     "a full Transformer with all the bells and whistles (softmax and MLP) outperforms gradient descent (95% CI of "
-     "log10(Transformer / GD) below 0, at every L)", lambda i: i.side("below")),
+    (
+        "the first layers, linear attention",
+        "Fig. 6.5",
+        False,
+        lambda d: d <= 2,
+        "even though the first Transformer layers are competitive with gradient descent: for L <= 2 the linear-attention "
+        "Transformer's test MSE is not an order of magnitude above that of L steps of gradient descent (95% CI of "
+        "log10(Transformer / GD) below 1, at every L <= 2)",
+        lambda i: i.side("below", 1.0),
+    ),
+    (
+        "L >= 3, linear attention",
+        "Fig. 6.5",
+        False,
+        lambda d: d >= 3,
+        "gradient descent outperforms the [linear-attention] Transformer by orders of magnitude when L >= 3 (95% CI of "
+        "log10(Transformer / GD) above 1, at every L >= 3)",
+        lambda i: i.side("above", 1.0),
+    ),
+    (
+        "softmax + MLP",
+        "Fig. 6.10",
+        True,
+        lambda d: True,
+        "a full Transformer with all the bells and whistles (softmax and MLP) outperforms gradient descent (95% CI of "
+        "log10(Transformer / GD) below 0, at every L)",
+        lambda i: i.side("below"),
+    ),
 )
 
 
@@ -287,20 +417,40 @@ def checks(table: pd.DataFrame) -> list[Check]:
         rows = ok[(ok["p_softmax"].astype(bool) == softmax) & ok["p_depth"].map(depths)] if not ok.empty else ok
         rows = rows[rows["metric"].isin(["test_mse", "gd_mse", "lstsq_mse"])] if not rows.empty else rows
         if rows.empty:
-            out.append(decide(label, claim, rows, lambda r: (None, ""), figure=figure,
-                              missing="no trial with these depths and this attention"))
+            out.append(
+                decide(
+                    label,
+                    claim,
+                    rows,
+                    lambda r: (None, ""),
+                    figure=figure,
+                    missing="no trial with these depths and this attention",
+                )
+            )
             continue
         for (backend, device, *_), g in rows.groupby(["backend", "device_name", *_SETUP], dropna=False):
             trials = _per_trial(g)
             note = _deviations(g)
             if "L >= 3" in label:
                 note = "; ".join(filter(None, [_floor_reason(trials), note]))
-            name = (f"{label}, {backend} ({device}), {int(g['p_n_train'].iloc[0]):,} sequences, "
-                    f"{int(g['p_epochs'].iloc[0]):,} epochs")
-            out.append(decide(name, claim, g, lambda r, t=trials: _by_depth(t, test),
-                              needs=(seeds(3), _adam_steps), figure=figure, note=note))
+            name = (
+                f"{label}, {backend} ({device}), {int(g['p_n_train'].iloc[0]):,} sequences, "
+                f"{int(g['p_epochs'].iloc[0]):,} epochs"
+            )
+            out.append(
+                decide(
+                    name,
+                    claim,
+                    g,
+                    lambda r, t=trials: _by_depth(t, test),
+                    needs=(seeds(3), _adam_steps),
+                    figure=figure,
+                    note=note,
+                )
+            )
     return out
 
 
-smoke = Params(depth=2, dim=3, length=12, n_train=128, n_test=64, epochs=3, lr=5e-3, batch=32, eval_every=1,
-               line_search_n=128)
+smoke = Params(
+    depth=2, dim=3, length=12, n_train=128, n_test=64, epochs=3, lr=5e-3, batch=32, eval_every=1, line_search_n=128
+)

@@ -9,6 +9,7 @@ weights, read as functions of s = k / L, to those of a deeper reference net trai
 (Theorem 3.4, Fig. 3.1 right), and fixed random weight entries across layers (Fig. 3.2 left).
 Thesis chapter 3, section 3.5.1, appendix 3.E.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -22,7 +23,8 @@ from backends import Backend
 from backends.scaled_resnet_init import function_distance, gaussian_pairs, init_scaled_resnet
 from harness.checks import Check, at_least, decide, distinct, paired_interval, seeds, span
 from harness.figures import Custom, Figure, Setting
-from harness.workload import Context, Float, Metric, Params as _Params, Record, Skip
+from harness.workload import Context, Float, Metric, Record, Skip
+from harness.workload import Params as _Params
 from results.aggregate import reduce_trials, summarize
 
 name = "implicit_regularization"
@@ -30,12 +32,27 @@ version = 1
 backends = ("torch", "jax")
 metrics = (
     Metric("loss", "1", "lower", "last", "(1/n) sum_i ||F(x_i) - y_i||^2 at the step"),
-    Metric("max_layer_diff", "1", "lower", "max",
-           "max over layers k and steps t' <= step of ||Z_{k+1} - Z_k||_F = ||dV||_F + ||dW||_F (Fig. 3.1 left)"),
-    Metric("dist_to_limit", "1", "lower", "last",
-           "(int_0^1 ||Z^L(s) - Z^ref(s)||_F^2 ds)^(1/2) to the net of depth ref_depth trained alongside (Fig. 3.1 right)"),
-    Metric("weight_entry", "1", "lower", "last",
-           "a fixed random entry of V_k or W_k (tag layer<k>/V[i,j]) at the step (Fig. 3.2 left; no better direction)"),
+    Metric(
+        "max_layer_diff",
+        "1",
+        "lower",
+        "max",
+        "max over layers k and steps t' <= step of ||Z_{k+1} - Z_k||_F = ||dV||_F + ||dW||_F (Fig. 3.1 left)",
+    ),
+    Metric(
+        "dist_to_limit",
+        "1",
+        "lower",
+        "last",
+        "(int_0^1 ||Z^L(s) - Z^ref(s)||_F^2 ds)^(1/2) to the net of depth ref_depth trained alongside (Fig. 3.1 right)",
+    ),
+    Metric(
+        "weight_entry",
+        "1",
+        "lower",
+        "last",
+        "a fixed random entry of V_k or W_k (tag layer<k>/V[i,j]) at the step (Fig. 3.2 left; no better direction)",
+    ),
 )
 
 
@@ -44,20 +61,30 @@ class Params(_Params):
 
     depth: pydantic.PositiveInt = pydantic.Field(64, le=1 << 16, description="L, number of residual layers")
     init: Literal["tied", "iid"] = pydantic.Field(
-        "tied", description="tied: one Gaussian W for every layer (smooth); iid: one draw per layer")
+        "tied", description="tied: one Gaussian W for every layer (smooth); iid: one draw per layer"
+    )
     activation: Literal["gelu", "relu", "identity"] = "gelu"
     steps: pydantic.NonNegativeInt = pydantic.Field(500, le=10_000_000, description="gradient steps T")
     n: pydantic.PositiveInt = pydantic.Field(100, description="training pairs")
     width: pydantic.PositiveInt = pydantic.Field(16, description="q = d = d', hidden state dimension")
     hidden: pydantic.PositiveInt = pydantic.Field(32, description="m, width of each residual MLP")
-    lr: Float = pydantic.Field(1e-2, gt=0, le=10, description="step size divided by the depth: GD uses L x lr (eq. 3.4)")
+    lr: Float = pydantic.Field(
+        1e-2, gt=0, le=10, description="step size divided by the depth: GD uses L x lr (eq. 3.4)"
+    )
     ref_depth: pydantic.PositiveInt | None = pydantic.Field(
-        None, le=1 << 18, description="depth of the reference net for dist_to_limit (a multiple of depth); None: not measured")
-    log_every: pydantic.PositiveInt = pydantic.Field(10, description="record loss and max_layer_diff every this many steps")
+        None,
+        le=1 << 18,
+        description="depth of the reference net for dist_to_limit (a multiple of depth); None: not measured",
+    )
+    log_every: pydantic.PositiveInt = pydantic.Field(
+        10, description="record loss and max_layer_diff every this many steps"
+    )
     snapshot_every: pydantic.PositiveInt | None = pydantic.Field(
-        100, description="record dist_to_limit and weight entries every this many steps (None: start and end only)")
+        100, description="record dist_to_limit and weight entries every this many steps (None: start and end only)"
+    )
     profile_entries: pydantic.NonNegativeInt = pydantic.Field(
-        1, le=16, description="random entries of V and of W recorded across layers at each snapshot")
+        1, le=16, description="random entries of V and of W recorded across layers at each snapshot"
+    )
     dtype: Literal["float32", "float64"] = "float32"
 
     @pydantic.model_validator(mode="before")
@@ -77,8 +104,10 @@ def _profile(v: np.ndarray, w: np.ndarray, entries: list[tuple[str, int, int]], 
     out = []
     for which, i, j in entries:
         column = (v if which == "V" else w)[:, i, j]
-        out += [Record("weight_entry", float(value), step=step, tag=f"layer{k + 1}/{which}[{i},{j}]")
-                for k, value in enumerate(column)]
+        out += [
+            Record("weight_entry", float(value), step=step, tag=f"layer{k + 1}/{which}[{i},{j}]")
+            for k, value in enumerate(column)
+        ]
     return out
 
 
@@ -97,9 +126,11 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     net = start(params.depth)
     ref = start(params.ref_depth) if params.ref_depth else None
     rng = np.random.default_rng(np.random.SeedSequence([ctx.seed, 5]))
-    entries = [(which, int(rng.integers(rows)), int(rng.integers(cols)))
-               for _ in range(params.profile_entries)
-               for which, rows, cols in (("V", params.width, params.hidden), ("W", params.hidden, params.width))]
+    entries = [
+        (which, int(rng.integers(rows)), int(rng.integers(cols)))
+        for _ in range(params.profile_entries)
+        for which, rows, cols in (("V", params.width, params.hidden), ("W", params.hidden, params.width))
+    ]
 
     records: list[Record] = []
     running_max = 0.0
@@ -124,14 +155,18 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
             step = t0 + i
             running_max = max(running_max, float(diffs[i]))
             if step % params.log_every == 0 or step == params.steps:
-                records += [Record("loss", float(losses[i]), step=step),
-                            Record("max_layer_diff", running_max, step=step)]
+                records += [
+                    Record("loss", float(losses[i]), step=step),
+                    Record("max_layer_diff", running_max, step=step),
+                ]
         snapshot(t1)
         ctx.logger.debug("step %d: loss %.4g, max layer diff %.3g", t1, float(losses[-1]), running_max)
     if params.steps == 0:
         _, losses, diffs = ops.scaled_resnet_gd(net, x, y, 0.0, 0, params.activation)
-        records += [Record("loss", float(backend.to_numpy(losses)[0]), step=0),
-                    Record("max_layer_diff", float(backend.to_numpy(diffs)[0]), step=0)]
+        records += [
+            Record("loss", float(backend.to_numpy(losses)[0]), step=0),
+            Record("max_layer_diff", float(backend.to_numpy(diffs)[0]), step=0),
+        ]
     return records
 
 
@@ -168,52 +203,141 @@ def _draw_entries(table: pd.DataFrame):
         for i, t in enumerate(times):
             h = rows[(rows["entry"] == entry) & (rows["step"] == t)].sort_values("s")
             shade = int(30 + 190 * i / max(len(times) - 1, 1))
-            fig.add_trace(go.Scatter(x=h["s"], y=h["median"], mode="lines", name=f"{entry} t={int(t)}",
-                                     line=dict(color=f"rgb({shade}, {shade // 2}, {255 - shade})")), row=1, col=col)
-    fig.update_layout(title=f"weight entries across layers, {rows['p_activation'].iloc[0]}, "
-                            f"L={int(rows['p_depth'].iloc[0])}, {rows['backend'].iloc[0]} (lighter: later)",
-                      xaxis_title="layer k / L")
+            fig.add_trace(
+                go.Scatter(
+                    x=h["s"],
+                    y=h["median"],
+                    mode="lines",
+                    name=f"{entry} t={int(t)}",
+                    line=dict(color=f"rgb({shade}, {shade // 2}, {255 - shade})"),
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_layout(
+        title=f"weight entries across layers, {rows['p_activation'].iloc[0]}, "
+        f"L={int(rows['p_depth'].iloc[0])}, {rows['backend'].iloc[0]} (lighter: later)",
+        xaxis_title="layer k / L",
+    )
     return fig
 
 
 _DEPTH = dict(x="p_depth", log_x=True, log_y=True, x_title="depth L")
 figures = (
-    Figure("max over layers and training steps of ||Z_{k+1} - Z_k||_F vs depth (1/L: slope -1)",
-           metric="max_layer_diff", series=("p_init", "p_activation"), thesis="Fig. 3.1", **_DEPTH),
-    Figure("max layer distance vs depth up to training time t (weight-tied init)", metric="max_layer_diff",
-           by_step=True, series=("step",), facet="p_activation", where={"p_init": "tied", "step": _TIMES},
-           thesis="Fig. 3.1", **_DEPTH),
-    Figure("distance of the weights to a deeper net's (the large-depth limit) vs depth, at training time t",
-           metric="dist_to_limit", by_step=True, series=("step",), where={"p_init": "tied", "step": _TIMES},
-           thesis="Fig. 3.1", **_DEPTH),
+    Figure(
+        "max over layers and training steps of ||Z_{k+1} - Z_k||_F vs depth (1/L: slope -1)",
+        metric="max_layer_diff",
+        series=("p_init", "p_activation"),
+        thesis="Fig. 3.1",
+        **_DEPTH,
+    ),
+    Figure(
+        "max layer distance vs depth up to training time t (weight-tied init)",
+        metric="max_layer_diff",
+        by_step=True,
+        series=("step",),
+        facet="p_activation",
+        where={"p_init": "tied", "step": _TIMES},
+        thesis="Fig. 3.1",
+        **_DEPTH,
+    ),
+    Figure(
+        "distance of the weights to a deeper net's (the large-depth limit) vs depth, at training time t",
+        metric="dist_to_limit",
+        by_step=True,
+        series=("step",),
+        where={"p_init": "tied", "step": _TIMES},
+        thesis="Fig. 3.1",
+        **_DEPTH,
+    ),
     Custom("a random entry of V_k and W_k across layers at several training times", _draw_entries, thesis="Fig. 3.2"),
-    Figure("training loss vs gradient step, long-time run (80,000 steps)", metric="loss", x="step", by_step=True,
-           series=("p_init", "p_activation", "p_depth"), where={"p_steps": _LONG_STEPS}, log_y=True,
-           x_title="gradient step", thesis="Fig. 3.2"),
-    Figure("training loss vs gradient step", metric="loss", x="step", by_step=True, series=("p_init", "p_activation"),
-           facet="p_depth", where={"p_steps": _THESIS_STEPS}, log_y=True, x_title="gradient step"),
+    Figure(
+        "training loss vs gradient step, long-time run (80,000 steps)",
+        metric="loss",
+        x="step",
+        by_step=True,
+        series=("p_init", "p_activation", "p_depth"),
+        where={"p_steps": _LONG_STEPS},
+        log_y=True,
+        x_title="gradient step",
+        thesis="Fig. 3.2",
+    ),
+    Figure(
+        "training loss vs gradient step",
+        metric="loss",
+        x="step",
+        by_step=True,
+        series=("p_init", "p_activation"),
+        facet="p_depth",
+        where={"p_steps": _THESIS_STEPS},
+        log_y=True,
+        x_title="gradient step",
+    ),
 )
 
-_OURS = {"width q = d = d'": "p_width", "MLP width m": "p_hidden", "activation": "p_activation", "init": "p_init",
-         "training pairs n": "p_n", "step size / L": "p_lr", "gradient steps": "p_steps", "depths L": "p_depth",
-         "limit depth": "p_ref_depth", "seeds": "seed", "backend": "backend", "device": "device_name"}
+_OURS = {
+    "width q = d = d'": "p_width",
+    "MLP width m": "p_hidden",
+    "activation": "p_activation",
+    "init": "p_init",
+    "training pairs n": "p_n",
+    "step size / L": "p_lr",
+    "gradient steps": "p_steps",
+    "depths L": "p_depth",
+    "limit depth": "p_ref_depth",
+    "seeds": "seed",
+    "backend": "backend",
+    "device": "device_name",
+}
 settings = (
-    Setting("Fig. 3.1", thesis={"width q = d = d'": "16", "MLP width m": "32", "activation": "GELU",
-                                "init": "V = 0, W weight-tied standard Gaussian", "training pairs n": "100",
-                                "step size / L": "1e-2 (full-batch GD, step L x 1e-2)", "gradient steps": "500",
-                                "depths L": "not stated (log axis)", "limit depth": "2^14", "seeds": "1 (not stated)",
-                                "backend": "PyTorch", "device": "not stated"},
-            ours=_OURS, where={"p_init": "tied", "p_activation": "gelu", "p_steps": _THESIS_STEPS}),
-    Setting("Fig. 3.2", thesis={"width q = d = d'": "16", "MLP width m": "64", "activation": "GELU",
-                                "init": "V = 0, W weight-tied standard Gaussian", "training pairs n": "50",
-                                "step size / L": "5e-3", "gradient steps": "80,000", "depths L": "64",
-                                "seeds": "1", "backend": "PyTorch"},
-            ours=_OURS, where={"p_steps": _LONG_STEPS}),
-    Setting("Table 3.1", thesis={"model": "convolutional ResNet (batch norm) on CIFAR-10, L = 256",
-                                 "activation": "identity, GELU, ReLU", "init": "weight-tied or i.i.d. Gaussian",
-                                 "gradient steps": "180 epochs of SGD, lr 4e-2, cosine", "seeds": "5",
-                                 "smoothness": "by visual inspection"},
-            ours=_OURS),
+    Setting(
+        "Fig. 3.1",
+        thesis={
+            "width q = d = d'": "16",
+            "MLP width m": "32",
+            "activation": "GELU",
+            "init": "V = 0, W weight-tied standard Gaussian",
+            "training pairs n": "100",
+            "step size / L": "1e-2 (full-batch GD, step L x 1e-2)",
+            "gradient steps": "500",
+            "depths L": "not stated (log axis)",
+            "limit depth": "2^14",
+            "seeds": "1 (not stated)",
+            "backend": "PyTorch",
+            "device": "not stated",
+        },
+        ours=_OURS,
+        where={"p_init": "tied", "p_activation": "gelu", "p_steps": _THESIS_STEPS},
+    ),
+    Setting(
+        "Fig. 3.2",
+        thesis={
+            "width q = d = d'": "16",
+            "MLP width m": "64",
+            "activation": "GELU",
+            "init": "V = 0, W weight-tied standard Gaussian",
+            "training pairs n": "50",
+            "step size / L": "5e-3",
+            "gradient steps": "80,000",
+            "depths L": "64",
+            "seeds": "1",
+            "backend": "PyTorch",
+        },
+        ours=_OURS,
+        where={"p_steps": _LONG_STEPS},
+    ),
+    Setting(
+        "Table 3.1",
+        thesis={
+            "model": "convolutional ResNet (batch norm) on CIFAR-10, L = 256",
+            "activation": "identity, GELU, ReLU",
+            "init": "weight-tied or i.i.d. Gaussian",
+            "gradient steps": "180 epochs of SGD, lr 4e-2, cosine",
+            "seeds": "5",
+            "smoothness": "by visual inspection",
+        },
+        ours=_OURS,
+    ),
 )
 
 
@@ -223,14 +347,26 @@ def _slopes(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     reduced = reduced[(reduced["metric"] == metric) & (reduced["value"] > 0)]
     out = []
     for (backend, device, act, init, repeat, *_), g in reduced.groupby(
-            ["backend", "device_name", "p_activation", "p_init", "repeat", *_SETUP], dropna=False):
+        ["backend", "device_name", "p_activation", "p_init", "repeat", *_SETUP], dropna=False
+    ):
         if g["p_depth"].nunique() < 2:
             continue
         g = g.sort_values("p_depth")
         slope = float(np.polyfit(np.log(g["p_depth"].astype(float)), np.log(g["value"]), 1)[0])
-        out.append(dict(backend=backend, device_name=device, p_activation=act, p_init=init, repeat=repeat, slope=slope,
-                        low=int(g["p_depth"].iloc[0]), high=int(g["p_depth"].iloc[-1]),
-                        first=float(g["value"].iloc[0]), last=float(g["value"].iloc[-1])))
+        out.append(
+            dict(
+                backend=backend,
+                device_name=device,
+                p_activation=act,
+                p_init=init,
+                repeat=repeat,
+                slope=slope,
+                low=int(g["p_depth"].iloc[0]),
+                high=int(g["p_depth"].iloc[-1]),
+                first=float(g["value"].iloc[0]),
+                last=float(g["value"].iloc[-1]),
+            )
+        )
     return pd.DataFrame(out)
 
 
@@ -241,8 +377,10 @@ def _slope_test(rows: pd.DataFrame, metric: str, holds) -> tuple[bool | str | No
         return None, "needs two depths or more"
     interval = paired_interval(slopes["slope"], np.zeros(len(slopes)))
     g = slopes.iloc[0]
-    return holds(interval), (f"log-log slope {interval.text('+.2f')} over L = {g['low']} ... {g['high']} "
-                             f"(median {metric} {slopes['first'].median():.3g} -> {slopes['last'].median():.3g})")
+    return holds(interval), (
+        f"log-log slope {interval.text('+.2f')} over L = {g['low']} ... {g['high']} "
+        f"(median {metric} {slopes['first'].median():.3g} -> {slopes['last'].median():.3g})"
+    )
 
 
 def _relu_vs_gelu(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
@@ -254,8 +392,10 @@ def _relu_vs_gelu(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
     if wide.empty:
         return None, "no seed ran both activations"
     interval = paired_interval(wide["relu"], wide["gelu"])
-    return interval.side("above"), (f"slope ReLU - slope GELU {interval.text('+.2f')}; slopes ReLU "
-                                 f"{wide['relu'].median():+.2f}, GELU {wide['gelu'].median():+.2f} (medians)")
+    return interval.side("above"), (
+        f"slope ReLU - slope GELU {interval.text('+.2f')}; slopes ReLU "
+        f"{wide['relu'].median():+.2f}, GELU {wide['gelu'].median():+.2f} (medians)"
+    )
 
 
 def _reference_deep_enough(rows: pd.DataFrame) -> str | None:
@@ -271,10 +411,15 @@ def _loss_test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
     return bool(last < 0.01 * first), f"loss {first:.3g} -> {last:.3g} after {int(steps['step'].max()):,} steps"
 
 
-_NEEDS = (span("p_depth", 8, "depths"), distinct("p_depth", 3, "depths"),
-          at_least("p_steps", _THESIS_STEPS, "gradient steps"))
-_SYNTHETIC = ("the thesis' Table 3.1 trains convolutional ResNets on CIFAR-10 and judges smoothness by eye; here the "
-              "synthetic model of section 3.5.1, smoothness read from the 1/L rate of the layer distance")
+_NEEDS = (
+    span("p_depth", 8, "depths"),
+    distinct("p_depth", 3, "depths"),
+    at_least("p_steps", _THESIS_STEPS, "gradient steps"),
+)
+_SYNTHETIC = (
+    "the thesis' Table 3.1 trains convolutional ResNets on CIFAR-10 and judges smoothness by eye; here the "
+    "synthetic model of section 3.5.1, smoothness read from the 1/L rate of the layer distance"
+)
 
 
 def _per_setup(label: str, claim: str, rows: pd.DataFrame, test, **kwargs) -> list[Check]:
@@ -284,9 +429,17 @@ def _per_setup(label: str, claim: str, rows: pd.DataFrame, test, **kwargs) -> li
     groups = list(rows.groupby(["backend", "device_name", *_SETUP], dropna=False))
     groups = [g for g in groups if g[1]["p_depth"].nunique() > 1] or groups
     note = kwargs.pop("note", "")
-    return [decide(f"{label}, {backend} ({device}), {int(g['p_steps'].iloc[0]):,} steps", claim, g, test,
-                   note=note(g) if callable(note) else note, **kwargs)
-            for (backend, device, *_), g in groups]
+    return [
+        decide(
+            f"{label}, {backend} ({device}), {int(g['p_steps'].iloc[0]):,} steps",
+            claim,
+            g,
+            test,
+            note=note(g) if callable(note) else note,
+            **kwargs,
+        )
+        for (backend, device, *_), g in groups
+    ]
 
 
 def _limit_note(rows: pd.DataFrame) -> str:
@@ -313,35 +466,57 @@ def checks(table: pd.DataFrame) -> list[Check]:
     long = select("loss", p_init="tied", p_activation="gelu")
     long = long[long["p_steps"] == long["p_steps"].max()] if not long.empty else long
     return [
-        *_per_setup("1/L layer distance, weight-tied GELU",
-                    "1/L convergence of the maximum distance between two successive weight matrices "
-                    "max_{k, t <= T} ||Z_{k+1}^L(t) - Z_k^L(t)||_F, as predicted by Proposition 3.3 (95% CI of the "
-                    "log-log slope over depth within [-1.25, -0.75])",
-                    select("max_layer_diff", p_init="tied", p_activation="gelu"),
-                    lambda r: _slope_test(r, "max_layer_diff", lambda i: i.low >= -1.25 and i.high <= -0.75),
-                    needs=(*_NEEDS, seeds(3)), figure="Fig. 3.1"),
-        *_per_setup("convergence to the large-depth limit, weight-tied GELU",
-                    "uniform convergence of Z^L to its large-depth limit Z (Theorem 3.4 (ii)): the distance to a much "
-                    "deeper net's weights falls with L (95% CI of the log-log slope below -0.5)",
-                    select("dist_to_limit", p_init="tied", p_activation="gelu"),
-                    lambda r: _slope_test(r, "dist_to_limit", lambda i: i.side("below", -0.5)),
-                    needs=(*_NEEDS, _reference_deep_enough), figure="Fig. 3.1", note=_limit_note),
-        *_per_setup("no smoothness with i.i.d. init",
-                    "if an i.i.d. initialization is used, smoothness is not preserved after training, and the residual "
-                    "network does not discretize a neural ODE: the layer distance does not fall with depth (95% CI of "
-                    "the log-log slope above -0.3)", select("max_layer_diff", p_init="iid"),
-                    lambda r: _slope_test(r, "max_layer_diff", lambda i: i.side("above", -0.3)),
-                    needs=(*_NEEDS, seeds(3)), figure="Table 3.1", note=_SYNTHETIC),
-        *_per_setup("smoothness lost with ReLU, weight-tied",
-                    "the smoothness of the weights is lost when training with ReLU (appendix 3.D), while GELU with a "
-                    "weight-tied initialization keeps it: the layer distance falls more slowly than 1/L with ReLU (95% "
-                    "CI of the paired difference of log-log slopes, ReLU - GELU, same seeds, above 0)",
-                    select("max_layer_diff", p_init="tied", p_activation=("relu", "gelu")), _relu_vs_gelu,
-                    needs=(*_NEEDS, seeds(3)), figure="Table 3.1", note=_SYNTHETIC),
-        *_per_setup("long-time loss, weight-tied GELU",
-                    "trained for long (80,000 steps, L = 64), the loss converges to zero (Theorem 3.7): the last loss "
-                    "is below 1 % of the first", long, _loss_test,
-                    needs=(at_least("p_steps", _LONG_STEPS, "gradient steps"),), figure="Fig. 3.2"),
+        *_per_setup(
+            "1/L layer distance, weight-tied GELU",
+            "1/L convergence of the maximum distance between two successive weight matrices "
+            "max_{k, t <= T} ||Z_{k+1}^L(t) - Z_k^L(t)||_F, as predicted by Proposition 3.3 (95% CI of the "
+            "log-log slope over depth within [-1.25, -0.75])",
+            select("max_layer_diff", p_init="tied", p_activation="gelu"),
+            lambda r: _slope_test(r, "max_layer_diff", lambda i: i.low >= -1.25 and i.high <= -0.75),
+            needs=(*_NEEDS, seeds(3)),
+            figure="Fig. 3.1",
+        ),
+        *_per_setup(
+            "convergence to the large-depth limit, weight-tied GELU",
+            "uniform convergence of Z^L to its large-depth limit Z (Theorem 3.4 (ii)): the distance to a much "
+            "deeper net's weights falls with L (95% CI of the log-log slope below -0.5)",
+            select("dist_to_limit", p_init="tied", p_activation="gelu"),
+            lambda r: _slope_test(r, "dist_to_limit", lambda i: i.side("below", -0.5)),
+            needs=(*_NEEDS, _reference_deep_enough),
+            figure="Fig. 3.1",
+            note=_limit_note,
+        ),
+        *_per_setup(
+            "no smoothness with i.i.d. init",
+            "if an i.i.d. initialization is used, smoothness is not preserved after training, and the residual "
+            "network does not discretize a neural ODE: the layer distance does not fall with depth (95% CI of "
+            "the log-log slope above -0.3)",
+            select("max_layer_diff", p_init="iid"),
+            lambda r: _slope_test(r, "max_layer_diff", lambda i: i.side("above", -0.3)),
+            needs=(*_NEEDS, seeds(3)),
+            figure="Table 3.1",
+            note=_SYNTHETIC,
+        ),
+        *_per_setup(
+            "smoothness lost with ReLU, weight-tied",
+            "the smoothness of the weights is lost when training with ReLU (appendix 3.D), while GELU with a "
+            "weight-tied initialization keeps it: the layer distance falls more slowly than 1/L with ReLU (95% "
+            "CI of the paired difference of log-log slopes, ReLU - GELU, same seeds, above 0)",
+            select("max_layer_diff", p_init="tied", p_activation=("relu", "gelu")),
+            _relu_vs_gelu,
+            needs=(*_NEEDS, seeds(3)),
+            figure="Table 3.1",
+            note=_SYNTHETIC,
+        ),
+        *_per_setup(
+            "long-time loss, weight-tied GELU",
+            "trained for long (80,000 steps, L = 64), the loss converges to zero (Theorem 3.7): the last loss "
+            "is below 1 % of the first",
+            long,
+            _loss_test,
+            needs=(at_least("p_steps", _LONG_STEPS, "gradient steps"),),
+            figure="Fig. 3.2",
+        ),
     ]
 
 

@@ -7,6 +7,7 @@ batch 500, d = 500, gamma = 1 - 1/(50 depth)); the adjoint ResNet and HeunNet re
 approximately by reversing the step (section 2.4). Also per model: the gradient's agreement with
 backprop through the same forward, and the error of the reconstructed input.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,22 +22,44 @@ from backends.init import normal
 from backends.residual_config import MODELS, TORCHVISION
 from harness.checks import Check, decide, distinct, span
 from harness.figures import Figure, Setting
-from harness.workload import Context, Float, Metric, Params as _Params, Record, Skip
+from harness.workload import Context, Float, Metric, Record, Skip
+from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
 
 name = "memory_depth"
 version = 1
 backends = ("torch", "jax")
 metrics = (
-    Metric("peak_bytes", "B", "lower", "median",
-           "peak memory above the pre-call level during one forward+backward (CUDA allocator; torch CPU: "
-           "profiler allocation events; JAX: compiled temp + output bytes)"),
-    Metric("activation_bytes", "B", "lower", "median",
-           "peak_bytes minus the gradients' bytes (parameters and inputs are already outside the peak)"),
-    Metric("saved_bytes", "B", "lower", "median", "bytes the forward keeps for the backward, inputs and parameters excluded"),
+    Metric(
+        "peak_bytes",
+        "B",
+        "lower",
+        "median",
+        "peak memory above the pre-call level during one forward+backward (CUDA allocator; torch CPU: "
+        "profiler allocation events; JAX: compiled temp + output bytes)",
+    ),
+    Metric(
+        "activation_bytes",
+        "B",
+        "lower",
+        "median",
+        "peak_bytes minus the gradients' bytes (parameters and inputs are already outside the peak)",
+    ),
+    Metric(
+        "saved_bytes",
+        "B",
+        "lower",
+        "median",
+        "bytes the forward keeps for the backward, inputs and parameters excluded",
+    ),
     Metric("time_s", "s", "lower", "median", "one forward+backward, one sample per timing repeat"),
-    Metric("grad_rel_err", "1", "lower", "max",
-           "||g - g_ref|| / ||g_ref|| per parameter tensor (tag), g_ref by backprop through the same forward"),
+    Metric(
+        "grad_rel_err",
+        "1",
+        "lower",
+        "max",
+        "||g - g_ref|| / ||g_ref|| per parameter tensor (tag), g_ref by backprop through the same forward",
+    ),
     Metric("state_recon_err", "1", "lower", "max", "max |x~_0 - x_0| of the input the backward's reversal recovers"),
 )
 
@@ -53,12 +76,15 @@ class Params(_Params):
     width: pydantic.PositiveInt | None = pydantic.Field(500, description="d: features, or channels of a conv block")
     hidden: pydantic.PositiveInt | None = pydantic.Field(None, description="hidden width of f; None: width")
     batch: pydantic.PositiveInt = 500
-    gamma: Float | None = pydantic.Field(None, ge=0.0, le=1.0,
-                                         description="momentum term; None: 1 - 1/(50 depth) (Fig. 4.2), 0.9 torchvision")
+    gamma: Float | None = pydantic.Field(
+        None, ge=0.0, le=1.0, description="momentum term; None: 1 - 1/(50 depth) (Fig. 4.2), 0.9 torchvision"
+    )
     tied: bool | None = pydantic.Field(True, description="one set of weights for every layer")
     block: Literal[("mlp", "conv", *TORCHVISION)] = "mlp"  # type: ignore[valid-type]
     activation: Literal["tanh", "relu"] | None = "tanh"
-    image_size: pydantic.PositiveInt | None = pydantic.Field(None, description="side of the images (conv: 8, torchvision: 32)")
+    image_size: pydantic.PositiveInt | None = pydantic.Field(
+        None, description="side of the images (conv: 8, torchvision: 32)"
+    )
     dtype: Literal["float32", "float64"] = "float32"
     warmup: pydantic.PositiveInt = 1
     timing_repeats: pydantic.PositiveInt = 3
@@ -98,9 +124,19 @@ def _flat(tree) -> list:
 def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     """Memory pass, timing pass, then (with ``reference``) gradients against backprop and the reconstruction."""
     device = backend.device(ctx.device)
-    kwargs = dict(depth=params.depth, width=params.width, hidden=params.hidden, block=params.block,
-                  activation=params.activation or "tanh", tied=bool(params.tied), gamma=params.gamma,
-                  image_size=params.image_size, seed=ctx.seed, dtype=params.dtype, device=device)
+    kwargs = dict(
+        depth=params.depth,
+        width=params.width,
+        hidden=params.hidden,
+        block=params.block,
+        activation=params.activation or "tanh",
+        tied=bool(params.tied),
+        gamma=params.gamma,
+        image_size=params.image_size,
+        seed=ctx.seed,
+        dtype=params.dtype,
+        device=device,
+    )
     try:
         net = backend.ops.residual_net(params.model, **kwargs)
     except NotImplementedError as exc:
@@ -122,8 +158,9 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     if peak is not None:
         grad_bytes = _nbytes(_flat(step(weights, x, g)), params.dtype)
         records += [Record("peak_bytes", float(peak)), Record("activation_bytes", float(peak - grad_bytes))]
-    samples = timer(backend, lambda: step(weights, x, g), kind=ctx.device, warmup=params.warmup,
-                    repeats=params.timing_repeats)
+    samples = timer(
+        backend, lambda: step(weights, x, g), kind=ctx.device, warmup=params.warmup, repeats=params.timing_repeats
+    )
     records += [Record("time_s", t, sample=i) for i, t in enumerate(samples)]
     if params.reference:
         records += _accuracy(params, backend, net, kwargs, x, g)
@@ -139,8 +176,11 @@ def _accuracy(params: Params, backend: Backend, net, kwargs: dict, x, g) -> list
         for tag in mine:
             a, b = backend.to_numpy(mine[tag]), backend.to_numpy(theirs[tag])
             denom = float(np.linalg.norm(b))
-            records.append(Record("grad_rel_err", float(np.linalg.norm(a - b)) / denom if denom else float(np.linalg.norm(a)),
-                                  tag=tag))
+            records.append(
+                Record(
+                    "grad_rel_err", float(np.linalg.norm(a - b)) / denom if denom else float(np.linalg.norm(a)), tag=tag
+                )
+            )
     if params.model in _RECONSTRUCTING and params.block not in TORCHVISION:
         every = params.depth
         seen = backend.to_numpy(backend.ops.residual_trajectory(net, x, every))
@@ -151,32 +191,92 @@ def _accuracy(params: Params, backend: Backend, net, kwargs: dict, x, g) -> list
 
 _MLP = {"p_block": "mlp"}
 figures = (
-    Figure("Activation memory of one forward+backward vs depth (peak minus gradients)", "activation_bytes", "p_depth",
-           thesis="Fig. 4.2", series=("p_model",), facet="p_tied", where=_MLP, x_title="depth",
-           y_title="activation memory"),
-    Figure("Bytes the forward saves for the backward vs depth", "saved_bytes", "p_depth", series=("p_model",),
-           facet="p_tied", where=_MLP, x_title="depth", y_title="saved for backward"),
-    Figure("Activation memory of one forward+backward vs batch size", "activation_bytes", "p_batch",
-           thesis="Fig. 4.7 (upper)", series=("p_model",), facet="p_block", x_title="batch size",
-           y_title="activation memory"),
-    Figure("Time of one forward+backward vs depth", "time_s", "p_depth", series=("p_model",), facet="p_tied",
-           where=_MLP, log_x=True, log_y=True, x_title="depth", y_title="time"),
+    Figure(
+        "Activation memory of one forward+backward vs depth (peak minus gradients)",
+        "activation_bytes",
+        "p_depth",
+        thesis="Fig. 4.2",
+        series=("p_model",),
+        facet="p_tied",
+        where=_MLP,
+        x_title="depth",
+        y_title="activation memory",
+    ),
+    Figure(
+        "Bytes the forward saves for the backward vs depth",
+        "saved_bytes",
+        "p_depth",
+        series=("p_model",),
+        facet="p_tied",
+        where=_MLP,
+        x_title="depth",
+        y_title="saved for backward",
+    ),
+    Figure(
+        "Activation memory of one forward+backward vs batch size",
+        "activation_bytes",
+        "p_batch",
+        thesis="Fig. 4.7 (upper)",
+        series=("p_model",),
+        facet="p_block",
+        x_title="batch size",
+        y_title="activation memory",
+    ),
+    Figure(
+        "Time of one forward+backward vs depth",
+        "time_s",
+        "p_depth",
+        series=("p_model",),
+        facet="p_tied",
+        where=_MLP,
+        log_x=True,
+        log_y=True,
+        x_title="depth",
+        y_title="time",
+    ),
 )
 
 settings = (
-    Setting("Fig. 4.2",
-            thesis={"model": "residual MLP f(x) = W2^T tanh(W1 x + b), the same weights at every layer",
-                    "width d": "500", "batch": "500", "gamma": "1 - 1/(50 depth)",
-                    "measure": "memory profiler, one gradient computation", "device": "not stated"},
-            ours={"model": "p_model", "width d": "p_width", "batch": "p_batch", "depths": "p_depth",
-                  "tied": "p_tied", "gamma": "p_gamma", "dtype": "p_dtype", "device": "device_name"},
-            where=_MLP),
-    Setting("Fig. 4.7 (upper)",
-            thesis={"model": "ResNet-152 and Momentum ResNet-152 (gamma 0.9); ResNet-1201 on CIFAR-10",
-                    "data": "ImageNet (224x224); CIFAR-10 (32x32)", "batch": "several",
-                    "measure": "memory profiler, one training epoch", "device": "not stated"},
-            ours={"model": "p_model", "block": "p_block", "image size": "p_image_size", "batch": "p_batch",
-                  "dtype": "p_dtype", "device": "device_name"}),
+    Setting(
+        "Fig. 4.2",
+        thesis={
+            "model": "residual MLP f(x) = W2^T tanh(W1 x + b), the same weights at every layer",
+            "width d": "500",
+            "batch": "500",
+            "gamma": "1 - 1/(50 depth)",
+            "measure": "memory profiler, one gradient computation",
+            "device": "not stated",
+        },
+        ours={
+            "model": "p_model",
+            "width d": "p_width",
+            "batch": "p_batch",
+            "depths": "p_depth",
+            "tied": "p_tied",
+            "gamma": "p_gamma",
+            "dtype": "p_dtype",
+            "device": "device_name",
+        },
+        where=_MLP,
+    ),
+    Setting(
+        "Fig. 4.7 (upper)",
+        thesis={
+            "model": "ResNet-152 and Momentum ResNet-152 (gamma 0.9); ResNet-1201 on CIFAR-10",
+            "data": "ImageNet (224x224); CIFAR-10 (32x32)",
+            "batch": "several",
+            "measure": "memory profiler, one training epoch",
+            "device": "not stated",
+        },
+        ours={
+            "model": "p_model",
+            "block": "p_block",
+            "image size": "p_image_size",
+            "batch": "p_batch",
+            "dtype": "p_dtype",
+            "device": "device_name",
+        },
+    ),
 )
 
 _CONFIG = ["p_block", "p_width", "p_hidden", "p_tied", "p_dtype", "p_activation", "p_image_size"]
@@ -198,8 +298,10 @@ def _groups(rows: pd.DataFrame, columns: list[str], x: str):
     """(parameters, rows) per configuration that varies ``x``; all rows as one group when none does."""
     keys = [c for c in columns if c in rows]
     filled = rows.assign(**{c: rows[c].astype(object).where(rows[c].notna(), "-") for c in keys})
-    groups = [({k: v for k, v in zip(keys, key) if v != "-"}, rows.loc[group.index])
-              for key, group in filled.groupby(keys, sort=False)]
+    groups = [
+        ({k: v for k, v in zip(keys, key) if v != "-"}, rows.loc[group.index])
+        for key, group in filled.groupby(keys, sort=False)
+    ]
     varying = [(d, g) for d, g in groups if g[x].nunique() > 1]
     return varying or [({}, rows)]
 
@@ -221,6 +323,7 @@ def _slope(rows: pd.DataFrame, x: str) -> float | None:
 
 def _flat_test(model: str, x: str, share: float):
     """Test: in every backend, ``model``'s bytes per unit of ``x`` are under ``share`` of backprop's (resnet's)."""
+
     def test(rows: pd.DataFrame) -> tuple[bool | None, str]:
         found, parts = [], []
         for backend, g in rows.groupby("backend"):
@@ -229,11 +332,14 @@ def _flat_test(model: str, x: str, share: float):
                 continue
             found.append(res > 0 and mine < share * res)
             unit = "layer" if x == "p_depth" else "example"
-            parts.append(f"{backend}: {model} {mine:,.0f} B/{unit}, resnet {res:,.0f} B/{unit}"
-                         + (f" ({mine / res:.2%})" if res > 0 else ""))
+            parts.append(
+                f"{backend}: {model} {mine:,.0f} B/{unit}, resnet {res:,.0f} B/{unit}"
+                + (f" ({mine / res:.2%})" if res > 0 else "")
+            )
         if not found:
             return None, f"needs resnet and {model} at two values of {x.removeprefix('p_')} or more"
         return all(found), "; ".join(parts)
+
     return test
 
 
@@ -245,9 +351,11 @@ def _note(d: dict) -> str:
 def _depth_checks(table: pd.DataFrame) -> list[Check]:
     """Fig. 4.2 and section 2.4: memory-free backwards keep activation memory flat in depth."""
     out = []
-    claims = {"momentum_reversible": ("Fig. 4.2", "Momentum ResNets give a nearly constant memory footprint"),
-              "adjoint_euler": ("section 2.4", "the adjoint method backpropagates without storing activations"),
-              "adjoint_heun": ("section 2.4", "Heun's reversal backpropagates without storing activations")}
+    claims = {
+        "momentum_reversible": ("Fig. 4.2", "Momentum ResNets give a nearly constant memory footprint"),
+        "adjoint_euler": ("section 2.4", "the adjoint method backpropagates without storing activations"),
+        "adjoint_heun": ("section 2.4", "Heun's reversal backpropagates without storing activations"),
+    }
     for metric in ("activation_bytes", "saved_bytes"):
         rows = _trials(table, metric)
         for d, g in _groups(rows, _CONFIG + ["p_batch"], "p_depth"):
@@ -255,10 +363,19 @@ def _depth_checks(table: pd.DataFrame) -> list[Check]:
                 if model != "momentum_reversible" and not (g["p_model"] == model).any():
                     continue
                 pick = g[g["p_model"].isin([model, "resnet"])]
-                out.append(decide(f"{metric} flat in depth, {model}: {_label(d)}",
-                                  f"{words}: {model}'s {metric} grows with depth at under {_FLAT:.0%} of the ResNet's "
-                                  "(backprop) rate", pick, _flat_test(model, "p_depth", _FLAT), missing=f"no {model} trial",
-                                  needs=(span("p_depth", 8, "depths"),), figure=figure, note=_note(d)))
+                out.append(
+                    decide(
+                        f"{metric} flat in depth, {model}: {_label(d)}",
+                        f"{words}: {model}'s {metric} grows with depth at under {_FLAT:.0%} of the ResNet's "
+                        "(backprop) rate",
+                        pick,
+                        _flat_test(model, "p_depth", _FLAT),
+                        missing=f"no {model} trial",
+                        needs=(span("p_depth", 8, "depths"),),
+                        figure=figure,
+                        note=_note(d),
+                    )
+                )
     return out
 
 
@@ -274,13 +391,18 @@ def _batch_checks(table: pd.DataFrame) -> list[Check]:
     rows = _trials(table, "activation_bytes")
     rows = rows[rows["p_model"].isin(["resnet", "momentum_reversible"])]
     for d, g in _groups(rows, _CONFIG + ["p_depth"], "p_batch"):
-        out.append(decide(f"memory grows more slowly with the batch: {_label(d)}",
-                          "Momentum ResNets can benefit from increased batch size, especially for very deep models: "
-                          "their activation memory grows with the batch more slowly than the ResNet's", g,
-                          _flat_test("momentum_reversible", "p_batch", 1.0),
-                          needs=(span("p_batch", 4, "batch sizes"), distinct("p_batch", 3, "batch sizes"), _deep),
-                          figure="Fig. 4.7 (upper)",
-                          note="" if d.get("p_block") == "resnet152" else "thesis: ResNet-152 on ImageNet"))
+        out.append(
+            decide(
+                f"memory grows more slowly with the batch: {_label(d)}",
+                "Momentum ResNets can benefit from increased batch size, especially for very deep models: "
+                "their activation memory grows with the batch more slowly than the ResNet's",
+                g,
+                _flat_test("momentum_reversible", "p_batch", 1.0),
+                needs=(span("p_batch", 4, "batch sizes"), distinct("p_batch", 3, "batch sizes"), _deep),
+                figure="Fig. 4.7 (upper)",
+                note="" if d.get("p_block") == "resnet152" else "thesis: ResNet-152 on ImageNet",
+            )
+        )
     return out
 
 
@@ -291,13 +413,24 @@ def _exact_checks(table: pd.DataFrame) -> list[Check]:
     recon = _trials(table, "state_recon_err")
     recon = recon[recon["p_model"] == "momentum_reversible"]
     return [
-        decide("gradient of the exact reversal",
-               "momentum_reversible's gradients match backprop through eq. 4.2 to a relative error under 1e-5 (float64)",
-               grads, lambda r: (bool(r["value"].max() < 1e-5), f"max {r['value'].max():.3g} over {len(r)} trial values"),
-               needs=(span("p_depth", 8, "depths"),), figure="section 4.3.1", missing="no float64 momentum_reversible trial"),
-        decide("exact reconstruction", "momentum_reversible recovers its input bit for bit from the output (error 0)",
-               recon, lambda r: (bool(r["value"].max() == 0), f"max |x~_0 - x_0| = {r['value'].max():.3g}"),
-               needs=(span("p_depth", 8, "depths"),), figure="section 4.3.1", missing="no momentum_reversible trial"),
+        decide(
+            "gradient of the exact reversal",
+            "momentum_reversible's gradients match backprop through eq. 4.2 to a relative error under 1e-5 (float64)",
+            grads,
+            lambda r: (bool(r["value"].max() < 1e-5), f"max {r['value'].max():.3g} over {len(r)} trial values"),
+            needs=(span("p_depth", 8, "depths"),),
+            figure="section 4.3.1",
+            missing="no float64 momentum_reversible trial",
+        ),
+        decide(
+            "exact reconstruction",
+            "momentum_reversible recovers its input bit for bit from the output (error 0)",
+            recon,
+            lambda r: (bool(r["value"].max() == 0), f"max |x~_0 - x_0| = {r['value'].max():.3g}"),
+            needs=(span("p_depth", 8, "depths"),),
+            figure="section 4.3.1",
+            missing="no momentum_reversible trial",
+        ),
     ]
 
 

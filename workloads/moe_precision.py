@@ -10,6 +10,7 @@ batch. ``noise_std`` adds one fixed draw of Gaussian pixel noise to the images: 
 routers saturate near 97% and cannot be told apart. Thesis chapter 7: section 7.6 "Sparse MoEs",
 appendix 7.C.3, Fig. 7.7.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -24,18 +25,31 @@ from backends.moe_config import MoEConfig, routing_stats
 from backends.vit_init import ViTConfig
 from harness.checks import at_least, decide, paired_interval, pairs, seeds
 from harness.figures import Custom, Figure, Setting
-from harness.workload import Check, Context, Float, Metric, Params as _Params, Record, Skip
+from harness.workload import Check, Context, Float, Metric, Record, Skip
+from harness.workload import Params as _Params
 from results.aggregate import ok_rows, summarize
 
 name = "moe_precision"
 version = 3  # 2: noise_std, paired intervals; 3: experts process only the tokens routed to them
 backends = ("torch", "jax")
 metrics = (
-    Metric("precision_at_1", "fraction", "higher", "last", "validation precision-at-1 (accuracy for single-label data)"),
+    Metric(
+        "precision_at_1", "fraction", "higher", "last", "validation precision-at-1 (accuracy for single-label data)"
+    ),
     Metric("train_loss", "nats", "lower", "last", "cross-entropy of the step's minibatch"),
-    Metric("step_time_s", "s", "lower", "median", "wall time of one training step (first step, with compilation, excluded)"),
-    Metric("tokens_unrouted_frac", "fraction", "lower", "last", "tokens no expert picked (evaluation batch, all MoE layers)"),
-    Metric("experts_per_token_cv", "1", "lower", "last", "coefficient of variation of the experts a token is routed to"),
+    Metric(
+        "step_time_s", "s", "lower", "median", "wall time of one training step (first step, with compilation, excluded)"
+    ),
+    Metric(
+        "tokens_unrouted_frac",
+        "fraction",
+        "lower",
+        "last",
+        "tokens no expert picked (evaluation batch, all MoE layers)",
+    ),
+    Metric(
+        "experts_per_token_cv", "1", "lower", "last", "coefficient of variation of the experts a token is routed to"
+    ),
     Metric("router_nnz_frac", "fraction", "lower", "last", "non-zero fraction of the combine weights (gate x mask)"),
 )
 _RELAXED_ONLY = ("p", "lam", "solver")
@@ -45,11 +59,15 @@ _ROUTER_KEYS = ("router", "p", "lam", "solver", "max_iter")
 class Params(_Params):
     """Router, MoE shape, model and training of one run (thesis 7.6, 7.C.3)."""
 
-    router: Literal["hard", "relaxed"] = pydantic.Field("hard", description="hard top-k mask (baseline) or relaxed topk_mask")
+    router: Literal["hard", "relaxed"] = pydantic.Field(
+        "hard", description="hard top-k mask (baseline) or relaxed topk_mask"
+    )
     p: Float | None = pydantic.Field(2.0, description="relaxed only: 2 or 4/3 (Dykstra needs 2)")
     lam: Float | None = pydantic.Field(0.1, gt=0, description="relaxed only: regularisation strength")
     solver: Literal["threshold", "pav", "dykstra"] | None = pydantic.Field("dykstra", description="relaxed only")
-    max_iter: pydantic.PositiveInt | None = pydantic.Field(10, le=10000, description="relaxed Dykstra only: unrolled iterations")
+    max_iter: pydantic.PositiveInt | None = pydantic.Field(
+        10, le=10000, description="relaxed Dykstra only: unrolled iterations"
+    )
     experts: pydantic.PositiveInt = pydantic.Field(4, le=256)
     capacity_factor: Float = pydantic.Field(1.0, gt=0, le=64, description="k = ceil(n * capacity_factor / experts)")
     every: pydantic.PositiveInt = pydantic.Field(2, description="every `every`-th block's MLP is an MoE layer")
@@ -64,9 +82,16 @@ class Params(_Params):
     eval_every: pydantic.PositiveInt = pydantic.Field(20, description="steps between validation evaluations")
     eval_batch: pydantic.PositiveInt = pydantic.Field(100, description="test images whose routing is recorded")
     dataset: Literal["digits", "mnist", "cifar10"] = pydantic.Field(
-        "digits", description="digits ships with scikit-learn; mnist/cifar10 read from disk, never downloaded by default")
-    noise_std: Float = pydantic.Field(0.0, ge=0, le=100, description="Gaussian noise added to every standardised "
-                                      "pixel (one fixed draw for all trials): a harder task that does not saturate")
+        "digits",
+        description="digits ships with scikit-learn; mnist/cifar10 read from disk, never downloaded by default",
+    )
+    noise_std: Float = pydantic.Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Gaussian noise added to every standardised "
+        "pixel (one fixed draw for all trials): a harder task that does not saturate",
+    )
     train_size: pydantic.PositiveInt | None = None
     dtype: Literal["float32", "float64"] = "float32"
 
@@ -92,12 +117,27 @@ def _configs(params: Params, image_size: int, channels: int, num_classes: int) -
     relaxed = params.router == "relaxed"
     if relaxed and params.solver == "dykstra" and params.p != 2.0:
         raise Skip(f"p={params.p} with solver=dykstra: Dykstra needs p = 2")
-    config = ViTConfig(image_size=image_size, channels=channels, num_classes=num_classes, patch=params.patch,
-                       width=params.width, depth=params.depth, heads=params.heads, mlp_dim=params.mlp_dim)
+    config = ViTConfig(
+        image_size=image_size,
+        channels=channels,
+        num_classes=num_classes,
+        patch=params.patch,
+        width=params.width,
+        depth=params.depth,
+        heads=params.heads,
+        mlp_dim=params.mlp_dim,
+    )
     try:
-        moe = MoEConfig(experts=params.experts, capacity_factor=float(params.capacity_factor), every=params.every,
-                        router=params.router, lam=float(params.lam or 0.1), p=float(params.p or 2.0),
-                        solver=params.solver or "dykstra", max_iter=params.max_iter or 10)
+        moe = MoEConfig(
+            experts=params.experts,
+            capacity_factor=float(params.capacity_factor),
+            every=params.every,
+            router=params.router,
+            lam=float(params.lam or 0.1),
+            p=float(params.p or 2.0),
+            solver=params.solver or "dykstra",
+            max_iter=params.max_iter or 10,
+        )
     except ValueError as bad:
         raise Skip(str(bad)) from None
     return config, moe
@@ -119,8 +159,9 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     test_x = backend.asarray(data.test_x, device, params.dtype)
     eval_x = backend.asarray(data.test_x[: params.eval_batch], device, params.dtype)
     ops = backend.ops
-    trainer = ops.moe_vit_trainer(config, moe, ops.moe_vit_init(config, moe, ctx.seed, device, params.dtype),
-                                  params.lr, "adam")
+    trainer = ops.moe_vit_trainer(
+        config, moe, ops.moe_vit_init(config, moe, ctx.seed, device, params.dtype), params.lr, "adam"
+    )
 
     def evaluate(step: int) -> list[Record]:
         precision = float(np.mean(trainer.predict(test_x) == data.test_y))
@@ -133,8 +174,9 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     for step in range(1, params.steps + 1):
         order = rng.choice(n_train, params.batch, replace=False)
         result: list[tuple[float, float]] = []
-        seconds = backend.time_once(lambda: result.append(trainer.fit_epoch(train_x, train_y, order, params.batch)),
-                                    ctx.device)
+        seconds = backend.time_once(
+            lambda: result.append(trainer.fit_epoch(train_x, train_y, order, params.batch)), ctx.device
+        )
         loss = result[0][0]
         if not np.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss} at step {step} (lr={params.lr})")
@@ -181,27 +223,75 @@ def _late_precision_zoom(table: pd.DataFrame):
 
 
 figures = (
-    Figure("Validation precision-at-1 vs training step, hard vs relaxed top-k router", "precision_at_1", "step",
-           thesis="Fig. 7.7", series=_SERIES, by_step=True, x_title="training step", y_title="precision-at-1"),
-    Custom("Validation precision-at-1 in the last quarter of the training steps (the zoom)", _late_precision_zoom,
-           thesis="Fig. 7.7"),
-    Figure("Time per training step by router (thesis: 15 h relaxed vs 10 h hard)", "step_time_s", "p_router",
-           series=("p_lam", "p_solver"), kind="bar", x_title="router", y_title="time per step"),
-    Figure("Non-zero fraction of the combine weights (gate x mask) vs training step", "router_nnz_frac", "step",
-           series=_SERIES, by_step=True, x_title="training step", y_title="non-zero fraction"),
+    Figure(
+        "Validation precision-at-1 vs training step, hard vs relaxed top-k router",
+        "precision_at_1",
+        "step",
+        thesis="Fig. 7.7",
+        series=_SERIES,
+        by_step=True,
+        x_title="training step",
+        y_title="precision-at-1",
+    ),
+    Custom(
+        "Validation precision-at-1 in the last quarter of the training steps (the zoom)",
+        _late_precision_zoom,
+        thesis="Fig. 7.7",
+    ),
+    Figure(
+        "Time per training step by router (thesis: 15 h relaxed vs 10 h hard)",
+        "step_time_s",
+        "p_router",
+        series=("p_lam", "p_solver"),
+        kind="bar",
+        x_title="router",
+        y_title="time per step",
+    ),
+    Figure(
+        "Non-zero fraction of the combine weights (gate x mask) vs training step",
+        "router_nnz_frac",
+        "step",
+        series=_SERIES,
+        by_step=True,
+        x_title="training step",
+        y_title="non-zero fraction",
+    ),
 )
 
 settings = (
-    Setting("Fig. 7.7",
-            thesis={"model": "V-MoE S/32 (ViT-S, 32x32 patches), expert-choice routing", "data": "JFT-300M (multi-label)",
-                    "experts": "32", "tokens per group n, k per expert": "n = 400, k = 28 (k/n = 0.07)",
-                    "capacity factor": "2.24 (= 32 x 28 / 400)", "router": "Dykstra, p = 2, 10 iterations; lam not stated",
-                    "optimiser, lr": "Adam, peak 1e-3, 10k warm-up steps, linear decay, weight decay 0.1",
-                    "batch": "4,096", "steps": "7 epochs of JFT-300M (~500k)", "seeds": "1", "device": "TPUv2-128"},
-            ours={"data": "p_dataset", "pixel noise": "p_noise_std", "experts": "p_experts",
-                  "capacity factor": "p_capacity_factor", "patch": "p_patch", "depth": "p_depth", "width": "p_width",
-                  "lam": "p_lam", "router iterations": "p_max_iter", "optimiser, lr": "p_lr", "batch": "p_batch",
-                  "steps": "p_steps", "seeds": "seed", "backend": "backend", "device": "device_name"}),
+    Setting(
+        "Fig. 7.7",
+        thesis={
+            "model": "V-MoE S/32 (ViT-S, 32x32 patches), expert-choice routing",
+            "data": "JFT-300M (multi-label)",
+            "experts": "32",
+            "tokens per group n, k per expert": "n = 400, k = 28 (k/n = 0.07)",
+            "capacity factor": "2.24 (= 32 x 28 / 400)",
+            "router": "Dykstra, p = 2, 10 iterations; lam not stated",
+            "optimiser, lr": "Adam, peak 1e-3, 10k warm-up steps, linear decay, weight decay 0.1",
+            "batch": "4,096",
+            "steps": "7 epochs of JFT-300M (~500k)",
+            "seeds": "1",
+            "device": "TPUv2-128",
+        },
+        ours={
+            "data": "p_dataset",
+            "pixel noise": "p_noise_std",
+            "experts": "p_experts",
+            "capacity factor": "p_capacity_factor",
+            "patch": "p_patch",
+            "depth": "p_depth",
+            "width": "p_width",
+            "lam": "p_lam",
+            "router iterations": "p_max_iter",
+            "optimiser, lr": "p_lr",
+            "batch": "p_batch",
+            "steps": "p_steps",
+            "seeds": "seed",
+            "backend": "backend",
+            "device": "device_name",
+        },
+    ),
 )
 
 
@@ -213,9 +303,15 @@ def _per_trial(table: pd.DataFrame, metric: str, late: bool = False, how: str = 
         rows = rows[rows["step"] >= _LATE * rows["p_steps"]]
     if rows.empty:
         return rows.assign(label=pd.Series(dtype=str), final=pd.Series(dtype=float))
-    carried = ["backend", "device_kind", "device_name", "params", "seed"] + [c for c in rows.columns if c.startswith("p_")]
-    out = (rows.sort_values("step").groupby("trial_key", sort=False)
-           .agg(value=("value", how), final=("value", "last"), **{c: (c, "first") for c in carried}).reset_index())
+    carried = ["backend", "device_kind", "device_name", "params", "seed"] + [
+        c for c in rows.columns if c.startswith("p_")
+    ]
+    out = (
+        rows.sort_values("step")
+        .groupby("trial_key", sort=False)
+        .agg(value=("value", how), final=("value", "last"), **{c: (c, "first") for c in carried})
+        .reset_index()
+    )
     return out.assign(label=out.apply(_label, axis=1))
 
 
@@ -236,15 +332,19 @@ def _routing_shape(rows: pd.DataFrame) -> str:
     n = (side // int(first["p_patch"])) ** 2 + 1
     moe = MoEConfig(experts=int(first["p_experts"]), capacity_factor=float(first["p_capacity_factor"]))
     k = moe.capacity(n)
-    return f"{first['p_experts']:g} experts, k = {k} of n = {n} tokens (k/n {k / n:.3f}; thesis 32 experts, 28/400 = 0.07)"
+    return (
+        f"{first['p_experts']:g} experts, k = {k} of n = {n} tokens (k/n {k / n:.3f}; thesis 32 experts, 28/400 = 0.07)"
+    )
 
 
 def _deviations(rows: pd.DataFrame) -> str:
     first = rows.iloc[0]
     noise = f" with pixel noise std {float(first['p_noise_std']):g}" if float(first["p_noise_std"]) else ""
-    return (f"{first['p_dataset']}{noise} instead of JFT-300M; {_routing_shape(rows)}; a {int(first['p_depth'])}-block "
-            f"ViT of width {int(first['p_width'])}, {int(first['p_steps'])} steps of batch {int(first['p_batch'])}, "
-            f"constant Adam lr {float(first['p_lr']):g} without weight decay")
+    return (
+        f"{first['p_dataset']}{noise} instead of JFT-300M; {_routing_shape(rows)}; a {int(first['p_depth'])}-block "
+        f"ViT of width {int(first['p_width'])}, {int(first['p_steps'])} steps of batch {int(first['p_batch'])}, "
+        f"constant Adam lr {float(first['p_lr']):g} without weight decay"
+    )
 
 
 def _improves(label: str):
@@ -254,9 +354,12 @@ def _improves(label: str):
             return None, "no seed ran both routers"
         interval = paired_interval(paired["first"], paired["second"])
         late = rows.groupby("label")["value"].median()
-        return interval.side("above"), (f"relaxed - hard precision-at-1 over the last quarter of the steps = "
-                                     f"{interval.text()}; medians hard {late.get('hard', np.nan):.3f}, relaxed "
-                                     f"{late.get(label, np.nan):.3f}")
+        return interval.side("above"), (
+            f"relaxed - hard precision-at-1 over the last quarter of the steps = "
+            f"{interval.text()}; medians hard {late.get('hard', np.nan):.3f}, relaxed "
+            f"{late.get(label, np.nan):.3f}"
+        )
+
     return test
 
 
@@ -275,47 +378,101 @@ def _overhead(label: str):
             return None, "no seed ran both routers"
         interval = paired_interval(np.log(paired["first"]), np.log(paired["second"]))
         ratio = [np.exp(v) for v in (interval.mean, interval.low, interval.high)]
-        return interval.side("below", np.log(2.0)), (f"step time relaxed / hard = {ratio[0]:.2f}x [{ratio[1]:.2f}, "
-                                             f"{ratio[2]:.2f}] (95% CI, {interval.n} pairs)")
+        return interval.side("below", np.log(2.0)), (
+            f"step time relaxed / hard = {ratio[0]:.2f}x [{ratio[1]:.2f}, {ratio[2]:.2f}] (95% CI, {interval.n} pairs)"
+        )
+
     return test
 
 
 def checks(table: pd.DataFrame) -> list[Check]:
     """Relaxed router: better late precision than hard (paired over seeds), sparse combine weights, step time <= 2x."""
     out: list[Check] = []
-    claim = ("the differentiable a.e. top-k router improves validation precision-at-1 over the hard top-k router "
-             "in the last training steps (Fig. 7.7): relaxed minus hard, averaged over the last quarter of the "
-             "steps and paired over seeds, is above 0")
+    claim = (
+        "the differentiable a.e. top-k router improves validation precision-at-1 over the hard top-k router "
+        "in the last training steps (Fig. 7.7): relaxed minus hard, averaged over the last quarter of the "
+        "steps and paired over seeds, is above 0"
+    )
     for backend, device, label, rows in _comparisons(_per_trial(table, "precision_at_1", late=True)):
-        out.append(decide(f"{label} vs hard: precision-at-1, {backend} ({device})", claim, rows, _improves(label),
-                          needs=(seeds(5), at_least("p_steps", _MIN_STEPS, "steps"),
-                                 at_least("p_experts", _MIN_EXPERTS, "experts"), _not_saturated),
-                          figure="Fig. 7.7", note=_deviations(rows)))
+        out.append(
+            decide(
+                f"{label} vs hard: precision-at-1, {backend} ({device})",
+                claim,
+                rows,
+                _improves(label),
+                needs=(
+                    seeds(5),
+                    at_least("p_steps", _MIN_STEPS, "steps"),
+                    at_least("p_experts", _MIN_EXPERTS, "experts"),
+                    _not_saturated,
+                ),
+                figure="Fig. 7.7",
+                note=_deviations(rows),
+            )
+        )
     if not out:
-        out.append(decide("relaxed vs hard: precision-at-1", claim, table.iloc[0:0], _improves("relaxed"),
-                          figure="Fig. 7.7", missing="needs hard and relaxed runs of the same setting"))
-    claim = ("the relaxed router's combine weights stay sparse (section 7.6: a sparse and differentiable top-k): "
-             "their non-zero fraction after training is below 0.5")
+        out.append(
+            decide(
+                "relaxed vs hard: precision-at-1",
+                claim,
+                table.iloc[0:0],
+                _improves("relaxed"),
+                figure="Fig. 7.7",
+                missing="needs hard and relaxed runs of the same setting",
+            )
+        )
+    claim = (
+        "the relaxed router's combine weights stay sparse (section 7.6: a sparse and differentiable top-k): "
+        "their non-zero fraction after training is below 0.5"
+    )
     sparse = _per_trial(table, "router_nnz_frac", late=True)
     sparse = sparse[sparse["p_router"] == "relaxed"] if not sparse.empty else sparse
     groups = list(sparse.groupby(["backend", "device_name", "label"])) if not sparse.empty else []
     for (backend, device, label), g in groups:
-        out.append(decide(f"{label} combine weights sparse, {backend} ({device})", claim, g,
-                          lambda r: (bool(r["final"].max() < 0.5),
-                                     f"largest non-zero fraction {r['final'].max():.3f} over {len(r)} trial(s)"),
-                          needs=(at_least("p_steps", 100, "steps"),), figure="section 7.6"))
+        out.append(
+            decide(
+                f"{label} combine weights sparse, {backend} ({device})",
+                claim,
+                g,
+                lambda r: (
+                    bool(r["final"].max() < 0.5),
+                    f"largest non-zero fraction {r['final'].max():.3f} over {len(r)} trial(s)",
+                ),
+                needs=(at_least("p_steps", 100, "steps"),),
+                figure="section 7.6",
+            )
+        )
     if not groups:
-        out.append(decide("relaxed combine weights sparse", claim, sparse, lambda r: (None, ""), figure="section 7.6",
-                          missing="no relaxed run"))
-    claim = ("relaxed routing costs about 1.5x hard routing per step (Fig. 7.7: 15 h vs 10 h): the paired ratio "
-             "of median step times is below 2x")
+        out.append(
+            decide(
+                "relaxed combine weights sparse",
+                claim,
+                sparse,
+                lambda r: (None, ""),
+                figure="section 7.6",
+                missing="no relaxed run",
+            )
+        )
+    claim = (
+        "relaxed routing costs about 1.5x hard routing per step (Fig. 7.7: 15 h vs 10 h): the paired ratio "
+        "of median step times is below 2x"
+    )
     for backend, device, label, rows in _comparisons(_per_trial(table, "step_time_s", how="median")):
         cpu = (rows["device_kind"] == "cpu").any()
-        out.append(decide(f"{label} vs hard: step time, {backend} ({device})", claim, rows, _overhead(label),
-                          needs=(seeds(3), at_least("p_steps", 20, "steps")), figure="Fig. 7.7",
-                          note="CPU wall times (thesis: TPUv2-128), indicative only" if cpu else ""))
+        out.append(
+            decide(
+                f"{label} vs hard: step time, {backend} ({device})",
+                claim,
+                rows,
+                _overhead(label),
+                needs=(seeds(3), at_least("p_steps", 20, "steps")),
+                figure="Fig. 7.7",
+                note="CPU wall times (thesis: TPUv2-128), indicative only" if cpu else "",
+            )
+        )
     return out
 
 
-smoke = Params(router="relaxed", steps=6, eval_every=3, batch=32, width=32, heads=2, mlp_dim=64, train_size=256,
-               eval_batch=32)
+smoke = Params(
+    router="relaxed", steps=6, eval_every=3, batch=32, width=32, heads=2, mlp_dim=64, train_size=256, eval_batch=32
+)

@@ -10,6 +10,7 @@ non-zero weights per matrix (the relaxed operator may keep the few extra entries
 block around k: ``extra_nnz`` counts them), the training time so far and the time per step.
 Thesis chapter 7, section 7.6 ("Weight pruning"), Fig. 7.5, appendix 7.C.1.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from backends.datasets import DatasetUnavailable, load_images
 from backends.pruned_mlp_init import PrunedMLPConfig
 from harness.checks import at_least, decide, paired_interval, pairs, seeds
 from harness.figures import Custom, Figure, Setting
-from harness.workload import Check, Context, Float, Metric, Params as _Params, Record, Skip
+from harness.workload import Check, Context, Float, Metric, Record, Skip
+from harness.workload import Params as _Params
 from results.aggregate import ok_rows, summarize
 
 name = "topk_pruning"
@@ -33,11 +35,22 @@ backends = ("torch", "jax")
 metrics = (
     Metric("test_error", "fraction", "lower", "last", "misclassified test examples (step 0 = initialisation)"),
     Metric("train_loss", "nats", "lower", "last", "mean cross-entropy over the minibatches since the last evaluation"),
-    Metric("nnz_frac", "fraction", "lower", "max",
-           "non-zero entries of the pruned weights / all entries, per matrix (tag w1, w2, ...) and pooled (all)"),
-    Metric("extra_nnz", "entries", "lower", "max", "non-zero pruned weights beyond the k kept per matrix, summed (tag all)"),
-    Metric("train_time_s", "s", "lower", "last", "training wall time up to this step (compilation and evaluation excluded)"),
-    Metric("step_time_s", "s", "lower", "median", "wall time of one SGD step, averaged over the steps between evaluations"),
+    Metric(
+        "nnz_frac",
+        "fraction",
+        "lower",
+        "max",
+        "non-zero entries of the pruned weights / all entries, per matrix (tag w1, w2, ...) and pooled (all)",
+    ),
+    Metric(
+        "extra_nnz", "entries", "lower", "max", "non-zero pruned weights beyond the k kept per matrix, summed (tag all)"
+    ),
+    Metric(
+        "train_time_s", "s", "lower", "last", "training wall time up to this step (compilation and evaluation excluded)"
+    ),
+    Metric(
+        "step_time_s", "s", "lower", "median", "wall time of one SGD step, averaged over the steps between evaluations"
+    ),
 )
 
 
@@ -45,19 +58,24 @@ class Params(_Params):
     """Pruning operator, data and SGD of one run (thesis section 7.6, appendix 7.C.1)."""
 
     operator: Literal["dense", "hard", "relaxed"] = pydantic.Field(
-        "relaxed", description="dense: no pruning (baseline); hard or relaxed top-k in magnitude")
+        "relaxed", description="dense: no pruning (baseline); hard or relaxed top-k in magnitude"
+    )
     p: Float | None = pydantic.Field(2.0, description="relaxed only: 2 or 4/3 (regulariser lam/p ||y||_p^p)")
     lam: Float | None = pydantic.Field(1e-4, gt=0, description="relaxed only: regularisation strength")
     keep: Float | None = pydantic.Field(0.10, gt=0, le=1, description="fraction of each weight matrix kept (not dense)")
     hidden: pydantic.PositiveInt = pydantic.Field(32, le=65536, description="width of both hidden layers")
-    train_size: pydantic.PositiveInt | None = pydantic.Field(None, description="use the first N training images (None: all)")
+    train_size: pydantic.PositiveInt | None = pydantic.Field(
+        None, description="use the first N training images (None: all)"
+    )
     steps: pydantic.PositiveInt = pydantic.Field(
-        14_000, le=10_000_000, description="SGD steps (thesis: 30 MNIST epochs of batch 128 = 14,070 steps)")
+        14_000, le=10_000_000, description="SGD steps (thesis: 30 MNIST epochs of batch 128 = 14,070 steps)"
+    )
     eval_every: pydantic.PositiveInt = pydantic.Field(500, description="steps between evaluations; must divide steps")
     lr: Float = pydantic.Field(1e-2, gt=0, le=10, description="SGD learning rate, constant")
     batch: pydantic.PositiveInt = 128
     dataset: Literal["digits", "mnist"] = pydantic.Field(
-        "digits", description="digits ships with scikit-learn; mnist is read from disk, never downloaded by default")
+        "digits", description="digits ships with scikit-learn; mnist is read from disk, never downloaded by default"
+    )
     dtype: Literal["float32", "float64"] = "float32"
 
     @pydantic.model_validator(mode="before")
@@ -69,8 +87,11 @@ class Params(_Params):
         if operator != "relaxed":
             data = {**data, "p": None, "lam": None}
         else:  # a null carried over from a hard or dense grid point means the default
-            data = {**data, "p": 2.0 if data.get("p") is None else data["p"],
-                    "lam": 1e-4 if data.get("lam") is None else data["lam"]}
+            data = {
+                **data,
+                "p": 2.0 if data.get("p") is None else data["p"],
+                "lam": 1e-4 if data.get("lam") is None else data["lam"],
+            }
         if operator == "dense":
             data = {**data, "keep": None}
         elif data.get("keep") is None:
@@ -93,8 +114,13 @@ class Params(_Params):
 
 def _config(params: Params, inputs: int, classes: int) -> PrunedMLPConfig:
     relaxed = params.operator == "relaxed"
-    return PrunedMLPConfig(sizes=(inputs, params.hidden, params.hidden, classes), operator=params.operator,
-                           keep=params.keep or 1.0, lam=params.lam if relaxed else 1e-4, p=params.p if relaxed else 2.0)
+    return PrunedMLPConfig(
+        sizes=(inputs, params.hidden, params.hidden, classes),
+        operator=params.operator,
+        keep=params.keep or 1.0,
+        lam=params.lam if relaxed else 1e-4,
+        p=params.p if relaxed else 2.0,
+    )
 
 
 def _sparsity(weights: list[np.ndarray], config: PrunedMLPConfig, step: int) -> list[Record]:
@@ -102,8 +128,10 @@ def _sparsity(weights: list[np.ndarray], config: PrunedMLPConfig, step: int) -> 
     sizes = [w.size for w in weights]
     kept = [config.kept(i) if config.operator != "dense" else s for i, s in enumerate(sizes)]
     out = [Record("nnz_frac", n / s, step=step, tag=f"w{i + 1}") for i, (n, s) in enumerate(zip(nnz, sizes))]
-    return out + [Record("nnz_frac", sum(nnz) / sum(sizes), step=step, tag="all"),
-                  Record("extra_nnz", float(sum(max(n - k, 0) for n, k in zip(nnz, kept))), step=step, tag="all")]
+    return out + [
+        Record("nnz_frac", sum(nnz) / sum(sizes), step=step, tag="all"),
+        Record("extra_nnz", float(sum(max(n - k, 0) for n, k in zip(nnz, kept))), step=step, tag="all"),
+    ]
 
 
 def _index_stream(n_train: int, batch: int, seed: int) -> Iterator[np.ndarray]:
@@ -144,8 +172,11 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
         loss, elapsed = result[0][0], elapsed + seconds
         if not np.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss} at step {step} (lr={params.lr})")
-        records += [Record("train_loss", loss, step=step), Record("train_time_s", elapsed, step=step),
-                    Record("step_time_s", seconds / params.eval_every, step=step)] + evaluate(step)
+        records += [
+            Record("train_loss", loss, step=step),
+            Record("train_time_s", elapsed, step=step),
+            Record("step_time_s", seconds / params.eval_every, step=step),
+        ] + evaluate(step)
         ctx.logger.debug("step %d: loss %.4f, %.2f s", step, loss, elapsed)
     return records
 
@@ -184,25 +215,70 @@ def _error_vs_time(table: pd.DataFrame):
 
 
 figures = (
-    Figure("Test error vs SGD step, 90% of each weight matrix pruned by magnitude (dense: no pruning)", "test_error",
-           "step", thesis="Fig. 7.5", series=_SERIES, by_step=True, x_title="SGD step", y_title="test error"),
-    Custom("Test error vs training time, 90% of each weight matrix pruned by magnitude", _error_vs_time,
-           thesis="Fig. 7.5"),
-    Figure("Non-zero fraction of the pruned weights (all matrices) vs SGD step", "nnz_frac", "step", series=_SERIES,
-           where={"tag": "all"}, by_step=True, x_title="SGD step", y_title="non-zero fraction"),
-    Figure("Time per SGD step by pruning operator", "step_time_s", "p_operator", series=("p_p",), kind="bar",
-           x_title="operator", y_title="time per step"),
+    Figure(
+        "Test error vs SGD step, 90% of each weight matrix pruned by magnitude (dense: no pruning)",
+        "test_error",
+        "step",
+        thesis="Fig. 7.5",
+        series=_SERIES,
+        by_step=True,
+        x_title="SGD step",
+        y_title="test error",
+    ),
+    Custom(
+        "Test error vs training time, 90% of each weight matrix pruned by magnitude", _error_vs_time, thesis="Fig. 7.5"
+    ),
+    Figure(
+        "Non-zero fraction of the pruned weights (all matrices) vs SGD step",
+        "nnz_frac",
+        "step",
+        series=_SERIES,
+        where={"tag": "all"},
+        by_step=True,
+        x_title="SGD step",
+        y_title="non-zero fraction",
+    ),
+    Figure(
+        "Time per SGD step by pruning operator",
+        "step_time_s",
+        "p_operator",
+        series=("p_p",),
+        kind="bar",
+        x_title="operator",
+        y_title="time per step",
+    ),
 )
 
 settings = (
-    Setting("Fig. 7.5",
-            thesis={"model": "MLP 784-32-32-10, ReLU, each W_i = topkmag(W'_i) keeping 10%", "data": "MNIST (60,000 train)",
-                    "hidden width": "32", "kept fraction": "0.1", "lam, p": "1e-4; 2 and 4/3",
-                    "optimiser, lr": "SGD, constant 1e-2", "batch": "128", "steps": "30 epochs = 14,070",
-                    "seeds": "1 (not stated)", "device": "one GPU"},
-            ours={"data": "p_dataset", "hidden width": "p_hidden", "kept fraction": "p_keep", "lam": "p_lam", "p": "p_p",
-                  "optimiser, lr": "p_lr", "batch": "p_batch", "steps": "p_steps", "training images": "p_train_size",
-                  "seeds": "seed", "backend": "backend", "device": "device_name"}),
+    Setting(
+        "Fig. 7.5",
+        thesis={
+            "model": "MLP 784-32-32-10, ReLU, each W_i = topkmag(W'_i) keeping 10%",
+            "data": "MNIST (60,000 train)",
+            "hidden width": "32",
+            "kept fraction": "0.1",
+            "lam, p": "1e-4; 2 and 4/3",
+            "optimiser, lr": "SGD, constant 1e-2",
+            "batch": "128",
+            "steps": "30 epochs = 14,070",
+            "seeds": "1 (not stated)",
+            "device": "one GPU",
+        },
+        ours={
+            "data": "p_dataset",
+            "hidden width": "p_hidden",
+            "kept fraction": "p_keep",
+            "lam": "p_lam",
+            "p": "p_p",
+            "optimiser, lr": "p_lr",
+            "batch": "p_batch",
+            "steps": "p_steps",
+            "training images": "p_train_size",
+            "seeds": "seed",
+            "backend": "backend",
+            "device": "device_name",
+        },
+    ),
 )
 
 
@@ -213,22 +289,29 @@ def _per_trial_area(table: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return rows.assign(label=pd.Series(dtype=str))
     carried = ["backend", "device_name", "params", "seed"] + [c for c in rows.columns if c.startswith("p_")]
-    out = rows.groupby("trial_key", sort=False).agg(value=("value", "mean"), final=("value", "last"),
-                                                    **{c: (c, "first") for c in carried}).reset_index()
+    out = (
+        rows.groupby("trial_key", sort=False)
+        .agg(value=("value", "mean"), final=("value", "last"), **{c: (c, "first") for c in carried})
+        .reset_index()
+    )
     return out.assign(label=out.apply(_label, axis=1))
 
 
 def _faster(label: str):
     """The test of 'relaxed trains faster': hard's area minus relaxed's, paired over seeds, above 0."""
+
     def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
         paired = pairs(rows, "label", "hard", label)
         if paired.empty:
             return None, "no seed ran both the hard and the relaxed operator"
         interval = paired_interval(paired["first"], paired["second"])
         finals = rows.groupby("label")["final"].median()
-        return interval.side("above"), (f"hard - relaxed mean test error over training = {interval.text()}; final test "
-                                     f"error (median) hard {finals.get('hard', np.nan):.3f}, relaxed "
-                                     f"{finals.get(label, np.nan):.3f}")
+        return interval.side("above"), (
+            f"hard - relaxed mean test error over training = {interval.text()}; final test "
+            f"error (median) hard {finals.get('hard', np.nan):.3f}, relaxed "
+            f"{finals.get(label, np.nan):.3f}"
+        )
+
     return test
 
 
@@ -248,9 +331,11 @@ def _deviations(rows: pd.DataFrame) -> str:
 def checks(table: pd.DataFrame) -> list[Check]:
     """Relaxed top-k trains faster than the hard one (paired over seeds); it keeps the 10% rate of non-zero weights."""
     out: list[Check] = []
-    claim = ("the model trained with the differentiable top-k trains significantly faster than the one trained with "
-             "the hard top-k (section 7.6): its test error over training, averaged over the evaluations, is lower, "
-             "paired over seeds")
+    claim = (
+        "the model trained with the differentiable top-k trains significantly faster than the one trained with "
+        "the hard top-k (section 7.6): its test error over training, averaged over the evaluations, is lower, "
+        "paired over seeds"
+    )
     trials = _per_trial_area(table)
     pruned = trials[trials["p_operator"].isin(["hard", "relaxed"])] if not trials.empty else trials
     groups = list(pruned.groupby(["backend", "device_name", *_SETUP], dropna=False)) if not pruned.empty else []
@@ -258,13 +343,28 @@ def checks(table: pd.DataFrame) -> list[Check]:
         for label in sorted(set(g.loc[g["p_operator"] == "relaxed", "label"])):
             rows = g[g["label"].isin(["hard", label])]
             lr = float(rows["p_lr"].iloc[0])
-            out.append(decide(f"{label} trains faster than hard, {backend} ({device}), lr={lr:g}", claim, rows,
-                              _faster(label), needs=(seeds(3), at_least("p_steps", _MIN_STEPS, "SGD steps"),
-                                                     _both_operators(label)),
-                              figure="Fig. 7.5", note=_deviations(rows)))
+            out.append(
+                decide(
+                    f"{label} trains faster than hard, {backend} ({device}), lr={lr:g}",
+                    claim,
+                    rows,
+                    _faster(label),
+                    needs=(seeds(3), at_least("p_steps", _MIN_STEPS, "SGD steps"), _both_operators(label)),
+                    figure="Fig. 7.5",
+                    note=_deviations(rows),
+                )
+            )
     if not groups or not out:
-        out.append(decide("relaxed trains faster than hard", claim, pruned.iloc[0:0], _faster("relaxed"),
-                           figure="Fig. 7.5", missing="needs hard and relaxed runs of the same setting"))
+        out.append(
+            decide(
+                "relaxed trains faster than hard",
+                claim,
+                pruned.iloc[0:0],
+                _faster("relaxed"),
+                figure="Fig. 7.5",
+                missing="needs hard and relaxed runs of the same setting",
+            )
+        )
     out += _keeps_rate(table)
     return out
 
@@ -273,27 +373,49 @@ def _both_operators(label: str):
     def need(rows: pd.DataFrame) -> str | None:
         missing = [op for op in ("hard", label) if not (rows["label"] == op).any()]
         return f"no {' or '.join(missing)} run" if missing else None
+
     return need
 
 
 def _keeps_rate(table: pd.DataFrame) -> list[Check]:
-    claim = ("the relaxed top-k maintains the 10% rate of non-zero weights (section 7.6): the largest non-zero "
-             "fraction over the evaluations is within 1 point of keep")
+    claim = (
+        "the relaxed top-k maintains the 10% rate of non-zero weights (section 7.6): the largest non-zero "
+        "fraction over the evaluations is within 1 point of keep"
+    )
     rows = ok_rows(table)
     rows = rows[(rows["metric"] == "nnz_frac") & (rows["tag"] == "all") & (rows["p_operator"] == "relaxed")]
     if rows.empty:
-        return [decide("relaxed keeps the rate", claim, rows, lambda r: (None, ""), figure="section 7.6",
-                       missing="no relaxed run")]
+        return [
+            decide(
+                "relaxed keeps the rate",
+                claim,
+                rows,
+                lambda r: (None, ""),
+                figure="section 7.6",
+                missing="no relaxed run",
+            )
+        ]
 
     def test(keep: float):
         def within(r: pd.DataFrame) -> tuple[bool, str]:
             worst = float(r["value"].max())
-            return bool(abs(worst - keep) <= 0.01), f"largest non-zero fraction {worst:.4f} over {r['trial_key'].nunique()} trial(s)"
+            return bool(
+                abs(worst - keep) <= 0.01
+            ), f"largest non-zero fraction {worst:.4f} over {r['trial_key'].nunique()} trial(s)"
+
         return within
 
-    return [decide(f"relaxed keeps {keep:g}, {backend} ({device})", claim, g, test(float(keep)),
-                   needs=(at_least("p_steps", 1_000, "SGD steps"),), figure="section 7.6")
-            for (backend, device, keep), g in rows.groupby(["backend", "device_name", "p_keep"])]
+    return [
+        decide(
+            f"relaxed keeps {keep:g}, {backend} ({device})",
+            claim,
+            g,
+            test(float(keep)),
+            needs=(at_least("p_steps", 1_000, "SGD steps"),),
+            figure="section 7.6",
+        )
+        for (backend, device, keep), g in rows.groupby(["backend", "device_name", "p_keep"])
+    ]
 
 
 smoke = Params(operator="hard", keep=0.10, train_size=256, steps=20, eval_every=10, lr=1e-2, batch=64)

@@ -1,4 +1,5 @@
 """The JAX backend: 64-bit mode, devices, synchronised timing, compiled memory analysis."""
+
 from __future__ import annotations
 
 import os
@@ -60,14 +61,18 @@ class JaxBackend:
 
     def device(self, kind: str) -> jax.Device:
         if kind not in _PLATFORM or kind not in self.devices():
-            raise DeviceUnavailable(f"jax: device '{kind}' is not available here; available: {', '.join(self.devices())}")
+            raise DeviceUnavailable(
+                f"jax: device '{kind}' is not available here; available: {', '.join(self.devices())}"
+            )
         return jax.devices(_PLATFORM[kind])[0]
 
     def set_threads(self, n: int) -> None:
         """Ask XLA's CPU client for ``n`` threads; effective when called before its first use."""
         flags = os.environ.get("XLA_FLAGS", "")
         if "intra_op_parallelism_threads" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}".strip()
+            os.environ["XLA_FLAGS"] = (
+                f"{flags} --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}".strip()
+            )
 
     def time_once(self, fn: Callable[[], Any], kind: str) -> float:
         return wall_seconds(fn, jax.block_until_ready)
@@ -86,8 +91,12 @@ class JaxBackend:
         return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16" else a
 
     def env_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"framework": "jax", "jax": jax.__version__,
-                                "jaxlib": jaxlib.__version__, "cpu": cpu_name()}
+        info: dict[str, Any] = {
+            "framework": "jax",
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "cpu": cpu_name(),
+        }
         for kind in self.devices():
             dev = self.device(kind)
             info[f"{kind}_device"] = dev.device_kind

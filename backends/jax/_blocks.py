@@ -1,4 +1,5 @@
 """Residual functions f(x, theta_k) for the memory issue's networks, and parameter-set access."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -87,16 +88,20 @@ def add_at(cfg: ResidualConfig, acc: Set, k: Any, g: Set) -> Set:
     """Add the gradient of set k into the accumulators (in place under jit; summed when tied)."""
     if cfg.tied:
         return tuple(a + b for a, b in zip(acc, g))
-    return tuple(lax.dynamic_update_index_in_dim(a, lax.dynamic_index_in_dim(a, k, 0, keepdims=False) + b, k, 0)
-                 for a, b in zip(acc, g))
+    return tuple(
+        lax.dynamic_update_index_in_dim(a, lax.dynamic_index_in_dim(a, k, 0, keepdims=False) + b, k, 0)
+        for a, b in zip(acc, g)
+    )
 
 
 def add_pair_at(cfg: ResidualConfig, acc: Set, k: Any, g0: Set, g1: Set) -> Set:
     """Add the gradients of sets k and k + 1 with one in-place window update (Heun's step uses both)."""
     if cfg.tied:
         return tuple(a + b + c for a, b, c in zip(acc, g0, g1))
-    return tuple(lax.dynamic_update_slice_in_dim(a, lax.dynamic_slice_in_dim(a, k, 2, 0) + jnp.stack([b, c]), k, 0)
-                 for a, b, c in zip(acc, g0, g1))
+    return tuple(
+        lax.dynamic_update_slice_in_dim(a, lax.dynamic_slice_in_dim(a, k, 2, 0) + jnp.stack([b, c]), k, 0)
+        for a, b, c in zip(acc, g0, g1)
+    )
 
 
 def keeper(count: int, x: jax.Array) -> jax.Array:

@@ -1,4 +1,5 @@
 """int64 fixed point and the exactly reversible multiplication by n/d, in JAX (see backends/fixed_point.py)."""
+
 from __future__ import annotations
 
 import jax

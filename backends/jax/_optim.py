@@ -3,6 +3,7 @@
 Matching PyTorch's arithmetic (bias corrections in float64, ``eps`` added after the bias-corrected
 square root) lets a torch and a JAX training run from the same weights be compared step by step.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,15 @@ def init(optimizer: str, params: Any) -> dict[str, Any]:
     return {"m": zeros, "v": zeros, "t": jnp.zeros((), jnp.float64)}
 
 
-def update(optimizer: str, params: Any, grads: Any, state: dict[str, Any], lr: float | jax.Array,
-           momentum: float = 0.9, weight_decay: float = 0.0) -> tuple[Any, dict[str, Any]]:
+def update(
+    optimizer: str,
+    params: Any,
+    grads: Any,
+    state: dict[str, Any],
+    lr: float | jax.Array,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+) -> tuple[Any, dict[str, Any]]:
     """One step of ``optimizer`` with learning rate ``lr``; returns the new params and state.
 
     The gradient first gets ``weight_decay * p`` added, as in ``torch.optim``. Momentum:
@@ -43,11 +51,12 @@ def update(optimizer: str, params: Any, grads: Any, state: dict[str, Any], lr: f
         buf = jax.tree_util.tree_map(lambda b, g: jnp.asarray(momentum, g.dtype) * b + g, state["buf"], grads)
         return jax.tree_util.tree_map(lambda p, b: p - jnp.asarray(lr, p.dtype) * b, params, buf), {"buf": buf}
     t = state["t"] + 1.0
-    step = lr / (1.0 - _BETA1 ** t)
-    bc2_sqrt = jnp.sqrt(1.0 - _BETA2 ** t)
+    step = lr / (1.0 - _BETA1**t)
+    bc2_sqrt = jnp.sqrt(1.0 - _BETA2**t)
     m = jax.tree_util.tree_map(lambda m, g: m + jnp.asarray(1 - _BETA1, g.dtype) * (g - m), state["m"], grads)
-    v = jax.tree_util.tree_map(lambda v, g: jnp.asarray(_BETA2, g.dtype) * v + jnp.asarray(1 - _BETA2, g.dtype) * g * g,
-                               state["v"], grads)
+    v = jax.tree_util.tree_map(
+        lambda v, g: jnp.asarray(_BETA2, g.dtype) * v + jnp.asarray(1 - _BETA2, g.dtype) * g * g, state["v"], grads
+    )
 
     def apply(p: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
         denom = jnp.sqrt(v) / bc2_sqrt.astype(p.dtype) + jnp.asarray(_EPS, p.dtype)

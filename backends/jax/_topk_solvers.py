@@ -7,6 +7,7 @@ test inside, and the VJPs of Prop. 7.8 per block (segment sums, never an n x n m
 ``select_threshold`` solves on the top ``k + m`` values of ``lax.top_k``; shapes are static, so
 ``m`` grows along a fixed ladder of widths, one ``lax.cond`` branch each, down to the full sort.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,7 @@ def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
     cnt = jnp.maximum(cnt, 1.0)
     if e == 1:
         return mu - lam * wsum / cnt if op == "mask" else cnt * mu / (cnt + lam * wsum)
-    l3 = lam ** 3
+    l3 = lam**3
     if op == "mask":
         return mu + _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
     return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
@@ -103,8 +104,17 @@ def select_margin(k: int, n: int) -> int:
     return max(16, k // 16)
 
 
-def select_threshold(key: jax.Array, k: int, lam: float, e: int, op: str, *, margin: int | None = None,
-                     wide: float = 0.5, growth: int = 16) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+def select_threshold(
+    key: jax.Array,
+    k: int,
+    lam: float,
+    e: int,
+    op: str,
+    *,
+    margin: int | None = None,
+    wide: float = 0.5,
+    growth: int = 16,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """Threshold ``t`` (B, 1) float64 of the exact solution from the top ``k + m`` values of each row.
 
     As ``backends/torch/_topk_solvers.select_threshold``: the top ``k + m`` values (``lax.top_k``)
@@ -172,10 +182,10 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
     def count_above(level):  # #{s_i > level}
         return _searchsorted(neg_s, -level, "left")
 
-    s_k1 = -neg_s[:, k - 1:k]
+    s_k1 = -neg_s[:, k - 1 : k]
     L = jnp.minimum(count_at_least(saturation_level(s_k1)), k - 1)  # < k but for |x| with zeros (t = 0 below)
-    R = jnp.maximum(count_above(upper(-neg_s[:, k:k + 1])), k) if k < n else jnp.full_like(L, n)
-    centre = -neg_s[:, min(k, n - 1):min(k, n - 1) + 1]  # s_k: inside the pooled range, never an outlier
+    R = jnp.maximum(count_above(upper(-neg_s[:, k : k + 1])), k) if k < n else jnp.full_like(L, n)
+    centre = -neg_s[:, min(k, n - 1) : min(k, n - 1) + 1]  # s_k: inside the pooled range, never an outlier
     c = centre.astype(acc)
     window_lo = jnp.take_along_axis(neg_s, L, 1)
     window_hi = jnp.take_along_axis(neg_s, R - 1, 1)
@@ -185,17 +195,26 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
         powers += [powers[0] ** 2, powers[0] ** 3]
     zero = jnp.zeros((B, 1), acc)
     # accumulated outwards from column k, so that a range sum never cancels a far (huge) value
-    outwards = [(jnp.concatenate([zero, jnp.cumsum(v[:, k:], axis=1)], axis=1),  # [k, j) for j >= k
-                 jnp.concatenate([jnp.flip(jnp.cumsum(jnp.flip(v[:, :k], 1), axis=1), 1), zero], axis=1))  # [j, k)
-                for v in powers]
+    outwards = [
+        (
+            jnp.concatenate([zero, jnp.cumsum(v[:, k:], axis=1)], axis=1),  # [k, j) for j >= k
+            jnp.concatenate([jnp.flip(jnp.cumsum(jnp.flip(v[:, :k], 1), axis=1), 1), zero], axis=1),
+        )  # [j, k)
+        for v in powers
+    ]
 
     def sums(lo, hi):
         """Sums of u^j over [lo, hi) (0 when hi <= lo)."""
         out = []
         for up, down in outwards:
+
             def at(j, up=up, down=down):
-                return jnp.where(j >= k, jnp.take_along_axis(up, jnp.clip(j - k, 0, n - k), 1),
-                                 -jnp.take_along_axis(down, jnp.clip(j, 0, k), 1))
+                return jnp.where(
+                    j >= k,
+                    jnp.take_along_axis(up, jnp.clip(j - k, 0, n - k), 1),
+                    -jnp.take_along_axis(down, jnp.clip(j, 0, k), 1),
+                )
+
             out.append(jnp.where(hi > lo, at(hi) - at(lo), 0.0))
         return out
 
@@ -205,7 +224,7 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
         ta = t.astype(acc)
         d = ta - c
         S = sums(lo, hi)
-        g = (S[0] - m * d) / lam if e == 1 else (S[2] - 3 * d * S[1] + 3 * d * d * S[0] - m * d ** 3) / lam ** 3
+        g = (S[0] - m * d) / lam if e == 1 else (S[2] - 3 * d * S[1] + 3 * d * d * S[0] - m * d**3) / lam**3
         if op == "mask":
             return lo.astype(acc) + g <= k
         return (ta > 0) & (lo.astype(acc) * ta + g <= k * ta)
@@ -252,12 +271,12 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
     m2 = m3 = jnp.zeros_like(mu_u)
     if e == 3:
         m2 = S[1] - cnt * mu_u * mu_u
-        m3 = S[2] - 3 * mu_u * S[1] + 2 * cnt * mu_u ** 3
+        m3 = S[2] - 3 * mu_u * S[1] + 2 * cnt * mu_u**3
     t_block = pool(op, e, lam, cnt, (k - saturated).astype(acc), c + mu_u, m2, m3)
     if k < n:
-        t_hard = -neg_s[:, k:k + 1].astype(acc)
+        t_hard = -neg_s[:, k : k + 1].astype(acc)
     else:
-        t_hard = -neg_s[:, n - 1:].astype(acc) - lam if op == "mask" else jnp.zeros_like(t_block)
+        t_hard = -neg_s[:, n - 1 :].astype(acc) - lam if op == "mask" else jnp.zeros_like(t_block)
     t = jnp.where(cnt > 0, t_block, t_hard)
     if op == "mag":  # at most k non-zero |x_i|: all of them saturate, t = 0
         t = jnp.where(count_above(jnp.zeros_like(s_k1)) <= k, jnp.zeros_like(t), t)
@@ -319,13 +338,13 @@ def _half_step(v: jax.Array, d: jax.Array, offset: int, w: tuple | None) -> tupl
     m = d.shape[1]
     if m == 0:
         return v, d
-    pair = v[:, offset:offset + 2 * m].reshape(B, m, 2)
+    pair = v[:, offset : offset + 2 * m].reshape(B, m, 2)
     wa, wb = (1.0, 1.0) if w is None else w
     a = pair[..., 0] + wb * d
     b = pair[..., 1] - wa * d
     d = jnp.minimum(a - b, 0.0) / (wa + wb)
     new = jnp.stack([a - wb * d, b + wa * d], axis=-1).reshape(B, 2 * m)
-    return v.at[:, offset:offset + 2 * m].set(new), d
+    return v.at[:, offset : offset + 2 * m].set(new), d
 
 
 def dykstra(target: jax.Array, c: jax.Array | None, max_iter: int, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -343,8 +362,8 @@ def dykstra(target: jax.Array, c: jax.Array | None, max_iter: int, tol) -> tuple
     m1, m2 = n // 2, (n - 1) // 2
     w1 = w2 = None
     if c is not None:
-        w1 = (jnp.expand_dims(c[0:2 * m1:2], 0), jnp.expand_dims(c[1:2 * m1:2], 0))
-        w2 = (jnp.expand_dims(c[1:1 + 2 * m2:2], 0), jnp.expand_dims(c[2:2 + 2 * m2:2], 0))
+        w1 = (jnp.expand_dims(c[0 : 2 * m1 : 2], 0), jnp.expand_dims(c[1 : 2 * m1 : 2], 0))
+        w2 = (jnp.expand_dims(c[1 : 1 + 2 * m2 : 2], 0), jnp.expand_dims(c[2 : 2 + 2 * m2 : 2], 0))
 
     def cond(state):
         it, _, _, _, change = state
@@ -357,11 +376,16 @@ def dykstra(target: jax.Array, c: jax.Array | None, max_iter: int, tol) -> tuple
         change = jnp.max(jnp.abs(v_new - v)) if v.size else jnp.zeros((), v.dtype)
         return it + 1, v_new, d1, d2, change
 
-    init = (jnp.zeros((), jnp.int32), target, jnp.zeros((B, m1), target.dtype), jnp.zeros((B, m2), target.dtype),
-            jnp.full((), jnp.inf, target.dtype))
+    init = (
+        jnp.zeros((), jnp.int32),
+        target,
+        jnp.zeros((B, m1), target.dtype),
+        jnp.zeros((B, m2), target.dtype),
+        jnp.full((), jnp.inf, target.dtype),
+    )
     it, v, d1, d2, _ = lax.while_loop(cond, body, init)
     link = jnp.zeros((B, n), bool)
-    link = link.at[:, 0:2 * m1:2].set(d1 != 0)
-    link = link.at[:, 1:1 + 2 * m2:2].set(d2 != 0)
+    link = link.at[:, 0 : 2 * m1 : 2].set(d1 != 0)
+    link = link.at[:, 1 : 1 + 2 * m2 : 2].set(d2 != 0)
     start = jnp.concatenate([jnp.ones((B, 1), jnp.int32), (~link[:, :-1]).astype(jnp.int32)], axis=1)
     return v, jnp.cumsum(start, axis=1) - 1, it

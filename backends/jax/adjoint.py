@@ -7,6 +7,7 @@ Heun's step (eq. 2.9), and uses the reconstructed activations in the backpropaga
 
 References: thesis section 2.4, eq. 2.1, 2.6-2.9.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,9 @@ def _heun_step(cfg: ResidualConfig, p0: Set, p1: Set, x: jax.Array) -> jax.Array
     return x + (cfg.scale / 2) * (a + call(cfg, p1, x + cfg.scale * a))
 
 
-def euler_forward(cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None = None,
-                  checkpointed: bool = False) -> tuple[jax.Array, jax.Array | None]:
+def euler_forward(
+    cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None = None, checkpointed: bool = False
+) -> tuple[jax.Array, jax.Array | None]:
     """x_{n+1} = x_n + h f(x_n, theta_n) (eq. 2.1) as a scan; differentiable by autodiff.
 
     Args:
@@ -50,12 +52,15 @@ def euler_forward(cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None 
         return (x, keep(out, n + 1, x, every), n + 1), None
 
     body = jax.checkpoint(body) if checkpointed else body
-    (x, out, _), _ = lax.scan(body, (x, out, jnp.asarray(0, jnp.int64)), _xs(cfg, ps, False), length=cfg.depth,
-                                 unroll=cfg.unroll)
+    (x, out, _), _ = lax.scan(
+        body, (x, out, jnp.asarray(0, jnp.int64)), _xs(cfg, ps, False), length=cfg.depth, unroll=cfg.unroll
+    )
     return x, None if out is None else out[:-1]
 
 
-def heun_forward(cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None = None) -> tuple[jax.Array, jax.Array | None]:
+def heun_forward(
+    cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None = None
+) -> tuple[jax.Array, jax.Array | None]:
     """Heun's step (eq. 2.8) as a scan over (theta_n, theta_{n+1}); ``ps`` has depth + 1 sets."""
     out = keep(keeper(cfg.depth // every + 1, x), 0, x, every) if every else None
 
@@ -65,8 +70,9 @@ def heun_forward(cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None =
         x = _heun_step(cfg, p0, p1, x)
         return (x, keep(out, n + 1, x, every), n + 1), None
 
-    (x, out, _), _ = lax.scan(body, (x, out, jnp.asarray(0, jnp.int64)), _xs(cfg, ps, True), length=cfg.depth,
-                                 unroll=cfg.unroll)
+    (x, out, _), _ = lax.scan(
+        body, (x, out, jnp.asarray(0, jnp.int64)), _xs(cfg, ps, True), length=cfg.depth, unroll=cfg.unroll
+    )
     return x, None if out is None else out[:-1]
 
 
@@ -126,9 +132,9 @@ def heun_reverse(cfg: ResidualConfig, ps: Set, y: jax.Array, g: jax.Array | None
 def _forward(cfg: ResidualConfig, ps: Set, x: jax.Array) -> jax.Array:
     """The forward without autodiff: parameter sets read in place (no sliced copies of the weights)."""
     if cfg.rule == "euler":
-        step = lambda k, x: x + cfg.scale * call(cfg, take(cfg, ps, k), x)  # noqa: E731
+        step = lambda k, x: x + cfg.scale * call(cfg, take(cfg, ps, k), x)
     else:
-        step = lambda k, x: _heun_step(cfg, take(cfg, ps, k), take(cfg, ps, k + 1), x)  # noqa: E731
+        step = lambda k, x: _heun_step(cfg, take(cfg, ps, k), take(cfg, ps, k + 1), x)
     return lax.fori_loop(0, cfg.depth, step, x, unroll=cfg.unroll)
 
 

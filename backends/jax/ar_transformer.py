@@ -5,6 +5,7 @@ Functional like ``vit.py``: the weights are a pytree made from ``backends.ar_ini
 gives the same weights as ``backends/torch/ar_transformer.py``); an epoch is one compiled
 ``lax.scan`` over the minibatches, with the Adam of ``_optim`` (PyTorch's arithmetic).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,9 @@ Params = dict[str, Any]
 _LN_EPS = 1e-5
 
 
-def ar_transformer_init(config: ARConfig, seed: int, device: jax.Device | str = "cpu",
-                        dtype: str = "float32") -> Params:
+def ar_transformer_init(
+    config: ARConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
+) -> Params:
     """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.ar_init.init_params``).
 
     Args:
@@ -43,8 +45,9 @@ def _norm(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
     lead = (1,) * (x.ndim - 1)
-    return ((x - mean) / jnp.sqrt(var + jnp.asarray(_LN_EPS, x.dtype)) * p["scale"].reshape(lead + p["scale"].shape)
-            + p["bias"].reshape(lead + p["bias"].shape))
+    return (x - mean) / jnp.sqrt(var + jnp.asarray(_LN_EPS, x.dtype)) * p["scale"].reshape(lead + p["scale"].shape) + p[
+        "bias"
+    ].reshape(lead + p["bias"].shape)
 
 
 def _bias(b: jax.Array, ndim: int) -> jax.Array:
@@ -90,8 +93,16 @@ def _loss(params: Params, tokens: jax.Array, targets: jax.Array, config: ARConfi
     return ((pred[:, start:] - targets[:, start:]) ** 2).mean()
 
 
-def _epoch(params: Params, state: dict[str, Any], tokens: jax.Array, targets: jax.Array, idx: jax.Array, *,
-           config: ARConfig, lr: float):
+def _epoch(
+    params: Params,
+    state: dict[str, Any],
+    tokens: jax.Array,
+    targets: jax.Array,
+    idx: jax.Array,
+    *,
+    config: ARConfig,
+    lr: float,
+):
     """Scan the minibatches ``idx`` (n_batches, batch): one Adam step each; mean loss."""
     grad_fn = jax.value_and_grad(_loss)
 
@@ -146,8 +157,10 @@ class JaxARTrainer:
 
     def predict(self, tokens: jax.Array, batch: int = 1024) -> np.ndarray:
         """Predictions (n, T, d) float64 of every sequence, ``batch`` sequences at a time."""
-        out = [np.asarray(ar_transformer_apply(self.params, tokens[i:i + batch], self.config), np.float64)
-               for i in range(0, tokens.shape[0], batch)]
+        out = [
+            np.asarray(ar_transformer_apply(self.params, tokens[i : i + batch], self.config), np.float64)
+            for i in range(0, tokens.shape[0], batch)
+        ]
         return np.concatenate(out)
 
 

@@ -14,6 +14,7 @@ taken as zeros of up to the dense size.
 References:
     Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7; Zhou et al. (2022).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,11 +35,11 @@ def _half_step(v: jax.Array, d: jax.Array, offset: int) -> tuple[jax.Array, jax.
     B, m = d.shape
     if m == 0:
         return v, d
-    pair = v[:, offset:offset + 2 * m].reshape(B, m, 2)
+    pair = v[:, offset : offset + 2 * m].reshape(B, m, 2)
     a, b = pair[..., 0] + d, pair[..., 1] - d
     d = jnp.minimum(a - b, 0.0) * 0.5
     new = jnp.stack([a - d, b + d], axis=-1).reshape(B, 2 * m)
-    return jnp.concatenate([v[:, :offset], new, v[:, offset + 2 * m:]], axis=1), d
+    return jnp.concatenate([v[:, :offset], new, v[:, offset + 2 * m :]], axis=1), d
 
 
 def unrolled_dykstra_mask(x: jax.Array, k: int, lam: float, n_iter: int) -> jax.Array:
@@ -103,13 +104,13 @@ def moe_route(logits: jax.Array, moe: MoEConfig) -> tuple[jax.Array, jax.Array]:
 
 def expert_mlp(params: dict[str, jax.Array], xs: jax.Array) -> jax.Array:
     """Every expert's MLP on its own rows: (E, R, D) -> (E, R, D), ``gelu(x w1_e + b1_e) w2_e + b2_e``."""
-    h = jax.nn.gelu(jnp.einsum("erd,edh->erh", xs, params["w1"]) + jnp.expand_dims(params["b1"], 1),
-                    approximate=False)
+    h = jax.nn.gelu(jnp.einsum("erd,edh->erh", xs, params["w1"]) + jnp.expand_dims(params["b1"], 1), approximate=False)
     return jnp.einsum("erh,ehd->erd", h, params["w2"]) + jnp.expand_dims(params["b2"], 1)
 
 
-def _dense_experts(params: dict[str, jax.Array], x: jax.Array, combine: jax.Array, mask: jax.Array,
-                   moe: MoEConfig) -> jax.Array:
+def _dense_experts(
+    params: dict[str, jax.Array], x: jax.Array, combine: jax.Array, mask: jax.Array, moe: MoEConfig
+) -> jax.Array:
     """Every expert on every token (E x G n rows), weighted by the combine weights afterwards."""
     G, n, D = x.shape
     E = combine.shape[-1]
@@ -117,8 +118,9 @@ def _dense_experts(params: dict[str, jax.Array], x: jax.Array, combine: jax.Arra
     return jnp.einsum("gne,egnd->gnd", combine, out)
 
 
-def _experts_at(capacity: int, params: dict[str, jax.Array], x: jax.Array, combine: jax.Array,
-                mask: jax.Array) -> jax.Array:
+def _experts_at(
+    capacity: int, params: dict[str, jax.Array], x: jax.Array, combine: jax.Array, mask: jax.Array
+) -> jax.Array:
     """Each expert on the ``capacity`` tokens of each group with the largest mask (E x G C rows), scatter-added."""
     G, n, D = x.shape
     E = combine.shape[-1]
@@ -129,8 +131,9 @@ def _experts_at(capacity: int, params: dict[str, jax.Array], x: jax.Array, combi
     return jnp.zeros((G * n, D), x.dtype).at[rows.reshape(-1)].add(out.reshape(E * G * capacity, D)).reshape(G, n, D)
 
 
-def _sparse_experts(params: dict[str, jax.Array], x: jax.Array, combine: jax.Array, mask: jax.Array,
-                    moe: MoEConfig) -> jax.Array:
+def _sparse_experts(
+    params: dict[str, jax.Array], x: jax.Array, combine: jax.Array, mask: jax.Array, moe: MoEConfig
+) -> jax.Array:
     """Each expert on its selected tokens only: k per group (hard), or the ladder size holding every non-zero."""
     n = x.shape[1]
     if moe.router == "hard":
@@ -161,8 +164,9 @@ def _mlp_for(moe: MoEConfig):
     return functools.partial(_moe_mlp, moe=moe)
 
 
-def moe_vit_init(config: ViTConfig, moe: MoEConfig, seed: int, device: jax.Device | str = "cpu",
-                 dtype: str = "float32") -> dict[str, Any]:
+def moe_vit_init(
+    config: ViTConfig, moe: MoEConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
+) -> dict[str, Any]:
     """The ``moe_vit``'s initial weights (``backends.moe_config.init_moe_params``) on ``device``.
 
     Args:
@@ -176,8 +180,9 @@ def moe_vit_init(config: ViTConfig, moe: MoEConfig, seed: int, device: jax.Devic
 
 
 @functools.partial(jax.jit, static_argnames=("config", "moe"))
-def moe_vit_apply(params: dict[str, Any], images: jax.Array, config: ViTConfig,
-                  moe: MoEConfig) -> tuple[jax.Array, list[jax.Array]]:
+def moe_vit_apply(
+    params: dict[str, Any], images: jax.Array, config: ViTConfig, moe: MoEConfig
+) -> tuple[jax.Array, list[jax.Array]]:
     """Forward of the ``moe_vit``: logits and the combine weights of every MoE layer.
 
     Args:
@@ -195,8 +200,7 @@ def moe_vit_apply(params: dict[str, Any], images: jax.Array, config: ViTConfig,
     return logits, record
 
 
-def moe_vit_trainer(config: ViTConfig, moe: MoEConfig, params: dict[str, Any], lr: float,
-                    optimizer: str = "adam"):
+def moe_vit_trainer(config: ViTConfig, moe: MoEConfig, params: dict[str, Any], lr: float, optimizer: str = "adam"):
     """The ViT trainer (``vit_trainer``) of the ``moe_vit``: Adam or SGD on cross-entropy.
 
     Args:

@@ -10,6 +10,7 @@ gradients NaN.
 
 References: thesis chapter 4: eq. 4.2, 4.3, 4.17; sections 4.3.1, 4.3.2; appendices 4.C, 4.E.
 """
+
 from __future__ import annotations
 
 import functools
@@ -82,8 +83,9 @@ def exact_forward(cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None 
         big, vel, buf, bad, out = carry
         _, inc, worse = _increment(cfg, take(cfg, ps, k), big)
         if cfg.words:
-            vel, word = mul_ratio(vel, lax.dynamic_index_in_dim(buf, k // spw, 0, keepdims=False),
-                                  cfg.gamma_n, cfg.gamma_d)
+            vel, word = mul_ratio(
+                vel, lax.dynamic_index_in_dim(buf, k // spw, 0, keepdims=False), cfg.gamma_n, cfg.gamma_d
+            )
             buf = lax.dynamic_update_index_in_dim(buf, word, k // spw, 0)
         vel = vel + inc
         big = big + vel
@@ -94,8 +96,15 @@ def exact_forward(cfg: ResidualConfig, ps: Set, x: jax.Array, every: int | None 
     return big, vel, buf, bad, None if out is None else out[:-1]
 
 
-def exact_reverse(cfg: ResidualConfig, ps: Set, big: jax.Array, vel: jax.Array, buf: jax.Array,
-                  g: jax.Array | None = None, every: int | None = None):
+def exact_reverse(
+    cfg: ResidualConfig,
+    ps: Set,
+    big: jax.Array,
+    vel: jax.Array,
+    buf: jax.Array,
+    g: jax.Array | None = None,
+    every: int | None = None,
+):
     """Undo :func:`exact_forward` layer by layer (eq. 4.3), recomputing each block once.
 
     With a cotangent ``g`` of x_N, also backpropagate (appendix 4.E): with s = g_x + g_v,
@@ -118,8 +127,9 @@ def exact_reverse(cfg: ResidualConfig, ps: Set, big: jax.Array, vel: jax.Array, 
         xf, inc, _ = _increment(cfg, p, big)
         vel = vel - inc
         if cfg.words:
-            vel, word = div_ratio(vel, lax.dynamic_index_in_dim(buf, k // spw, 0, keepdims=False),
-                                  cfg.gamma_n, cfg.gamma_d)
+            vel, word = div_ratio(
+                vel, lax.dynamic_index_in_dim(buf, k // spw, 0, keepdims=False), cfg.gamma_n, cfg.gamma_d
+            )
             buf = lax.dynamic_update_index_in_dim(buf, word, k // spw, 0)
         if grads is not None:
             gx, gv, gps = grads

@@ -4,6 +4,7 @@ Functional like ``vit.py``: weights from ``backends.pruned_mlp_init`` (the same 
 weights as ``backends/torch/pruned_mlp.py``); the pruning is ``topk.py``'s operators on each
 flattened weight matrix; an epoch is one compiled ``lax.scan`` over the minibatches.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,9 @@ from .topk import hard_topk_mag, topk_mag
 Params = dict[str, Any]
 
 
-def pruned_mlp_init(config: PrunedMLPConfig, seed: int, device: jax.Device | str = "cpu",
-                    dtype: str = "float32") -> Params:
+def pruned_mlp_init(
+    config: PrunedMLPConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
+) -> Params:
     """The initial weights W'_i, b_i of ``config`` from ``seed`` on ``device`` (``init_params``).
 
     Args:
@@ -84,8 +86,16 @@ def _loss(params: Params, x: jax.Array, y: jax.Array, config: PrunedMLPConfig) -
     return -jnp.take_along_axis(logp, jnp.expand_dims(y, -1), axis=-1)[:, 0].mean(), logits
 
 
-def _epoch(params: Params, state: dict[str, Any], x: jax.Array, y: jax.Array, idx: jax.Array, *,
-           config: PrunedMLPConfig, lr: float):
+def _epoch(
+    params: Params,
+    state: dict[str, Any],
+    x: jax.Array,
+    y: jax.Array,
+    idx: jax.Array,
+    *,
+    config: PrunedMLPConfig,
+    lr: float,
+):
     """Scan the minibatches ``idx`` (n_batches, batch): one SGD step each."""
     grad_fn = jax.value_and_grad(_loss, has_aux=True)
 
@@ -144,7 +154,10 @@ class JaxPrunedMLPTrainer:
 
     def predict(self, x: jax.Array, batch: int = 1024) -> np.ndarray:
         """Predicted class of every example, (N,) int64."""
-        out = [np.asarray(jnp.argmax(self._forward(self.params, x[i:i + batch]), -1)) for i in range(0, x.shape[0], batch)]
+        out = [
+            np.asarray(jnp.argmax(self._forward(self.params, x[i : i + batch]), -1))
+            for i in range(0, x.shape[0], batch)
+        ]
         return np.concatenate(out).astype(np.int64)
 
     def weights(self) -> list[np.ndarray]:

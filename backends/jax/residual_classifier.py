@@ -6,6 +6,7 @@ seed gives the same weights as ``backends/torch/residual_classifier.py``); the r
 reversing the steps (``adjoint.adjoint_apply``). A step is one compiled function, called once per
 minibatch: an epoch scanned in ``lax.scan`` ran 10-25x slower on XLA:CPU (convolutions in a loop).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,9 @@ def residual_classifier_apply(params: Params, x: jax.Array, config: ClassifierCo
         Thesis section 2.5.2 (5x5 conv to 16 channels, norm, ReLU, N pre-activation basic blocks).
     """
     pad = STEM_KERNEL // 2
-    h = lax.conv_general_dilated(x, params["stem.weight"], (1, 1), ((pad, pad), (pad, pad)),
-                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    h = lax.conv_general_dilated(
+        x, params["stem.weight"], (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
     h = h + jnp.reshape(params["stem.bias"], (1, -1, 1, 1))
     h = jax.nn.relu(batch_norm(h, params["stem_bn.weight"], params["stem_bn.bias"]))
     h = apply_config(config.body(), params["body"], h)
@@ -65,8 +67,17 @@ def _loss(params: Params, x: jax.Array, y: jax.Array, config: ClassifierConfig) 
     return -jnp.take_along_axis(logp, jnp.expand_dims(y, -1), axis=-1)[:, 0].mean(), logits
 
 
-def _step(params: Params, state: dict[str, Any], x: jax.Array, y: jax.Array, lr: jax.Array, *,
-          config: ClassifierConfig, momentum: float, weight_decay: float):
+def _step(
+    params: Params,
+    state: dict[str, Any],
+    x: jax.Array,
+    y: jax.Array,
+    lr: jax.Array,
+    *,
+    config: ClassifierConfig,
+    momentum: float,
+    weight_decay: float,
+):
     """One SGD-with-momentum step on the minibatch (x, y): (params, state, loss, correct predictions)."""
     (loss, logits), grads = jax.value_and_grad(_loss, has_aux=True)(params, x, y, config)
     params, state = _optim.update("momentum", params, grads, state, lr, momentum=momentum, weight_decay=weight_decay)
@@ -114,8 +125,9 @@ class JaxResidualClassifierTrainer:
         return np.asarray(jnp.argmax(self._forward(self.params, x), -1)).astype(np.int64)
 
 
-def residual_classifier_trainer(config: ClassifierConfig, params: Params, momentum: float = 0.9,
-                                weight_decay: float = 5e-4) -> JaxResidualClassifierTrainer:
+def residual_classifier_trainer(
+    config: ClassifierConfig, params: Params, momentum: float = 0.9, weight_decay: float = 5e-4
+) -> JaxResidualClassifierTrainer:
     """A trainer of the classifier from ``params``: SGD with ``momentum`` and ``weight_decay``.
 
     Returns:

@@ -9,6 +9,7 @@ the memory meters take. Torchvision ResNets exist in the torch backend only.
 
 References: thesis eq. 2.1, 2.6-2.9 (section 2.4), eq. 4.2-4.4, 4.17, appendix 4.C.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,11 +39,25 @@ class ResidualNet:
     params: dict[str, jax.Array]
 
 
-def residual_net(model: str, *, depth: int | None = None, width: int | None = None, hidden: int | None = None,
-                 block: str = "mlp", activation: str = "tanh", tied: bool = False,
-                 gamma: float | str | None = None, scale: float | None = None, frac_bits: int | None = None,
-                 image_size: int | None = None, backprop: bool = False, weights: dict[str, Any] | None = None,
-                 seed: int = 0, dtype: str = "float32", device: Any = "cpu") -> ResidualNet:
+def residual_net(
+    model: str,
+    *,
+    depth: int | None = None,
+    width: int | None = None,
+    hidden: int | None = None,
+    block: str = "mlp",
+    activation: str = "tanh",
+    tied: bool = False,
+    gamma: float | str | None = None,
+    scale: float | None = None,
+    frac_bits: int | None = None,
+    image_size: int | None = None,
+    backprop: bool = False,
+    weights: dict[str, Any] | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: Any = "cpu",
+) -> ResidualNet:
     """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), weights from the shared initialiser.
 
     Args:
@@ -70,9 +85,21 @@ def residual_net(model: str, *, depth: int | None = None, width: int | None = No
     for field, value in (("depth", depth), ("width", width)):
         if value is None:
             raise ValueError(f"{field} is required for block={block!r}")
-    config = make_config(model, depth=depth, width=width, hidden=hidden, block=block, activation=activation,
-                         tied=tied, gamma=gamma, scale=scale, frac_bits=frac_bits, image_size=image_size,
-                         backprop=backprop, dtype=dtype)
+    config = make_config(
+        model,
+        depth=depth,
+        width=width,
+        hidden=hidden,
+        block=block,
+        activation=activation,
+        tied=tied,
+        gamma=gamma,
+        scale=scale,
+        frac_bits=frac_bits,
+        image_size=image_size,
+        backprop=backprop,
+        dtype=dtype,
+    )
     dev = jax.devices("cpu")[0] if device == "cpu" else device
     params = {k: jax.device_put(v, dev) for k, v in with_weights(config, init_params(config, seed), weights).items()}
     return ResidualNet(config, params)
@@ -100,8 +127,9 @@ def _check_input(net: ResidualNet, x: jax.Array) -> None:
     cfg = net.config
     expected = cfg.input_shape(x.shape[0] if x.ndim else 0)[1:]
     if tuple(x.shape[1:]) != expected or x.ndim != len(expected) + 1:
-        raise ValueError(f"x has shape {tuple(x.shape)}; this {cfg.block} net takes "
-                         f"(batch, {', '.join(map(str, expected))})")
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}; this {cfg.block} net takes (batch, {', '.join(map(str, expected))})"
+        )
     if x.dtype != jnp.dtype(cfg.dtype):
         raise ValueError(f"x has dtype {x.dtype}; this net runs in {cfg.dtype}")
 
@@ -212,5 +240,13 @@ def host_peak_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
     return None
 
 
-__all__ = ["ResidualNet", "host_peak_bytes", "residual_apply", "residual_functional",
-           "residual_net", "residual_reconstruct", "residual_trajectory", "residual_vjp"]
+__all__ = [
+    "ResidualNet",
+    "host_peak_bytes",
+    "residual_apply",
+    "residual_functional",
+    "residual_net",
+    "residual_reconstruct",
+    "residual_trajectory",
+    "residual_vjp",
+]

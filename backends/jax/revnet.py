@@ -7,6 +7,7 @@ gradients NaN.
 
 References: thesis eq. 4.4 (Gomez et al. 2017), section 4.3.3, section 4.5.3 (activations duplicated).
 """
+
 from __future__ import annotations
 
 import functools
@@ -78,8 +79,15 @@ def exact_forward(cfg: ResidualConfig, phi: Set, psi: Set, x: jax.Array, every: 
     return big, vel, bad, None if out is None else out[:-1]
 
 
-def exact_reverse(cfg: ResidualConfig, phi: Set, psi: Set, big: jax.Array, vel: jax.Array,
-                  g: jax.Array | None = None, every: int | None = None):
+def exact_reverse(
+    cfg: ResidualConfig,
+    phi: Set,
+    psi: Set,
+    big: jax.Array,
+    vel: jax.Array,
+    g: jax.Array | None = None,
+    every: int | None = None,
+):
     """Undo :func:`exact_forward`, backpropagating a cotangent ``g`` of x_N on the way.
 
     Returns:
@@ -88,7 +96,7 @@ def exact_reverse(cfg: ResidualConfig, phi: Set, psi: Set, big: jax.Array, vel: 
     """
     top = dequantize(big, cfg.frac_bits, cfg.dtype)
     out = keep(keeper(cfg.depth // every + 1, top), cfg.depth, top, every) if every else None
-    zeros = lambda ps: tuple(jnp.zeros_like(p) for p in ps)  # noqa: E731
+    zeros = lambda ps: tuple(jnp.zeros_like(p) for p in ps)
     grads = None if g is None else (g, jnp.zeros_like(g), zeros(phi), zeros(psi))
     f = functools.partial(call, cfg)
 

@@ -3,6 +3,7 @@
 The forward is a ``lax.scan`` over the stacked layers; the gradient is ``jax.grad`` of it; a run
 of gradient steps is one compiled ``lax.scan`` over the steps (compiled once per shape).
 """
+
 from __future__ import annotations
 
 import functools
@@ -88,8 +89,9 @@ def _gd(params: Params, x: jax.Array, y: jax.Array, lr: jax.Array, steps: int, a
     return p, losses, diffs
 
 
-def scaled_resnet_gd(params: Params, x: jax.Array, y: jax.Array, lr: float, steps: int,
-                     activation: str = "gelu") -> tuple[Params, jax.Array, jax.Array]:
+def scaled_resnet_gd(
+    params: Params, x: jax.Array, y: jax.Array, lr: float, steps: int, activation: str = "gelu"
+) -> tuple[Params, jax.Array, jax.Array]:
     """``steps`` steps of full-batch gradient descent on the mean squared error of eq. 3.3.
 
     Args:

@@ -5,6 +5,7 @@ so ``n_iter = 1`` is the softmax and an odd ``n_iter`` ends on rows. The scaling
 log domain (appendix 5.B, eq. 5.13) with marginals scaled so that rows sum to 1 and, for a square
 matrix, columns sum to 1 (eq. 5.13 writes 1/n). Mirrors ``backends/torch/sinkhorn.py``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,8 +30,10 @@ def _validate(scores: jax.Array, n_iter: int, mask: jax.Array | None) -> None:
     if n != m:
         raise ValueError(f"mask: padding masks need square scores (self-attention), got n={n}, m={m}")
     if mask.ndim != scores.ndim - 1 or mask.shape[-1] != n:
-        raise ValueError(f"mask: expected shape (..., {n}) with {scores.ndim - 1} dims, broadcastable "
-                         f"against scores {tuple(scores.shape[:-1])}; got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask: expected shape (..., {n}) with {scores.ndim - 1} dims, broadcastable "
+            f"against scores {tuple(scores.shape[:-1])}; got {tuple(mask.shape)}"
+        )
 
 
 def _iterate(scores: jax.Array, n_iter: int, mask: jax.Array | None) -> jax.Array:
@@ -118,8 +121,7 @@ _implicit.defvjp(_implicit_fwd, _implicit_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("n_iter", "implicit"))
-def sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None = None,
-             implicit: bool = False) -> jax.Array:
+def sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None = None, implicit: bool = False) -> jax.Array:
     """Sinkhorn's algorithm on ``exp(scores)`` in the log domain: ``n_iter`` row/column normalisations.
 
     Args:
@@ -145,9 +147,15 @@ def sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None = None,
 
 
 @functools.partial(jax.jit, static_argnames=("normalization", "sinkhorn_iters", "implicit"))
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, normalization: str = "softmax",
-              sinkhorn_iters: int = 3, mask: jax.Array | None = None,
-              implicit: bool = False) -> tuple[jax.Array, jax.Array]:
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    normalization: str = "softmax",
+    sinkhorn_iters: int = 3,
+    mask: jax.Array | None = None,
+    implicit: bool = False,
+) -> tuple[jax.Array, jax.Array]:
     """Scaled dot-product attention normalised by the softmax or by Sinkhorn's algorithm.
 
     Args:
@@ -185,6 +193,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     Returns:
         (B, H, T, d) ``softmax(q k^T / sqrt(d)) v``; XLA picks the implementation (cuDNN on GPUs).
     """
+
     def to_bthd(x: jax.Array) -> jax.Array:
         return jnp.swapaxes(x, 1, 2)
 

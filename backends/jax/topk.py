@@ -13,6 +13,7 @@ float64 (pass dtypes explicitly: the backend runs in 64-bit mode). Integer or bo
 ValueError (cast them first). NaN and +-inf raise ValueError when the call is eager; inside an
 outer ``jax.jit`` the values cannot be inspected, and a row with a non-finite entry gives NaNs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,16 @@ import numpy as np
 from jax import lax
 
 from ..topk_common import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
-from ._topk_solvers import (block_vjp, dykstra, saturates_at, select_margin, select_threshold,
-                             solve_threshold, threshold_output, threshold_vjp)
+from ._topk_solvers import (
+    block_vjp,
+    dykstra,
+    saturates_at,
+    select_margin,
+    select_threshold,
+    solve_threshold,
+    threshold_output,
+    threshold_vjp,
+)
 
 
 def _rows(x: jax.Array) -> jax.Array:
@@ -50,14 +59,17 @@ def _selected_output(x, t, index, fits, lam, e, op):
     For the magnitude with t = 0 (at most k non-zero |x_i|) every element is saturated: dense.
     """
     compact = fits if op == "mask" else fits & jnp.all(t > 0)
-    y = lax.cond(compact,
-                 lambda: _scatter(x, index, threshold_output(jnp.take_along_axis(x, index, 1), t, lam, e, op)),
-                 lambda: threshold_output(x, t, lam, e, op))
+    y = lax.cond(
+        compact,
+        lambda: _scatter(x, index, threshold_output(jnp.take_along_axis(x, index, 1), t, lam, e, op)),
+        lambda: threshold_output(x, t, lam, e, op),
+    )
     return y, compact
 
 
 def _selected_vjp(x, t, index, compact, g, k, lam, e, op):
     """``J^T g`` at ``t`` (Prop. 7.8), on the selection only when ``compact``."""
+
     def on_selection():
         x_top, g_top = jnp.take_along_axis(x, index, 1), jnp.take_along_axis(g, index, 1)
         return _scatter(x, index, threshold_vjp(x_top, t, g_top, k, lam, e, op))
@@ -95,8 +107,7 @@ def _sorted_solve(x, k, lam, e, op, solver, max_iter, tol):
     s = -neg
     if solver == "pav":
         shapes = (jax.ShapeDtypeStruct(s.shape, s.dtype), jax.ShapeDtypeStruct(s.shape, jnp.int32))
-        r, bid = jax.pure_callback(functools.partial(_pav_host, k, lam, e, op), shapes, s,
-                                   vmap_method="broadcast_all")
+        r, bid = jax.pure_callback(functools.partial(_pav_host, k, lam, e, op), shapes, s, vmap_method="broadcast_all")
         return r, bid, perm, None
     w = (jnp.arange(n) < k).astype(s.dtype)
     if op == "mask":
@@ -140,6 +151,7 @@ def _sorted_bwd(k, lam, e, op, solver, max_iter, tol, res, g):
 
 
 _sorted.defvjp(_sorted_fwd, _sorted_bwd)
+
 
 @functools.partial(jax.jit, static_argnames=("op", "width"))
 def _top_k(rows, *, op, width):
@@ -207,8 +219,10 @@ def _all_finite(x):
 def _checked(x, name: str = "x") -> jax.Array:
     dtype = getattr(x, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{name} has dtype {dtype or type(x).__name__}; allowed: floating arrays "
-                         "(cast integers first, e.g. x.astype(jnp.float32))")
+        raise ValueError(
+            f"{name} has dtype {dtype or type(x).__name__}; allowed: floating arrays "
+            "(cast integers first, e.g. x.astype(jnp.float32))"
+        )
     if jnp.ndim(x) == 0:
         raise ValueError(f"{name} is a scalar; the operators act along the last axis of an array with ndim >= 1")
     return jnp.asarray(x)
@@ -218,15 +232,24 @@ def _relaxed(x, k, op, lam, p, solver, max_iter, tol, *, info: bool = False):
     x = _checked(x)
     a = check_args(x.shape[-1], k, lam, p, solver, max_iter, tol)
     selection = _eager_selection(x, a.k, a.lam, a.e, op) if a.solver == "threshold" else None
-    y, it, finite = _relaxed_rows(x, selection, k=a.k, op=op, lam=a.lam, e=a.e, solver=a.solver,
-                                  max_iter=a.max_iter, tol=a.tol, info=info)
+    y, it, finite = _relaxed_rows(
+        x, selection, k=a.k, op=op, lam=a.lam, e=a.e, solver=a.solver, max_iter=a.max_iter, tol=a.tol, info=info
+    )
     if not isinstance(x, jax.core.Tracer) and not bool(finite):
         raise ValueError(_NOT_FINITE)
     return y, (None if it is None else int(it))
 
 
-def topk_mask(x: jax.Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
-              max_iter: int | None = None, tol: float | None = None) -> jax.Array:
+def topk_mask(
+    x: jax.Array,
+    k: int,
+    *,
+    lam: float = 0.1,
+    p: float = 2.0,
+    solver: str = "threshold",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> jax.Array:
     """Relaxed top-k mask ``argmax_{y in P(1_k)} <x, y> - (lam/p) ||y||_p^p`` along the last axis.
 
     Args:
@@ -244,8 +267,16 @@ def topk_mask(x: jax.Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver:
     return _relaxed(x, k, "mask", lam, p, solver, max_iter, tol)[0]
 
 
-def topk_mag(x: jax.Array, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
-             max_iter: int | None = None, tol: float | None = None) -> jax.Array:
+def topk_mag(
+    x: jax.Array,
+    k: int,
+    *,
+    lam: float = 0.1,
+    p: float = 2.0,
+    solver: str = "threshold",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> jax.Array:
     """Relaxed top-k in magnitude ``y_{phi,R}(x, 1_k)``, phi(x) = x^2/2, along the last axis.
 
     Args:
@@ -312,9 +343,17 @@ def _dispatch(x, k, op, lam, p, solver, max_iter, tol, info=False):
     return _relaxed(x, k, op, lam, p, solver, max_iter, tol, info=info)
 
 
-def topk_solve(x: jax.Array, k: int, *, op: str = "mask", lam: float = 0.1, p: float = 2.0,
-               solver: str = "threshold", max_iter: int | None = None,
-               tol: float | None = None) -> tuple[jax.Array, int | None]:
+def topk_solve(
+    x: jax.Array,
+    k: int,
+    *,
+    op: str = "mask",
+    lam: float = 0.1,
+    p: float = 2.0,
+    solver: str = "threshold",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> tuple[jax.Array, int | None]:
     """Forward only, with what the solver reports: (output, Dykstra's iterations or None).
 
     Args:
@@ -344,9 +383,18 @@ def _vjp_selected(x, cotangent, top, index, *, k, op, lam, e):
     return y.astype(x.dtype).reshape(x.shape), grad.astype(x.dtype).reshape(x.shape)
 
 
-def topk_vjp(x: jax.Array, k: int, cotangent: jax.Array, *, op: str = "mask", lam: float = 0.1,
-             p: float = 2.0, solver: str = "threshold", max_iter: int | None = None,
-             tol: float | None = None) -> tuple[jax.Array, jax.Array]:
+def topk_vjp(
+    x: jax.Array,
+    k: int,
+    cotangent: jax.Array,
+    *,
+    op: str = "mask",
+    lam: float = 0.1,
+    p: float = 2.0,
+    solver: str = "threshold",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Forward and backward in one call: (output, cotangent^T d output / d x), jitted.
 
     Args:
@@ -365,5 +413,6 @@ def topk_vjp(x: jax.Array, k: int, cotangent: jax.Array, *, op: str = "mask", la
         selection = _eager_selection(x, a.k, a.lam, a.e, op)
         if selection is not None:
             return _vjp_selected(x, jnp.asarray(cotangent, x.dtype), *selection, k=a.k, op=op, lam=a.lam, e=a.e)
-    return _vjp(x, jnp.asarray(cotangent, x.dtype), k=int(k), op=op, lam=lam, p=p, solver=solver,
-                max_iter=max_iter, tol=tol)
+    return _vjp(
+        x, jnp.asarray(cotangent, x.dtype), k=int(k), op=op, lam=lam, p=p, solver=solver, max_iter=max_iter, tol=tol
+    )

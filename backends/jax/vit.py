@@ -5,6 +5,7 @@ weights as ``backends/torch/vit.py``), the forward is ``vit_apply`` and the trai
 behind ``vit_trainer``, whose object has the same methods in both backends. An epoch is one
 compiled ``lax.scan`` over the minibatches.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,7 +57,10 @@ def _layer_norm(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
     lead = (1,) * (x.ndim - 1)
-    scale, bias = params["scale"].reshape(lead + params["scale"].shape), params["bias"].reshape(lead + params["bias"].shape)
+    scale, bias = (
+        params["scale"].reshape(lead + params["scale"].shape),
+        params["bias"].reshape(lead + params["bias"].shape),
+    )
     return (x - mean) / jnp.sqrt(var + jnp.asarray(_LN_EPS, x.dtype)) * scale + bias
 
 
@@ -68,8 +72,9 @@ def _patchify(images: jax.Array, patch: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mlp"))
-def vit_apply(params: Params, images: jax.Array, config: ViTConfig,
-              mlp: MLP | None = None) -> tuple[jax.Array, list[jax.Array]]:
+def vit_apply(
+    params: Params, images: jax.Array, config: ViTConfig, mlp: MLP | None = None
+) -> tuple[jax.Array, list[jax.Array]]:
     """Logits of the ViT and the attention matrices of every layer.
 
     Args:
@@ -105,16 +110,27 @@ def vit_apply(params: Params, images: jax.Array, config: ViTConfig,
     return logits, maps
 
 
-def _loss(params: Params, images: jax.Array, labels: jax.Array, config: ViTConfig,
-          mlp: MLP | None) -> tuple[jax.Array, jax.Array]:
+def _loss(
+    params: Params, images: jax.Array, labels: jax.Array, config: ViTConfig, mlp: MLP | None
+) -> tuple[jax.Array, jax.Array]:
     logits, _ = vit_apply(params, images, config, mlp)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, jnp.expand_dims(labels, -1), axis=-1)[:, 0]
     return nll.mean(), logits
 
 
-def _epoch(params: Params, state: dict[str, Any], images: jax.Array, labels: jax.Array, idx: jax.Array, *,
-           config: ViTConfig, mlp: MLP | None, optimizer: str, lr: float):
+def _epoch(
+    params: Params,
+    state: dict[str, Any],
+    images: jax.Array,
+    labels: jax.Array,
+    idx: jax.Array,
+    *,
+    config: ViTConfig,
+    mlp: MLP | None,
+    optimizer: str,
+    lr: float,
+):
     """Scan the minibatches ``idx`` (n_batches, batch): one optimiser step each."""
     grad_fn = jax.value_and_grad(_loss, has_aux=True)
 
@@ -155,8 +171,7 @@ class JaxViTTrainer:
         if key not in self._compiled:
             self._compiled[key] = self._epoch.lower(self.params, self._state, images, labels, idx).compile()
 
-    def fit_epoch(self, images: jax.Array, labels: jax.Array, order: np.ndarray,
-                  batch: int) -> tuple[float, float]:
+    def fit_epoch(self, images: jax.Array, labels: jax.Array, order: np.ndarray, batch: int) -> tuple[float, float]:
         """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped).
 
         Returns:
@@ -175,8 +190,10 @@ class JaxViTTrainer:
         if pad:
             images = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)])
         size = min(batch, images.shape[0])
-        out = [np.asarray(jnp.argmax(self._forward(self.params, images[i:i + size])[0], -1))
-               for i in range(0, images.shape[0], size)]
+        out = [
+            np.asarray(jnp.argmax(self._forward(self.params, images[i : i + size])[0], -1))
+            for i in range(0, images.shape[0], size)
+        ]
         return np.concatenate(out)[:n].astype(np.int64)
 
     def attention(self, images: jax.Array) -> list[np.ndarray]:
@@ -185,8 +202,9 @@ class JaxViTTrainer:
         return [np.asarray(m, np.float64) for m in maps]
 
 
-def vit_trainer(config: ViTConfig, params: Params, lr: float, optimizer: str = "adam",
-                mlp: MLP | None = None) -> JaxViTTrainer:
+def vit_trainer(
+    config: ViTConfig, params: Params, lr: float, optimizer: str = "adam", mlp: MLP | None = None
+) -> JaxViTTrainer:
     """A trainer of the ViT ``config`` starting from ``params``, with Adam or plain SGD.
 
     Args:

@@ -1,4 +1,5 @@
 """The PyTorch backend (imported only through ``backends.get('torch')``)."""
+
 from ._backend import BACKEND, TorchBackend
 
 __all__ = ["BACKEND", "TorchBackend"]

@@ -1,4 +1,5 @@
 """The torch backend: devices, synchronised timing, memory meters, seeding, environment."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -65,7 +66,9 @@ class TorchBackend:
 
     def device(self, kind: str) -> torch.device:
         if kind not in self.devices():
-            raise DeviceUnavailable(f"torch: device '{kind}' is not available here; available: {', '.join(self.devices())}")
+            raise DeviceUnavailable(
+                f"torch: device '{kind}' is not available here; available: {', '.join(self.devices())}"
+            )
         return torch.device(kind)
 
     def set_threads(self, n: int) -> None:
@@ -104,8 +107,12 @@ class TorchBackend:
         }
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            info |= {"cuda_device": props.name, "cuda_memory_bytes": props.total_memory,
-                     "cudnn": torch.backends.cudnn.version(), "driver": nvidia_driver()}
+            info |= {
+                "cuda_device": props.name,
+                "cuda_memory_bytes": props.total_memory,
+                "cudnn": torch.backends.cudnn.version(),
+                "driver": nvidia_driver(),
+            }
         return info
 
     def device_name(self, kind: str) -> str:

@@ -1,4 +1,5 @@
 """Residual functions f(x, theta_k) for the memory issue's networks, and the families that hold them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,12 @@ class Family:
     running statistics must not move when a block is recomputed in a backward.
     """
 
-    def __init__(self, sets: list[list[torch.Tensor]], call: Callable[[int, torch.Tensor], torch.Tensor],
-                 modules: Sequence[torch.nn.Module] = ()):
+    def __init__(
+        self,
+        sets: list[list[torch.Tensor]],
+        call: Callable[[int, torch.Tensor], torch.Tensor],
+        modules: Sequence[torch.nn.Module] = (),
+    ):
         self.sets = sets
         self.call = call
         self.modules = list(modules)
@@ -84,8 +89,12 @@ class Family:
     @contextlib.contextmanager
     def recomputing(self) -> Iterator[None]:
         """Batch norms keep their running statistics while blocks are recomputed (momentum 0)."""
-        norms = [m for mod in self.modules for m in mod.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+        norms = [
+            m for mod in self.modules for m in mod.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        saved = [
+            (m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms
+        ]
         for m in norms:
             m.momentum = 0.0
         try:
@@ -115,8 +124,9 @@ class Grads:
     def __init__(self) -> None:
         self._acc: dict[int, torch.Tensor] = {}
 
-    def vjp(self, out: torch.Tensor, x: torch.Tensor, ps: Sequence[torch.Tensor],
-            cotangent: torch.Tensor) -> torch.Tensor:
+    def vjp(
+        self, out: torch.Tensor, x: torch.Tensor, ps: Sequence[torch.Tensor], cotangent: torch.Tensor
+    ) -> torch.Tensor:
         """Add <cotangent, d out / d p> to each p of ``ps``; return <cotangent, d out / d x>."""
         unique = list({id(p): p for p in ps if p.requires_grad}.values())
         grads = torch.autograd.grad(out, [x, *unique], cotangent, allow_unused=True)
@@ -140,7 +150,10 @@ def deterministic() -> Iterator[None]:
 
     The exact backward recomputes each block from the same input and must get the same bits.
     """
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     bench = torch.backends.cudnn.benchmark
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False

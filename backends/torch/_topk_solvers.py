@@ -15,6 +15,7 @@ so ``select_threshold`` solves on the top ``k + m`` values that ``torch.topk`` s
 
 Gradients are Prop. 7.8 with lam put back, applied per block (never an n x n matrix).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,7 @@ def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
     cnt = torch.clamp(cnt, min=1.0)
     if e == 1:
         return mu - lam * wsum / cnt if op == "mask" else cnt * mu / (cnt + lam * wsum)
-    l3 = lam ** 3
+    l3 = lam**3
     if op == "mask":
         return mu + _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
     return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
@@ -118,12 +119,13 @@ def sampled_margin(key: torch.Tensor, k: int, lam: float, e: int, op: str, strid
     sample = key[:, ::stride]
     ks = k // stride
     top = torch.topk(sample, min(sample.shape[1], 4 * ks), dim=1).values
-    inside = (top[:, ks:] > saturates_at(top[:, ks:ks + 1], lam, e, op)).sum(1)
+    inside = (top[:, ks:] > saturates_at(top[:, ks : ks + 1], lam, e, op)).sum(1)
     return max(base, 2 * stride * (int(inside.max()) + 2))
 
 
-def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, margin: int | None = None,
-                     wide: float = 0.5) -> tuple[torch.Tensor, torch.Tensor | None]:
+def select_threshold(
+    key: torch.Tensor, k: int, lam: float, e: int, op: str, *, margin: int | None = None, wide: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Threshold ``t`` (B, 1) float64 of the exact solution from the top ``k + m`` values of each row.
 
     ``solve_threshold`` reads only the window of values above ``U(s_k)`` (``s_k`` the (k+1)-th
@@ -158,7 +160,7 @@ def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, 
             t[rows] = t_part
             return t, None
         top, index = torch.topk(part, width, dim=1)
-        s_k, last = top[:, k:k + 1], top[:, -1:]
+        s_k, last = top[:, k : k + 1], top[:, -1:]
         fit = (last <= saturates_at(s_k, lam, e, op)).squeeze(1)  # #{s_i > U(s_k)} < k + m
         if bool(fit.all()):
             t_part = solve_threshold(top.neg_(), k, lam, e, op)
@@ -180,7 +182,9 @@ def select_threshold(key: torch.Tensor, k: int, lam: float, e: int, op: str, *, 
             m = max(4 * m, int(min(1.5 * extra, n)) + select_margin(k, n))
 
 
-def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, search: str | None = None) -> torch.Tensor:
+def solve_threshold(
+    neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, search: str | None = None
+) -> torch.Tensor:
     """Threshold ``t`` (B, 1) float64 of the exact solution, from ``neg_s`` (B, n): minus the rows sorted increasingly.
 
     With ``s = -neg_s`` sorted decreasingly, F(t) (the mask's sum, or the sum of z for the
@@ -209,10 +213,10 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
     def count_above(level: torch.Tensor) -> torch.Tensor:  # #{s_i > level}
         return torch.searchsorted(neg_s, -level, right=False)
 
-    s_k1 = -neg_s[:, k - 1:k]
+    s_k1 = -neg_s[:, k - 1 : k]
     L = count_at_least(saturation_level(s_k1)).clamp_max(k - 1)  # < k but for |x| with zeros (t = 0 below)
-    R = count_above(upper(-neg_s[:, k:k + 1])).clamp_min(k) if k < n else torch.full_like(L, n)
-    centre = -neg_s[:, min(k, n - 1):min(k, n - 1) + 1]  # s_k: inside the pooled range, never an outlier
+    R = count_above(upper(-neg_s[:, k : k + 1])).clamp_min(k) if k < n else torch.full_like(L, n)
+    centre = -neg_s[:, min(k, n - 1) : min(k, n - 1) + 1]  # s_k: inside the pooled range, never an outlier
     c = centre.to(acc)
     # sums over the columns [first, last) that hold every row's window (the CPU reads its bounds;
     # elsewhere the whole row, without a host synchronisation), accumulated outwards from column k
@@ -224,17 +228,24 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
         powers += [powers[0] ** 2, powers[0] ** 3]
     split = k - first
     zero = torch.zeros(B, 1, dtype=acc, device=neg_s.device)
-    outwards = [(torch.cat([zero, torch.cumsum(v[:, split:], dim=1)], dim=1),  # [k, j) for j >= k
-                 torch.cat([torch.cumsum(v[:, :split].flip(1), dim=1).flip(1), zero], dim=1))  # [j, k)
-                for v in powers]
+    outwards = [
+        (
+            torch.cat([zero, torch.cumsum(v[:, split:], dim=1)], dim=1),  # [k, j) for j >= k
+            torch.cat([torch.cumsum(v[:, :split].flip(1), dim=1).flip(1), zero], dim=1),
+        )  # [j, k)
+        for v in powers
+    ]
 
     def sums(lo: torch.Tensor, hi: torch.Tensor) -> list[torch.Tensor]:
         """Sums of u^j over [lo, hi) (0 when hi <= lo), for first <= lo, hi <= last."""
         out = []
         for up, down in outwards:
+
             def at(j: torch.Tensor, up=up, down=down) -> torch.Tensor:
-                return torch.where(j >= k, up.gather(1, (j - k).clamp(0, last - k)),
-                                   -down.gather(1, (j - first).clamp(0, split)))
+                return torch.where(
+                    j >= k, up.gather(1, (j - k).clamp(0, last - k)), -down.gather(1, (j - first).clamp(0, split))
+                )
+
             out.append(torch.where(hi > lo, at(hi) - at(lo), 0.0))
         return out
 
@@ -244,7 +255,7 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
         ta = t.to(acc)
         d = ta - c
         S = sums(lo, hi)
-        g = (S[0] - m * d) / lam if e == 1 else (S[2] - 3 * d * S[1] + 3 * d * d * S[0] - m * d ** 3) / lam ** 3
+        g = (S[0] - m * d) / lam if e == 1 else (S[2] - 3 * d * S[1] + 3 * d * d * S[0] - m * d**3) / lam**3
         if op == "mask":
             return lo.to(acc) + g <= k
         return (ta > 0) & (lo.to(acc) * ta + g <= k * ta)
@@ -281,10 +292,10 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
     m2 = m3 = torch.zeros_like(mu_u)
     if e == 3:
         m2 = S[1] - cnt * mu_u * mu_u
-        m3 = S[2] - 3 * mu_u * S[1] + 2 * cnt * mu_u ** 3
+        m3 = S[2] - 3 * mu_u * S[1] + 2 * cnt * mu_u**3
     t_block = pool(op, e, lam, cnt, (k - saturated).to(acc), c + mu_u, m2, m3)
     if k < n:
-        t_hard = -neg_s[:, k:k + 1].to(acc)
+        t_hard = -neg_s[:, k : k + 1].to(acc)
     else:
         t_hard = -neg_s[:, -1:].to(acc) - lam if op == "mask" else torch.zeros_like(t_block)
     t = torch.where(cnt > 0, t_block, t_hard)
@@ -293,8 +304,9 @@ def solve_threshold(neg_s: torch.Tensor, k: int, lam: float, e: int, op: str, se
     return t
 
 
-def threshold_vjp(x: torch.Tensor, t: torch.Tensor, g: torch.Tensor, k: int, lam: float, e: int,
-                  op: str) -> torch.Tensor:
+def threshold_vjp(
+    x: torch.Tensor, t: torch.Tensor, g: torch.Tensor, k: int, lam: float, e: int, op: str
+) -> torch.Tensor:
     """``J^T g`` of the threshold solution (Prop. 7.8 on the one pooled block), elementwise, O(n)."""
     y, sat, pooled, a = threshold_parts(x, t, lam, e, op)
     D = torch.where(pooled, (e / lam) * a ** (e - 1), 0.0)
@@ -312,8 +324,7 @@ def threshold_vjp(x: torch.Tensor, t: torch.Tensor, g: torch.Tensor, k: int, lam
     return torch.where(sat, head_slope(y, lam, e) * g, torch.sign(x) * out)
 
 
-def block_vjp(r: torch.Tensor, bid: torch.Tensor, h: torch.Tensor, k: int, lam: float, e: int,
-              op: str) -> torch.Tensor:
+def block_vjp(r: torch.Tensor, bid: torch.Tensor, h: torch.Tensor, k: int, lam: float, e: int, op: str) -> torch.Tensor:
     """``J^T h`` in sorted order for any block structure (PAV's, or the blocks Dykstra found).
 
     Args:
@@ -342,7 +353,7 @@ def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int, w: tuple | None) -
     """
     B = v.shape[0]
     m = d.shape[1]
-    pair = v[:, offset:offset + 2 * m].view(B, m, 2)
+    pair = v[:, offset : offset + 2 * m].view(B, m, 2)
     a, b = pair[..., 0], pair[..., 1]
     if w is None:
         a.add_(d)
@@ -360,8 +371,9 @@ def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int, w: tuple | None) -
     return d
 
 
-def dykstra(target: torch.Tensor, c: torch.Tensor | None, max_iter: int, tol: float,
-            check_every: int = 10) -> tuple[torch.Tensor, torch.Tensor, int]:
+def dykstra(
+    target: torch.Tensor, c: torch.Tensor | None, max_iter: int, tol: float, check_every: int = 10
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Dykstra's projection of ``target`` (B, n) onto the decreasing cone C1 ∩ C2 (Algorithm 7.7).
 
     A plain eager loop of in-place updates (a pair's correction is one number: its two entries
@@ -378,8 +390,8 @@ def dykstra(target: torch.Tensor, c: torch.Tensor | None, max_iter: int, tol: fl
     d2 = torch.zeros(B, (n - 1) // 2, dtype=v.dtype, device=v.device)
     w1 = w2 = None
     if c is not None:
-        w1 = (c[0:2 * d1.shape[1]:2], c[1:2 * d1.shape[1]:2])
-        w2 = (c[1:1 + 2 * d2.shape[1]:2], c[2:2 + 2 * d2.shape[1]:2])
+        w1 = (c[0 : 2 * d1.shape[1] : 2], c[1 : 2 * d1.shape[1] : 2])
+        w2 = (c[1 : 1 + 2 * d2.shape[1] : 2], c[2 : 2 + 2 * d2.shape[1] : 2])
     it = 0
     while it < max_iter:
         it += 1
@@ -390,8 +402,8 @@ def dykstra(target: torch.Tensor, c: torch.Tensor | None, max_iter: int, tol: fl
         if check and (float((v - before).abs().max()) if v.numel() else 0.0) <= tol:
             break
     link = torch.zeros(B, n, dtype=torch.bool, device=v.device)
-    link[:, 0:2 * d1.shape[1]:2] = d1 != 0  # pair (i, i+1), i even: C1
-    link[:, 1:1 + 2 * d2.shape[1]:2] = d2 != 0  # i odd: C2
+    link[:, 0 : 2 * d1.shape[1] : 2] = d1 != 0  # pair (i, i+1), i even: C1
+    link[:, 1 : 1 + 2 * d2.shape[1] : 2] = d2 != 0  # i odd: C2
     start = torch.ones(B, n, dtype=torch.int64, device=v.device)
     start[:, 1:] = (~link[:, :-1]).to(torch.int64)
     return v, torch.cumsum(start, dim=1) - 1, it

@@ -1,4 +1,5 @@
 """The minibatch loop the torch classifier trainers share (their JAX twins scan or loop a compiled step)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,8 +9,14 @@ import torch
 import torch.nn.functional as F
 
 
-def classifier_epoch(logits: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
-                     x: torch.Tensor, y: torch.Tensor, order: np.ndarray, batch: int) -> tuple[float, float]:
+def classifier_epoch(
+    logits: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: np.ndarray,
+    batch: int,
+) -> tuple[float, float]:
     """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped), one step each.
 
     Args:

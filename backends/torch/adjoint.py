@@ -7,6 +7,7 @@ approximate; its error shrinks with depth (Prop. 2.10, 2.12).
 
 References: thesis section 2.4, eq. 2.1, 2.6-2.9.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -57,8 +58,15 @@ def heun_forward(fam: Family, scale: float, x: torch.Tensor, record: Record = No
     return x
 
 
-def euler_reverse(fam: Family, scale: float, y: torch.Tensor, g: torch.Tensor | None = None,
-                  grads: Grads | None = None, record: Record = None, tied: bool = False):
+def euler_reverse(
+    fam: Family,
+    scale: float,
+    y: torch.Tensor,
+    g: torch.Tensor | None = None,
+    grads: Grads | None = None,
+    record: Record = None,
+    tied: bool = False,
+):
     """Walk back from the output y by x~_n = x~_{n+1} - h f(x~_{n+1}, theta_n) (eq. 2.6).
 
     With a cotangent ``g``, also backpropagate through each step at the reconstructed x~_n
@@ -87,8 +95,15 @@ def euler_reverse(fam: Family, scale: float, y: torch.Tensor, g: torch.Tensor | 
     return xt, g
 
 
-def heun_reverse(fam: Family, scale: float, y: torch.Tensor, g: torch.Tensor | None = None,
-                 grads: Grads | None = None, record: Record = None, tied: bool = False):
+def heun_reverse(
+    fam: Family,
+    scale: float,
+    y: torch.Tensor,
+    g: torch.Tensor | None = None,
+    grads: Grads | None = None,
+    record: Record = None,
+    tied: bool = False,
+):
     """Walk back from y by reversing Heun's step (eq. 2.9), backpropagating through it with ``g``.
 
     Returns:

@@ -4,6 +4,7 @@ and L steps of gradient descent on the in-context loss (eq. 6.5), the baseline o
 Functional like ``vit.py``: the weights are a nested dict made from ``backends.ar_init`` (the same
 seed gives the same weights as ``backends/jax/ar_transformer.py``).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ Params = dict[str, Any]
 _LN_EPS = 1e-5
 
 
-def ar_transformer_init(config: ARConfig, seed: int, device: torch.device | str = "cpu",
-                        dtype: str = "float32") -> Params:
+def ar_transformer_init(
+    config: ARConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
+) -> Params:
     """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.ar_init.init_params``).
 
     Args:
@@ -108,8 +110,10 @@ class TorchARTrainer:
     @torch.no_grad()
     def predict(self, tokens: torch.Tensor, batch: int = 1024) -> np.ndarray:
         """Predictions (n, T, d) float64 of every sequence, ``batch`` sequences at a time."""
-        out = [ar_transformer_apply(self.params, tokens[i:i + batch], self.config)
-               for i in range(0, tokens.shape[0], batch)]
+        out = [
+            ar_transformer_apply(self.params, tokens[i : i + batch], self.config)
+            for i in range(0, tokens.shape[0], batch)
+        ]
         return torch.cat(out).to(torch.float64).cpu().numpy()
 
 

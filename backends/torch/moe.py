@@ -10,6 +10,7 @@ token and lets the combine weights (gate x mask) zero the rest. Same outputs and
 References:
     Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7; Zhou et al. (2022).
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,11 +30,11 @@ def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int) -> tuple[torch.Ten
     B, m = d.shape
     if m == 0:
         return v, d
-    pair = v[:, offset:offset + 2 * m].reshape(B, m, 2)
+    pair = v[:, offset : offset + 2 * m].reshape(B, m, 2)
     a, b = pair[..., 0] + d, pair[..., 1] - d
     d = torch.clamp_max(a - b, 0.0) * 0.5
     new = torch.stack([a - d, b + d], dim=-1).reshape(B, 2 * m)
-    return torch.cat([v[:, :offset], new, v[:, offset + 2 * m:]], dim=1), d
+    return torch.cat([v[:, :offset], new, v[:, offset + 2 * m :]], dim=1), d
 
 
 def unrolled_dykstra_mask(x: torch.Tensor, k: int, lam: float, n_iter: int) -> torch.Tensor:
@@ -97,8 +98,9 @@ def expert_mlp(params: dict[str, torch.Tensor], xs: torch.Tensor) -> torch.Tenso
     return torch.baddbmm(params["b2"].unsqueeze(1), h, params["w2"])
 
 
-def _dense_experts(params: dict[str, torch.Tensor], x: torch.Tensor, combine: torch.Tensor,
-                   mask: torch.Tensor, moe: MoEConfig) -> torch.Tensor:
+def _dense_experts(
+    params: dict[str, torch.Tensor], x: torch.Tensor, combine: torch.Tensor, mask: torch.Tensor, moe: MoEConfig
+) -> torch.Tensor:
     """Every expert on every token (E x G n rows), weighted by the combine weights afterwards."""
     G, n, D = x.shape
     E = combine.shape[-1]
@@ -106,8 +108,9 @@ def _dense_experts(params: dict[str, torch.Tensor], x: torch.Tensor, combine: to
     return torch.einsum("gne,egnd->gnd", combine, out)
 
 
-def _sparse_experts(params: dict[str, torch.Tensor], x: torch.Tensor, combine: torch.Tensor,
-                    mask: torch.Tensor, moe: MoEConfig) -> torch.Tensor:
+def _sparse_experts(
+    params: dict[str, torch.Tensor], x: torch.Tensor, combine: torch.Tensor, mask: torch.Tensor, moe: MoEConfig
+) -> torch.Tensor:
     """Each expert on the C tokens of each group its mask selects (E x G C rows), scatter-added back.
 
     C = k for the hard router, else the largest number of non-zeros in one row of ``mask``.
@@ -126,8 +129,9 @@ def _sparse_experts(params: dict[str, torch.Tensor], x: torch.Tensor, combine: t
 _EXPERTS = {"sparse": _sparse_experts, "dense": _dense_experts}
 
 
-def _moe_mlp(params: dict[str, torch.Tensor], x: torch.Tensor, moe: MoEConfig,
-             record: list | None = None) -> torch.Tensor:
+def _moe_mlp(
+    params: dict[str, torch.Tensor], x: torch.Tensor, moe: MoEConfig, record: list | None = None
+) -> torch.Tensor:
     """A block's MLP: dense, or the MoE layer when ``params`` holds a router; (B, T, D) -> (B, T, D)."""
     if "router" not in params:
         return dense_mlp(params, x)
@@ -142,8 +146,9 @@ def _mlp_for(moe: MoEConfig):
     return functools.partial(_moe_mlp, moe=moe)
 
 
-def moe_vit_init(config: ViTConfig, moe: MoEConfig, seed: int, device: torch.device | str = "cpu",
-                 dtype: str = "float32") -> dict[str, Any]:
+def moe_vit_init(
+    config: ViTConfig, moe: MoEConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
+) -> dict[str, Any]:
     """The ``moe_vit``'s initial weights (``backends.moe_config.init_moe_params``) on ``device``.
 
     Args:
@@ -152,6 +157,7 @@ def moe_vit_init(config: ViTConfig, moe: MoEConfig, seed: int, device: torch.dev
     Returns:
         Nested dict of tensors.
     """
+
     def to(tree):
         if isinstance(tree, dict):
             return {k: to(v) for k, v in tree.items()}
@@ -162,8 +168,9 @@ def moe_vit_init(config: ViTConfig, moe: MoEConfig, seed: int, device: torch.dev
     return to(init_moe_params(config, moe, seed, dtype))
 
 
-def moe_vit_apply(params: dict[str, Any], images: torch.Tensor, config: ViTConfig,
-                  moe: MoEConfig) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def moe_vit_apply(
+    params: dict[str, Any], images: torch.Tensor, config: ViTConfig, moe: MoEConfig
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Forward of the ``moe_vit``: logits and the combine weights of every MoE layer.
 
     Args:
@@ -180,8 +187,7 @@ def moe_vit_apply(params: dict[str, Any], images: torch.Tensor, config: ViTConfi
     return logits, record
 
 
-def moe_vit_trainer(config: ViTConfig, moe: MoEConfig, params: dict[str, Any], lr: float,
-                    optimizer: str = "adam"):
+def moe_vit_trainer(config: ViTConfig, moe: MoEConfig, params: dict[str, Any], lr: float, optimizer: str = "adam"):
     """The ViT trainer (``vit_trainer``) of the ``moe_vit``: Adam or SGD on cross-entropy.
 
     Args:

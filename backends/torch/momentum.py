@@ -7,6 +7,7 @@ recomputing each block once (eq. 4.3) and backpropagating with the formulas of a
 
 References: thesis chapter 4: eq. 4.2, 4.3, 4.17; sections 4.3.1, 4.3.2; appendices 4.C, 4.E.
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,8 +64,7 @@ def momentum_forward(fam: Family, gamma: float, coef: float, x: torch.Tensor, re
     return x, v
 
 
-def momentum_reverse(fam: Family, gamma: float, coef: float, x: torch.Tensor, v: torch.Tensor,
-                     record: Record = None):
+def momentum_reverse(fam: Family, gamma: float, coef: float, x: torch.Tensor, v: torch.Tensor, record: Record = None):
     """Invert eq. 4.2 in floats by eq. 4.3 (division by gamma): rounding errors grow by 1/gamma a layer."""
     if gamma == 0:
         raise ValueError("gamma=0: the momentum step cannot be inverted (v_n is lost)")
@@ -101,14 +101,24 @@ def exact_forward(fam: Family, spec: ExactSpec, x: torch.Tensor, record: Record 
         if record:
             record(k + 1, dequantize(big, bits, dtype))
     if bool(bad):
-        raise OverflowError(f"momentum fixed point: |x|, |v| or |(1-gamma) h f| reached 2**{fixed_point.VALUE_BITS - bits}"
-                            f" (frac_bits={bits}); lower frac_bits or the scale of the activations")
+        raise OverflowError(
+            f"momentum fixed point: |x|, |v| or |(1-gamma) h f| reached 2**{fixed_point.VALUE_BITS - bits}"
+            f" (frac_bits={bits}); lower frac_bits or the scale of the activations"
+        )
     return big, vel, buf
 
 
-def exact_reverse(fam: Family, spec: ExactSpec, big: torch.Tensor, vel: torch.Tensor, buf: torch.Tensor,
-                  dtype: torch.dtype, g: torch.Tensor | None = None, grads: Grads | None = None,
-                  record: Record = None):
+def exact_reverse(
+    fam: Family,
+    spec: ExactSpec,
+    big: torch.Tensor,
+    vel: torch.Tensor,
+    buf: torch.Tensor,
+    dtype: torch.dtype,
+    g: torch.Tensor | None = None,
+    grads: Grads | None = None,
+    record: Record = None,
+):
     """Undo :func:`exact_forward` layer by layer (eq. 4.3), recomputing each block once.
 
     With a cotangent ``g`` of x_N, also backpropagate (appendix 4.E): with s = g_x + g_v,
@@ -167,8 +177,10 @@ class _MomentumExact(torch.autograd.Function):
         with deterministic(), ctx.fam.recomputing():
             _, vel, buf, gx = exact_reverse(ctx.fam, ctx.spec, big, vel, buf, ctx.dtype, g, grads)
         if bool(vel.any()) or bool(buf.any()):
-            raise RuntimeError("momentum_reversible: the reversal did not return to v_0 = 0 and an empty buffer; "
-                               "a block gave different bits when recomputed (non-deterministic kernel?)")
+            raise RuntimeError(
+                "momentum_reversible: the reversal did not return to v_0 = 0 and an empty buffer; "
+                "a block gave different bits when recomputed (non-deterministic kernel?)"
+            )
         return (None, None, gx, *grads.result(ctx.tensors))
 
 
@@ -219,8 +231,9 @@ class MomentumLayer(torch.nn.Sequential):
         return momentum_exact_apply(fam, exact_spec(self.gamma, len(run), 1.0, bits), x)
 
 
-def to_momentum(model: torch.nn.Module, gamma: float | str = 0.9, *, memory_free: bool = True,
-                frac_bits: int | None = None) -> torch.nn.Module:
+def to_momentum(
+    model: torch.nn.Module, gamma: float | str = 0.9, *, memory_free: bool = True, frac_bits: int | None = None
+) -> torch.nn.Module:
     """The Momentum ResNet counterpart of a torchvision ResNet, with the same parameters.
 
     Each of ``layer1`` ... ``layer4`` becomes a :class:`MomentumLayer`: its blocks keep their
@@ -241,10 +254,14 @@ def to_momentum(model: torch.nn.Module, gamma: float | str = 0.9, *, memory_free
     g = fixed_point.ratio(gamma)
     if memory_free and g == 0:
         raise ValueError(f"gamma={gamma!r}: the memory-free backward needs gamma in (0, 1]")
-    layers = [n for n in ("layer1", "layer2", "layer3", "layer4") if isinstance(getattr(model, n, None), torch.nn.Sequential)]
+    layers = [
+        n for n in ("layer1", "layer2", "layer3", "layer4") if isinstance(getattr(model, n, None), torch.nn.Sequential)
+    ]
     if not layers:
-        raise ValueError(f"to_momentum: {type(model).__name__} has no layer1 ... layer4 of residual blocks; "
-                         "give a torchvision ResNet (resnet18 ... resnet152)")
+        raise ValueError(
+            f"to_momentum: {type(model).__name__} has no layer1 ... layer4 of residual blocks; "
+            "give a torchvision ResNet (resnet18 ... resnet152)"
+        )
     out = copy.deepcopy(model)
     for name in layers:
         setattr(out, name, MomentumLayer(getattr(out, name), g, memory_free, frac_bits))

@@ -4,6 +4,7 @@ Functional like ``vit.py``: weights from ``backends.pruned_mlp_init`` (the same 
 weights as ``backends/jax/pruned_mlp.py``); the pruning is ``topk.py``'s operators on each
 flattened weight matrix, so the relaxed one back-propagates through its closed-form Jacobian.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,9 @@ from .vit import _leaves, _map
 Params = dict[str, Any]
 
 
-def pruned_mlp_init(config: PrunedMLPConfig, seed: int, device: torch.device | str = "cpu",
-                    dtype: str = "float32") -> Params:
+def pruned_mlp_init(
+    config: PrunedMLPConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
+) -> Params:
     """The initial weights W'_i, b_i of ``config`` from ``seed`` on ``device`` (``init_params``).
 
     Args:
@@ -95,12 +97,16 @@ class TorchPrunedMLPTrainer:
         Returns:
             The mean training loss and the running training accuracy over the pass.
         """
-        return classifier_epoch(lambda xb: pruned_mlp_apply(self.params, xb, self.config), self._opt, x, y, order, batch)
+        return classifier_epoch(
+            lambda xb: pruned_mlp_apply(self.params, xb, self.config), self._opt, x, y, order, batch
+        )
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch: int = 1024) -> np.ndarray:
         """Predicted class of every example, (N,) int64."""
-        out = [pruned_mlp_apply(self.params, x[i:i + batch], self.config).argmax(-1) for i in range(0, x.shape[0], batch)]
+        out = [
+            pruned_mlp_apply(self.params, x[i : i + batch], self.config).argmax(-1) for i in range(0, x.shape[0], batch)
+        ]
         return torch.cat(out).cpu().numpy()
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ seed gives the same weights as ``backends/jax/residual_classifier.py``), the res
 stacked along depth as in the JAX backend. The residual part runs through ``adjoint.py``: its
 backward either stores the activations (backprop) or rebuilds them by reversing the steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,15 +75,22 @@ class TorchResidualClassifierTrainer:
 
     def __init__(self, config: ClassifierConfig, params: Params, momentum: float, weight_decay: float):
         self.config = config
-        self.params = {k: (v.detach().clone().requires_grad_(True) if k != "body"
-                           else {n: t.detach().clone().requires_grad_(True) for n, t in v.items()})
-                       for k, v in params.items()}
+        self.params = {
+            k: (
+                v.detach().clone().requires_grad_(True)
+                if k != "body"
+                else {n: t.detach().clone().requires_grad_(True) for n, t in v.items()}
+            )
+            for k, v in params.items()
+        }
         self._opt = torch.optim.SGD(_leaves(self.params), lr=0.0, momentum=momentum, weight_decay=weight_decay)
 
     def compile(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
         """Nothing to compile in eager PyTorch (the JAX trainer compiles its step here)."""
 
-    def fit_epoch(self, x: torch.Tensor, y: torch.Tensor, order: np.ndarray, batch: int, lr: float) -> tuple[float, float]:
+    def fit_epoch(
+        self, x: torch.Tensor, y: torch.Tensor, order: np.ndarray, batch: int, lr: float
+    ) -> tuple[float, float]:
         """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped) at learning rate ``lr``.
 
         Returns:
@@ -90,8 +98,9 @@ class TorchResidualClassifierTrainer:
         """
         for group in self._opt.param_groups:
             group["lr"] = lr
-        return classifier_epoch(lambda xb: residual_classifier_apply(self.params, xb, self.config), self._opt,
-                                x, y, order, batch)
+        return classifier_epoch(
+            lambda xb: residual_classifier_apply(self.params, xb, self.config), self._opt, x, y, order, batch
+        )
 
     def body_gradients(self, x: torch.Tensor, y: torch.Tensor, backward: str) -> dict[str, np.ndarray]:
         """The residual blocks' weight gradients by ``backward`` (see ``backends.signatures``)."""
@@ -106,8 +115,9 @@ class TorchResidualClassifierTrainer:
         return residual_classifier_apply(self.params, x, self.config).argmax(-1).cpu().numpy()
 
 
-def residual_classifier_trainer(config: ClassifierConfig, params: Params, momentum: float = 0.9,
-                                weight_decay: float = 5e-4) -> TorchResidualClassifierTrainer:
+def residual_classifier_trainer(
+    config: ClassifierConfig, params: Params, momentum: float = 0.9, weight_decay: float = 5e-4
+) -> TorchResidualClassifierTrainer:
     """A trainer of the classifier from ``params`` (copied): SGD with ``momentum`` and ``weight_decay``.
 
     Returns:

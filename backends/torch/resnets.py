@@ -9,6 +9,7 @@ and the functions the memory meters take (``residual_functional``, ``host_peak_b
 
 References: thesis eq. 2.1, 2.6-2.9 (section 2.4), eq. 4.2-4.4, 4.17, appendix 4.C.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -40,10 +41,17 @@ class ResidualNet(torch.nn.Module):
         for fam in config.families:
             names = [f"{fam}.{k}" if fam else k for k in block_shapes(config)]
             count = 1 if config.tied else config.sets
-            self.sets[fam or "f"] = torch.nn.ModuleList([
-                torch.nn.ParameterList([torch.nn.Parameter(torch.from_numpy(
-                    params[n] if config.tied else params[n][k]).to(device)) for n in names])
-                for k in range(count)])
+            self.sets[fam or "f"] = torch.nn.ModuleList(
+                [
+                    torch.nn.ParameterList(
+                        [
+                            torch.nn.Parameter(torch.from_numpy(params[n] if config.tied else params[n][k]).to(device))
+                            for n in names
+                        ]
+                    )
+                    for k in range(count)
+                ]
+            )
 
     def family(self, name: str = "") -> Family:
         """The residual functions of family ``name`` ("" or, for a RevNet, "phi" / "psi")."""
@@ -92,30 +100,58 @@ class _CheckpointLayer(torch.nn.Sequential):
         return x
 
 
-def _torchvision_net(model: str, block: str, gamma: float | str | None, frac_bits: int | None,
-                     backprop: bool, seed: int, dtype: str, device: Any) -> torch.nn.Module:
+def _torchvision_net(
+    model: str,
+    block: str,
+    gamma: float | str | None,
+    frac_bits: int | None,
+    backprop: bool,
+    seed: int,
+    dtype: str,
+    device: Any,
+) -> torch.nn.Module:
     import torchvision
 
     if model not in ("resnet", "checkpoint", "momentum", "momentum_reversible"):
-        raise ValueError(f"model={model!r} with block={block!r}: a torchvision ResNet runs as resnet, checkpoint, "
-                         "momentum or momentum_reversible")
+        raise ValueError(
+            f"model={model!r} with block={block!r}: a torchvision ResNet runs as resnet, checkpoint, "
+            "momentum or momentum_reversible"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = getattr(torchvision.models, block)(weights=None)
     if model in ("momentum", "momentum_reversible"):
-        net = to_momentum(net, 0.9 if gamma is None else gamma,
-                          memory_free=model == "momentum_reversible" and not backprop, frac_bits=frac_bits)
+        net = to_momentum(
+            net,
+            0.9 if gamma is None else gamma,
+            memory_free=model == "momentum_reversible" and not backprop,
+            frac_bits=frac_bits,
+        )
     elif model == "checkpoint" and not backprop:
         for name in ("layer1", "layer2", "layer3", "layer4"):
             setattr(net, name, _CheckpointLayer(*getattr(net, name)))
     return net.to(device=device, dtype=getattr(torch, dtype))
 
 
-def residual_net(model: str, *, depth: int | None = None, width: int | None = None, hidden: int | None = None,
-                 block: str = "mlp", activation: str = "tanh", tied: bool = False,
-                 gamma: float | str | None = None, scale: float | None = None, frac_bits: int | None = None,
-                 image_size: int | None = None, backprop: bool = False, weights: dict[str, Any] | None = None,
-                 seed: int = 0, dtype: str = "float32", device: Any = "cpu") -> torch.nn.Module:
+def residual_net(
+    model: str,
+    *,
+    depth: int | None = None,
+    width: int | None = None,
+    hidden: int | None = None,
+    block: str = "mlp",
+    activation: str = "tanh",
+    tied: bool = False,
+    gamma: float | str | None = None,
+    scale: float | None = None,
+    frac_bits: int | None = None,
+    image_size: int | None = None,
+    backprop: bool = False,
+    weights: dict[str, Any] | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: Any = "cpu",
+) -> torch.nn.Module:
     """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), weights from the shared initialiser.
 
     Args:
@@ -144,9 +180,21 @@ def residual_net(model: str, *, depth: int | None = None, width: int | None = No
     for field, value in (("depth", depth), ("width", width)):
         if value is None:
             raise ValueError(f"{field} is required for block={block!r}")
-    config = make_config(model, depth=depth, width=width, hidden=hidden, block=block, activation=activation,
-                         tied=tied, gamma=gamma, scale=scale, frac_bits=frac_bits, image_size=image_size,
-                         backprop=backprop, dtype=dtype)
+    config = make_config(
+        model,
+        depth=depth,
+        width=width,
+        hidden=hidden,
+        block=block,
+        activation=activation,
+        tied=tied,
+        gamma=gamma,
+        scale=scale,
+        frac_bits=frac_bits,
+        image_size=image_size,
+        backprop=backprop,
+        dtype=dtype,
+    )
     return ResidualNet(config, with_weights(config, init_params(config, seed), weights), torch.device(device))
 
 
@@ -161,8 +209,9 @@ def _check_input(net: torch.nn.Module, x: torch.Tensor) -> None:
         cfg = net.config
         expected = cfg.input_shape(x.shape[0] if x.ndim else 0)[1:]
         if tuple(x.shape[1:]) != expected or x.ndim != len(expected) + 1:
-            raise ValueError(f"x has shape {tuple(x.shape)}; this {cfg.block} net takes "
-                             f"(batch, {', '.join(map(str, expected))})")
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; this {cfg.block} net takes (batch, {', '.join(map(str, expected))})"
+            )
         if str(x.dtype).removeprefix("torch.") != cfg.dtype:
             raise ValueError(f"x has dtype {x.dtype}; this net runs in {cfg.dtype}")
 
@@ -187,7 +236,7 @@ def residual_vjp(net: torch.nn.Module, x: torch.Tensor, cotangent: torch.Tensor)
     grads = torch.autograd.grad(net(leaf), [leaf, *tensors], cotangent, allow_unused=True)
     out, i = {}, 1
     for name, ts in groups:
-        gs = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads[i:i + len(ts)], ts)]
+        gs = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads[i : i + len(ts)], ts)]
         out[name] = gs[0] if len(gs) == 1 and (not isinstance(net, ResidualNet) or net.config.tied) else torch.stack(gs)
         i += len(ts)
     out["input"] = grads[0]
@@ -229,8 +278,7 @@ def _stack(kept: dict[int, torch.Tensor]) -> torch.Tensor:
 
 def _needs_config(net: torch.nn.Module, what: str) -> ResidualConfig:
     if not isinstance(net, ResidualNet):
-        raise ValueError(f"{what} needs a network from residual_net with block mlp or conv, "
-                         f"not {type(net).__name__}")
+        raise ValueError(f"{what} needs a network from residual_net with block mlp or conv, not {type(net).__name__}")
     return net.config
 
 
@@ -312,8 +360,11 @@ def host_peak_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # kineto's start-up messages are not results
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(*args)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -321,5 +372,13 @@ def host_peak_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
     return int(peak)
 
 
-__all__ = ["ResidualNet", "host_peak_bytes", "residual_apply", "residual_functional", "residual_net",
-           "residual_reconstruct", "residual_trajectory", "residual_vjp"]
+__all__ = [
+    "ResidualNet",
+    "host_peak_bytes",
+    "residual_apply",
+    "residual_functional",
+    "residual_net",
+    "residual_reconstruct",
+    "residual_trajectory",
+    "residual_vjp",
+]

@@ -5,6 +5,7 @@ backward recovers every activation bit for bit (no buffer needed: nothing is mul
 
 References: thesis eq. 4.4 (Gomez et al. 2017), section 4.3.3, section 4.5.3 (activations duplicated).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,7 @@ def revnet_forward(phi: Family, psi: Family, scale: float, x: torch.Tensor, reco
     return x, v
 
 
-def revnet_reverse(phi: Family, psi: Family, scale: float, x: torch.Tensor, v: torch.Tensor,
-                   record: Record = None):
+def revnet_reverse(phi: Family, psi: Family, scale: float, x: torch.Tensor, v: torch.Tensor, record: Record = None):
     """Invert eq. 4.4 in floats (x_n = x_{n+1} - h psi(v_{n+1}), v_n = v_{n+1} - h phi(x_n))."""
     if record:
         record(len(phi), x)
@@ -57,8 +57,10 @@ def exact_forward(phi: Family, psi: Family, scale: float, bits: int, x: torch.Te
         if record:
             record(k + 1, dequantize(big, bits, dtype))
     if bool(bad):
-        raise OverflowError(f"revnet fixed point: a value reached 2**{fixed_point.VALUE_BITS - bits} "
-                            f"(frac_bits={bits}); lower frac_bits or the scale of the activations")
+        raise OverflowError(
+            f"revnet fixed point: a value reached 2**{fixed_point.VALUE_BITS - bits} "
+            f"(frac_bits={bits}); lower frac_bits or the scale of the activations"
+        )
     return big, vel
 
 
@@ -71,9 +73,18 @@ def _eval(fam: Family, k: int, z: torch.Tensor, grad: bool):
         return fam(k, z)
 
 
-def exact_reverse(phi: Family, psi: Family, scale: float, bits: int, big: torch.Tensor, vel: torch.Tensor,
-                  dtype: torch.dtype, g: torch.Tensor | None = None, grads: Grads | None = None,
-                  record: Record = None):
+def exact_reverse(
+    phi: Family,
+    psi: Family,
+    scale: float,
+    bits: int,
+    big: torch.Tensor,
+    vel: torch.Tensor,
+    dtype: torch.dtype,
+    g: torch.Tensor | None = None,
+    grads: Grads | None = None,
+    record: Record = None,
+):
     """Undo :func:`exact_forward`, backpropagating a cotangent ``g`` of x_N on the way.
 
     ``big`` and ``vel`` are updated in place.
@@ -115,8 +126,10 @@ class _RevNetExact(torch.autograd.Function):
         with deterministic(), ctx.phi.recomputing(), ctx.psi.recomputing():
             big0, vel0, gin = exact_reverse(ctx.phi, ctx.psi, ctx.scale, ctx.bits, big, vel, ctx.dtype, g, grads)
         if not torch.equal(big0, vel0):
-            raise RuntimeError("revnet: the reversal did not return to x_0 = v_0; a block gave different bits "
-                               "when recomputed (non-deterministic kernel?)")
+            raise RuntimeError(
+                "revnet: the reversal did not return to x_0 = v_0; a block gave different bits "
+                "when recomputed (non-deterministic kernel?)"
+            )
         return (None, None, None, None, gin, *grads.result(ctx.tensors))
 
 

@@ -1,4 +1,5 @@
 """The two calls that bound a device: a dense matmul (compute) and a copy (memory bandwidth)."""
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ On the CPU the steps run on one intra-op thread: the per-layer matrices (100 x 1
 thesis) are far too small to share, and on a shared 2-core machine two threads made a step 30 times
 slower (OpenMP threads waiting for each other).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -117,8 +118,9 @@ def _one_thread(device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
-def scaled_resnet_gd(params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
-                     activation: str = "gelu") -> tuple[Params, torch.Tensor, torch.Tensor]:
+def scaled_resnet_gd(
+    params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, activation: str = "gelu"
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """``steps`` steps of full-batch gradient descent on the mean squared error of eq. 3.3.
 
     Args:

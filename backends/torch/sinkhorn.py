@@ -5,6 +5,7 @@ so ``n_iter = 1`` is the softmax and an odd ``n_iter`` ends on rows. The scaling
 log domain (appendix 5.B, eq. 5.13) with marginals scaled so that rows sum to 1 and, for a square
 matrix, columns sum to 1 (eq. 5.13 writes 1/n). Mirrors ``backends/jax/sinkhorn.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,10 @@ def _validate(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None) -> N
     if n != m:
         raise ValueError(f"mask: padding masks need square scores (self-attention), got n={n}, m={m}")
     if mask.ndim != scores.ndim - 1 or mask.shape[-1] != n:
-        raise ValueError(f"mask: expected shape (..., {n}) with {scores.ndim - 1} dims, broadcastable "
-                         f"against scores {tuple(scores.shape[:-1])}; got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask: expected shape (..., {n}) with {scores.ndim - 1} dims, broadcastable "
+            f"against scores {tuple(scores.shape[:-1])}; got {tuple(mask.shape)}"
+        )
 
 
 def _iterate(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None) -> torch.Tensor:
@@ -102,8 +105,9 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         return _implicit_grad(plan, grad, rest[0] if rest else None), None, None
 
 
-def sinkhorn(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None = None,
-             implicit: bool = False) -> torch.Tensor:
+def sinkhorn(
+    scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None = None, implicit: bool = False
+) -> torch.Tensor:
     """Sinkhorn's algorithm on ``exp(scores)`` in the log domain: ``n_iter`` row/column normalisations.
 
     Args:
@@ -128,9 +132,15 @@ def sinkhorn(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None = None
     return _iterate(scores, n_iter, mask)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normalization: str = "softmax",
-              sinkhorn_iters: int = 3, mask: torch.Tensor | None = None,
-              implicit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    normalization: str = "softmax",
+    sinkhorn_iters: int = 3,
+    mask: torch.Tensor | None = None,
+    implicit: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention normalised by the softmax or by Sinkhorn's algorithm.
 
     Args:

@@ -11,6 +11,7 @@ Inputs: any batch shape, along the last axis, float16/bfloat16 (computed in floa
 float64. Integer or bool inputs raise ValueError (cast them first); so do NaN and +-inf, because
 the relaxed operators are not defined there (the hard baselines follow ``torch.topk`` instead).
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,7 +50,7 @@ class _Threshold(torch.autograd.Function):
     """Exact threshold solver on the top k + m values (selection); backward by Prop. 7.8 on the pooled block."""
 
     @staticmethod
-    def forward(ctx, x, k, lam, e, op):  # noqa: D102
+    def forward(ctx, x, k, lam, e, op):
         _check_finite(x)
         t, index = select_threshold(x if op == "mask" else x.abs(), k, lam, e, op)
         ctx.args = (k, lam, e, op)
@@ -63,7 +64,7 @@ class _Threshold(torch.autograd.Function):
         return torch.zeros_like(x).scatter_(1, index, y_top)
 
     @staticmethod
-    def backward(ctx, g):  # noqa: D102
+    def backward(ctx, g):
         if len(ctx.saved_tensors) == 2:
             x, t = ctx.saved_tensors
             return threshold_vjp(x, t, g, *ctx.args), None, None, None, None
@@ -78,7 +79,12 @@ def _sorted_solve(x, k, lam, e, op, solver, max_iter, tol):
     _check_sorted_finite(s)
     if solver == "pav":
         r, bid = pav(s.detach().cpu().numpy(), k, lam, e, op)
-        return torch.from_numpy(r).to(s.device), torch.from_numpy(bid).to(device=s.device, dtype=torch.int64), perm, None
+        return (
+            torch.from_numpy(r).to(s.device),
+            torch.from_numpy(bid).to(device=s.device, dtype=torch.int64),
+            perm,
+            None,
+        )
     w = (torch.arange(s.shape[1], device=s.device) < k).to(s.dtype)
     if op == "mask":
         target, c = s - lam * w, None
@@ -103,14 +109,14 @@ class _Sorted(torch.autograd.Function):
     """PAV or Dykstra; backward by Prop. 7.8 on the blocks the solver returned."""
 
     @staticmethod
-    def forward(ctx, x, k, lam, e, op, solver, max_iter, tol):  # noqa: D102
+    def forward(ctx, x, k, lam, e, op, solver, max_iter, tol):
         r, bid, perm, it = _sorted_solve(x, k, lam, e, op, solver, max_iter, tol)
         ctx.save_for_backward(x, r, bid, perm)
         ctx.args = (k, lam, e, op)
         return _sorted_output(x, r, perm, lam, e, op)
 
     @staticmethod
-    def backward(ctx, g):  # noqa: D102
+    def backward(ctx, g):
         x, r, bid, perm = ctx.saved_tensors
         k, lam, e, op = ctx.args
         h = g if op == "mask" else g * torch.sign(x)
@@ -138,8 +144,16 @@ def _relaxed(x, k, op, lam, p, solver, max_iter, tol, *, info: bool = False):
     return y.to(x.dtype).reshape(x.shape), iterations
 
 
-def topk_mask(x: torch.Tensor, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
-              max_iter: int | None = None, tol: float | None = None) -> torch.Tensor:
+def topk_mask(
+    x: torch.Tensor,
+    k: int,
+    *,
+    lam: float = 0.1,
+    p: float = 2.0,
+    solver: str = "threshold",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> torch.Tensor:
     """Relaxed top-k mask ``argmax_{y in P(1_k)} <x, y> - (lam/p) ||y||_p^p`` along the last axis.
 
     Args:
@@ -157,8 +171,16 @@ def topk_mask(x: torch.Tensor, k: int, *, lam: float = 0.1, p: float = 2.0, solv
     return _relaxed(x, k, "mask", lam, p, solver, max_iter, tol)[0]
 
 
-def topk_mag(x: torch.Tensor, k: int, *, lam: float = 0.1, p: float = 2.0, solver: str = "threshold",
-             max_iter: int | None = None, tol: float | None = None) -> torch.Tensor:
+def topk_mag(
+    x: torch.Tensor,
+    k: int,
+    *,
+    lam: float = 0.1,
+    p: float = 2.0,
+    solver: str = "threshold",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> torch.Tensor:
     """Relaxed top-k in magnitude ``y_{phi,R}(x, 1_k)``, phi(x) = x^2/2, along the last axis.
 
     Args:
@@ -215,9 +237,17 @@ def _dispatch(x, k, op, lam, p, solver, max_iter, tol, info=False):
     return _relaxed(x, k, op, lam, p, solver, max_iter, tol, info=info)
 
 
-def topk_solve(x: torch.Tensor, k: int, *, op: str = "mask", lam: float = 0.1, p: float = 2.0,
-               solver: str = "threshold", max_iter: int | None = None,
-               tol: float | None = None) -> tuple[torch.Tensor, int | None]:
+def topk_solve(
+    x: torch.Tensor,
+    k: int,
+    *,
+    op: str = "mask",
+    lam: float = 0.1,
+    p: float = 2.0,
+    solver: str = "threshold",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> tuple[torch.Tensor, int | None]:
     """Forward only, with what the solver reports: (output, Dykstra's iterations or None).
 
     Args:
@@ -232,9 +262,18 @@ def topk_solve(x: torch.Tensor, k: int, *, op: str = "mask", lam: float = 0.1, p
         return _dispatch(x, k, op, lam, p, solver, max_iter, tol, info=True)
 
 
-def topk_vjp(x: torch.Tensor, k: int, cotangent: torch.Tensor, *, op: str = "mask", lam: float = 0.1,
-             p: float = 2.0, solver: str = "threshold", max_iter: int | None = None,
-             tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_vjp(
+    x: torch.Tensor,
+    k: int,
+    cotangent: torch.Tensor,
+    *,
+    op: str = "mask",
+    lam: float = 0.1,
+    p: float = 2.0,
+    solver: str = "threshold",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward in one call: (output, cotangent^T d output / d x).
 
     Args:

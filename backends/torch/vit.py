@@ -4,6 +4,7 @@ Functional: the weights are a nested dict of tensors made from ``backends.vit_in
 seed gives the same weights as ``backends/jax/vit.py``), the forward is ``vit_apply`` and the
 training loop sits behind ``vit_trainer``, whose object has the same methods in both backends.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -70,8 +71,9 @@ def _patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
-def vit_apply(params: Params, images: torch.Tensor, config: ViTConfig,
-              mlp: MLP | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def vit_apply(
+    params: Params, images: torch.Tensor, config: ViTConfig, mlp: MLP | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Logits of the ViT and the attention matrices of every layer.
 
     Args:
@@ -118,21 +120,25 @@ class TorchViTTrainer:
     def compile(self, images: torch.Tensor, labels: torch.Tensor, batch: int) -> None:
         """Nothing to compile in eager PyTorch (the JAX trainer compiles its epoch here)."""
 
-    def fit_epoch(self, images: torch.Tensor, labels: torch.Tensor, order: np.ndarray,
-                  batch: int) -> tuple[float, float]:
+    def fit_epoch(
+        self, images: torch.Tensor, labels: torch.Tensor, order: np.ndarray, batch: int
+    ) -> tuple[float, float]:
         """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped).
 
         Returns:
             the mean training loss and the running training accuracy over the epoch.
         """
-        return classifier_epoch(lambda xb: vit_apply(self.params, xb, self.config, self.mlp)[0], self._opt,
-                                images, labels, order, batch)
+        return classifier_epoch(
+            lambda xb: vit_apply(self.params, xb, self.config, self.mlp)[0], self._opt, images, labels, order, batch
+        )
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch: int = 500) -> np.ndarray:
         """Predicted class of every image, (N,) int64."""
-        out = [vit_apply(self.params, images[i:i + batch], self.config, self.mlp)[0].argmax(-1)
-               for i in range(0, images.shape[0], batch)]
+        out = [
+            vit_apply(self.params, images[i : i + batch], self.config, self.mlp)[0].argmax(-1)
+            for i in range(0, images.shape[0], batch)
+        ]
         return torch.cat(out).cpu().numpy()
 
     @torch.no_grad()
@@ -142,8 +148,9 @@ class TorchViTTrainer:
         return [m.to(torch.float64).cpu().numpy() for m in maps]
 
 
-def vit_trainer(config: ViTConfig, params: Params, lr: float, optimizer: str = "adam",
-                mlp: MLP | None = None) -> TorchViTTrainer:
+def vit_trainer(
+    config: ViTConfig, params: Params, lr: float, optimizer: str = "adam", mlp: MLP | None = None
+) -> TorchViTTrainer:
     """A trainer of the ViT ``config`` starting from ``params`` (copied), with Adam or plain SGD.
 
     Args:

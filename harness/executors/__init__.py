@@ -1,4 +1,5 @@
 """Executors by name: ``ray`` (default; embedded or a cluster) and ``local`` (child processes, no Ray)."""
+
 from __future__ import annotations
 
 import importlib

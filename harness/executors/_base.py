@@ -1,4 +1,5 @@
 """What every executor offers the runner, and the host facts they share."""
+
 from __future__ import annotations
 
 import os

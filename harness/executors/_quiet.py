@@ -5,6 +5,7 @@ discovery skips names that start with an underscore); ``verbose`` leaves Ray pri
 Until the runner names the file (after the spec and flags are checked), lines wait in memory, so
 bad input still writes nothing.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -84,9 +85,13 @@ class RayLog:
         import ray._private.worker as ray_worker
 
         if self._saved is None:
-            self._saved = {"loggers": {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
-                                       for name in _RAY_LOGGERS},
-                           "print": getattr(ray_worker, "print_to_stdstream", None)}
+            self._saved = {
+                "loggers": {
+                    name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
+                    for name in _RAY_LOGGERS
+                },
+                "print": getattr(ray_worker, "print_to_stdstream", None),
+            }
             if self._saved["print"] is not None:  # read by Ray at each call, and bound by ray.init
                 ray_worker.print_to_stdstream = self._print
         for name in _RAY_LOGGERS:

@@ -1,4 +1,5 @@
 """The local executor: trials one at a time, each in a spawned child process, no Ray."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -33,7 +34,9 @@ class LocalExecutor:
         self.log = log  # no Ray here: the children print to this console
         self.dashboard_url: str | None = None
         if address:
-            raise UserError(f"--address: the local executor runs on this host only; got {address!r} (use --executor ray)")
+            raise UserError(
+                f"--address: the local executor runs on this host only; got {address!r} (use --executor ray)"
+            )
 
     def resolve_device(self, device: str) -> str:
         return local_accelerator() if device == "auto" else device
@@ -44,8 +47,10 @@ class LocalExecutor:
     def check(self, trial: Trial) -> None:
         require_here(trial)
         if trial.resources.tpus or trial.resources.gpus > 1:
-            raise UserError(f"resources: the local executor runs one trial on this host; it cannot give "
-                            f"gpus={trial.resources.gpus}, tpus={trial.resources.tpus}")
+            raise UserError(
+                f"resources: the local executor runs one trial on this host; it cannot give "
+                f"gpus={trial.resources.gpus}, tpus={trial.resources.tpus}"
+            )
 
     def run(self, trials: Iterable[Trial], on_done: OnDone, *, max_in_flight: int | None = None) -> None:
         ctx = mp.get_context("spawn")
@@ -69,8 +74,9 @@ class LocalExecutor:
                 outcome = unfinished(trial, "timeout", f"exceeded timeout_s={trial.timeout_s:g}", started, start_wall)
             else:
                 proc.join()
-                outcome = unfinished(trial, "crashed", f"worker process died (exit code {proc.exitcode})",
-                                     started, start_wall)
+                outcome = unfinished(
+                    trial, "crashed", f"worker process died (exit code {proc.exitcode})", started, start_wall
+                )
             on_done(trial, outcome)
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 Where to connect, in order: the ``--address`` given, then ``RAY_ADDRESS``, then a new embedded
 local instance. A trial's timeout starts when it is handed to a ready worker.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,7 @@ class TrialWorker:
         """
         try:
             prepare(workload, backend)
-        except Exception:  # noqa: BLE001 -- recorded by the trial that needs it
+        except Exception:
             pass
         return ray.get_runtime_context().get_node_id()
 
@@ -83,8 +84,9 @@ def _options(trial: Trial) -> dict[str, Any]:
 class RayExecutor:
     """Runs trials on a Ray cluster, at most as many at once as the nodes' resources allow."""
 
-    def __init__(self, address: str | None = None, connect_timeout_s: float = 2.0, *,
-                 log: RayLog | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, connect_timeout_s: float = 2.0, *, log: RayLog | None = None
+    ) -> None:
         self._idle: dict[str, list[Any]] = {}
         self.log = log or RayLog()
         self.dashboard_url: str | None = None
@@ -107,12 +109,18 @@ class RayExecutor:
             self.log.install()  # before ray.init: its notices (token authentication) go to the log too
             try:
                 # "local" always starts a new instance: None would join a `ray start` cluster of this host
-                context = ray.init(address="local" if embedded else address, include_dashboard=False, configure_logging=False,
-                                   log_to_driver=True, _node_ip_address="127.0.0.1" if not address else None)
+                context = ray.init(
+                    address="local" if embedded else address,
+                    include_dashboard=False,
+                    configure_logging=False,
+                    log_to_driver=True,
+                    _node_ip_address="127.0.0.1" if not address else None,
+                )
             except (ConnectionError, RuntimeError, ValueError) as err:
                 self.log.uninstall()
-                raise UserError(f"--address: cannot reach a Ray cluster at '{address}': "
-                                f"{' '.join(str(err).split())[:200]}") from None
+                raise UserError(
+                    f"--address: cannot reach a Ray cluster at '{address}': {' '.join(str(err).split())[:200]}"
+                ) from None
             self.log.install()  # ray.init cleared the ray logger's handlers
             url = getattr(context, "dashboard_url", None)
             if address and url:
@@ -129,7 +137,7 @@ class RayExecutor:
             from ray._private.state import state
 
             config = state.get_cluster_config()
-        except Exception:  # noqa: BLE001 -- no autoscaler state: a fixed cluster
+        except Exception:
             return []
         if config is None:
             return []
@@ -158,9 +166,13 @@ class RayExecutor:
             require_here(trial)
         if self._slots(trial) < 1:
             shapes = [*self._nodes(), *(shape for shape, _ in self._scalable())]
-            have = "; ".join(", ".join(f"{k}={v:g}" for k, v in n.items() if k in ("CPU", "GPU", "TPU")) for n in shapes)
-            raise UserError(f"resources: no node, present or that the autoscaler can add, can run a trial "
-                            f"needing {_demand(trial)}; nodes have: {have}")
+            have = "; ".join(
+                ", ".join(f"{k}={v:g}" for k, v in n.items() if k in ("CPU", "GPU", "TPU")) for n in shapes
+            )
+            raise UserError(
+                f"resources: no node, present or that the autoscaler can add, can run a trial "
+                f"needing {_demand(trial)}; nodes have: {have}"
+            )
 
     def run(self, trials: Iterable[Trial], on_done: OnDone, *, max_in_flight: int | None = None) -> None:
         source = iter(trials)
@@ -191,8 +203,11 @@ class RayExecutor:
             return None if trial is None else (trial, 0)
 
         def launch(trial: Trial, attempt: int, actor: Any) -> None:
-            ref = actor.run.remote(trial) if actor_mode else _run_in_fresh_worker.options(
-                **_options(trial), max_retries=0).remote(trial)
+            ref = (
+                actor.run.remote(trial)
+                if actor_mode
+                else _run_in_fresh_worker.options(**_options(trial), max_retries=0).remote(trial)
+            )
             running[ref] = _Running(trial, attempt, time.monotonic(), dt.datetime.now(dt.timezone.utc), actor)
 
         def finish(run: _Running, status: str, error: str) -> None:
@@ -236,8 +251,11 @@ class RayExecutor:
                         if run.attempt < RETRIES:
                             queue.appendleft((run.trial, run.attempt + 1))
                         else:
-                            finish(run, "crashed", f"worker died {run.attempt + 1} times; last: {type(err).__name__}"
-                                                   f"\n{err}")  # the store keeps Ray's whole account
+                            finish(
+                                run,
+                                "crashed",
+                                f"worker died {run.attempt + 1} times; last: {type(err).__name__}\n{err}",
+                            )  # the store keeps Ray's whole account
                 now = time.monotonic()
                 for ref, run in list(running.items()):
                     if now - run.started > run.trial.timeout_s:
@@ -263,4 +281,3 @@ class RayExecutor:
                 self._reaper.communicate()  # fires it: kills whatever Ray left behind
         finally:
             self.log.uninstall()
-

@@ -1,4 +1,5 @@
 """Adjoint ResNet and HeunNet (section 2.4): approximate reversal whose errors shrink with depth."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,10 @@ def _rel_errors(be, model: str, depth: int, tied: bool) -> dict[str, float]:
     x, g = (be.asarray(normal(s, (4, 6)), dev, "float64") for s in (0, 1))
     mine = be.ops.residual_vjp(be.ops.residual_net(model, depth=depth, tied=tied, **KW), x, g)
     ref = be.ops.residual_vjp(be.ops.residual_net(model, depth=depth, tied=tied, backprop=True, **KW), x, g)
-    return {k: float(np.linalg.norm(be.to_numpy(mine[k]) - be.to_numpy(ref[k])) / np.linalg.norm(be.to_numpy(ref[k])))
-            for k in ref}
+    return {
+        k: float(np.linalg.norm(be.to_numpy(mine[k]) - be.to_numpy(ref[k])) / np.linalg.norm(be.to_numpy(ref[k])))
+        for k in ref
+    }
 
 
 @pytest.mark.parametrize("name", ["torch", "jax"])
@@ -31,7 +34,10 @@ def test_adjoint_gradient_error_against_backprop_shrinks_with_depth(name, model)
 @pytest.mark.parametrize("name", ["torch", "jax"])
 def test_adjoint_gradients_agree_between_backends(name):
     other = "jax" if name == "torch" else "torch"
-    a, b = _rel_errors(backends.get(name), "adjoint_heun", 8, False), _rel_errors(backends.get(other), "adjoint_heun", 8, False)
+    a, b = (
+        _rel_errors(backends.get(name), "adjoint_heun", 8, False),
+        _rel_errors(backends.get(other), "adjoint_heun", 8, False),
+    )
     for k in a:
         assert abs(a[k] - b[k]) <= 1e-6 * b[k] + 1e-12, k
 

@@ -1,5 +1,6 @@
 """Autoregressive in-context learning (chapter 6): data, the Transformer and the GD baseline, against
 NumPy oracles and across backends."""
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,10 @@ def test_apply_matches_the_token_by_token_oracle(name, config):
     tokens, _ = augment(ar_sequences(3, config.dim, 6, seed=0))
     ops = backends.get(name).ops
     params = ops.ar_transformer_init(config, 1, "cpu", "float64")
-    assert_close(num(name, ops.ar_transformer_apply(params, arr(name, tokens), config)),
-                 oracle_apply(init_params(config, 1, "float64"), tokens, config))
+    assert_close(
+        num(name, ops.ar_transformer_apply(params, arr(name, tokens), config)),
+        oracle_apply(init_params(config, 1, "float64"), tokens, config),
+    )
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["linear", "softmax_mlp"])

@@ -1,4 +1,5 @@
 """Image data for the attention workload: digits from scikit-learn, MNIST/CIFAR-10 from disk, never downloaded."""
+
 from __future__ import annotations
 
 import gzip
@@ -50,7 +51,9 @@ def test_mnist_is_read_from_torchvisions_layout_without_torchvision(data_root):
     assert data.train_x.shape == (6, 1, 28, 28) and data.image_size == 28 and data.channels == 1
     np.testing.assert_array_equal(data.test_y, np.arange(4))
     # standardised with the training images' statistics: the pixel order survives
-    np.testing.assert_array_equal(np.argsort(data.test_x.ravel(), kind="stable"), np.argsort(test.ravel(), kind="stable"))
+    np.testing.assert_array_equal(
+        np.argsort(data.test_x.ravel(), kind="stable"), np.argsort(test.ravel(), kind="stable")
+    )
 
 
 def test_cifar10_is_read_from_its_python_batches(data_root):

@@ -1,4 +1,5 @@
 """The sparse-MoE ViT's routing in both backends: expert-choice invariants, gradients, torch vs JAX."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -119,7 +120,7 @@ def test_gradients_reach_the_gates_always_and_the_selection_only_when_relaxed(ro
 def test_unrolled_dykstra_gradient_matches_finite_differences():
     x = torch.tensor(np.random.default_rng(6).uniform(0, 1, (2, 9)), requires_grad=True)
     w = torch.tensor(np.random.default_rng(7).standard_normal((2, 9)))
-    f = lambda z: (tmoe.unrolled_dykstra_mask(z, 3, 0.3, 10) * w).sum()  # noqa: E731
+    f = lambda z: (tmoe.unrolled_dykstra_mask(z, 3, 0.3, 10) * w).sum()
     assert torch.autograd.gradcheck(f, (x,), eps=1e-7, atol=1e-5)
 
 
@@ -159,10 +160,12 @@ def test_routing_stats_and_config_errors():
 
 # ------------------------------------------------------------------------------ sparse dispatch
 
-_CASES = {"hard": dict(router="hard"),
-          "dykstra": dict(router="relaxed", solver="dykstra", lam=0.01, max_iter=10),
-          "threshold p=4/3": dict(router="relaxed", solver="threshold", p=4 / 3, lam=0.01),
-          "pav": dict(router="relaxed", solver="pav", lam=0.01)}
+_CASES = {
+    "hard": dict(router="hard"),
+    "dykstra": dict(router="relaxed", solver="dykstra", lam=0.01, max_iter=10),
+    "threshold p=4/3": dict(router="relaxed", solver="threshold", p=4 / 3, lam=0.01),
+    "pav": dict(router="relaxed", solver="pav", lam=0.01),
+}
 _SHAPE = ViTConfig(width=16, depth=2, heads=2, mlp_dim=24, patch=1)
 """65 tokens per image; with 16 experts each takes k = 5 (k/n = 0.077, the thesis' 28/400 = 0.07). At
 lam = 0.01 the relaxed masks of the init keep 7 to 10 non-zeros in their widest row: exact zeros to skip."""

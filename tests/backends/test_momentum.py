@@ -1,4 +1,5 @@
 """Momentum ResNets: the reversible multiplication by gamma, the exact round trip, gradients, to_momentum."""
+
 from __future__ import annotations
 
 import math
@@ -110,8 +111,9 @@ def _round_trip(name: str, cfg, x: np.ndarray):
 @pytest.mark.parametrize("gamma", GAMMAS)
 @pytest.mark.parametrize("name", ["torch", "jax"])
 def test_fixed_point_state_round_trips_exactly_through_10000_layers(name, gamma):
-    cfg = make_config("momentum_reversible", depth=10_000, width=4, hidden=4, tied=True, gamma=_gamma(gamma),
-                      dtype="float64")
+    cfg = make_config(
+        "momentum_reversible", depth=10_000, width=4, hidden=4, tied=True, gamma=_gamma(gamma), dtype="float64"
+    )
     x = normal(3, (2, 4), dtype="float64")
     big0, vel0, buf0, filled, expected = _round_trip(name, cfg, x)
     assert filled.shape == (cfg.words, 2, 4) and filled.any()  # the buffer did hold lost bits
@@ -123,8 +125,17 @@ def test_fixed_point_state_round_trips_exactly_through_10000_layers(name, gamma)
 def test_memory_free_gradient_matches_backprop_through_eq_4_2_in_float64(name, block, tied):
     be = backends.get(name)
     dev = be.device("cpu")
-    kw = dict(depth=12 if block == "mlp" else 4, width=6, hidden=5, block=block, tied=tied, gamma=0.9, image_size=4,
-              dtype="float64", seed=2)
+    kw = dict(
+        depth=12 if block == "mlp" else 4,
+        width=6,
+        hidden=5,
+        block=block,
+        tied=tied,
+        gamma=0.9,
+        image_size=4,
+        dtype="float64",
+        seed=2,
+    )
     shape = (4, 6) if block == "mlp" else (4, 6, 4, 4)
     x, g = (be.asarray(normal(s, shape), dev, "float64") for s in (0, 1))
     mine = be.ops.residual_vjp(be.ops.residual_net("momentum_reversible", **kw), x, g)
@@ -156,8 +167,10 @@ def test_a_block_that_recomputes_different_bits_is_detected():
     from backends.torch._blocks import Family, mlp_block
     from backends.torch.momentum import exact_spec, momentum_exact_apply
 
-    ps = [torch.nn.Parameter(torch.from_numpy(normal(k, s, dtype="float64"))) for k, s in
-          enumerate([(5, 4), (5,), (4, 5), (4,)])]
+    ps = [
+        torch.nn.Parameter(torch.from_numpy(normal(k, s, dtype="float64")))
+        for k, s in enumerate([(5, 4), (5,), (4, 5), (4,)])
+    ]
     calls = []
 
     def drifting(k, x):

@@ -1,4 +1,5 @@
 """The pruned MLP of section 7.6: pruning keeps k entries by magnitude, NumPy oracle, torch vs JAX."""
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,10 @@ def test_hard_pruning_keeps_the_largest_entries_and_apply_matches_numpy(name):
         assert_close(got, want)
         assert np.count_nonzero(got) == config.kept(i) == math.ceil(0.1 * got.size)
     x = np.random.default_rng(1).standard_normal((5, 12))
-    assert_close(backends.get(name).to_numpy(ops.pruned_mlp_apply(params, arr(name, x), config)),
-                 oracle_apply(expected, raw["b"], x))
+    assert_close(
+        backends.get(name).to_numpy(ops.pruned_mlp_apply(params, arr(name, x), config)),
+        oracle_apply(expected, raw["b"], x),
+    )
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -1,4 +1,5 @@
 """The section 2.5.2 classifier: torch and JAX agree through training, the adjoint differs from backprop only through f."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,9 @@ def _data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _config(scheme: str, backward: str, depth: int = 3) -> ClassifierConfig:
-    return ClassifierConfig(scheme=scheme, backward=backward, depth=depth, width=4, image_size=6, classes=4,
-                            dtype="float64")
+    return ClassifierConfig(
+        scheme=scheme, backward=backward, depth=depth, width=4, image_size=6, classes=4, dtype="float64"
+    )
 
 
 def _trained(name: str, config: ClassifierConfig, params_np: dict | None = None) -> dict[str, np.ndarray]:
@@ -38,7 +40,9 @@ def _trained(name: str, config: ClassifierConfig, params_np: dict | None = None)
     trainer.compile(x, y, 12)
     for epoch, lr in enumerate((0.5, 0.25)):
         trainer.fit_epoch(x, y, np.random.default_rng(epoch).permutation(24), 12, lr)
-    flat = {k: v for k, v in trainer.params.items() if k != "body"} | {f"body.{k}": v for k, v in trainer.params["body"].items()}
+    flat = {k: v for k, v in trainer.params.items() if k != "body"} | {
+        f"body.{k}": v for k, v in trainer.params["body"].items()
+    }
     return {k: np.asarray(be.to_numpy(v) if name == "torch" else v) for k, v in flat.items()}
 
 
@@ -61,8 +65,9 @@ def test_logits_do_not_depend_on_depth_at_init_the_residual_part_is_the_identity
     for depth in (1, 4):
         config = _config("heun", "adjoint", depth)
         params = be.ops.residual_classifier_init(config, 7, dev)
-        logits[depth] = np.asarray(be.to_numpy(be.ops.residual_classifier_apply(params, be.asarray(x_np, dev, "float64"),
-                                                                                 config)))
+        logits[depth] = np.asarray(
+            be.to_numpy(be.ops.residual_classifier_apply(params, be.asarray(x_np, dev, "float64"), config))
+        )
     assert logits[1].shape == (24, 4)
     np.testing.assert_allclose(logits[1], logits[4], atol=1e-12)  # bn3 weight 0: f = 0 at every depth
 

@@ -1,4 +1,5 @@
 """The residual-network constructor: both backends agree, errors are clear, memory-free models stay flat."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,9 @@ def test_torch_and_jax_agree_on_the_forward_from_the_same_seed(model):
 @pytest.mark.parametrize("block,activation", [("conv", "relu"), ("conv_norm", "gelu"), ("mlp", "gelu")])
 def test_blocks_and_activations_agree_between_backends(block, activation):
     out = {}
-    bn3 = {"bn3.weight": np.full((KW["depth"] + 1, KW["width"]), 0.5)} if block == "conv_norm" else None  # not the zero init
+    bn3 = (
+        {"bn3.weight": np.full((KW["depth"] + 1, KW["width"]), 0.5)} if block == "conv_norm" else None
+    )  # not the zero init
     shape = (3, 5) if block == "mlp" else (3, 5, 4, 4)
     for name in ("torch", "jax"):
         be = backends.get(name)
@@ -64,8 +67,10 @@ def test_momentum_without_buffer_loses_precision_the_buffer_does_not():
     errs = {}
     for model in ("momentum", "momentum_reversible"):
         net = be.ops.residual_net(model, **kw)
-        errs[model] = np.abs(be.to_numpy(be.ops.residual_trajectory(net, x, 40))[0]
-                             - be.to_numpy(be.ops.residual_reconstruct(net, x, 40))[0]).max()
+        errs[model] = np.abs(
+            be.to_numpy(be.ops.residual_trajectory(net, x, 40))[0]
+            - be.to_numpy(be.ops.residual_reconstruct(net, x, 40))[0]
+        ).max()
     assert errs["momentum_reversible"] == 0 and errs["momentum"] > 1e-6  # 2**40 rounding growth at gamma 1/2
 
 
@@ -78,7 +83,9 @@ def test_saved_bytes_stay_flat_with_depth_for_memory_free_models_and_grow_for_ba
         for depth in (4, 16):
             forward, _, params = be.ops.residual_functional(be.ops.residual_net(model, depth=depth, width=8, tied=True))
             saved[model, depth] = be.memory.saved_bytes(forward, params, x)
-    per_layer = {m: (saved[m, 16] - saved[m, 4]) / 12 for m in ("resnet", "checkpoint", "momentum_reversible", "revnet")}
+    per_layer = {
+        m: (saved[m, 16] - saved[m, 4]) / 12 for m in ("resnet", "checkpoint", "momentum_reversible", "revnet")
+    }
     activation = 4 * 8 * 4
     assert per_layer["resnet"] >= 2 * activation
     assert activation <= per_layer["checkpoint"] < per_layer["resnet"]

@@ -1,4 +1,5 @@
 """The roofline operators agree between torch and JAX, and the backend meters measure real things."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """The scaled residual network of eq. 3.3 and its gradient descent: NumPy oracles, torch autograd, torch vs JAX."""
+
 from __future__ import annotations
 
 import math
@@ -79,7 +80,9 @@ def test_gd_step_agrees_between_torch_and_jax_and_with_finite_differences(activa
     runs = {}
     for name in BACKENDS:
         data = arrays(name, {"x": x, "y": y})
-        new, losses, diffs = backends.get(name).ops.scaled_resnet_gd(arrays(name, p), data["x"], data["y"], 0.05, 1, activation)
+        new, losses, diffs = backends.get(name).ops.scaled_resnet_gd(
+            arrays(name, p), data["x"], data["y"], 0.05, 1, activation
+        )
         runs[name] = ({k: num(name, v) for k, v in new.items()}, num(name, losses), num(name, diffs))
     for a, b in zip(runs["torch"], runs["jax"]):
         if isinstance(a, dict):
@@ -113,8 +116,9 @@ def test_float32_runs_of_the_thesis_init_agree_across_backends(name):
     _, losses, diffs = ops.scaled_resnet_gd(arrays(name, p, "float32"), data["x"], data["y"], 8e-2, 5, "gelu")
     other = "jax" if name == "torch" else "torch"
     data_o = arrays(other, {"x": x, "y": y}, "float32")
-    _, losses_o, diffs_o = backends.get(other).ops.scaled_resnet_gd(arrays(other, p, "float32"), data_o["x"], data_o["y"],
-                                                                    8e-2, 5, "gelu")
+    _, losses_o, diffs_o = backends.get(other).ops.scaled_resnet_gd(
+        arrays(other, p, "float32"), data_o["x"], data_o["y"], 8e-2, 5, "gelu"
+    )
     assert_close(num(name, losses), num(other, losses_o), "float32")
     assert_close(num(name, diffs), num(other, diffs_o), "float32", atol=1e-7)
     assert num(name, diffs)[0] == 0.0  # V = 0 and tied W: successive layers are equal at the start

@@ -1,4 +1,5 @@
 """Both backends export every operator of ``backends.signatures`` with the same signature."""
+
 from __future__ import annotations
 
 import inspect

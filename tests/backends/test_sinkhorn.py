@@ -1,4 +1,5 @@
 """Log-domain Sinkhorn and Sinkhorn attention (thesis chapter 5) in both backends, against NumPy oracles."""
+
 from __future__ import annotations
 
 import inspect
@@ -111,8 +112,9 @@ def test_adding_row_and_column_terms_changes_nothing_at_convergence(name, scores
     rng = np.random.default_rng(2)
     shifted = scores + rng.normal(size=(2, 3, 7, 1)) * 3 + rng.normal(size=(2, 3, 1, 7)) * 3
     ops = backends.get(name).ops
-    assert_close(num(name, ops.sinkhorn(arr(name, shifted), 121)), num(name, ops.sinkhorn(arr(name, scores), 121)),
-                 atol=1e-9)
+    assert_close(
+        num(name, ops.sinkhorn(arr(name, shifted), 121)), num(name, ops.sinkhorn(arr(name, scores), 121)), atol=1e-9
+    )
 
 
 def _mask() -> np.ndarray:
@@ -137,7 +139,7 @@ def test_masked_tokens_get_zero_weight_and_leave_the_rest_as_if_cropped(name, n_
 @pytest.mark.parametrize("name", BACKENDS)
 def test_masked_scores_get_zero_and_finite_gradients(name, scores):
     mask = _mask()
-    fn = lambda c: backends.get(name).ops.sinkhorn(c, 6, arr(name, mask))  # noqa: E731
+    fn = lambda c: backends.get(name).ops.sinkhorn(c, 6, arr(name, mask))
     g = grad(name, fn, scores, np.random.default_rng(3).normal(size=scores.shape))
     assert np.isfinite(g).all()
     pair = mask[..., :, None] & mask[..., None, :]
@@ -167,8 +169,10 @@ def test_implicit_gradient_equals_unrolled_at_convergence(name, masked, scores):
     unrolled = grad(name, lambda c: ops.sinkhorn(c, 120, mask), scores, cot)
     implicit = grad(name, lambda c: ops.sinkhorn(c, 120, mask, implicit=True), scores, cot)
     assert_close(implicit, unrolled, atol=1e-9)
-    assert_close(num(name, ops.sinkhorn(arr(name, scores), 120, mask, implicit=True)),
-                 num(name, ops.sinkhorn(arr(name, scores), 120, mask)))
+    assert_close(
+        num(name, ops.sinkhorn(arr(name, scores), 120, mask, implicit=True)),
+        num(name, ops.sinkhorn(arr(name, scores), 120, mask)),
+    )
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -200,18 +204,23 @@ def test_softmax_attention_equals_fused_and_one_sinkhorn_iteration(name):
 def test_attention_torch_equals_jax():
     rng = np.random.default_rng(8)
     qkv = [rng.normal(size=(2, 2, 5, 4)) for _ in range(3)]
-    res = {name: backends.get(name).ops.attention(*(arr(name, a, "float32") for a in qkv), "sinkhorn", 9)
-           for name in BACKENDS}
+    res = {
+        name: backends.get(name).ops.attention(*(arr(name, a, "float32") for a in qkv), "sinkhorn", 9)
+        for name in BACKENDS
+    }
     for i in range(2):
         assert_close(num("torch", res["torch"][i]), num("jax", res["jax"][i]), "float32")
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("bad, match", [
-    (dict(n_iter=0), "n_iter=0"),
-    (dict(mask=np.ones((2, 3, 7), np.float32)), "mask: expected a bool"),
-    (dict(mask=np.ones((7,), bool)), r"mask: expected shape"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(n_iter=0), "n_iter=0"),
+        (dict(mask=np.ones((2, 3, 7), np.float32)), "mask: expected a bool"),
+        (dict(mask=np.ones((7,), bool)), r"mask: expected shape"),
+    ],
+)
 def test_bad_arguments_name_the_field(name, bad, match, scores):
     kwargs = {"n_iter": 3, **bad}
     if "mask" in kwargs:

@@ -1,5 +1,6 @@
 """Relaxed top-k operators: exact against oracles that share no code, solvers against each other,
 torch against JAX, edge cases (thesis 7.3-7.5, appendix 7.A.6, 7.B.2)."""
+
 from __future__ import annotations
 
 import itertools
@@ -50,6 +51,7 @@ def block_oracle(x: np.ndarray, k: int, lam: float, p: float, op: str) -> np.nda
     def gamma(block):
         def d(g):
             return sum(-np.sign(s[i] - g) * abs((s[i] - g) / lam) ** (q - 1) + w[i] * dphi(g) for i in block)
+
         span = 10.0 * (1.0 + lam) + np.ptp(s)
         return scipy.optimize.brentq(d, s.min() - span, s.max() + span, xtol=1e-15, rtol=1e-15, maxiter=500)
 
@@ -74,10 +76,14 @@ def primal_mask_oracle(x: np.ndarray, k: int, lam: float, p: float) -> np.ndarra
     """The mask from its definition, max <x, y> - (lam/p) sum |y|^p over the capped simplex (SLSQP)."""
     n = len(x)
     res = scipy.optimize.minimize(
-        lambda y: -(x @ y) + lam / p * np.sum(np.abs(y) ** p), np.full(n, k / n),
-        jac=lambda y: -x + lam * np.sign(y) * np.abs(y) ** (p - 1), bounds=[(0.0, 1.0)] * n,
+        lambda y: -(x @ y) + lam / p * np.sum(np.abs(y) ** p),
+        np.full(n, k / n),
+        jac=lambda y: -x + lam * np.sign(y) * np.abs(y) ** (p - 1),
+        bounds=[(0.0, 1.0)] * n,
         constraints=[{"type": "eq", "fun": lambda y: y.sum() - k, "jac": lambda y: np.ones(n)}],
-        method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000})
+        method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
     return res.x
 
 
@@ -167,8 +173,17 @@ def test_hard_operators(backend):
 JAX_PAV_SLOW = pytest.param("jax", "pav", marks=pytest.mark.slow)  # the PAV kernel is shared with torch
 
 
-@pytest.mark.parametrize("backend,solver", [("torch", "threshold"), ("torch", "pav"), ("torch", "dykstra"),
-                                            ("jax", "threshold"), JAX_PAV_SLOW, ("jax", "dykstra")])
+@pytest.mark.parametrize(
+    "backend,solver",
+    [
+        ("torch", "threshold"),
+        ("torch", "pav"),
+        ("torch", "dykstra"),
+        ("jax", "threshold"),
+        JAX_PAV_SLOW,
+        ("jax", "dykstra"),
+    ],
+)
 def test_edge_cases_k0_kn_n1_and_ties(backend, solver):
     mask, mag = _op(backend, "mask"), _op(backend, "mag")
     x = _rows(50, (2, 16))
@@ -192,9 +207,17 @@ def test_magnitude_with_fewer_than_k_nonzeros_keeps_them_all(backend):
         assert_close(y, x / 1.5)
 
 
-@pytest.mark.parametrize("backend,solver", [("torch", "threshold"), ("torch", "pav"), ("torch", "dykstra"),
-                                            ("jax", "threshold"), JAX_PAV_SLOW,
-                                            pytest.param("jax", "dykstra", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "backend,solver",
+    [
+        ("torch", "threshold"),
+        ("torch", "pav"),
+        ("torch", "dykstra"),
+        ("jax", "threshold"),
+        JAX_PAV_SLOW,
+        pytest.param("jax", "dykstra", marks=pytest.mark.slow),
+    ],
+)
 def test_non_finite_and_integer_inputs_raise(backend, solver):
     for bad in (np.nan, np.inf, -np.inf):
         x = _rows(60, (2, 8))
@@ -210,10 +233,17 @@ def test_non_finite_and_integer_inputs_raise(backend, solver):
 def test_bad_arguments_name_the_field(backend):
     x = _arr(backend, _rows(70, (2, 8)))
     mask = _op(backend, "mask")
-    for kwargs, match in [(dict(k=9), "k=9"), (dict(k=-1), "k=-1"), (dict(k=2.5), "k=2.5"), (dict(k=2, lam=0.0), "lam=0.0"),
-                          (dict(k=2, p=1.5), "p=1.5"), (dict(k=2, solver="sinkhorn"), "solver='sinkhorn'"),
-                          (dict(k=2, max_iter=10), "max_iter=10"), (dict(k=2, solver="dykstra", p=P43), "p=4/3|p=1.33"),
-                          (dict(k=2, solver="dykstra", max_iter=0), "max_iter=0")]:
+    for kwargs, match in [
+        (dict(k=9), "k=9"),
+        (dict(k=-1), "k=-1"),
+        (dict(k=2.5), "k=2.5"),
+        (dict(k=2, lam=0.0), "lam=0.0"),
+        (dict(k=2, p=1.5), "p=1.5"),
+        (dict(k=2, solver="sinkhorn"), "solver='sinkhorn'"),
+        (dict(k=2, max_iter=10), "max_iter=10"),
+        (dict(k=2, solver="dykstra", p=P43), "p=4/3|p=1.33"),
+        (dict(k=2, solver="dykstra", max_iter=0), "max_iter=0"),
+    ]:
         with pytest.raises(ValueError, match=match):
             mask(x, **kwargs)
 
@@ -283,6 +313,7 @@ def test_accelerator_search_matches_cpu_binary_search(backend):
 # Threshold by selection (issue 19): the top k + m values solve every row exactly as the full sort
 # ----------------------------------------------------------------------------------------------
 
+
 def _selection_rows(n: int = 2000) -> np.ndarray:
     """Random, tied, constant and adversarial rows: one huge outlier, mostly zeros, two tied levels."""
     rng = np.random.default_rng(123)
@@ -310,15 +341,19 @@ def _sort_solution(backend: str, x: np.ndarray, k: int, lam: float, p: float, op
         xt, gt = torch.from_numpy(x), torch.from_numpy(g)
         key = xt if op == "mask" else xt.abs()
         t = solvers.solve_threshold(torch.sort(-key, dim=1).values, k, lam, e, op)
-        return (solvers.threshold_output(xt, t, lam, e, op).numpy(),
-                solvers.threshold_vjp(xt, t, gt, k, lam, e, op).numpy())
+        return (
+            solvers.threshold_output(xt, t, lam, e, op).numpy(),
+            solvers.threshold_vjp(xt, t, gt, k, lam, e, op).numpy(),
+        )
     import jax.numpy as jnp
 
     xj, gj = jnp.asarray(x), jnp.asarray(g)
     key = xj if op == "mask" else jnp.abs(xj)
     t = solvers.solve_threshold(jnp.sort(-key, axis=1), k, lam, e, op)
-    return (np.asarray(solvers.threshold_output(xj, t, lam, e, op)),
-            np.asarray(solvers.threshold_vjp(xj, t, gj, k, lam, e, op)))
+    return (
+        np.asarray(solvers.threshold_output(xj, t, lam, e, op)),
+        np.asarray(solvers.threshold_vjp(xj, t, gj, k, lam, e, op)),
+    )
 
 
 SELECTION_GRID = [(k, lam) for k in (0, 1, 100, 1999, 2000) for lam in (0.01, 1.0)]
@@ -395,8 +430,10 @@ def test_selection_path_rejects_non_finite_rows(backend):
 def test_torch_and_jax_agree_on_the_selection_path(op, p):
     x = _selection_rows()[[0, 1, 3, 6]]
     g = np.random.default_rng(6).standard_normal(x.shape)
-    out = [[_np(b, a) for a in backends.get(b).ops.topk_vjp(_arr(b, x), 100, _arr(b, g), op=op, lam=0.05, p=p)]
-           for b in ("torch", "jax")]
+    out = [
+        [_np(b, a) for a in backends.get(b).ops.topk_vjp(_arr(b, x), 100, _arr(b, g), op=op, lam=0.05, p=p)]
+        for b in ("torch", "jax")
+    ]
     assert_close(out[0][0], out[1][0], rtol=1e-12, atol=1e-12)
     assert_close(out[0][1], out[1][1], rtol=1e-12, atol=1e-9)
 

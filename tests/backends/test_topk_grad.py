@@ -1,4 +1,5 @@
 """Closed-form gradients of the relaxed top-k (Prop. 7.8 with lam): finite differences, torch vs JAX, memory."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,9 +20,9 @@ def _arr(backend: str, a: np.ndarray, dtype: str = "float64"):
 def _x() -> np.ndarray:
     """Rows with ties among the largest and among the smallest values, exact zeros, and a pooled block."""
     x = np.random.default_rng(7).standard_normal((3, 16))
-    x[:, 0] = x[:, 1] = 3.0          # a tie among the saturated elements
-    x[:, 14] = x[:, 15] = 0.0        # exact zeros (a tie among the zero outputs)
-    x[0, 5] = -3.5                   # large in magnitude, small in value
+    x[:, 0] = x[:, 1] = 3.0  # a tie among the saturated elements
+    x[:, 14] = x[:, 15] = 0.0  # exact zeros (a tie among the zero outputs)
+    x[0, 5] = -3.5  # large in magnitude, small in value
     return x
 
 
@@ -63,7 +64,10 @@ def test_full_jacobian_matches_finite_differences_per_coordinate(op, p):
     for i in range(x.shape[1]):
         e = np.zeros_like(x)
         e[0, i] = 1e-6
-        fd[0, i] = np.sum((f(_arr("torch", x + e), 4, lam=0.4, p=p) - f(_arr("torch", x - e), 4, lam=0.4, p=p)).numpy() * g) / 2e-6
+        fd[0, i] = (
+            np.sum((f(_arr("torch", x + e), 4, lam=0.4, p=p) - f(_arr("torch", x - e), 4, lam=0.4, p=p)).numpy() * g)
+            / 2e-6
+        )
     assert_close(grad.numpy(), fd, rtol=1e-6, atol=1e-6)
 
 
@@ -71,8 +75,12 @@ def test_full_jacobian_matches_finite_differences_per_coordinate(op, p):
 @pytest.mark.parametrize("solver,p", CASES)
 def test_torch_and_jax_gradients_agree(op, solver, p):
     x, g = _x(), np.random.default_rng(10).standard_normal((3, 16))
-    out = [backends.get(b).to_numpy(backends.get(b).ops.topk_vjp(_arr(b, x), 4, _arr(b, g), op=op, **_kwargs(solver, p))[1])
-           for b in ("torch", "jax")]
+    out = [
+        backends.get(b).to_numpy(
+            backends.get(b).ops.topk_vjp(_arr(b, x), 4, _arr(b, g), op=op, **_kwargs(solver, p))[1]
+        )
+        for b in ("torch", "jax")
+    ]
     assert_close(out[0], out[1])
 
 
@@ -96,8 +104,10 @@ def test_selection_path_gradient_matches_finite_differences(backend, op, p):
     h = 1e-6
     for _ in range(3):
         d = rng.standard_normal(x.shape)
-        fd = np.sum((to(f(_arr(backend, x + h * d), 20, lam=0.05, p=p)) - to(f(_arr(backend, x - h * d), 20, lam=0.05, p=p)))
-                    * g) / (2 * h)
+        fd = np.sum(
+            (to(f(_arr(backend, x + h * d), 20, lam=0.05, p=p)) - to(f(_arr(backend, x - h * d), 20, lam=0.05, p=p)))
+            * g
+        ) / (2 * h)
         assert abs(fd - np.sum(to(grad) * d)) <= 1e-6 * (1 + abs(fd)), (fd, np.sum(to(grad) * d))
 
 
@@ -145,6 +155,8 @@ def test_torch_backward_keeps_o_n_bytes(solver, per_element):
 @pytest.mark.slow
 def test_jax_residuals_are_linear_in_n():
     backend = backends.get("jax")
-    sizes = [backend.memory.saved_bytes(lambda a: backend.ops.topk_mask(a, n // 10, lam=0.1), _arr("jax", np.ones((2, n))))
-             for n in (1000, 4000)]
+    sizes = [
+        backend.memory.saved_bytes(lambda a: backend.ops.topk_mask(a, n // 10, lam=0.1), _arr("jax", np.ones((2, n))))
+        for n in (1000, 4000)
+    ]
     assert sizes[1] <= 4.5 * sizes[0] and sizes[1] <= 16 * 2 * 4000 + 64

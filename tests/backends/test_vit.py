@@ -1,5 +1,6 @@
 """The small ViT and the attention-only ViT: same weights and outputs in both backends, a replaceable MLP,
 and trainers whose optimisers take the same steps."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,9 @@ from tests.helpers import assert_close
 BACKENDS = ["torch", "jax"]
 CONFIGS = {
     "vit-softmax": ViTConfig(width=16, depth=2, heads=2, mlp_dim=24, patch=2),
-    "vit-sinkhorn": ViTConfig(width=16, depth=2, heads=4, mlp_dim=24, patch=4, normalization="sinkhorn", sinkhorn_iters=5),
+    "vit-sinkhorn": ViTConfig(
+        width=16, depth=2, heads=4, mlp_dim=24, patch=4, normalization="sinkhorn", sinkhorn_iters=5
+    ),
     "attention-only": ViTConfig.attention_only(width=12, patch=4, normalization="sinkhorn", sinkhorn_iters=7),
     "attention-only-narrow-head": ViTConfig.attention_only(width=16, dim_head=8, patch=2),
 }
@@ -85,8 +88,18 @@ def test_patches_are_row_major_with_pixels_inside():
     from backends.torch.vit import _patchify as torch_patchify
 
     x = np.arange(2 * 3 * 4 * 4, dtype=np.float64).reshape(2, 3, 4, 4)
-    want = np.stack([np.stack([x[b, :, i * 2:(i + 1) * 2, j * 2:(j + 1) * 2].transpose(1, 2, 0).ravel()
-                               for i in range(2) for j in range(2)]) for b in range(2)])
+    want = np.stack(
+        [
+            np.stack(
+                [
+                    x[b, :, i * 2 : (i + 1) * 2, j * 2 : (j + 1) * 2].transpose(1, 2, 0).ravel()
+                    for i in range(2)
+                    for j in range(2)
+                ]
+            )
+            for b in range(2)
+        ]
+    )
     np.testing.assert_array_equal(num("torch", torch_patchify(arr("torch", x), 2)), want)
     np.testing.assert_array_equal(num("jax", jax_patchify(arr("jax", x), 2)), want)
 
@@ -122,13 +135,16 @@ def test_dim_head_is_each_heads_width_whatever_the_token_width():
     assert ViTConfig(width=16, heads=4).head_dim == 4
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(patch=3), "patch=3: must divide image_size=8; allowed: 1, 2, 4, 8"),
-    (dict(width=10, heads=4), "heads=4: must divide width=10"),
-    (dict(normalization="entmax"), "normalization='entmax'"),
-    (dict(depth=0), "depth=0"),
-    (dict(dim_head=0), "dim_head=0"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(patch=3), "patch=3: must divide image_size=8; allowed: 1, 2, 4, 8"),
+        (dict(width=10, heads=4), "heads=4: must divide width=10"),
+        (dict(normalization="entmax"), "normalization='entmax'"),
+        (dict(depth=0), "depth=0"),
+        (dict(dim_head=0), "dim_head=0"),
+    ],
+)
 def test_bad_config_names_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         ViTConfig(**bad)

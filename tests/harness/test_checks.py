@@ -1,22 +1,33 @@
 """harness.checks: the four verdicts, declared needs, and paired intervals with three outcomes."""
+
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from harness.checks import (UNDECIDED, all_hold, at_least, decide, device_in, distinct, paired_interval, seeds,
-                            span)
+from harness.checks import UNDECIDED, all_hold, at_least, decide, device_in, distinct, paired_interval, seeds, span
 
-ROWS = pd.DataFrame({"backend": "torch", "device_name": "cpu", "device_kind": "cpu", "params": "{}",
-                     "seed": [0, 1, 2], "p_depth": [4, 8, 32], "p_epochs": [20, 20, 20]})
+ROWS = pd.DataFrame(
+    {
+        "backend": "torch",
+        "device_name": "cpu",
+        "device_kind": "cpu",
+        "params": "{}",
+        "seed": [0, 1, 2],
+        "p_depth": [4, 8, 32],
+        "p_epochs": [20, 20, 20],
+    }
+)
 
 
 def _holds(rows):
     return True, "measured"
 
 
-@pytest.mark.parametrize("outcome, verdict", [(True, "holds"), (False, "does not hold"), (None, "not measured"),
-                                              (UNDECIDED, "too small to decide")])
+@pytest.mark.parametrize(
+    "outcome, verdict",
+    [(True, "holds"), (False, "does not hold"), (None, "not measured"), (UNDECIDED, "too small to decide")],
+)
 def test_the_test_outcome_gives_the_verdict(outcome, verdict):
     check = decide("c", "claim", ROWS, lambda r: (outcome, "m"), figure="Fig. 1.1", note="deviation")
     assert (check.verdict, check.measured, check.figure) == (verdict, "m", "Fig. 1.1")
@@ -35,13 +46,21 @@ def test_a_shortfall_is_too_small_to_decide_and_still_shows_what_was_measured():
     assert "3 seed(s) per configuration < 5" in check.note and "epochs" not in check.note
 
 
-@pytest.mark.parametrize("need, short", [
-    (seeds(3), False), (seeds(4), True), (at_least("p_epochs", 20, "epochs"), False),
-    (at_least("p_epochs", 21, "epochs"), True), (distinct("p_depth", 3, "depths"), False),
-    (distinct("p_depth", 4, "depths"), True), (span("p_depth", 8, "depths"), False),
-    (span("p_depth", 9, "depths"), True), (device_in(("cuda",), "a GPU"), True),
-    (device_in(("cpu", "cuda"), "a device"), False),
-])
+@pytest.mark.parametrize(
+    "need, short",
+    [
+        (seeds(3), False),
+        (seeds(4), True),
+        (at_least("p_epochs", 20, "epochs"), False),
+        (at_least("p_epochs", 21, "epochs"), True),
+        (distinct("p_depth", 3, "depths"), False),
+        (distinct("p_depth", 4, "depths"), True),
+        (span("p_depth", 8, "depths"), False),
+        (span("p_depth", 9, "depths"), True),
+        (device_in(("cuda",), "a GPU"), True),
+        (device_in(("cpu", "cuda"), "a device"), False),
+    ],
+)
 def test_each_need_reports_a_shortfall_only_below_its_minimum(need, short):
     assert (need(ROWS) is not None) is short
 

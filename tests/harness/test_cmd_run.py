@@ -1,6 +1,7 @@
 """``deeperbench run`` and the CLI around it: bad input exits 2 with one line and writes nothing; a failed
 trial exits 1 (0 with --allow-failures) with its full traceback stored; --dry-run starts nothing and
 writes nothing; Ray's own output goes to OUT/_logs/; a killed run resumes."""
+
 from __future__ import annotations
 
 import os
@@ -20,17 +21,20 @@ from results.store import Store
 GOOD = "name: c\nworkload: harness_probe\nbackends: [torch]\ngrid: {mode: noop}\n"
 
 
-@pytest.mark.parametrize("spec, flags, expected", [
-    (GOOD.replace("harness_probe", "harness_prob"), [], "did you mean 'harness_probe'"),
-    (GOOD.replace("mode: noop", "mode: nop"), [], "grid.mode: Input should be 'noop'"),
-    (GOOD.replace("mode: noop", "mdoe: noop"), [], "did you mean 'mode'"),
-    (GOOD + "repeats: -2\n", [], "repeats: Input should be greater than 0"),
-    (GOOD, ["--backend", "tensorflow"], "--backend: 'tensorflow' is not a backend of harness_probe"),
-    (GOOD, ["--device", "gpu"], "--device: unknown device 'gpu'; allowed: cpu, cuda, tpu, auto"),
-    (GOOD, ["--executor", "dask"], "unknown executor 'dask'; known: local, ray"),
-    (GOOD, ["--executor", "local", "--address", "10.0.0.1:6379"], "--address: the local executor"),
-    (None, [], "spec: file .* not found"),
-])
+@pytest.mark.parametrize(
+    "spec, flags, expected",
+    [
+        (GOOD.replace("harness_probe", "harness_prob"), [], "did you mean 'harness_probe'"),
+        (GOOD.replace("mode: noop", "mode: nop"), [], "grid.mode: Input should be 'noop'"),
+        (GOOD.replace("mode: noop", "mdoe: noop"), [], "did you mean 'mode'"),
+        (GOOD + "repeats: -2\n", [], "repeats: Input should be greater than 0"),
+        (GOOD, ["--backend", "tensorflow"], "--backend: 'tensorflow' is not a backend of harness_probe"),
+        (GOOD, ["--device", "gpu"], "--device: unknown device 'gpu'; allowed: cpu, cuda, tpu, auto"),
+        (GOOD, ["--executor", "dask"], "unknown executor 'dask'; known: local, ray"),
+        (GOOD, ["--executor", "local", "--address", "10.0.0.1:6379"], "--address: the local executor"),
+        (None, [], "spec: file .* not found"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, spec, flags, expected):
     path = tmp_path / "spec.yaml"
     if spec is not None:
@@ -47,9 +51,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, spec, flag
 def test_list_shows_every_workload_with_allowed_values_and_metrics():
     result = CliRunner().invoke(app, ["list"])
     assert result.exit_code == 0, result.output
-    for text in ("device_roofline", "param  n: int", "metric flop_per_s [FLOP/s] higher is better", "harness_probe",
-                 "param  mode: Literal['noop', 'sleep', 'raise', 'exit', 'oom', 'skip'] = 'noop'",
-                 "param  index: int >= 0 = 0", "param  sleep_s: float >= 0 | None = None"):
+    for text in (
+        "device_roofline",
+        "param  n: int",
+        "metric flop_per_s [FLOP/s] higher is better",
+        "harness_probe",
+        "param  mode: Literal['noop', 'sleep', 'raise', 'exit', 'oom', 'skip'] = 'noop'",
+        "param  index: int >= 0 = 0",
+        "param  sleep_s: float >= 0 | None = None",
+    ):
         assert text in result.stdout, text
 
 
@@ -102,12 +112,19 @@ def test_dry_run_lists_the_trials_starts_no_ray_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     runner.run(str(spec), str(out), executor_name="local")
     before = tree(tmp_path)
-    script = ("import sys\nfrom harness.cli import app\n"
-              f"try:\n    app(['run', {str(spec)!r}, '--out', {str(out)!r}, '--dry-run'])\n"
-              "except SystemExit as e:\n    code = e.code\n"
-              "print('ray imported:', 'ray' in sys.modules, 'exit', code)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env=os.environ | {"RAY_ADDRESS": "127.0.0.1:9"})
+    script = (
+        "import sys\nfrom harness.cli import app\n"
+        f"try:\n    app(['run', {str(spec)!r}, '--out', {str(out)!r}, '--dry-run'])\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('ray imported:', 'ray' in sys.modules, 'exit', code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"RAY_ADDRESS": "127.0.0.1:9"},
+    )
     lines = done.stdout.splitlines()
     assert lines[-1] == "ray imported: False exit 0", done.stdout + done.stderr
     assert len(lines[:-2]) == 3 and sorted(line.split()[1] for line in lines[:-2]) == ["failed", "ok", "skipped"]
@@ -122,13 +139,19 @@ def test_dry_run_lists_the_trials_starts_no_ray_and_writes_nothing(tmp_path):
 def test_ray_output_goes_to_a_log_file_under_out(tmp_path):
     """No token notice and no worker-death paragraph on the console; both in OUT/_logs/, its path printed once."""
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: q\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\n"
-                    "grid: {mode: [noop, exit]}\n")
+    spec.write_text(
+        "name: q\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\ngrid: {mode: [noop, exit]}\n"
+    )
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     env |= {"HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}  # Ray's token file goes to this HOME
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out)],
-                          capture_output=True, text=True, timeout=280, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=env,
+    )
     console = done.stdout + done.stderr
     assert done.returncode == 1, console
     assert "Token authentication" not in console and "A worker died" not in console, console
@@ -159,13 +182,16 @@ def test_report_on_a_folder_without_results_exits_2_and_writes_nothing(tmp_path)
 @pytest.mark.timeout(240)
 def test_a_run_killed_half_way_resumes_without_duplicates(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: k\nworkload: harness_probe\nbackends: [torch]\n"
-                    "grid: {mode: sleep, sleep_s: 0.2, index: [0, 1, 2, 3, 4, 5]}\n")
+    spec.write_text(
+        "name: k\nworkload: harness_probe\nbackends: [torch]\n"
+        "grid: {mode: sleep, sleep_s: 0.2, index: [0, 1, 2, 3, 4, 5]}\n"
+    )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out), "--executor", "local"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     directory = out / "k" / "harness_probe"
     deadline = time.monotonic() + 120
+
     def stored() -> set[str]:
         return {p.name for p in directory.glob("[!.]*.parquet")} if directory.exists() else set()
 

@@ -1,4 +1,5 @@
 """``deeperbench search``: Optuna ask/tell over Ray, a real SQLite study, resume, failures, constraints."""
+
 from __future__ import annotations
 
 import textwrap
@@ -6,7 +7,6 @@ import textwrap
 import optuna
 import pytest
 from optuna.trial import TrialState
-
 from typer.testing import CliRunner
 
 from harness.cli import app

@@ -1,4 +1,5 @@
 """``deeperbench submit / status / logs`` against a real Ray head with its Jobs API."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ ENV = os.environ | {"RAY_AUTH_MODE": "disabled"}
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT
+    )
 
 
 @pytest.mark.slow
@@ -27,12 +29,15 @@ def test_a_submitted_sweep_runs_as_a_ray_job_and_stores_its_results(tmp_path):
     from ray.cluster_utils import Cluster
 
     port = 8299
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
-                                                            "dashboard_port": port})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_port": port}
+    )
     try:
         address = f"http://127.0.0.1:{port}"
         out = tmp_path / "out"
-        sub = cli("submit", "sweeps/harness_probe.yaml", "--address", address, "--out", str(out), "--python", sys.executable)
+        sub = cli(
+            "submit", "sweeps/harness_probe.yaml", "--address", address, "--out", str(out), "--python", sys.executable
+        )
         assert sub.returncode == 0, sub.stderr
         job_id = sub.stdout.split()[1]
         assert f"deeperbench status {job_id}" in sub.stdout
@@ -47,8 +52,9 @@ def test_a_submitted_sweep_runs_as_a_ray_job_and_stores_its_results(tmp_path):
         rows = Store(str(out)).read().to_pylist()
         by_sweep = {(r["sweep"], r["p_mode"], r["backend"], r["p_index"]): r["status"] for r in rows}
         assert len(by_sweep) == 8 + 6
-        assert sorted(s for (sweep, mode, *_), s in by_sweep.items() if sweep == "harness_probe-endings") == \
-            sorted(["ok", "failed", "crashed", "oom", "skipped", "timeout"])
+        assert sorted(s for (sweep, mode, *_), s in by_sweep.items() if sweep == "harness_probe-endings") == sorted(
+            ["ok", "failed", "crashed", "oom", "skipped", "timeout"]
+        )
     finally:
         cluster.shutdown()
 
@@ -65,8 +71,18 @@ def test_submit_validates_the_spec_before_anything_is_sent(tmp_path):
     assert done.returncode == 2 and "unknown workload 'nothing'" in done.stderr
 
 
-@pytest.mark.parametrize("out", ["o; touch {canary} #", "$(touch {canary})", "`touch {canary}`", "a b'c\"d",
-                                 "o && touch {canary}", "x\ntouch {canary}", "$HOME/../o; touch {canary}"])
+@pytest.mark.parametrize(
+    "out",
+    [
+        "o; touch {canary} #",
+        "$(touch {canary})",
+        "`touch {canary}`",
+        "a b'c\"d",
+        "o && touch {canary}",
+        "x\ntouch {canary}",
+        "$HOME/../o; touch {canary}",
+    ],
+)
 def test_the_job_entrypoint_quotes_every_argument(tmp_path, out):
     """The entrypoint is run by a shell on the cluster: run it by a real shell here, with a stand-in Python."""
     from harness.jobs import entrypoint
@@ -78,8 +94,13 @@ def test_the_job_entrypoint_quotes_every_argument(tmp_path, out):
     echo.write_text(f"#!{sys.executable}\n" + echo.read_text())
     echo.chmod(0o755)
     python = str(echo)
-    done = subprocess.run(["sh", "-c", entrypoint(python, "sweeps/smoke.yaml", out)], capture_output=True,
-                          text=True, env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]}, timeout=30)
+    done = subprocess.run(
+        ["sh", "-c", entrypoint(python, "sweeps/smoke.yaml", out)],
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
 
     expected = out.replace("$HOME", str(tmp_path), 1) if out.startswith("$HOME/") else out

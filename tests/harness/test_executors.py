@@ -1,4 +1,5 @@
 """Every way a trial ends is recorded with its status, under both executors and both isolations."""
+
 from __future__ import annotations
 
 import re
@@ -89,10 +90,12 @@ def test_running_again_resumes_and_force_reruns(tmp_path, ray_instance):
 def test_sweeps_of_different_resource_shapes_in_one_file_all_run(tmp_path, ray_instance):
     """Workers kept for reuse by one sweep must not hold the CPUs the next sweep's shape needs."""
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: a\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\n"
-                    "grid: {mode: noop, index: [0, 1, 2]}\n---\n"
-                    "name: b\nworkload: harness_probe\nbackends: [torch]\ngrid: {mode: noop, index: [0, 1]}\n---\n"
-                    "name: c\nworkload: harness_probe\nbackends: [jax]\ngrid: {mode: noop, index: [0, 1]}\n")
+    spec.write_text(
+        "name: a\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\n"
+        "grid: {mode: noop, index: [0, 1, 2]}\n---\n"
+        "name: b\nworkload: harness_probe\nbackends: [torch]\ngrid: {mode: noop, index: [0, 1]}\n---\n"
+        "name: c\nworkload: harness_probe\nbackends: [jax]\ngrid: {mode: noop, index: [0, 1]}\n"
+    )
     summary = runner.run(str(spec), str(tmp_path / "out"))
     assert summary.counts == {"ok": 7}
 

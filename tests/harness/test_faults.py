@@ -1,4 +1,5 @@
 """Surviving faults on a local multi-node Ray cluster: a node dies, the driver dies, nothing answers."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,10 @@ import pytest
 from results.store import Store
 
 ENV = os.environ | {"RAY_AUTH_MODE": "disabled"}
-SPEC = ("name: f\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\n"
-        "grid: {mode: sleep, sleep_s: 1.5, index: [0, 1, 2, 3, 4, 5, 6, 7]}\n")
+SPEC = (
+    "name: f\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\n"
+    "grid: {mode: sleep, sleep_s: 1.5, index: [0, 1, 2, 3, 4, 5, 6, 7]}\n"
+)
 
 
 @pytest.fixture
@@ -58,8 +61,9 @@ def test_a_worker_node_killed_mid_sweep_loses_no_trial(cluster, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     out = tmp_path / "out"
-    proc = subprocess.Popen(run_cmd(spec, out, c.address), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
+    proc = subprocess.Popen(
+        run_cmd(spec, out, c.address), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     wait_for(lambda: stored(out) >= 2, 120)
     c.remove_node(workers[0], allow_graceful=False)
     _, err = proc.communicate(timeout=240)
@@ -79,8 +83,13 @@ def test_a_killed_driver_resumes_to_the_same_results_as_an_uninterrupted_run(clu
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     done = subprocess.run(run_cmd(spec, whole, c.address), capture_output=True, text=True, env=ENV, timeout=240)
     assert done.returncode == 0, done.stderr
-    proc = subprocess.Popen(run_cmd(spec, resumed, c.address), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    proc = subprocess.Popen(
+        run_cmd(spec, resumed, c.address),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        start_new_session=True,
+    )
     wait_for(lambda: stored(resumed) >= 2, 120)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -94,8 +103,6 @@ def test_a_killed_driver_resumes_to_the_same_results_as_an_uninterrupted_run(clu
     assert identity(resumed) == identity(whole)
 
 
-
-
 # --- addresses that are not Ray (issue 16, item 2): exit 2 within 10 s, saying what answered ---------
 
 
@@ -104,8 +111,12 @@ def listener(request):
     """Something that is not Ray on a local port: an HTTP server, a silent socket, or nothing (closed)."""
     kind = request.param
     if kind == "http":
-        proc = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         line = proc.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (...)"
         yield f"127.0.0.1:{line.split(' port ')[1].split()[0]}"
         proc.kill()
@@ -125,17 +136,23 @@ def listener(request):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("listener, says", [
-    ("http", "an HTTP/1 server answered"),
-    ("silent", "accepted the connection but said nothing"),
-    ("closed", "nothing answers at"),
-], indirect=["listener"], ids=["http-server", "silent-listener", "closed-port"])
+@pytest.mark.parametrize(
+    "listener, says",
+    [
+        ("http", "an HTTP/1 server answered"),
+        ("silent", "accepted the connection but said nothing"),
+        ("closed", "nothing answers at"),
+    ],
+    indirect=["listener"],
+    ids=["http-server", "silent-listener", "closed-port"],
+)
 def test_an_address_that_is_not_ray_fails_within_10_s_with_exit_2(tmp_path, listener, says, record_property):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     start = time.monotonic()
-    done = subprocess.run(run_cmd(spec, tmp_path / "out", listener), capture_output=True, text=True,
-                          env=ENV, timeout=55)
+    done = subprocess.run(
+        run_cmd(spec, tmp_path / "out", listener), capture_output=True, text=True, env=ENV, timeout=55
+    )
     took = time.monotonic() - start
     record_property("seconds_to_fail", round(took, 2))
     print(f"seconds_to_fail = {took:.2f}")  # shown with -rP
@@ -148,13 +165,19 @@ def test_an_address_that_is_not_ray_fails_within_10_s_with_exit_2(tmp_path, list
 # --- a damaged data page (item 3): quarantined and re-run by run; named and skipped by report/compare ---
 
 
-PROBE = ("name: c\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\n"
-         "grid: {mode: noop, index: [0, 1, 2]}\n")
+PROBE = (
+    "name: c\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\ngrid: {mode: noop, index: [0, 1, 2]}\n"
+)
 
 
 def local_run(spec, out, *extra, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out),
-                           "--executor", "local", *extra], capture_output=True, text=True, env=ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out), "--executor", "local", *extra],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
 
 
 def damage_a_page(path: Path) -> None:
@@ -181,13 +204,19 @@ def test_a_damaged_page_is_quarantined_and_its_trial_runs_again(tmp_path, record
     victim = files[1]
     damage_a_page(victim)
 
-    listed = subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(out), "--metric", "trial_s"],
-                            capture_output=True, text=True, env=ENV, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "compare", str(out), "--metric", "trial_s"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert listed.returncode == 0, listed.stderr
     assert victim.name in listed.stderr and "Traceback" not in listed.stderr
     assert victim.exists()  # compare reads only: it names the file and goes on
-    report = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(out)], capture_output=True,
-                            text=True, env=ENV, timeout=240)
+    report = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "report", str(out)], capture_output=True, text=True, env=ENV, timeout=240
+    )
     assert report.returncode == 0, report.stderr
     assert victim.name in report.stderr and "Traceback" not in report.stderr
 
@@ -207,8 +236,10 @@ def test_a_damaged_page_is_quarantined_and_its_trial_runs_again(tmp_path, record
 # --- concurrent runs and leftovers (item 10) ----------------------------------------------------------
 
 
-SLEEPY = ("name: z\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\n"
-          "grid: {mode: sleep, sleep_s: 30, index: [0, 1]}\ntimeout_s: 120\n")
+SLEEPY = (
+    "name: z\nworkload: harness_probe\nbackends: [torch]\nresources: {cpus: 1}\n"
+    "grid: {mode: sleep, sleep_s: 30, index: [0, 1]}\ntimeout_s: 120\n"
+)
 
 
 def children_of(pid: int) -> list[int]:
@@ -230,8 +261,12 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SLEEPY)
     out = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out),
-                              "--executor", "local"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out), "--executor", "local"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     try:
         wait_for(lambda: (out / ".lock").exists() and children_of(first.pid), 60)
         start = time.monotonic()
@@ -253,8 +288,12 @@ def test_a_killed_local_driver_takes_its_trial_along_and_its_lock_is_taken_over(
     spec = tmp_path / "spec.yaml"
     spec.write_text(SLEEPY)
     out = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out),
-                               "--executor", "local"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out), "--executor", "local"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     wait_for(lambda: children_of(driver.pid), 60)
     time.sleep(3)  # the trial's child has started and is sleeping
     children = children_of(driver.pid)
@@ -278,20 +317,28 @@ def test_a_killed_local_driver_takes_its_trial_along_and_its_lock_is_taken_over(
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_embedded_ray_listens_on_loopback_only_and_dies_with_a_killed_driver(tmp_path, record_property):
-    import ray  # noqa: F401 -- puts Ray's bundled psutil on the path
     import psutil
+    import ray  # noqa: F401 -- puts Ray's bundled psutil on the path
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SLEEPY)
     out = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     try:
         wait_for(lambda: any("raylet" in psutil.Process(c).name() for c in children_of(driver.pid) if alive(c)), 120)
         time.sleep(8)  # agents and the trial's worker are up
         procs = [psutil.Process(c) for c in children_of(driver.pid) if alive(c)]
-        listening = {(p.name(), c.laddr.ip) for p in procs for c in p.net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN}
+        listening = {
+            (p.name(), c.laddr.ip)
+            for p in procs
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
         assert listening, "no Ray process listens at all?"
         assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip in listening), listening
         os.kill(driver.pid, signal.SIGKILL)

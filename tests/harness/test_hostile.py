@@ -5,6 +5,7 @@ folder, and asserts: exit status 2, exactly one line on stderr naming the proble
 and the folder tree (the spec, ``--out`` and anything else under it) unchanged. A few cases run as
 a separate process too, with a time limit, for what only a process shows (memory, stray output).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ from harness.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = "name: h\nworkload: harness_probe\nbackends: [torch]\ngrid: {mode: noop, index: [0, 1]}\n"
-SEARCH = ("name: s\nworkload: harness_probe\nbackends: [torch]\ngrid: {mode: sleep}\n"
-          "search: {metric: trial_s, direction: minimize, space: {sleep_s: {low: 0.0, high: 0.01}}}\n")
+SEARCH = (
+    "name: s\nworkload: harness_probe\nbackends: [torch]\ngrid: {mode: sleep}\n"
+    "search: {metric: trial_s, direction: minimize, space: {sleep_s: {low: 0.0, high: 0.01}}}\n"
+)
 RUN = ["run", "{spec}", "--out", "{tmp}/out", "--executor", "local"]
 
 
@@ -59,8 +62,12 @@ SPECS = [
     ("name-missing", GOOD.replace("name: h\n", ""), RUN, "name: missing"),
     # the workload and its grid
     ("workload-unknown", GOOD.replace("harness_probe", "harness_prob"), RUN, "did you mean 'harness_probe'"),
-    ("workload-list", GOOD.replace("workload: harness_probe", "workload: [harness_probe]"), RUN,
-     "workload: expected a workload name"),
+    (
+        "workload-list",
+        GOOD.replace("workload: harness_probe", "workload: [harness_probe]"),
+        RUN,
+        "workload: expected a workload name",
+    ),
     ("workload-missing", GOOD.replace("workload: harness_probe\n", ""), RUN, "workload: missing"),
     ("grid-missing", "name: h\nworkload: harness_probe\nbackends: [torch]\n", RUN, "grid: missing"),
     ("grid-empty", with_grid("{}"), RUN, "grid: is empty"),
@@ -77,8 +84,12 @@ SPECS = [
     ("grid-sleep-negative", with_grid("{mode: sleep, sleep_s: -1}"), RUN, "grid.sleep_s"),
     ("grid-sleep-text", with_grid("{mode: sleep, sleep_s: soon}"), RUN, "grid.sleep_s"),
     # item 4: integers the store cannot hold
-    ("int-beyond-64-bits", with_grid("{index: [0, 1, 100000000000000000000000, 2]}"), RUN,
-     "grid.index[2]: 100000000000000000000000 does not fit in 64 bits"),
+    (
+        "int-beyond-64-bits",
+        with_grid("{index: [0, 1, 100000000000000000000000, 2]}"),
+        RUN,
+        "grid.index[2]: 100000000000000000000000 does not fit in 64 bits",
+    ),
     ("int-below-64-bits", with_grid("{index: -100000000000000000000}"), RUN, "does not fit in 64 bits"),
     ("int-2-63", with_grid("{index: 9223372036854775808}"), RUN, "does not fit in 64 bits"),
     ("int-hex-huge", with_grid("{index: 0x1ffffffffffffffff}"), RUN, "does not fit in 64 bits"),
@@ -114,30 +125,60 @@ SPECS = [
     ("exclude-bad-type", GOOD + "exclude: [{index: x}]\n", RUN, "exclude[0].index"),
     ("extra-key", GOOD + "colour: red\n", RUN, "colour: Extra inputs are not permitted"),
     # search sections (validated by run too)
-    ("search-metric-unknown", SEARCH.replace("metric: trial_s", "metric: speed"), RUN,
-     "search.metric: unknown metric 'speed'"),
+    (
+        "search-metric-unknown",
+        SEARCH.replace("metric: trial_s", "metric: speed"),
+        RUN,
+        "search.metric: unknown metric 'speed'",
+    ),
     ("search-direction", SEARCH.replace("minimize", "sideways"), RUN, "search.direction"),
     ("search-space-empty", SEARCH.replace("{sleep_s: {low: 0.0, high: 0.01}}", "{}"), RUN, "search.space"),
     ("search-space-unknown", SEARCH.replace("sleep_s: {", "nap_s: {"), RUN, "search.space: unknown parameter"),
     ("search-range-reversed", SEARCH.replace("low: 0.0, high: 0.01", "low: 1.0, high: 0.5"), RUN, "needs low < high"),
     ("search-log-zero", SEARCH.replace("high: 0.01}", "high: 0.01, log: true}"), RUN, "needs low < high"),
-    ("search-constraint-metric", SEARCH.replace("}}}\n", "}}, constraints: [{metric: nope, max: 1}]}\n"), RUN,
-     "search.constraints[0].metric: unknown metric 'nope'"),
-    ("search-outside-bounds", SEARCH.replace("low: 0.0", "low: -1.0"), RUN,
-     "search.space.sleep_s: Input should be greater than or equal to 0"),
-    ("search-choice-outside", SEARCH.replace("{sleep_s: {low: 0.0, high: 0.01}}", "{index: [0, -2]}"), RUN,
-     "search.space.index: Input should be greater than or equal to 0"),
+    (
+        "search-constraint-metric",
+        SEARCH.replace("}}}\n", "}}, constraints: [{metric: nope, max: 1}]}\n"),
+        RUN,
+        "search.constraints[0].metric: unknown metric 'nope'",
+    ),
+    (
+        "search-outside-bounds",
+        SEARCH.replace("low: 0.0", "low: -1.0"),
+        RUN,
+        "search.space.sleep_s: Input should be greater than or equal to 0",
+    ),
+    (
+        "search-choice-outside",
+        SEARCH.replace("{sleep_s: {low: 0.0, high: 0.01}}", "{index: [0, -2]}"),
+        RUN,
+        "search.space.index: Input should be greater than or equal to 0",
+    ),
     # item 5: huge and hostile specs
-    ("grid-10-to-7-points", with_grid("{index: [" + ", ".join(map(str, range(1000))) + "], "
-                                      "sleep_s: [" + ", ".join(map(str, range(10000))) + "], mode: sleep}"), RUN,
-     "asks for 1e+07 trials"),
+    (
+        "grid-10-to-7-points",
+        with_grid(
+            "{index: [" + ", ".join(map(str, range(1000))) + "], "
+            "sleep_s: [" + ", ".join(map(str, range(10000))) + "], mode: sleep}"
+        ),
+        RUN,
+        "asks for 1e+07 trials",
+    ),
     ("repeats-10-to-7", GOOD + "repeats: 10000000\n", RUN, "asks for 2e+07 trials"),
-    ("two-sweeps-over-limit", GOOD + "repeats: 400000\n---\n" + GOOD.replace("name: h", "name: g") + "repeats: 200000\n",
-     RUN, "asks for 4e+05 trials"),
+    (
+        "two-sweeps-over-limit",
+        GOOD + "repeats: 400000\n---\n" + GOOD.replace("name: h", "name: g") + "repeats: 200000\n",
+        RUN,
+        "asks for 4e+05 trials",
+    ),
     ("alias-bomb", alias_bomb(), RUN, "spec: more than 100000 values once YAML aliases are expanded"),
     ("alias-recursive", with_grid("&g {mode: noop, index: [*g]}"), RUN, "refers to itself"),
-    ("alias-many", "x: &x 1\n" + with_grid("{mode: noop, index: [" + ", ".join(["*x"] * 101) + "]}"), RUN,
-     "more than 100 YAML aliases"),
+    (
+        "alias-many",
+        "x: &x 1\n" + with_grid("{mode: noop, index: [" + ", ".join(["*x"] * 101) + "]}"),
+        RUN,
+        "more than 100 YAML aliases",
+    ),
     ("nesting-40", with_grid("{mode: noop, index: " + "[" * 40 + "0" + "]" * 40 + "}"), RUN, "nested deeper than 32"),
     ("nesting-10000", with_grid("{index: " + "[" * 10000 + "]" * 10000 + "}"), RUN, "spec: "),
     ("spec-over-1-MiB", GOOD + "#" * (1 << 20) + "\n", RUN, "a spec file may hold at most 1048576"),
@@ -160,23 +201,53 @@ SPECS = [
     ("missing-file", None, RUN, "not found"),
     ("spec-is-folder", None, ["run", "{tmp}", "--out", "{tmp}/out", "--executor", "local"], "not found"),
     # arguments (item 6: a bad --out fails before the first trial)
-    ("executor-unknown", GOOD, ["run", "{spec}", "--out", "{tmp}/out", "--executor", "dask"], "unknown executor 'dask'"),
+    (
+        "executor-unknown",
+        GOOD,
+        ["run", "{spec}", "--out", "{tmp}/out", "--executor", "dask"],
+        "unknown executor 'dask'",
+    ),
     ("device-flag", GOOD, RUN + ["--device", "gpu"], "--device: unknown device 'gpu'"),
     ("backend-flag", GOOD, RUN + ["--backend", "tensorflow"], "--backend: 'tensorflow' is not a backend"),
     ("out-is-file", GOOD, ["run", "{spec}", "--out", "{spec}", "--executor", "local"], "exists and is not a folder"),
-    ("out-under-file", GOOD, ["run", "{spec}", "--out", "{spec}/sub", "--executor", "local"], "is a file, not a folder"),
-    ("out-unknown-scheme", GOOD, ["run", "{spec}", "--out", "nosuch://x", "--executor", "local"],
-     "--out: pyarrow cannot open 'nosuch://x'"),
-    ("out-name-256", GOOD, ["run", "{spec}", "--out", "{tmp}/" + "o" * 256, "--executor", "local"],
-     "is longer than 255 bytes"),
-    ("out-path-4097", GOOD, ["run", "{spec}", "--out", "{tmp}/" + "/".join(["p" * 200] * 21), "--executor", "local"],
-     "path longer than 4096 bytes"),
+    (
+        "out-under-file",
+        GOOD,
+        ["run", "{spec}", "--out", "{spec}/sub", "--executor", "local"],
+        "is a file, not a folder",
+    ),
+    (
+        "out-unknown-scheme",
+        GOOD,
+        ["run", "{spec}", "--out", "nosuch://x", "--executor", "local"],
+        "--out: pyarrow cannot open 'nosuch://x'",
+    ),
+    (
+        "out-name-256",
+        GOOD,
+        ["run", "{spec}", "--out", "{tmp}/" + "o" * 256, "--executor", "local"],
+        "is longer than 255 bytes",
+    ),
+    (
+        "out-path-4097",
+        GOOD,
+        ["run", "{spec}", "--out", "{tmp}/" + "/".join(["p" * 200] * 21), "--executor", "local"],
+        "path longer than 4096 bytes",
+    ),
     ("out-empty", GOOD, ["run", "{spec}", "--out", "", "--executor", "local"], "--out: empty"),
     ("address-with-local", GOOD, RUN + ["--address", "127.0.0.1:6379"], "the local executor runs on this host only"),
-    ("address-malformed", GOOD, ["run", "{spec}", "--out", "{tmp}/out", "--address", "nohost"],
-     "--address: expected HOST:PORT"),
-    ("address-port-range", GOOD, ["run", "{spec}", "--out", "{tmp}/out", "--address", "127.0.0.1:99999"],
-     "--address: expected HOST:PORT"),
+    (
+        "address-malformed",
+        GOOD,
+        ["run", "{spec}", "--out", "{tmp}/out", "--address", "nohost"],
+        "--address: expected HOST:PORT",
+    ),
+    (
+        "address-port-range",
+        GOOD,
+        ["run", "{spec}", "--out", "{tmp}/out", "--address", "127.0.0.1:99999"],
+        "--address: expected HOST:PORT",
+    ),
     ("max-trials-exceeded", GOOD, RUN + ["--max-trials", "1"], "asks for 2 trials"),
     ("max-trials-zero", GOOD, RUN + ["--max-trials", "0"], "--max-trials"),
     ("max-trials-text", GOOD, RUN + ["--max-trials", "lots"], "--max-trials"),
@@ -191,21 +262,54 @@ SPECS = [
     ("compare-metric-unknown", None, ["compare", "{results}", "--metric", "nosuch"], "nosuch"),
     ("compare-on-file", GOOD, ["compare", "{spec}", "--metric", "trial_s"], "is a file, not a results folder"),
     ("compare-missing", None, ["compare", "{tmp}/none", "--metric", "trial_s"], "no results under"),
-    ("search-storage-garbage", SEARCH, ["search", "{spec}", "--trials", "1", "--out", "{tmp}/out",
-                                        "--storage", "garbage://x", "--executor", "local"], "--storage"),
-    ("search-trials-zero", SEARCH, ["search", "{spec}", "--trials", "0", "--out", "{tmp}/out",
-                                    "--executor", "local"], "--trials"),
-    ("search-space-outside", SEARCH.replace("high: 0.01", "high: -0.5").replace("low: 0.0", "low: -1.0"),
-     ["search", "{spec}", "--trials", "1", "--out", "{tmp}/out", "--executor", "local"], "search.space.sleep_s"),
-    ("search-no-section", GOOD, ["search", "{spec}", "--trials", "1", "--out", "{tmp}/out", "--executor", "local"],
-     "exactly one sweep with a search section"),
-    ("submit-not-http", None, ["submit", "{root}/sweeps/harness_probe.yaml", "--address", "127.0.0.1:6379"],
-     "needs the dashboard's URL"),
-    ("submit-nothing-listens", None, ["submit", "{root}/sweeps/harness_probe.yaml", "--address", "http://127.0.0.1:9"],
-     "no Ray dashboard answers at 'http://127.0.0.1:9'"),
-    ("submit-outside-project", GOOD, ["submit", "{spec}", "--address", "http://127.0.0.1:9"], "must lie inside the project"),
-    ("submit-bad-spec", GOOD.replace("noop", "nap"), ["submit", "{spec}", "--address", "http://127.0.0.1:9"],
-     "grid.mode"),
+    (
+        "search-storage-garbage",
+        SEARCH,
+        ["search", "{spec}", "--trials", "1", "--out", "{tmp}/out", "--storage", "garbage://x", "--executor", "local"],
+        "--storage",
+    ),
+    (
+        "search-trials-zero",
+        SEARCH,
+        ["search", "{spec}", "--trials", "0", "--out", "{tmp}/out", "--executor", "local"],
+        "--trials",
+    ),
+    (
+        "search-space-outside",
+        SEARCH.replace("high: 0.01", "high: -0.5").replace("low: 0.0", "low: -1.0"),
+        ["search", "{spec}", "--trials", "1", "--out", "{tmp}/out", "--executor", "local"],
+        "search.space.sleep_s",
+    ),
+    (
+        "search-no-section",
+        GOOD,
+        ["search", "{spec}", "--trials", "1", "--out", "{tmp}/out", "--executor", "local"],
+        "exactly one sweep with a search section",
+    ),
+    (
+        "submit-not-http",
+        None,
+        ["submit", "{root}/sweeps/harness_probe.yaml", "--address", "127.0.0.1:6379"],
+        "needs the dashboard's URL",
+    ),
+    (
+        "submit-nothing-listens",
+        None,
+        ["submit", "{root}/sweeps/harness_probe.yaml", "--address", "http://127.0.0.1:9"],
+        "no Ray dashboard answers at 'http://127.0.0.1:9'",
+    ),
+    (
+        "submit-outside-project",
+        GOOD,
+        ["submit", "{spec}", "--address", "http://127.0.0.1:9"],
+        "must lie inside the project",
+    ),
+    (
+        "submit-bad-spec",
+        GOOD.replace("noop", "nap"),
+        ["submit", "{spec}", "--address", "http://127.0.0.1:9"],
+        "grid.mode",
+    ),
     ("status-not-http", None, ["status", "job", "--address", "127.0.0.1:6379"], "needs the dashboard's URL"),
     ("logs-not-http", None, ["logs", "job", "--address", "ftp://x"], "needs the dashboard's URL"),
 ]
@@ -231,9 +335,21 @@ def stored_results(folder: Path) -> None:
     from results.store import Store
 
     wl = workloads.get("harness_probe")
-    trial = Trial(key="k0", sweep="h", workload=wl.name, version=wl.version, backend="torch", device="cpu",
-                  params=wl.Params().model_dump(mode="json"), repeat=0, seed=0, timeout_s=60, num_cpus=1,
-                  resources=Resources(), isolation="actor")
+    trial = Trial(
+        key="k0",
+        sweep="h",
+        workload=wl.name,
+        version=wl.version,
+        backend="torch",
+        device="cpu",
+        params=wl.Params().model_dump(mode="json"),
+        repeat=0,
+        seed=0,
+        timeout_s=60,
+        num_cpus=1,
+        resources=Resources(),
+        isolation="actor",
+    )
     Store(str(folder)).write(trial, execute(trial), "test")
 
 
@@ -243,8 +359,13 @@ def prepare(tmp_path: Path, content: str | bytes | None, args: list[str]) -> lis
         spec.write_bytes(content.encode() if isinstance(content, str) else content)
     if any("{results}" in a for a in args):
         stored_results(tmp_path / "results")
-    return [a.replace("{spec}", str(spec)).replace("{tmp}", str(tmp_path)).replace("{root}", str(ROOT))
-            .replace("{results}", str(tmp_path / "results")) for a in args]
+    return [
+        a.replace("{spec}", str(spec))
+        .replace("{tmp}", str(tmp_path))
+        .replace("{root}", str(ROOT))
+        .replace("{results}", str(tmp_path / "results"))
+        for a in args
+    ]
 
 
 def test_the_table_has_at_least_100_cases_with_distinct_ids():
@@ -276,8 +397,9 @@ def test_hostile_specs_fail_fast_in_a_real_process(tmp_path, case):
     argv = prepare(tmp_path, content, args)
     before = tree(tmp_path)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *argv], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *argv], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     took = time.monotonic() - started
     assert done.returncode == 2 and done.stdout == "", done.stderr
     assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr

@@ -1,4 +1,5 @@
 """A local three-node Ray cluster: GPU trials go to the GPU nodes only, one at a time per node."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,12 +29,19 @@ def cluster():
 def test_gpu_trials_run_on_gpu_nodes_only_and_never_share_one(cluster, tmp_path):
     c, gpu_ids = cluster
     spec = tmp_path / "gpu.yaml"
-    spec.write_text("name: g\nworkload: harness_probe\nbackends: [torch]\ndevice: cpu\nresources: {gpus: 1}\n"
-                    "grid: {mode: sleep, sleep_s: 1.0, index: [0, 1, 2, 3, 4, 5]}\n")
+    spec.write_text(
+        "name: g\nworkload: harness_probe\nbackends: [torch]\ndevice: cpu\nresources: {gpus: 1}\n"
+        "grid: {mode: sleep, sleep_s: 1.0, index: [0, 1, 2, 3, 4, 5]}\n"
+    )
     out = tmp_path / "out"
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out),
-                           "--address", c.address], capture_output=True, text=True, timeout=200, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(out), "--address", c.address],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     rows = Store(str(out)).read().to_pylist()
     assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
@@ -53,13 +61,19 @@ def test_a_sweep_no_node_can_hold_fails_at_once_with_exit_2(cluster, tmp_path):
     c, _ = cluster
     spec = tmp_path / "big.yaml"
     spec.write_text("name: b\nworkload: harness_probe\nbackends: [torch]\nresources: {gpus: 2}\ngrid: {mode: noop}\n")
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(tmp_path / "out"),
-                           "--address", c.address], capture_output=True, text=True, timeout=100,
-                          env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(tmp_path / "out"), "--address", c.address],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+    )
     assert done.returncode == 2
-    assert "no node, present or that the autoscaler can add, can run a trial needing" in done.stderr and "GPU=1" in done.stderr
+    assert (
+        "no node, present or that the autoscaler can add, can run a trial needing" in done.stderr
+        and "GPU=1" in done.stderr
+    )
     assert not (tmp_path / "out").exists()
-
 
 
 AUTOSCALED = """
@@ -100,8 +114,13 @@ print(json.dumps(out))
 def test_nodes_the_autoscaler_can_add_count_and_beyond_them_a_sweep_fails(cluster):
     """The node groups an autoscaler reports to the GCS (here written as it writes them) count as slots."""
     c, _ = cluster
-    done = subprocess.run([sys.executable, "-c", AUTOSCALED, c.address], capture_output=True, text=True, timeout=100,
-                          env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    done = subprocess.run(
+        [sys.executable, "-c", AUTOSCALED, c.address],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["4"] == 4  # no present node has 4 GPUs; two 8-GPU nodes the autoscaler may add hold 2 each

@@ -1,4 +1,5 @@
 """Spec validation: every kind of bad input is one clear UserError naming the field."""
+
 from __future__ import annotations
 
 import textwrap
@@ -31,27 +32,36 @@ def test_good_spec_loads(tmp_path):
     assert sweep.backends == ["torch", "jax"]
 
 
-@pytest.mark.parametrize("text, expected", [
-    (GOOD.replace("device_roofline", "device_rooflin"), "unknown workload 'device_rooflin'.*did you mean 'device_roofline'"),
-    (GOOD.replace("n: [64, 128]", "nn: [64, 128]"), r"grid: unknown parameter 'nn'.*allowed: op, n, dtype"),
-    (GOOD.replace("n: [64, 128]", "n: [64, big]"), r"grid.n: .*integer.*'big'"),
-    (GOOD.replace("n: [64, 128]", "n: [64, -3]"), r"grid.n: Input should be greater than 0 \(got -3\)"),
-    (GOOD.replace("n: [64, 128]", "dtype: float16"), r"grid.dtype: Input should be 'float32' or 'bfloat16'"),
-    (GOOD.replace("  n: [64, 128]\n", "") .replace("grid:", "grid: {}"), "grid: is empty"),
-    (GOOD.replace("n: [64, 128]", "n: []"), "grid.n: empty list"),
-    (GOOD + "exclude:\n  - {size: 64}\n", r"exclude\[0\]: unknown parameter 'size'"),
-    (GOOD.replace("[torch, jax]", "[torch, tensorflow]"), "backends: unknown backend 'tensorflow'; allowed: jax, torch"),
-    (GOOD + "device: gpu\n", r"device: Input should be 'cpu', 'cuda', 'tpu' or 'auto' \(got 'gpu'\)"),
-    (GOOD + "repeats: -1\n", r"repeats: Input should be greater than 0 \(got -1\)"),
-    (GOOD + "timeout_s: 0\n", "timeout_s: Input should be greater than 0"),
-    (GOOD + "isolation: thread\n", "isolation: Input should be 'actor' or 'process'"),
-    (GOOD + "resources: {gpu: 1}\n", "resources.gpu: Extra inputs are not permitted"),
-    (GOOD + "colour: red\n", "colour: Extra inputs are not permitted"),
-    ("name: s\nworkload: [device_roofline\n", "malformed YAML"),
-    ("- just\n- a list\n", "expected a mapping"),
-    (GOOD.replace("name: s\n", ""), "name: missing"),
-    (GOOD + "---\n" + GOOD, "sweep names must be unique"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            GOOD.replace("device_roofline", "device_rooflin"),
+            "unknown workload 'device_rooflin'.*did you mean 'device_roofline'",
+        ),
+        (GOOD.replace("n: [64, 128]", "nn: [64, 128]"), r"grid: unknown parameter 'nn'.*allowed: op, n, dtype"),
+        (GOOD.replace("n: [64, 128]", "n: [64, big]"), r"grid.n: .*integer.*'big'"),
+        (GOOD.replace("n: [64, 128]", "n: [64, -3]"), r"grid.n: Input should be greater than 0 \(got -3\)"),
+        (GOOD.replace("n: [64, 128]", "dtype: float16"), r"grid.dtype: Input should be 'float32' or 'bfloat16'"),
+        (GOOD.replace("  n: [64, 128]\n", "").replace("grid:", "grid: {}"), "grid: is empty"),
+        (GOOD.replace("n: [64, 128]", "n: []"), "grid.n: empty list"),
+        (GOOD + "exclude:\n  - {size: 64}\n", r"exclude\[0\]: unknown parameter 'size'"),
+        (
+            GOOD.replace("[torch, jax]", "[torch, tensorflow]"),
+            "backends: unknown backend 'tensorflow'; allowed: jax, torch",
+        ),
+        (GOOD + "device: gpu\n", r"device: Input should be 'cpu', 'cuda', 'tpu' or 'auto' \(got 'gpu'\)"),
+        (GOOD + "repeats: -1\n", r"repeats: Input should be greater than 0 \(got -1\)"),
+        (GOOD + "timeout_s: 0\n", "timeout_s: Input should be greater than 0"),
+        (GOOD + "isolation: thread\n", "isolation: Input should be 'actor' or 'process'"),
+        (GOOD + "resources: {gpu: 1}\n", "resources.gpu: Extra inputs are not permitted"),
+        (GOOD + "colour: red\n", "colour: Extra inputs are not permitted"),
+        ("name: s\nworkload: [device_roofline\n", "malformed YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+        (GOOD.replace("name: s\n", ""), "name: missing"),
+        (GOOD + "---\n" + GOOD, "sweep names must be unique"),
+    ],
+)
 def test_bad_spec_is_one_clear_line(tmp_path, text, expected):
     with pytest.raises(UserError, match=expected) as info:
         load_specs(write(tmp_path, text))
@@ -72,12 +82,15 @@ def test_bad_value_is_found_at_load_not_at_run(tmp_path):
 
 
 def test_yaml_floats_and_fractions_parse_as_floats(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
     name: f
     workload: harness_probe
     backends: [torch]
     grid: {mode: sleep, sleep_s: [1e-4, 4/3, 2]}
-    """)
+    """,
+    )
     [(sweep, workload)] = load_specs(path)
     values = sorted(t.params["sleep_s"] for t in expand(sweep, workload, device="cpu"))
     assert values == [1e-4, 4 / 3, 2.0]
@@ -103,7 +116,9 @@ def test_safe_names_pass(name):
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", ".x", "_x", "-x", "a/b", "a\\b", "a b", "a\n", "x" * 101, "é", None, 3])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", ".x", "_x", "-x", "a/b", "a\\b", "a b", "a\n", "x" * 101, "é", None, 3]
+)
 def test_unsafe_names_are_refused(name):
     with pytest.raises(UserError, match="name: must be 1 to 100 characters"):
         check_name(name)
@@ -111,8 +126,11 @@ def test_unsafe_names_are_refused(name):
 
 def test_a_huge_grid_is_counted_not_expanded_and_refused_in_under_a_second(tmp_path):
     axis = "[" + ", ".join(str(i) for i in range(1000)) + "]"
-    path = write(tmp_path, f"name: g\nworkload: harness_probe\nbackends: [torch]\n"
-                           f"grid: {{mode: sleep, index: {axis}, sleep_s: {axis}}}\nrepeats: 1000\n")
+    path = write(
+        tmp_path,
+        f"name: g\nworkload: harness_probe\nbackends: [torch]\n"
+        f"grid: {{mode: sleep, index: {axis}, sleep_s: {axis}}}\nrepeats: 1000\n",
+    )
     start = time.monotonic()
     with pytest.raises(UserError, match=r"asks for 1e\+09 trials"):
         load_specs(path)
@@ -129,8 +147,10 @@ def test_max_trials_is_the_bound_for_the_whole_file(tmp_path):
 def test_an_alias_bomb_is_refused_in_under_a_second(tmp_path):
     lines = ["a0: &a0 [0, 0, 0, 0, 0, 0, 0, 0, 0]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
-    path = write(tmp_path, "\n".join(lines) + "\nname: b\nworkload: harness_probe\nbackends: [torch]\n"
-                                              "grid: {mode: noop, index: *a8}\n")
+    path = write(
+        tmp_path,
+        "\n".join(lines) + "\nname: b\nworkload: harness_probe\nbackends: [torch]\ngrid: {mode: noop, index: *a8}\n",
+    )
     start = time.monotonic()
     with pytest.raises(UserError, match="more than 100000 values once YAML aliases are expanded"):
         load_specs(path)
@@ -165,12 +185,15 @@ def test_a_store_path_outside_out_is_refused(tmp_path):
     assert store._dir("s", "w").endswith("/out/s/w")
 
 
-@pytest.mark.parametrize("make, out, says", [
-    (lambda p: (p / "f").write_text("x"), "f", "exists and is not a folder"),
-    (lambda p: (p / "f").write_text("x"), "f/sub/deeper", "is a file, not a folder"),
-    (lambda p: None, "nosuch://bucket/x", "pyarrow cannot open"),
-    (lambda p: None, "o" * 256, "longer than 255 bytes"),
-])
+@pytest.mark.parametrize(
+    "make, out, says",
+    [
+        (lambda p: (p / "f").write_text("x"), "f", "exists and is not a folder"),
+        (lambda p: (p / "f").write_text("x"), "f/sub/deeper", "is a file, not a folder"),
+        (lambda p: None, "nosuch://bucket/x", "pyarrow cannot open"),
+        (lambda p: None, "o" * 256, "longer than 255 bytes"),
+    ],
+)
 def test_a_bad_out_is_refused_without_writing(tmp_path, make, out, says):
     make(tmp_path)
     before = sorted(os.listdir(tmp_path))
@@ -192,9 +215,8 @@ def test_a_read_only_out_is_refused(tmp_path):
 
 def test_a_held_lock_refuses_a_second_holder_naming_host_and_pid(tmp_path):
     out = str(tmp_path / "out")
-    with RunLock(out):
-        with pytest.raises(UserError, match=rf"is in use by another run \(pid {os.getpid()} on host "):
-            RunLock(out).acquire()
+    with RunLock(out), pytest.raises(UserError, match=rf"is in use by another run \(pid {os.getpid()} on host "):
+        RunLock(out).acquire()
     assert not os.path.exists(os.path.join(out, ".lock"))
     with RunLock(out):  # released: free again
         pass

@@ -1,4 +1,5 @@
 """Grid expansion, exclusions, nulling of inapplicable parameters, and trial keys."""
+
 from __future__ import annotations
 
 import workloads
@@ -29,8 +30,9 @@ def test_trials_are_grid_times_backends_times_repeats_with_seeds_base_plus_repea
 
 
 def test_exclude_drops_matching_points_only():
-    trials = expand(sweep(grid={"n": [64, 128], "op": ["matmul", "copy"]},
-                          exclude=[{"n": 128, "op": "copy"}]), ROOF, device="cpu")
+    trials = expand(
+        sweep(grid={"n": [64, 128], "op": ["matmul", "copy"]}, exclude=[{"n": 128, "op": "copy"}]), ROOF, device="cpu"
+    )
     combos = {(t.params["n"], t.params["op"]) for t in trials}
     assert combos == {(64, "matmul"), (64, "copy"), (128, "matmul")}
 

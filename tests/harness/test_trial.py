@@ -1,4 +1,5 @@
 """A trial imports only what its workload needs: no framework for one that declares it uses no backend."""
+
 from __future__ import annotations
 
 import pathlib
@@ -14,8 +15,9 @@ HEAVY = ("torch", "jax", "pandas", "pyarrow")
 def imported_after(code: str) -> set[str]:
     """Which of the heavy modules a fresh interpreter has imported after running ``code``."""
     report = f"import sys; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", f"{code}\n{report}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{report}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split())
 

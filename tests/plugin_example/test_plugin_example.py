@@ -1,5 +1,6 @@
 """The example plugin (this folder) installed with pip into a target folder: ``deeperbench list`` shows it
 as a plugin, and a sweep of it runs, is stored, compared and reported like a built-in workload."""
+
 from __future__ import annotations
 
 import os
@@ -22,16 +23,39 @@ def installed(tmp_path_factory) -> dict[str, str]:
     source = shutil.copytree(HERE, root / "src", ignore=shutil.ignore_patterns("test_*", "__pycache__", "__init__.py"))
     shutil.copy(HERE / "deeperbench_plugin_example" / "__init__.py", source / "deeperbench_plugin_example")
     target = root / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--target", str(target), str(source)], check=True, timeout=240)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        timeout=240,
+    )
     assert list(target.glob("deeperbench_plugin_example-*.dist-info/entry_points.txt"))
-    return os.environ | {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
-                         "OMP_NUM_THREADS": "1"}
+    return os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def deeperbench(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          timeout=240, env=env, cwd=HERE.parents[1])
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=HERE.parents[1],
+    )
 
 
 def test_the_installed_plugin_is_listed(installed):
@@ -47,8 +71,7 @@ def test_the_installed_plugin_is_listed(installed):
 @pytest.mark.timeout(300)
 def test_the_installed_plugin_runs_and_is_compared(installed, tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: plug\nworkload: sort_scaling\nbackends: [torch]\nrepeats: 2\n"
-                    "grid: {n: [1000, 100000]}\n")
+    spec.write_text("name: plug\nworkload: sort_scaling\nbackends: [torch]\nrepeats: 2\ngrid: {n: [1000, 100000]}\n")
     out = tmp_path / "out"
     done = deeperbench(installed, "run", str(spec), "--out", str(out), "--executor", "local")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,5 +1,6 @@
 """``deeperbench compare``: every workload that records the metric, each ``--by`` column, each
 ``--format``, a baseline with the ``--fail-above`` gate, and bad input as one line with exit 2."""
+
 from __future__ import annotations
 
 import csv
@@ -16,15 +17,23 @@ from harness.spec import Resources
 from harness.sweep import Trial, trial_key
 from harness.trial import Outcome
 from harness.workload import Record
-from results.compare import BY, FORMATS, against_baseline, by_columns, compare, _summary
+from results.compare import BY, FORMATS, _summary, against_baseline, by_columns, compare
 from results.store import Store
 
 FACTORS = (0.9, 1.0, 5.0)
 """Three timing samples per trial: the median is the middle one, the outlier does not count."""
 
 
-def write(out, workload: str, seconds: dict[str, float], *, metric: str = "time_s", tag: str | None = None,
-          repeats: int = 3, **params) -> None:
+def write(
+    out,
+    workload: str,
+    seconds: dict[str, float],
+    *,
+    metric: str = "time_s",
+    tag: str | None = None,
+    repeats: int = 3,
+    **params,
+) -> None:
     """Trials of ``workload`` (its smoke parameters, ``params`` over them) that took ``seconds[backend]``."""
     wl = workloads.get(workload)
     point = wl.Params.model_validate(wl.smoke.model_dump() | params).model_dump(mode="json")
@@ -33,9 +42,21 @@ def write(out, workload: str, seconds: dict[str, float], *, metric: str = "time_
     for backend, base in seconds.items():
         for repeat in range(repeats):
             key = trial_key(workload, wl.version, backend, "cpu", point, repeat)
-            trial = Trial(key=key, sweep="c", workload=workload, version=wl.version, backend=backend, device="cpu",
-                          params=point, repeat=repeat, seed=repeat, timeout_s=60, num_cpus=1,
-                          resources=Resources(), isolation="actor")
+            trial = Trial(
+                key=key,
+                sweep="c",
+                workload=workload,
+                version=wl.version,
+                backend=backend,
+                device="cpu",
+                params=point,
+                repeat=repeat,
+                seed=repeat,
+                timeout_s=60,
+                num_cpus=1,
+                resources=Resources(),
+                isolation="actor",
+            )
             value = base * (1 + 0.01 * repeat)
             records = [Record(metric, value * f, sample=i, tag=tag) for i, f in enumerate(FACTORS)]
             store.write(trial, Outcome("ok", records, now, 0.1, "h", f"{backend}-cpu"), "r")
@@ -110,13 +131,19 @@ def test_each_format_shows_both_workloads_and_the_title_verbatim(two_workloads, 
         assert table[1].startswith("| ---") and len(table) == 2 + 3
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--by", "nosuchcol"], "--by: no column 'nosuchcol'.*allowed: backend, device_kind, device_name, workload, tag"),
-    (["--format", "xml"], "--format: unknown format 'xml'; allowed: table, markdown, csv, json"),
-    (["--workload", "memory_depth"], "--workload: no results of 'memory_depth' here; allowed: device_roofline"),
-    (["--metric", "tme_s"], "--metric: 'tme_s' is not a metric .*did you mean 'time_s'"),
-    (["--fail-above", "1.1"], "--fail-above: needs --baseline"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--by", "nosuchcol"],
+            "--by: no column 'nosuchcol'.*allowed: backend, device_kind, device_name, workload, tag",
+        ),
+        (["--format", "xml"], "--format: unknown format 'xml'; allowed: table, markdown, csv, json"),
+        (["--workload", "memory_depth"], "--workload: no results of 'memory_depth' here; allowed: device_roofline"),
+        (["--metric", "tme_s"], "--metric: 'tme_s' is not a metric .*did you mean 'time_s'"),
+        (["--fail-above", "1.1"], "--fail-above: needs --baseline"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(two_workloads, args, expected):
     import re
 

@@ -1,5 +1,6 @@
 """``deeperbench compact``: one file per sweep and workload, atomic when killed at any step, idempotent;
 resume, read and compare see each trial once, a re-run trial overrides its compacted row (issue 15)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,16 +31,31 @@ PROBE = workloads.get("harness_probe")
 def probe_trial(index: int, sweep: str = "s") -> Trial:
     params = PROBE.Params(index=index).model_dump(mode="json")
     key = trial_key(PROBE.name, PROBE.version, "torch", "cpu", params, 0)
-    return Trial(key=key, sweep=sweep, workload=PROBE.name, version=PROBE.version, backend="torch", device="cpu",
-                 params=params, repeat=0, seed=0, timeout_s=60.0, num_cpus=1.0, resources=Resources(),
-                 isolation="actor")
+    return Trial(
+        key=key,
+        sweep=sweep,
+        workload=PROBE.name,
+        version=PROBE.version,
+        backend="torch",
+        device="cpu",
+        params=params,
+        repeat=0,
+        seed=0,
+        timeout_s=60.0,
+        num_cpus=1.0,
+        resources=Resources(),
+        isolation="actor",
+    )
 
 
 def write(store: Store, index: int, value: float, status: str = "ok", sweep: str = "s") -> Trial:
     trial = probe_trial(index, sweep)
     records = [Record("trial_s", value, sample=0)] if status == "ok" else []
-    store.write(trial, Outcome(status, records, dt.datetime.now(dt.timezone.utc), 0.1, "h", None,
-                               None if status == "ok" else "boom"), "r")
+    store.write(
+        trial,
+        Outcome(status, records, dt.datetime.now(dt.timezone.utc), 0.1, "h", None, None if status == "ok" else "boom"),
+        "r",
+    )
     return trial
 
 
@@ -75,7 +91,9 @@ def test_compaction_leaves_one_file_per_sweep_and_workload_and_the_same_rows(tmp
     before = store.read().sort_by("trial_key")
     merged = compact(store)
     assert sorted((m.folder, m.trials, m.files_merged) for m in merged) == [
-        ("other/harness_probe", 1, 1), ("s/harness_probe", 5, 5)]
+        ("other/harness_probe", 1, 1),
+        ("s/harness_probe", 5, 5),
+    ]
     assert names(tmp_path / "s" / "harness_probe") == [f"{COMPACTED}000001.parquet"]
     after = store.read().sort_by("trial_key")
     assert after.to_pylist() == before.to_pylist()
@@ -151,8 +169,14 @@ def test_a_compaction_killed_at_any_step_leaves_every_trial_readable_exactly_onc
     for at in range(1, 20):
         folder = tmp_path / f"killed-{at}"
         shutil.copytree(out, folder)
-        done = subprocess.run([sys.executable, "-c", KILLER, str(folder), str(at)], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", KILLER, str(folder), str(at)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         store = Store(str(folder))
         if done.returncode == 0:  # it made fewer than ``at`` changes: every kill point is covered
             break
@@ -181,8 +205,9 @@ def test_run_resumes_and_compare_counts_each_trial_once_after_compact(tmp_path):
     assert done.exit_code == 0, done.output
     assert "3 files" in done.stdout and names(out / "s" / "harness_probe") == [f"{COMPACTED}000001.parquet"]
     assert "nothing to compact" in CliRunner().invoke(app, ["compact", str(out)]).stdout
-    again = CliRunner().invoke(app, ["run", str(write_spec(tmp_path / "spec.yaml", 4)), "--out", str(out),
-                                     "--executor", "local"])
+    again = CliRunner().invoke(
+        app, ["run", str(write_spec(tmp_path / "spec.yaml", 4)), "--out", str(out), "--executor", "local"]
+    )
     assert again.exit_code == 0, again.output
     assert "3 already stored ok" in again.stdout
     assert len(names(out / "s" / "harness_probe")) == 2  # the new trial landed as its own file

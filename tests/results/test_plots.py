@@ -1,4 +1,5 @@
 """results.plots draws each declaration the same way: medians and IQR, colours kept per label, units, ticks."""
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,25 @@ def table(entries: list[dict], metrics=(TIME, PEAK, RATE, FLOPS, LOSS)) -> pd.Da
     for e in entries:
         params = e["params"]
         key = json.dumps(params, sort_keys=True)
-        rows.append({"workload": "w", "backend": e.get("backend", "torch"), "device_kind": "cpu",
-                     "device_name": e.get("device", "cpu0"), "params": key, "repeat": e.get("repeat", 0),
-                     "trial_key": f"{e.get('backend', 'torch')}-{key}-{e.get('repeat', 0)}",
-                     "status": e.get("status", "ok"), "metric": e["metric"], "value": float(e["value"]),
-                     "unit": units[e["metric"]], "step": e.get("step"), "sample": e.get("sample"), "tag": e.get("tag"),
-                     **{f"p_{k}": v for k, v in params.items()}})
+        rows.append(
+            {
+                "workload": "w",
+                "backend": e.get("backend", "torch"),
+                "device_kind": "cpu",
+                "device_name": e.get("device", "cpu0"),
+                "params": key,
+                "repeat": e.get("repeat", 0),
+                "trial_key": f"{e.get('backend', 'torch')}-{key}-{e.get('repeat', 0)}",
+                "status": e.get("status", "ok"),
+                "metric": e["metric"],
+                "value": float(e["value"]),
+                "unit": units[e["metric"]],
+                "step": e.get("step"),
+                "sample": e.get("sample"),
+                "tag": e.get("tag"),
+                **{f"p_{k}": v for k, v in params.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -72,8 +86,15 @@ def test_medians_and_interquartile_ranges_over_repeats_are_drawn():
 
 def test_a_label_keeps_its_colour_across_figures_and_backends_differ_by_dash_and_marker():
     styles = plots.Styles()
-    first = table(sweep({("torch", ("model", "a"), ("n", 1)): 1.0, ("jax", ("model", "a"), ("n", 1)): 1.0,
-                         ("torch", ("model", "b"), ("n", 1)): 2.0}))
+    first = table(
+        sweep(
+            {
+                ("torch", ("model", "a"), ("n", 1)): 1.0,
+                ("jax", ("model", "a"), ("n", 1)): 1.0,
+                ("torch", ("model", "b"), ("n", 1)): 2.0,
+            }
+        )
+    )
     second = table(sweep({("torch", ("model", "c"), ("n", 1)): 1.0, ("torch", ("model", "b"), ("n", 1)): 3.0}))
     f1 = plots.draw(Figure("one", "time_s", x="p_n", series=("p_model",)), first, [TIME], styles)
     f2 = plots.draw(Figure("two", "time_s", x="p_n", series=("p_model",)), second, [TIME], styles)
@@ -142,8 +163,9 @@ def test_integer_axes_tick_at_their_values_and_titles_name_the_thesis_figure():
 
 
 def test_facets_draw_one_panel_per_value_and_list_each_line_once():
-    rows = table(sweep({(b, ("dtype", t), ("n", n)): 1.0 + n for b in ("torch", "jax") for t in ("f32", "bf16")
-                        for n in (1, 2)}))
+    rows = table(
+        sweep({(b, ("dtype", t), ("n", n)): 1.0 + n for b in ("torch", "jax") for t in ("f32", "bf16") for n in (1, 2)})
+    )
     fig = plots.draw(Figure("f", "time_s", x="p_n", facet="p_dtype"), rows, [TIME])
     assert {t.xaxis for t in lines(fig)} == {"x", "x2"}
     assert [a.text for a in fig.layout.annotations][:2] == ["bf16", "f32"]
@@ -175,8 +197,16 @@ def test_an_undeclared_metric_is_an_error_naming_the_declared_ones():
 
 
 def test_parameters_varying_within_a_line_join_its_label():
-    rows = table(sweep({("torch", ("width", w), ("lr", lr), ("n", n)): w * lr * n
-                        for w in (8, 16) for lr in (0.1,) for n in (1, 2)}))
+    rows = table(
+        sweep(
+            {
+                ("torch", ("width", w), ("lr", lr), ("n", n)): w * lr * n
+                for w in (8, 16)
+                for lr in (0.1,)
+                for n in (1, 2)
+            }
+        )
+    )
     fig = plots.draw(Figure("v", "time_s", x="p_n"), rows, [TIME])
     assert sorted(t.name for t in lines(fig)) == ["width=16 (torch)", "width=8 (torch)"]
     assert all(len(t.x) == 2 for t in lines(fig))
@@ -186,15 +216,20 @@ def test_parameters_varying_within_a_line_join_its_label():
 
 
 def test_several_metrics_are_one_line_each_named_by_the_metric():
-    rows = table(sweep({("torch", ("n", 1)): 1.0, ("torch", ("n", 2)): 2.0})
-                 + sweep({("torch", ("n", 1)): 5.0, ("torch", ("n", 2)): 4.0}, metric="loss"))
+    rows = table(
+        sweep({("torch", ("n", 1)): 1.0, ("torch", ("n", 2)): 2.0})
+        + sweep({("torch", ("n", 1)): 5.0, ("torch", ("n", 2)): 4.0}, metric="loss")
+    )
     fig = plots.draw(Figure("two", ("time_s", "loss"), x="p_n"), rows, [TIME, LOSS])
     assert sorted(t.name for t in lines(fig)) == ["loss (torch)", "time_s (torch)"]
 
 
 def test_training_curves_are_summarised_per_step():
-    entries = [{"params": {"lr": 0.1}, "repeat": r, "metric": "loss", "value": 10.0 / (s + 1) + r, "step": s}
-               for r in range(3) for s in range(4)]
+    entries = [
+        {"params": {"lr": 0.1}, "repeat": r, "metric": "loss", "value": 10.0 / (s + 1) + r, "step": s}
+        for r in range(3)
+        for s in range(4)
+    ]
     fig = plots.draw(Figure("curve", "loss", x="step", by_step=True, hline=1.0), table(entries), [LOSS])
     assert list(lines(fig)[0].x) == [0, 1, 2, 3]
     assert list(lines(fig)[0].y) == pytest.approx([10.0 / (s + 1) + 1 for s in range(4)], rel=1e-4)

@@ -1,4 +1,5 @@
 """A results folder holding every workload reads whole with pandas, pyarrow, polars and DuckDB as-is (issue 15)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,17 +28,36 @@ def synthetic(workload_name: str, repeat: int, sweep: str = "all") -> Trial:
     wl = workloads.get(workload_name)
     params = wl.smoke.model_dump(mode="json")
     key = trial_key(wl.name, wl.version, wl.backends[0], "cpu", params, repeat)
-    return Trial(key=key, sweep=sweep, workload=wl.name, version=wl.version, backend=wl.backends[0], device="cpu",
-                 params=params, repeat=repeat, seed=repeat, timeout_s=60.0, num_cpus=1.0, resources=Resources(),
-                 isolation="actor")
+    return Trial(
+        key=key,
+        sweep=sweep,
+        workload=wl.name,
+        version=wl.version,
+        backend=wl.backends[0],
+        device="cpu",
+        params=params,
+        repeat=repeat,
+        seed=repeat,
+        timeout_s=60.0,
+        num_cpus=1.0,
+        resources=Resources(),
+        isolation="actor",
+    )
 
 
 def result(workload_name: str, status: str = "ok") -> Outcome:
     metric = next(iter(metric_map(workloads.get(workload_name))))
     records = [Record(metric, 1.5, sample=0), Record(metric, 2.5, sample=1)] if status == "ok" else []
-    return Outcome(status=status, records=records, started_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-                   duration_s=0.1, host="h", device_name="cpu0", error=None if status == "ok" else "boom",
-                   env={"k": "v"})
+    return Outcome(
+        status=status,
+        records=records,
+        started_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        duration_s=0.1,
+        host="h",
+        device_name="cpu0",
+        error=None if status == "ok" else "boom",
+        env={"k": "v"},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """The HTML report: the run and every verdict on the first screen, workloads, failures, environment; in Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ from results.store import Store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NEEDS_CHROMIUM = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Chromium: run `make chromium` (as root: apt-get install chromium), then retry")
+    CHROMIUM is None, reason="needs Chromium: run `make chromium` (as root: apt-get install chromium), then retry"
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,12 @@ def results_dir(tmp_path_factory):
     """Real trials run in this process: a small roofline on both backends, and probe trials that end every way."""
     out = tmp_path_factory.mktemp("results")
     store = Store(str(out))
-    roof = Sweep(name="rep", workload="device_roofline", backends=["torch", "jax"],
-                 grid={"op": ["matmul", "copy"], "n": [32, 64], "warmup": 1, "timing_repeats": 3})
+    roof = Sweep(
+        name="rep",
+        workload="device_roofline",
+        backends=["torch", "jax"],
+        grid={"op": ["matmul", "copy"], "n": [32, 64], "warmup": 1, "timing_repeats": 3},
+    )
     probe = Sweep(name="rep", workload="harness_probe", backends=["torch"], grid={"mode": ["noop", "raise", "skip"]})
     for sweep in (roof, probe):
         for trial in expand(sweep, workloads.get(sweep.workload), device="cpu"):
@@ -75,7 +81,7 @@ def test_first_screen_has_the_run_then_a_verdict_per_check_linking_to_it(page):
     assert "ok 9" in head and "failed 1" in head and "skipped 1" in head  # 8 roofline trials and the no-op are ok
     assert "AMD" in head or "cpu:" in head
     assert re.search(r"torch \d", head) and re.search(r"JAX \d", head) and "Python" in head
-    table = text[verdicts:text.index("</table>", verdicts)]
+    table = text[verdicts : text.index("</table>", verdicts)]
     counts = dict(re.findall(r"class='chip [a-z]*'>([a-z ]+): (\d+)</span>", table))
     assert set(counts) == {"holds", "does not hold", "too small to decide", "not measured"}
     assert sum(map(int, counts.values())) == 3 and counts["not measured"] == "0"  # two roofline groups, the no-op
@@ -89,9 +95,9 @@ def test_workload_sections_render_the_description_and_collapse_a_summary_of_vary
     text, n_figs = page
     assert n_figs == 3  # FLOP/s, bytes/s, probe timing
     assert "<code>benchmarks/harness_overhead.py</code>" in text and "``" not in text.split("<body>", 1)[1]
-    roof = text[text.index("id='wl-device_roofline'"):text.index("id='wl-harness_probe'")]
-    summary = roof[roof.index("<details><summary>Summary"):]
-    header = summary[summary.index("<tr>"):summary.index("</tr>")]
+    roof = text[text.index("id='wl-device_roofline'") : text.index("id='wl-harness_probe'")]
+    summary = roof[roof.index("<details><summary>Summary") :]
+    header = summary[summary.index("<tr>") : summary.index("</tr>")]
     assert "<th>op</th>" in header and "<th>n</th>" in header and "<th>warmup</th>" not in header
     assert "warmup=1" in summary and "timing_repeats=3" in summary  # fixed parameters, stated once
     assert roof.index("class=figs") < roof.index("<h3>Checks</h3>") < roof.index("<details>")
@@ -100,17 +106,17 @@ def test_workload_sections_render_the_description_and_collapse_a_summary_of_vary
 
 def test_failed_trials_show_their_whole_traceback(page):
     text, _ = page
-    part = text[text.index("<h2 id=unfinished>"):text.index("<h2 id=environment>")]
+    part = text[text.index("<h2 id=unfinished>") : text.index("<h2 id=environment>")]
     assert "<td class=fails>failed</td>" in part
     assert re.search(r"<summary>[^<]*RuntimeError: harness_probe raised on purpose", part)
-    pre = part[part.index("<pre>"):part.index("</pre>")]
+    pre = part[part.index("<pre>") : part.index("</pre>")]
     assert "Traceback (most recent call last)" in pre and pre.count("File ") >= 2
     assert "skipped on purpose" in part
 
 
 def test_environment_is_a_table_of_versions_without_cuda_on_a_cpu(page):
     text, _ = page
-    env = text[text.index("<h2 id=environment>"):]
+    env = text[text.index("<h2 id=environment>") :]
     for row in ("Python", "torch", "JAX", "Ray", "numpy", "pyarrow", "git commit", "device"):
         assert f"<th>{row}</th>" in env, row
     assert "<th>CUDA</th>" not in env
@@ -127,12 +133,20 @@ def test_plotly_is_included_once_and_nothing_is_fetched_from_elsewhere(page):
 
 def test_a_setting_sets_the_thesis_beside_the_values_this_run_used(results_dir):
     rows = Store(str(results_dir)).read().to_pandas()
-    setting = Setting("Fig. 9.9", thesis={"n": "4096", "dtype": "float32", "device": "H200"},
-                      ours={"n": "p_n", "dtype": "p_dtype", "seeds": "seed"}, where={"workload": "device_roofline"})
+    setting = Setting(
+        "Fig. 9.9",
+        thesis={"n": "4096", "dtype": "float32", "device": "H200"},
+        ours={"n": "p_n", "dtype": "p_dtype", "seeds": "seed"},
+        where={"workload": "device_roofline"},
+    )
     html = report._setting_html(setting, rows)
     cells = re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td><td>([^<]*)</td></tr>", html)
-    assert cells == [("n", "4096", "32, 64"), ("dtype", "float32", "float32"), ("device", "H200", "not recorded"),
-                     ("seeds", "", "0")]
+    assert cells == [
+        ("n", "4096", "32, 64"),
+        ("dtype", "float32", "float32"),
+        ("device", "H200", "not recorded"),
+        ("seeds", "", "0"),
+    ]
 
 
 def _net_log(text: str) -> dict:
@@ -160,17 +174,39 @@ def render(page, tmp_path) -> tuple[str, set[str]]:
     """
     netlog = tmp_path / f"{page.stem}.net.json"
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}", f"--log-net-log={netlog}",
-         "--virtual-time-budget=15000", "--dump-dom", f"file://{page}"],
-        capture_output=True, text=True, timeout=200, check=True).stdout
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1400,1000",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--log-net-log={netlog}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            f"file://{page}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=True,
+    ).stdout
     log = _net_log(netlog.read_text())
     start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    fetched = {e["params"]["url"] for e in log["events"]
-               if e["type"] == start and "url" in e.get("params", {})
-               and e["params"].get("initiator") != "not an origin"
-               and not e["params"]["url"].startswith(("file:", "data:", "blob:"))}
+    fetched = {
+        e["params"]["url"]
+        for e in log["events"]
+        if e["type"] == start
+        and "url" in e.get("params", {})
+        and e["params"].get("initiator") != "not an origin"
+        and not e["params"]["url"].startswith(("file:", "data:", "blob:"))
+    }
     return dom, fetched
 
 
@@ -207,13 +243,18 @@ def test_the_demo_report_is_under_6_mb_and_15000_px_with_the_verdicts_first(tmp_
     """``make demo``'s sweep (sweeps/smoke.yaml, every workload), its report measured in a 1400 px window."""
     out = tmp_path / "demo"
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "deeperbench"), "run", "sweeps/smoke.yaml",
-                           "--out", str(out)], timeout=1400, cwd=root)
+    done = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "deeperbench"), "run", "sweeps/smoke.yaml", "--out", str(out)],
+        timeout=1400,
+        cwd=root,
+    )
     assert done.returncode in (0, 1)  # 1: some trial failed; the report lists it
     path, n_figs = build(str(out))
     size = os.path.getsize(path)
     dom, sizes = measure(path, tmp_path)
-    print(f"demo report: {size / 2**20:.2f} MiB, {sizes['height']:.0f} px tall, verdicts at "
-          f"{sizes['verdicts']:.0f} px, {n_figs} figures")
+    print(
+        f"demo report: {size / 2**20:.2f} MiB, {sizes['height']:.0f} px tall, verdicts at "
+        f"{sizes['verdicts']:.0f} px, {n_figs} figures"
+    )
     assert dom.count('<div class="plot-container plotly"') == n_figs
     assert size < 6 * 2**20 and sizes["height"] < 15_000 and sizes["verdicts"] < 1000, (size, sizes)

@@ -1,4 +1,5 @@
 """The Parquet store: one atomic file per trial, statuses for resume, one schema on read."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -26,9 +27,16 @@ def probe_trials(n: int = 3):
 
 
 def outcome(status: str = "ok", records=None) -> Outcome:
-    return Outcome(status=status, records=records if records is not None else [Record("trial_s", 0.5)],
-                   started_at=dt.datetime.now(dt.timezone.utc), duration_s=0.6, host="h", device_name="cpu0",
-                   error=None if status == "ok" else "boom", env={"torch": "x"})
+    return Outcome(
+        status=status,
+        records=records if records is not None else [Record("trial_s", 0.5)],
+        started_at=dt.datetime.now(dt.timezone.utc),
+        duration_s=0.6,
+        host="h",
+        device_name="cpu0",
+        error=None if status == "ok" else "boom",
+        env={"torch": "x"},
+    )
 
 
 def test_write_then_read_round_trips_rows_and_typed_param_columns(tmp_path):
@@ -107,10 +115,14 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("uri, says", [
-    ("nosuch://bucket/x", "pyarrow cannot open 'nosuch://bucket/x'"),
-    ("s3://bucket/x?scheme=http&endpoint_override=127.0.0.1:{port}", "cannot reach|no answer from"),
-], ids=["unknown-scheme", "unreachable-endpoint"])
+@pytest.mark.parametrize(
+    "uri, says",
+    [
+        ("nosuch://bucket/x", "pyarrow cannot open 'nosuch://bucket/x'"),
+        ("s3://bucket/x?scheme=http&endpoint_override=127.0.0.1:{port}", "cannot reach|no answer from"),
+    ],
+    ids=["unknown-scheme", "unreachable-endpoint"],
+)
 def test_a_bad_out_uri_is_one_line_and_exit_2_within_10_s(tmp_path, uri, says):
     import time
 

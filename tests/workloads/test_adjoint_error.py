@@ -1,4 +1,5 @@
 """adjoint_error: real float64 grids on both backends; every check holds, fails and is too small on edited rows."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,10 +29,17 @@ def _rows(runs: list[tuple[str, dict, int]]) -> pd.DataFrame:
 
 def _grid(depths: tuple[int, ...], inits: tuple[str, ...], seeds: tuple[int, ...] = (0,)) -> list[tuple[dict, int]]:
     """Euler and Heun at every depth, ``seeds`` for smooth weights (one seed for i.i.d.); the momentum pair."""
-    return ([(dict(scheme=m, init=i, depth=n), s) for m in ("euler", "heun") for i in inits for n in depths
-             for s in (seeds if i != "iid" else seeds[:1])]
-            + [(dict(scheme=m, init="tied", depth=n, gamma=0.9), 0) for m in ("momentum", "momentum_reversible")
-               for n in (depths[0], depths[-1])])
+    return [
+        (dict(scheme=m, init=i, depth=n), s)
+        for m in ("euler", "heun")
+        for i in inits
+        for n in depths
+        for s in (seeds if i != "iid" else seeds[:1])
+    ] + [
+        (dict(scheme=m, init="tied", depth=n, gamma=0.9), 0)
+        for m in ("momentum", "momentum_reversible")
+        for n in (depths[0], depths[-1])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +65,12 @@ def _set(table: pd.DataFrame, metric: str, scheme: str, values) -> pd.DataFrame:
     return out
 
 
-RATES = ("Euler reconstruction error falls like 1/N", "Heun reconstruction error falls like 1/N^2 with smooth weights",
-         "Euler gradient relative error falls like 1/N", "Heun gradient relative error falls like 1/N^2 with smooth weights")
+RATES = (
+    "Euler reconstruction error falls like 1/N",
+    "Heun reconstruction error falls like 1/N^2 with smooth weights",
+    "Euler gradient relative error falls like 1/N",
+    "Heun gradient relative error falls like 1/N^2 with smooth weights",
+)
 FIG23C = ("deeper is better for the adjoint's gradients", "HeunNet approximates the gradient better than the ResNet")
 MOMENTUM = ("buffer reverses exactly", "division by gamma amplifies rounding")
 
@@ -79,7 +91,7 @@ def test_every_check_holds_on_the_real_grid(table):
 
 
 def test_rate_checks_do_not_hold_when_errors_fall_like_one_over_sqrt_n(table):
-    slow = lambda rows: 1e-3 / np.sqrt(rows["p_depth"])  # noqa: E731 -- slope -0.5
+    slow = lambda rows: 1e-3 / np.sqrt(rows["p_depth"])
     bad = table
     for metric in ("recon_err", "grad_rel_err"):
         bad = _set(_set(bad, metric, "euler", slow), metric, "heun", slow)
@@ -92,9 +104,14 @@ def test_fig_2_3c_checks_do_not_hold_when_errors_grow_or_heun_is_worse(table):
     assert _verdicts(rising)[FIG23C[0]] == {"does not hold"}
     euler = table[(table["metric"] == "grad_mse_ratio") & (table["p_scheme"] == "euler")]
     by = euler.set_index(["seed", "p_init", "p_depth", "tag", "backend"])["value"]
-    worse = _set(table, "grad_mse_ratio", "heun",
-                 lambda rows: 10 * by.reindex(pd.MultiIndex.from_frame(
-                     rows[["seed", "p_init", "p_depth", "tag", "backend"]])).to_numpy())
+    worse = _set(
+        table,
+        "grad_mse_ratio",
+        "heun",
+        lambda rows: (
+            10 * by.reindex(pd.MultiIndex.from_frame(rows[["seed", "p_init", "p_depth", "tag", "backend"]])).to_numpy()
+        ),
+    )
     verdicts = _verdicts(worse)
     assert verdicts[FIG23C[1]] == {"does not hold"}, verdicts
 
@@ -118,8 +135,14 @@ def test_checks_are_too_small_to_decide_on_a_small_run(table):
 
 
 def test_smoke_sweep_is_too_small_never_red():
-    t = _rows([(b, dict(scheme=s, depth=n, width=8, batch=4, init="tied", dtype="float64"), 0)
-               for b in ("torch",) for s in ("euler", "heun") for n in (8, 32)])
+    t = _rows(
+        [
+            (b, dict(scheme=s, depth=n, width=8, batch=4, init="tied", dtype="float64"), 0)
+            for b in ("torch",)
+            for s in ("euler", "heun")
+            for n in (8, 32)
+        ]
+    )
     checks = WL.checks(t)
     assert checks and all(c.verdict == "too small to decide" for c in checks), checks
 
@@ -127,7 +150,9 @@ def test_smoke_sweep_is_too_small_never_red():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_checks_hold_on_the_issue_grid_in_both_backends():
-    runs = [(b, ERRORS | p, s) for b in ("torch", "jax") for p, s in _grid(FULL_DEPTHS, ("tied", "smooth", "iid"), SEEDS)]
+    runs = [
+        (b, ERRORS | p, s) for b in ("torch", "jax") for p, s in _grid(FULL_DEPTHS, ("tied", "smooth", "iid"), SEEDS)
+    ]
     checks = WL.checks(_rows(runs))
     assert all(c.verdict == "holds" for c in checks), [c for c in checks if c.verdict != "holds"]
     assert any("jax: slope" in c.measured for c in checks)
@@ -144,8 +169,13 @@ def test_iid_weights_give_a_steeper_euler_slope_than_smooth(table):
 
 
 def test_backends_agree(table):
-    rows = table[table["metric"].isin(["recon_err", "grad_rel_err"]) & (table["p_init"] == "tied")
-                 & (table["p_depth"] == 8) & (table["seed"] == 0) & table["p_scheme"].isin(["euler", "heun"])]
+    rows = table[
+        table["metric"].isin(["recon_err", "grad_rel_err"])
+        & (table["p_init"] == "tied")
+        & (table["p_depth"] == 8)
+        & (table["seed"] == 0)
+        & table["p_scheme"].isin(["euler", "heun"])
+    ]
     pivot = rows.pivot_table(index=["p_scheme", "metric", "tag"], columns="backend", values="value", dropna=False)
     pivot = pivot.dropna()
     assert len(pivot) == 12  # two models: recon_err and five tensors' grad_rel_err each
@@ -186,9 +216,15 @@ TRAIN = dict(train=True, epochs=2, lr=0.5, batch=64)
 
 @pytest.fixture(scope="module")
 def train_table() -> pd.DataFrame:
-    grid = [dict(scheme=s, backward=b, depth=n, **TRAIN) for s in ("euler", "heun") for b in ("adjoint", "backprop")
-            for n in (1, 2)]
-    return _rows([("torch", p, 0) for p in grid] + [("jax", dict(scheme="euler", backward="adjoint", depth=1, **TRAIN), 0)])
+    grid = [
+        dict(scheme=s, backward=b, depth=n, **TRAIN)
+        for s in ("euler", "heun")
+        for b in ("adjoint", "backprop")
+        for n in (1, 2)
+    ]
+    return _rows(
+        [("torch", p, 0) for p in grid] + [("jax", dict(scheme="euler", backward="adjoint", depth=1, **TRAIN), 0)]
+    )
 
 
 @pytest.mark.timeout(900)
@@ -198,8 +234,9 @@ def test_training_records_accuracy_and_loss_per_epoch_and_backends_agree(train_t
     loss = train_table[train_table["metric"] == "train_loss"]
     assert sorted(loss["step"].unique()) == [1, 2]
     assert (loss.sort_values("step").groupby("trial_key")["value"].apply(lambda v: v.iloc[-1] < v.iloc[0])).all()
-    same = train_table[(train_table["p_scheme"] == "euler") & (train_table["p_backward"] == "adjoint")
-                       & (train_table["p_depth"] == 1)]
+    same = train_table[
+        (train_table["p_scheme"] == "euler") & (train_table["p_backward"] == "adjoint") & (train_table["p_depth"] == 1)
+    ]
     by = same.pivot_table(index=["metric", "step"], columns="backend", values="value", dropna=False)
     np.testing.assert_allclose(by["jax"], by["torch"], rtol=1e-3, atol=0.01)
     grads = train_table[train_table["metric"] == "grad_mse_ratio"]
@@ -221,8 +258,10 @@ def _seeded(train_table: pd.DataFrame, accuracy, *, epochs: int | None = 20, see
     for s in seeds:
         t = base.assign(seed=s, repeat=s, trial_key=base["trial_key"] + f"-s{s}")
         acc = t["metric"] == "test_acc"
-        t.loc[acc, "value"] = [accuracy(sc, b, n, s) for sc, b, n in
-                               zip(t.loc[acc, "p_scheme"], t.loc[acc, "p_backward"], t.loc[acc, "p_depth"])]
+        t.loc[acc, "value"] = [
+            accuracy(sc, b, n, s)
+            for sc, b, n in zip(t.loc[acc, "p_scheme"], t.loc[acc, "p_backward"], t.loc[acc, "p_depth"])
+        ]
         copies.append(t if epochs is None else t.assign(p_epochs=epochs))
     return pd.concat(copies, ignore_index=True)
 
@@ -234,8 +273,12 @@ def _thesis(scheme: str, backward: str, depth: int, seed: int) -> float:
     return (0.85 if scheme == "euler" else 0.93) + 0.01 * seed
 
 
-TRAINED = ("adjoint falls short at small depth", "adjoint matches backprop at large depth",
-           "backprop gives the same curves for ResNet and HeunNet", "HeunNet trained by the adjoint no worse than the ResNet")
+TRAINED = (
+    "adjoint falls short at small depth",
+    "adjoint matches backprop at large depth",
+    "backprop gives the same curves for ResNet and HeunNet",
+    "HeunNet trained by the adjoint no worse than the ResNet",
+)
 
 
 def _trained(table: pd.DataFrame) -> list:
@@ -257,6 +300,7 @@ def test_training_checks_do_not_hold_on_contrary_accuracies(train_table):
         if depth == 1:
             return (0.99 if scheme == "euler" else 0.96) + 0.002 * seed  # the adjoint ahead; the HeunNet worse
         return (0.90 if scheme == "euler" else 0.87) + 0.002 * seed  # the adjoint short at large depth
+
     checks = _trained(_seeded(train_table, contrary))
     assert {c.name.split(":")[0]: c.verdict for c in checks} == {name: "does not hold" for name in TRAINED}
 
@@ -271,11 +315,18 @@ def test_training_checks_are_too_small_with_two_epochs_or_one_seed(train_table):
 
 def test_trained_gradient_checks_hold_fail_and_are_too_small(train_table):
     """Fig. 2.3c on the trained classifier: Heun's error below Euler's, paired over seeds, depths, tensors."""
+
     def with_heun(table: pd.DataFrame, factor: float) -> pd.DataFrame:
         euler = table[(table["metric"] == "grad_mse_ratio") & (table["p_scheme"] == "euler")]
         by = euler.set_index(["seed", "p_backward", "p_depth", "tag"])["value"]
-        return _set(table, "grad_mse_ratio", "heun", lambda rows: factor * by.reindex(pd.MultiIndex.from_frame(
-            rows[["seed", "p_backward", "p_depth", "tag"]])).to_numpy())
+        return _set(
+            table,
+            "grad_mse_ratio",
+            "heun",
+            lambda rows: (
+                factor * by.reindex(pd.MultiIndex.from_frame(rows[["seed", "p_backward", "p_depth", "tag"]])).to_numpy()
+            ),
+        )
 
     def verdict(table: pd.DataFrame, name: str) -> str:
         return next(c.verdict for c in WL.checks(table) if c.name.startswith(f"{name}: trained"))

@@ -1,6 +1,7 @@
 """attention_stochasticity: the smoke runs in both backends and agrees, both models learn digits, the
 figures draw from real rows, and every check holds, does not hold or is too small to decide on tables
 made from real runs (with values edited where a verdict must be forced)."""
+
 from __future__ import annotations
 
 import time
@@ -44,10 +45,16 @@ _TINY = dict(model="attention_only", width=16, head_dim=8, train_size=256, batch
 
 @pytest.fixture(scope="module")
 def check_rows() -> pd.DataFrame:
-    runs = [("torch", params(**_TINY, normalization=norm, patch=patch), seed)
-            for norm in ("softmax", "sinkhorn") for patch in (2, 4) for seed in range(3)]
-    runs += [("torch", params(**_TINY | dict(epochs=epochs), normalization="sinkhorn", sinkhorn_iters=21, patch=2), 0)
-             for epochs in (10, 2)]
+    runs = [
+        ("torch", params(**_TINY, normalization=norm, patch=patch), seed)
+        for norm in ("softmax", "sinkhorn")
+        for patch in (2, 4)
+        for seed in range(3)
+    ]
+    runs += [
+        ("torch", params(**_TINY | dict(epochs=epochs), normalization="sinkhorn", sinkhorn_iters=21, patch=2), 0)
+        for epochs in (10, 2)
+    ]
     return table(runs)
 
 
@@ -71,7 +78,8 @@ def test_smoke_records_every_metric_per_epoch_layer_and_head(smoke_rows):
 
 def test_torch_and_jax_runs_agree_from_the_same_seed(smoke_rows):
     keyed = smoke_rows[smoke_rows["metric"] != "epoch_time_s"].pivot_table(
-        index=["metric", "step", "tag"], columns="backend", values="value", dropna=False)
+        index=["metric", "step", "tag"], columns="backend", values="value", dropna=False
+    )
     np.testing.assert_allclose(keyed["torch"], keyed["jax"], atol=2e-3)
 
 
@@ -95,9 +103,14 @@ def test_head_dim_sets_the_attention_width_as_in_the_sinkformers_vit():
     assert tuple(logits.shape) == (2, 10) and tuple(maps[0].shape) == (2, 1, 17, 17)
 
 
-@pytest.mark.parametrize("bad, match", [(dict(patch=3), "patch=3 does not divide the digits image side 8"),
-                                        (dict(width=18, heads=4), "heads=4 does not divide width=18"),
-                                        (dict(batch=5000), "batch=5000 is larger than")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(patch=3), "patch=3 does not divide the digits image side 8"),
+        (dict(width=18, heads=4), "heads=4 does not divide width=18"),
+        (dict(batch=5000), "batch=5000 is larger than"),
+    ],
+)
 def test_impossible_combinations_are_skipped_with_the_reason(bad, match):
     with pytest.raises(Skip, match=match):
         W.run(params(**bad), backends.get("torch"), ctx())
@@ -117,13 +130,17 @@ def test_mnist_absent_from_disk_is_skipped_not_downloaded(tmp_path, monkeypatch)
 @pytest.mark.parametrize("model", ["vit", "attention_only"])
 @pytest.mark.parametrize("normalization", ["softmax", "sinkhorn"])
 def test_two_epochs_on_digits_learn(model, normalization):
-    records = W.run(params(model=model, normalization=normalization, width=32, mlp_dim=64, lr=3e-3, batch=32),
-                    backends.get("torch"), ctx())
+    records = W.run(
+        params(model=model, normalization=normalization, width=32, mlp_dim=64, lr=3e-3, batch=32),
+        backends.get("torch"),
+        ctx(),
+    )
     accuracy = {r.step: r.value for r in records if r.metric == "test_accuracy"}
     assert accuracy[2] > 0.4, accuracy  # chance is 0.1
 
 
 # ------------------------------------------------------------------------------ checks: three verdicts
+
 
 def _set(rows: pd.DataFrame, mask: pd.Series, values) -> pd.DataFrame:
     rows = rows.copy()
@@ -149,8 +166,11 @@ def test_fig52_check_holds_fails_and_is_too_small(check_rows):
 
 def test_fig52_on_a_skipped_data_set_reads_not_measured_with_the_reason(check_rows):
     rows = check_rows[(check_rows["p_normalization"] == "softmax") & (check_rows["p_patch"] == 2)]
-    mnist = rows[rows["seed"] == 0].drop_duplicates("trial_key").assign(
-        status="skipped", p_dataset="mnist", metric=None, value=np.nan, error="mnist is not under /nowhere")
+    mnist = (
+        rows[rows["seed"] == 0]
+        .drop_duplicates("trial_key")
+        .assign(status="skipped", p_dataset="mnist", metric=None, value=np.nan, error="mnist is not under /nowhere")
+    )
     checks = W.checks(pd.concat([rows, mnist]))
     skipped = only(checks, "Fig. 5.2 column sums, attention-only model, mnist")
     assert skipped.verdict == "not measured" and "mnist is not under /nowhere" in skipped.measured
@@ -209,8 +229,13 @@ def test_overhead_check_holds_fails_and_is_too_small(check_rows):
 @pytest.fixture(scope="module")
 def smoke_grid_rows() -> pd.DataFrame:
     """The smoke sweep's document (sweeps/smoke.yaml): one seed, two epochs, both models, both attentions."""
-    return table([("torch", params(model=model, normalization=norm), 0)
-                  for model in ("vit", "attention_only") for norm in ("softmax", "sinkhorn")])
+    return table(
+        [
+            ("torch", params(model=model, normalization=norm), 0)
+            for model in ("vit", "attention_only")
+            for norm in ("softmax", "sinkhorn")
+        ]
+    )
 
 
 def test_smoke_grid_reads_too_small_never_does_not_hold(smoke_grid_rows):
@@ -226,6 +251,7 @@ def test_no_rows_are_not_measured(smoke_rows):
 
 
 # -------------------------------------------------------------------------------------------- figures
+
 
 def test_figures_are_declared_with_the_thesis_numbers():
     thesis = {f.thesis for f in W.figures}

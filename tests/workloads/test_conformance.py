@@ -1,5 +1,6 @@
 """Every registered workload, whatever it is, has the shape the harness needs, its smoke runs, and the report
 can draw its figure declarations and state its checks."""
+
 from __future__ import annotations
 
 import pathlib
@@ -26,9 +27,21 @@ SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 def smoke_trial(name: str, backend: str) -> Trial:
     wl = workloads.get(name)
-    return Trial(key=f"smoke-{name}-{backend}", sweep="conf", workload=name, version=wl.version, backend=backend,
-                 device="cpu", params=wl.smoke.model_dump(mode="json"), repeat=0, seed=0, timeout_s=600,
-                 num_cpus=2, resources=Resources(), isolation="actor")
+    return Trial(
+        key=f"smoke-{name}-{backend}",
+        sweep="conf",
+        workload=name,
+        version=wl.version,
+        backend=backend,
+        device="cpu",
+        params=wl.smoke.model_dump(mode="json"),
+        repeat=0,
+        seed=0,
+        timeout_s=600,
+        num_cpus=2,
+        resources=Resources(),
+        isolation="actor",
+    )
 
 
 @pytest.mark.parametrize("name", workloads.names())

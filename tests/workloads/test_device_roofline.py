@@ -1,4 +1,5 @@
 """device_roofline's check: holds, does not hold, too small to decide or not measured, on real rows."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """harness_probe's check: a no-op trial spends under a millisecond inside the trial."""
+
 from __future__ import annotations
 
 import workloads

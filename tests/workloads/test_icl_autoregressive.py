@@ -1,5 +1,6 @@
 """icl_autoregressive: the smoke runs in both backends and agrees, the line search finds the best step,
 and each check holds, fails or is too small to decide on real rows (edited where a verdict needs a budget)."""
+
 from __future__ import annotations
 
 import time
@@ -10,10 +11,10 @@ import pytest
 
 import backends
 import workloads
-from tests.helpers import run_rows, smoke_params
 from backends.ar_init import ar_sequences
 from harness.figures import Figure, Setting
 from harness.workload import Context, Skip
+from tests.helpers import run_rows, smoke_params
 
 W = workloads.get("icl_autoregressive")
 
@@ -56,8 +57,10 @@ def trained(rows: pd.DataFrame, ratio: dict[tuple[bool, int], float]) -> pd.Data
     out["p_epochs"] = 2000
     gd = per_trial(out, "gd_mse")
     final = final_mse(out)
-    factor = [ratio[(bool(s), int(d))] * (1.0 + 0.1 * (seed - 1))
-              for s, d, seed in out.loc[final, ["p_softmax", "p_depth", "seed"]].itertuples(index=False)]
+    factor = [
+        ratio[(bool(s), int(d))] * (1.0 + 0.1 * (seed - 1))
+        for s, d, seed in out.loc[final, ["p_softmax", "p_depth", "seed"]].itertuples(index=False)
+    ]
     out.loc[final, "value"] = out.loc[final, "trial_key"].map(gd).to_numpy() * np.asarray(factor)
     return out
 
@@ -81,7 +84,8 @@ def test_torch_and_jax_runs_agree_from_the_same_seed(smoke_rows):
     keyed = rows.pivot_table(index=["metric", "step"], columns="backend", values="value", dropna=False)
     np.testing.assert_allclose(keyed["torch"], keyed["jax"], rtol=1e-3, atol=1e-5)
     exact = rows[rows["metric"].isin(["gd_mse", "lstsq_mse", "gd_step_size"])].pivot_table(
-        index="metric", columns="backend", values="value")
+        index="metric", columns="backend", values="value"
+    )
     np.testing.assert_allclose(exact["torch"], exact["jax"], rtol=1e-9)
 
 
@@ -92,8 +96,11 @@ def test_linear_attention_drops_the_mlp_width_and_yaml_on_turns_softmax_on():
 
 def test_a_batch_larger_than_the_training_set_is_skipped():
     with pytest.raises(Skip, match="batch=256 is larger than n_train=128"):
-        W.run(params(batch=256), backends.get("torch"), Context(seed=0, device="cpu", num_cpus=1,
-                                                                deadline=time.monotonic() + 60))
+        W.run(
+            params(batch=256),
+            backends.get("torch"),
+            Context(seed=0, device="cpu", num_cpus=1, deadline=time.monotonic() + 60),
+        )
 
 
 def test_line_search_finds_the_minimum_and_beats_its_neighbours():
@@ -136,7 +143,10 @@ def test_each_check_holds_on_rows_that_bear_it_out(seed_rows):
     # competitive at L = 1, 30x behind GD at L = 3, softmax + MLP 3x ahead of GD
     checks = by_claim(W.checks(trained(seed_rows, {(False, 1): 2.0, (False, 3): 30.0, (True, 1): 0.3})))
     assert {name: c.verdict for name, c in checks.items()} == {
-        "the first layers": "holds", "L >= 3": "holds", "softmax + MLP": "holds"}, checks
+        "the first layers": "holds",
+        "L >= 3": "holds",
+        "softmax + MLP": "holds",
+    }, checks
     assert "95% CI, 3 pairs" in checks["L >= 3"].measured
     assert "n_train 128 (thesis 16384)" in checks["L >= 3"].note and checks["L >= 3"].figure == "Fig. 6.5"
     assert checks["softmax + MLP"].figure == "Fig. 6.10"

@@ -1,5 +1,6 @@
 """implicit_regularization: the smoke runs in both backends and agrees, and each check holds, fails or is too
 small to decide on real rows of the thesis' Fig. 3.1 training (edited where a verdict needs other values)."""
+
 from __future__ import annotations
 
 import time
@@ -10,9 +11,9 @@ import pytest
 
 import backends
 import workloads
-from tests.helpers import run_rows, smoke_params
 from harness.figures import Custom, Figure, Setting
 from harness.workload import Context, Skip
+from tests.helpers import run_rows, smoke_params
 
 W = workloads.get("implicit_regularization")
 DEPTHS = (2, 4, 16)
@@ -37,8 +38,12 @@ def fig31_rows() -> pd.DataFrame:
     """The thesis' Fig. 3.1 training (500 steps, step L x 1e-2) on 20 pairs, L = 2, 4, 16, three seeds (torch):
     weight-tied GELU and ReLU, i.i.d. GELU; and weight-tied GELU beside a net of depth 64 (one seed)."""
     base = dict(steps=500, n=20, log_every=100, snapshot_every=250, profile_entries=0, ref_depth=None)
-    runs = [("torch", params(**base, depth=d, init=init, activation=act), seed)
-            for init, act in (("tied", "gelu"), ("tied", "relu"), ("iid", "gelu")) for d in DEPTHS for seed in range(3)]
+    runs = [
+        ("torch", params(**base, depth=d, init=init, activation=act), seed)
+        for init, act in (("tied", "gelu"), ("tied", "relu"), ("iid", "gelu"))
+        for d in DEPTHS
+        for seed in range(3)
+    ]
     runs += [("torch", params(**base | dict(ref_depth=64), depth=d), 0) for d in DEPTHS]
     return table(runs)
 
@@ -83,8 +88,11 @@ def test_iid_init_drops_the_reference_depth():
 @pytest.mark.parametrize("bad", [dict(depth=8, ref_depth=12), dict(depth=8, ref_depth=8)])
 def test_a_reference_depth_that_is_no_multiple_is_skipped(bad):
     with pytest.raises(Skip, match="must be a multiple of depth=8 and larger"):
-        W.run(params(**bad), backends.get("torch"), Context(seed=0, device="cpu", num_cpus=1,
-                                                             deadline=time.monotonic() + 60))
+        W.run(
+            params(**bad),
+            backends.get("torch"),
+            Context(seed=0, device="cpu", num_cpus=1, deadline=time.monotonic() + 60),
+        )
 
 
 def test_smoke_checks_are_too_small_to_decide_never_red(smoke_rows):
@@ -138,10 +146,15 @@ def test_the_relu_check_holds_fails_or_is_too_small(fig31_rows):
     assert check.verdict == "holds" and "slopes ReLU -0.60" in check.measured, check
     gelu = fig31_rows[layer_diff(fig31_rows, "tied", "gelu") & fig31_rows["p_ref_depth"].isna()]
     gelu = gelu.set_index(["seed", "p_depth", "step"])["value"]
-    same = set_values(fig31_rows, relu, lambda r: 1.1 * gelu.loc[list(zip(r["seed"], r["p_depth"], r["step"]))].to_numpy())
+    same = set_values(
+        fig31_rows, relu, lambda r: 1.1 * gelu.loc[list(zip(r["seed"], r["p_depth"], r["step"]))].to_numpy()
+    )
     assert verdicts(same)["smoothness lost with ReLU"].verdict == "too small to decide"  # equal slopes: undecided
-    smoother = set_values(fig31_rows, relu, lambda r: gelu.loc[list(zip(r["seed"], r["p_depth"], r["step"]))].to_numpy()
-                          * r["p_depth"] ** -0.3)
+    smoother = set_values(
+        fig31_rows,
+        relu,
+        lambda r: gelu.loc[list(zip(r["seed"], r["p_depth"], r["step"]))].to_numpy() * r["p_depth"] ** -0.3,
+    )
     assert verdicts(smoother)["smoothness lost with ReLU"].verdict == "does not hold"
     short = slower.assign(p_steps=100)
     check = verdicts(short)["smoothness lost with ReLU"]
@@ -149,8 +162,12 @@ def test_the_relu_check_holds_fails_or_is_too_small(fig31_rows):
 
 
 def test_the_long_time_check_reads_the_longest_runs(fig31_rows):
-    long = fig31_rows[(fig31_rows["p_init"] == "tied") & (fig31_rows["p_activation"] == "gelu")
-                      & (fig31_rows["p_depth"] == 4) & fig31_rows["p_ref_depth"].isna()].assign(p_steps=80_000)
+    long = fig31_rows[
+        (fig31_rows["p_init"] == "tied")
+        & (fig31_rows["p_activation"] == "gelu")
+        & (fig31_rows["p_depth"] == 4)
+        & fig31_rows["p_ref_depth"].isna()
+    ].assign(p_steps=80_000)
     rows = pd.concat([fig31_rows, long])
     check = verdicts(rows)["long-time loss"]
     assert check.verdict == "does not hold" and "after 500 steps" in check.measured, check  # the loss barely moved

@@ -1,4 +1,5 @@
 """memory_depth: a small grid runs on both backends, its figures draw, its checks hold, fail and are too small."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -18,17 +19,36 @@ SMALL = dict(width=16, batch=8, dtype="float64", timing_repeats=2)
 
 def _trial(backend: str, **params) -> Trial:
     p = WL.Params(**params)
-    return Trial(key=f"t-{backend}-{abs(hash(str(params)))}", sweep="test", workload="memory_depth", version=WL.version,
-                 backend=backend, device="cpu", params=p.model_dump(mode="json"), repeat=0, seed=0, timeout_s=300,
-                 num_cpus=2, resources=Resources(), isolation="actor")
+    return Trial(
+        key=f"t-{backend}-{abs(hash(str(params)))}",
+        sweep="test",
+        workload="memory_depth",
+        version=WL.version,
+        backend=backend,
+        device="cpu",
+        params=p.model_dump(mode="json"),
+        repeat=0,
+        seed=0,
+        timeout_s=300,
+        num_cpus=2,
+        resources=Resources(),
+        isolation="actor",
+    )
 
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    runs = [(backend, WL.Params(model=model, depth=depth, **SMALL), 0) for backend in ("torch", "jax")
-            for model in ("resnet", "momentum_reversible", "adjoint_euler") for depth in (2, 16)]
-    runs += [("torch", WL.Params(model=model, depth=16, **SMALL | {"batch": batch}), 0)
-             for model in ("resnet", "momentum_reversible") for batch in (2, 32)]
+    runs = [
+        (backend, WL.Params(model=model, depth=depth, **SMALL), 0)
+        for backend in ("torch", "jax")
+        for model in ("resnet", "momentum_reversible", "adjoint_euler")
+        for depth in (2, 16)
+    ]
+    runs += [
+        ("torch", WL.Params(model=model, depth=16, **SMALL | {"batch": batch}), 0)
+        for model in ("resnet", "momentum_reversible")
+        for batch in (2, 32)
+    ]
     return run_rows(WL, runs)
 
 
@@ -41,8 +61,11 @@ def _verdicts(table: pd.DataFrame) -> dict[str, str]:
     return {k: v.pop() for k, v in out.items()}
 
 
-FLAT = [f"{metric} flat in depth, {model}" for metric in ("activation_bytes", "saved_bytes")
-        for model in ("momentum_reversible", "adjoint_euler")]
+FLAT = [
+    f"{metric} flat in depth, {model}"
+    for metric in ("activation_bytes", "saved_bytes")
+    for model in ("momentum_reversible", "adjoint_euler")
+]
 BATCH = "memory grows more slowly with the batch"
 EXACT = ["gradient of the exact reversal", "exact reconstruction"]
 

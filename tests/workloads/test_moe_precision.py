@@ -1,5 +1,6 @@
 """moe_precision: the smoke runs in both backends, a short digits run learns, noise makes the task harder, and
 each check holds, fails or is too small to decide on (edited) real rows."""
+
 from __future__ import annotations
 
 import time
@@ -69,8 +70,10 @@ def test_jax_smoke_records_every_metric_and_agrees_with_torch_at_initialisation(
     """The JAX trial compiles for ~25 s on a loaded 2-core CPU, hence slow."""
     jax_rows = table([("jax", W.smoke, 0)])
     assert set(jax_rows["metric"]) == {m.name for m in W.metrics}
-    first = {b: r[(r["metric"] == "precision_at_1") & (r["step"] == 0)]["value"].item()
-             for b, r in (("jax", jax_rows), ("torch", rows[(rows["p_router"] == "relaxed") & (rows["seed"] == 0)]))}
+    first = {
+        b: r[(r["metric"] == "precision_at_1") & (r["step"] == 0)]["value"].item()
+        for b, r in (("jax", jax_rows), ("torch", rows[(rows["p_router"] == "relaxed") & (rows["seed"] == 0)]))
+    }
     assert first["jax"] == pytest.approx(first["torch"], abs=0.01)
 
 

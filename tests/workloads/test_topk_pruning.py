@@ -1,5 +1,6 @@
 """topk_pruning: the smoke runs in both backends and agrees, sparsity is recorded per matrix, the budget is
 in SGD steps, and each check holds, fails or is too small to decide on (edited) real rows."""
+
 from __future__ import annotations
 
 import time
@@ -34,7 +35,9 @@ def smoke_rows() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def seeded_rows() -> pd.DataFrame:
     """Hard and relaxed p = 2 at the thesis' lr, 3 seeds, 40 steps on 256 digits (torch): too small as run."""
-    runs = [("torch", params(operator=op, steps=40, eval_every=10), seed) for op in ("hard", "relaxed") for seed in range(3)]
+    runs = [
+        ("torch", params(operator=op, steps=40, eval_every=10), seed) for op in ("hard", "relaxed") for seed in range(3)
+    ]
     return table(runs)
 
 
@@ -99,8 +102,11 @@ def test_the_default_budget_is_the_thesis_number_of_steps():
 
 def test_a_batch_larger_than_the_training_set_is_skipped():
     with pytest.raises(Skip, match="batch=512 is larger than the 256 training images"):
-        W.run(params(batch=512), backends.get("torch"), Context(seed=0, device="cpu", num_cpus=1,
-                                                                deadline=time.monotonic() + 60))
+        W.run(
+            params(batch=512),
+            backends.get("torch"),
+            Context(seed=0, device="cpu", num_cpus=1, deadline=time.monotonic() + 60),
+        )
 
 
 def test_faster_check_is_too_small_at_the_run_budget(seeded_rows):

@@ -1,4 +1,5 @@
 """topk_runtime: parameters, trials on both backends, figure declarations, and checks that hold, fail or cannot decide."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -23,33 +24,62 @@ SEEDS = (0, 1, 2)
 
 
 def _trial(backend: str, params, i: int, seed: int) -> Trial:
-    return Trial(key=f"topk-{backend}-{i}", sweep="test", workload=wl.name, version=wl.version, backend=backend,
-                 device="cpu", params=params.model_dump(mode="json"), repeat=seed, seed=seed, timeout_s=300,
-                 num_cpus=1, resources=Resources(), isolation="actor")
+    return Trial(
+        key=f"topk-{backend}-{i}",
+        sweep="test",
+        workload=wl.name,
+        version=wl.version,
+        backend=backend,
+        device="cpu",
+        params=params.model_dump(mode="json"),
+        repeat=seed,
+        seed=seed,
+        timeout_s=300,
+        num_cpus=1,
+        resources=Resources(),
+        isolation="actor",
+    )
 
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
     """Real trials: Fig. 7.4's PAV vs 100 Dykstra iterations over 3 seeds and n = 1e2..1e4, plus correctness runs."""
     tiny = dict(batch=2, lam=0.01, warmup=1)
-    plan = [("torch", wl.Params(n=n, solver=solver, max_iter=100, tol=0, timing_repeats=5, **tiny), seed)
-            for n in SIZES for solver in ("pav", "dykstra") for seed in SEEDS]
-    plan += [("torch", wl.Params(n=n, solver=solver, dtype=dtype, max_iter=5000, timing_repeats=1, **tiny), 0)
-             for n in SIZES for solver, dtype in (("pav", "float64"), ("dykstra", "float64"), ("dykstra", "float32"))]
-    plan += [("torch", wl.smoke, 0), ("jax", wl.smoke, 0),
-             ("jax", wl.Params(n=300, solver="pav", dtype="float64", timing_repeats=1, **tiny), 0),
-             ("torch", wl.Params(n=300, solver="hard", direction="fwdbwd", timing_repeats=1, **tiny), 0),
-             ("torch", wl.Params(n=300, solver="threshold", op="mag", p="4/3", direction="fwdbwd", timing_repeats=1,
-                                 **tiny), 0)]
-    plan += [(backend, wl.Params(n=300, solver="dykstra", p="4/3", timing_repeats=1, **tiny), 0)
-             for backend in ("torch", "jax")]
+    plan = [
+        ("torch", wl.Params(n=n, solver=solver, max_iter=100, tol=0, timing_repeats=5, **tiny), seed)
+        for n in SIZES
+        for solver in ("pav", "dykstra")
+        for seed in SEEDS
+    ]
+    plan += [
+        ("torch", wl.Params(n=n, solver=solver, dtype=dtype, max_iter=5000, timing_repeats=1, **tiny), 0)
+        for n in SIZES
+        for solver, dtype in (("pav", "float64"), ("dykstra", "float64"), ("dykstra", "float32"))
+    ]
+    plan += [
+        ("torch", wl.smoke, 0),
+        ("jax", wl.smoke, 0),
+        ("jax", wl.Params(n=300, solver="pav", dtype="float64", timing_repeats=1, **tiny), 0),
+        ("torch", wl.Params(n=300, solver="hard", direction="fwdbwd", timing_repeats=1, **tiny), 0),
+        (
+            "torch",
+            wl.Params(n=300, solver="threshold", op="mag", p="4/3", direction="fwdbwd", timing_repeats=1, **tiny),
+            0,
+        ),
+    ]
+    plan += [
+        (backend, wl.Params(n=300, solver="dykstra", p="4/3", timing_repeats=1, **tiny), 0)
+        for backend in ("torch", "jax")
+    ]
     tables, statuses = [], []
     for i, (backend, params, seed) in enumerate(plan):
         trial = _trial(backend, params, i, seed)
         outcome = execute(trial)
         statuses.append((params.solver, params.p, outcome.status, outcome.error))
         tables.append(trial_table(trial, outcome, "test"))
-    assert [s[2] for s in statuses] == ["skipped" if s[0] == "dykstra" and s[1] != 2.0 else "ok" for s in statuses], statuses
+    assert [s[2] for s in statuses] == ["skipped" if s[0] == "dykstra" and s[1] != 2.0 else "ok" for s in statuses], (
+        statuses
+    )
     return pa.concat_tables(tables).to_pandas()
 
 
@@ -83,7 +113,9 @@ def test_params_null_what_does_not_apply_and_fill_k():
 def test_trials_record_declared_metrics(table):
     ok = table[table["status"] == "ok"]
     assert set(ok["metric"]) <= {m.name for m in wl.metrics}
-    assert {"time_s", "max_abs_err_vs_exact", "iterations", "nnz_frac", "mask_sum_err", "peak_bytes"} <= set(ok["metric"])
+    assert {"time_s", "max_abs_err_vs_exact", "iterations", "nnz_frac", "mask_sum_err", "peak_bytes"} <= set(
+        ok["metric"]
+    )
     skipped = table[table["status"] == "skipped"]
     assert len(skipped) == 2 and skipped["error"].str.contains("p = 2").all()
     times = ok[ok["metric"] == "time_s"]
@@ -134,12 +166,15 @@ def test_too_small_a_range_of_n_decides_nothing(table):
     assert all("n span 10x < 100x" in c.note for c in checks) and all(c.measured for c in checks)
 
 
-@pytest.mark.parametrize("name, metric, bad, where", [
-    ("exact solvers agree", "max_abs_err_vs_exact", 1e-3, dict(solver="pav", dtype="float64")),
-    ("converged Dykstra (float64)", "max_abs_err_vs_exact", 1e-3, dict(solver="dykstra", dtype="float64")),
-    ("masks sum to k", "mask_sum_err", 5.0, {}),
-    ("exactly sparse", "nnz_frac", 1.0, {}),
-])
+@pytest.mark.parametrize(
+    "name, metric, bad, where",
+    [
+        ("exact solvers agree", "max_abs_err_vs_exact", 1e-3, dict(solver="pav", dtype="float64")),
+        ("converged Dykstra (float64)", "max_abs_err_vs_exact", 1e-3, dict(solver="dykstra", dtype="float64")),
+        ("masks sum to k", "mask_sum_err", 5.0, {}),
+        ("exactly sparse", "nnz_frac", 1.0, {}),
+    ],
+)
 def test_correctness_checks_fail_on_wrong_values(table, name, metric, bad, where):
     assert _verdicts(table)[name] == "holds"
     assert _verdicts(_set(table, metric, bad, **where))[name] == "does not hold"

@@ -3,6 +3,7 @@
 It has the shape of every deeperbench workload (``Params``, ``run``, ``figures``, ``checks``,
 ``smoke``) and uses no framework (``uses_backend = False``): its trials get no backend.
 """
+
 from __future__ import annotations
 
 import random
@@ -13,7 +14,8 @@ import pydantic
 
 from harness.checks import Check, decide, distinct
 from harness.figures import Figure
-from harness.workload import Context, Metric, Params as _Params, Record
+from harness.workload import Context, Metric, Record
+from harness.workload import Params as _Params
 from results.aggregate import ok_rows
 
 name = "sort_scaling"
@@ -48,8 +50,11 @@ def checks(table: pd.DataFrame) -> list[Check]:
     """Sorting ten times more values takes longer."""
     rows = ok_rows(table)
     rows = rows[rows["metric"] == "sort_s"]
-    return [decide("grows", "sorting takes longer on a longer list", rows, _grows,
-                   needs=(distinct("p_n", 2, "list lengths"),))]
+    return [
+        decide(
+            "grows", "sorting takes longer on a longer list", rows, _grows, needs=(distinct("p_n", 2, "list lengths"),)
+        )
+    ]
 
 
 def _grows(rows: pd.DataFrame) -> tuple[bool, str]:
