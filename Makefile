@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium demo thesis gpu-check test test-slow bench clean
+.PHONY: setup chromium demo thesis gpu-check lint test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ thesis: setup
 # On a machine with an NVIDIA GPU: every workload's smoke on cuda in torch and JAX, then the report.
 gpu-check: setup
 	DEEPERBENCH=$(VENV)/bin/deeperbench tools/gpu-check.sh runs/gpu-check
+
+# Lint, format and types (configured in pyproject.toml): what .ci/run checks before the tests.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: setup
 	$(PY) -m pytest -q

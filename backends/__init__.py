@@ -1,16 +1,37 @@
-"""Framework backends (torch, jax) behind one interface; each loads only on first use."""
+"""Framework backends (torch, jax) behind one interface; each loads only on first use.
+
+Importing this package registers the built-in backends and the ``deeperbench.backends`` entry points
+(``name = "package.module:OBJECT"`` or ``"package.module"`` exposing ``BACKEND``) into
+``harness.registry.BACKENDS``, which other packages ask by name.
+"""
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 
-from harness.registry import Registry
+from harness.registry import BACKENDS
 
-from ._protocol import DEVICE_KINDS, Backend, DeviceUnavailable, timer
+from ._protocol import DEVICE_KINDS, Array, Backend, DeviceUnavailable, Memory, timer
 
-REGISTRY: Registry[Backend] = Registry("backend")
-REGISTRY.register("torch", lambda: importlib.import_module("backends.torch").BACKEND)
-REGISTRY.register("jax", lambda: importlib.import_module("backends.jax").BACKEND)
+BUILTIN = {"torch": "backends.torch", "jax": "backends.jax"}
+
+REGISTRY = BACKENDS
+
+
+def _loader(target: str):
+    module_name, _, attribute = target.partition(":")
+
+    def load() -> Backend:
+        return getattr(importlib.import_module(module_name), attribute or "BACKEND")
+
+    return load
+
+
+for _name, _module in BUILTIN.items():
+    REGISTRY.register(_name, _loader(_module))
+for _ep in entry_points(group="deeperbench.backends"):
+    REGISTRY.register(_ep.name, _loader(_ep.value))
 
 
 def get(name: str) -> Backend:
@@ -23,4 +44,4 @@ def names() -> list[str]:
     return REGISTRY.names()
 
 
-__all__ = ["DEVICE_KINDS", "REGISTRY", "Backend", "DeviceUnavailable", "get", "names", "timer"]
+__all__ = ["DEVICE_KINDS", "REGISTRY", "Array", "Backend", "DeviceUnavailable", "Memory", "get", "names", "timer"]

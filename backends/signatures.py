@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-Array = Any
-"""A torch.Tensor or a jax.Array, depending on the backend."""
+from backends._protocol import Array
 
 
 class Matmul(Protocol):
@@ -27,7 +26,11 @@ class Sinkhorn(Protocol):
 
 
 class Attention(Protocol):
-    """Dot-product attention normalised by softmax or Sinkhorn; returns (out, weights) (eq. 5.1, 5.4)."""
+    """Dot-product attention normalised by softmax or Sinkhorn; returns (out, weights) (eq. 5.1, 5.4).
+
+    ``impl`` (``backends/sinkhorn_common.py``'s ``IMPLS``): ``naive`` forms the T x T weights; ``blocked`` and
+    the fused kernels (``triton`` in torch, ``pallas`` in JAX) work in O(T) memory and return weights None;
+    ``auto`` picks the fastest O(T)-memory one for the device."""
 
     def __call__(
         self,
@@ -38,7 +41,8 @@ class Attention(Protocol):
         sinkhorn_iters: int = 3,
         mask: Array | None = None,
         implicit: bool = False,
-    ) -> tuple[Array, Array]: ...
+        impl: str = "naive",
+    ) -> tuple[Array, Array | None]: ...
 
 
 class FusedAttention(Protocol):
@@ -142,12 +146,6 @@ class ResidualReconstruct(Protocol):
     """Activations recovered from the output by the model's reversal (as its backward does), same shape."""
 
     def __call__(self, net: Any, x: Array, every: int = 1) -> Array: ...
-
-
-class HostPeakBytes(Protocol):
-    """Peak host bytes allocated while fn(*args) runs (torch CPU profiler); None where not measured."""
-
-    def __call__(self, fn: Any, *args: Any) -> int | None: ...
 
 
 class TopkMask(Protocol):
@@ -393,7 +391,6 @@ OPS: dict[str, type] = {
     "residual_functional": ResidualFunctional,
     "residual_trajectory": ResidualTrajectory,
     "residual_reconstruct": ResidualReconstruct,
-    "host_peak_bytes": HostPeakBytes,
     "matmul": Matmul,
     "copy": Copy,
     "sinkhorn": Sinkhorn,

@@ -14,12 +14,17 @@ with ``r*(z) = (lam/q) |z/lam|^q``, ``1/p + 1/q = 1``; the output is ``y = grad 
 PAV (appendix 7.B.2) runs here, one row per thread, compiled by numba when it is installed (the
 same code runs as plain Python, much slower, when it is not). JAX reaches it through
 ``jax.pure_callback``; torch calls it on the host.
+
+The array maths both frameworks' solvers share (the head value and slope, the cubic root, the
+pooling step, one Dykstra half-step) is written once below, array-API style: each function takes
+the array namespace ``xp`` (``torch`` or ``jax.numpy``) and uses only names both provide.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -125,6 +130,87 @@ def check_args(n: int, k: object, lam: object, p: object, solver: object, max_it
 def default_tol(eps: float, scale: float) -> float:
     """Dykstra's default stopping change: ``4 eps (1 + scale)``, i.e. the iterate stopped moving."""
     return 4.0 * eps * (1.0 + scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# Array maths shared by the torch and JAX solvers; ``xp`` is the namespace (torch or jax.numpy).
+# ----------------------------------------------------------------------------------------------
+
+
+def head_value(xp: Any, s: Any, lam: float, e: int) -> Any:
+    """``Y(s)``, the magnitude operator's value on a saturated element: ``Y + lam Y^(p-1) = s``, s >= 0."""
+    if e == 1:
+        return s / (1.0 + lam)
+    r = math.sqrt(lam / 3.0)  # c = Y^(1/3) solves c^3 + lam c - s = 0
+    c = 2.0 * r * xp.sinh(xp.asinh(s * (1.5 / (lam * r))) / 3.0)
+    return c * c * c
+
+
+def head_slope(xp: Any, yh: Any, lam: float, e: int) -> Any:
+    """``dY/ds`` at ``Y = yh``: ``1 / (1 + lam (p - 1) Y^(p - 2))``."""
+    if e == 1:
+        return xp.full_like(yh, 1.0 / (1.0 + lam))
+    c2 = xp.abs(yh) ** (2.0 / 3.0)
+    return c2 / (c2 + lam / 3.0)
+
+
+def saturates_at(xp: Any, s: Any, lam: float, e: int, op: str) -> Any:
+    """``U(s)``: the threshold below which an element of value ``s`` saturates (``s - lam``, or ``Y(s)``)."""
+    return s - lam if op == "mask" else head_value(xp, s, lam, e)
+
+
+def cubic_root(xp: Any, P: Any, Q: Any) -> Any:
+    """Real root of ``d^3 + P d + Q = 0`` for ``P >= 0`` (hyperbolic form, stable), elementwise."""
+    big = P > 1e-30
+    Ps = xp.where(big, P, xp.ones_like(P))
+    r = xp.sqrt(Ps / 3.0)
+    hyp = -2.0 * r * xp.sinh(xp.asinh(1.5 * Q / (Ps * r)) / 3.0)
+    return xp.where(big, hyp, -xp.sign(Q) * xp.abs(Q) ** (1.0 / 3.0))
+
+
+def pool(xp: Any, op: str, e: int, lam: float, cnt: Any, wsum: Any, mu: Any, m2: Any, m3: Any) -> Any:
+    """Block value ``gamma_B*`` (eq. 7.6, 7.A.6) from count, sum of w, mean and centred moments."""
+    cnt = xp.clip(cnt, min=1.0)
+    if e == 1:
+        return mu - lam * wsum / cnt if op == "mask" else cnt * mu / (cnt + lam * wsum)
+    l3 = lam**3
+    if op == "mask":
+        return mu + cubic_root(xp, 3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
+    return mu + cubic_root(xp, (3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
+
+
+def pair_projection(xp: Any, a: Any, b: Any, d: Any, w: tuple[Any, Any] | None) -> tuple[Any, Any, Any]:
+    """One half-step of Dykstra's Algorithm 7.7 on pairs: the projection onto {a_j >= b_j} for every j.
+
+    Args:
+        a, b: (B, m) the first and second elements of the m pairs. d: (B, m) the pairs' last
+            corrections (the p or q of Algorithm 7.7: +w_b d on ``a``, -w_a d on ``b``), added back
+            before projecting. w: (w_a, w_b), the pairs' weights in the c-norm, or None (unit weights).
+
+    Returns:
+        The projected (a, b) and the new corrections d. Written with augmented assignments, so on
+        mutable arrays (torch) ``a`` and ``b`` are updated in place (views of the iterate stay
+        current, no copy), and on immutable ones (JAX) new arrays are returned.
+
+    References:
+        Thesis Algorithm 7.7 (Dykstra's projection onto the decreasing cone C1 ∩ C2).
+    """
+    if w is None:
+        a += d
+        b -= d
+        d = xp.clip(a - b, max=0.0)
+        d *= 0.5
+        a -= d
+        b += d
+    else:
+        wa, wb = w
+        a += wb * d
+        b -= wa * d
+        d = xp.clip(a - b, max=0.0)
+        d /= wa + wb
+        a -= wb * d
+        b += wa * d
+    return a, b, d
 
 
 # ----------------------------------------------------------------------------------------------

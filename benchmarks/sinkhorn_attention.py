@@ -1,12 +1,16 @@
-"""Attention forward+backward: naive softmax and Sinkhorn (3, 21 iterations) vs fused softmax (SDPA).
+"""Attention forward+backward: naive softmax and Sinkhorn, blocked O(T)-memory Sinkhorn, vs fused softmax (SDPA).
 
 Run: ``.venv/bin/python benchmarks/sinkhorn_attention.py [--T 256 1024 2048] [--device cpu]
-[--backends torch jax] [--max-gib 4]``. Shapes B = 8, H = 8, d = 64, float32, as in
-``docs/anchors.md`` (one H200: Sinkhorn-21 is 19x SDPA's fp32 time at T = 2,048).
-Every case is timed with ``backends.timer`` (warm-up excluded, synchronised, median and IQR of
-all samples printed); memory is a separate pass: peak CUDA bytes on a GPU, else bytes saved for
-the backward (torch) or the compiled executable's temporary bytes (JAX). A case whose estimated
-footprint, (iterations + 4) B H T^2 x 4 bytes, exceeds ``--max-gib`` is skipped and says so.
+[--backends torch jax] [--cases ...] [--max-gib 4]``. Shapes B = 8, H = 8, d = 64, float32, as in
+``docs/anchors.md`` (one H200: Sinkhorn-21 is 19x SDPA's fp32 time at T = 2,048). Cases: ``sdpa``, the naive
+``softmax`` and ``sinkhorn{3,21}`` (``impl="naive"``: T x T plans), ``blocked{3,21}`` (``impl="blocked"``) and
+``kernel3`` (``impl="triton"`` / ``"pallas"``: on the CPU only in their interpreters, so not by default).
+Every case is timed with ``backends.timer`` (warm-up excluded, synchronised, median and IQR of all samples
+printed), with its ratio to SDPA's and to the naive Sinkhorn's time at the same T and iterations, measured
+in the same run; memory is a separate pass of one forward + backward: peak CUDA bytes on a GPU, peak host
+bytes torch allocates (profiler) on the CPU, the compiled executable's temporary + output bytes in JAX.
+A naive case whose estimated footprint, (iterations + 4) B H T^2 x 4 bytes, exceeds ``--max-gib`` is skipped
+and says so.
 """
 
 from __future__ import annotations
@@ -22,16 +26,36 @@ import numpy as np
 import backends
 from backends.init import normal
 
-CASES = {"sdpa": None, "softmax": 1, "sinkhorn3": 3, "sinkhorn21": 21}
-"""Case -> Sinkhorn iterations (None: the fused kernel; 1: naive softmax)."""
+CASES = {
+    "sdpa": (None, None),
+    "softmax": (1, "naive"),
+    "sinkhorn3": (3, "naive"),
+    "sinkhorn21": (21, "naive"),
+    "blocked3": (3, "blocked"),
+    "blocked21": (21, "blocked"),
+    "kernel3": (3, "kernel"),
+}
+"""Case -> (Sinkhorn iterations, ``attention``'s impl); sdpa is the fused softmax, softmax the naive one."""
+DEFAULT_CASES = [c for c in CASES if c != "kernel3"]
+KERNELS = {"torch": "triton", "jax": "pallas"}
 
 
-def _forward(ops: Any, case: str) -> Callable[..., Any]:
+def _forward(ops: Any, case: str, backend: str) -> Callable[..., Any]:
+    iters, impl = CASES[case]
+    impl = KERNELS[backend] if impl == "kernel" else impl
     if case == "sdpa":
         return ops.fused_attention
     if case == "softmax":
         return lambda q, k, v: ops.attention(q, k, v, "softmax")[0]
-    return lambda q, k, v: ops.attention(q, k, v, "sinkhorn", CASES[case])[0]
+    return lambda q, k, v: ops.attention(q, k, v, "sinkhorn", iters, impl=impl)[0]
+
+
+def _naive_of(case: str) -> str | None:
+    """The naive case with the same iterations (the blocked one's reference)."""
+    iters, impl = CASES[case]
+    if impl in (None, "naive"):
+        return None
+    return next((c for c, (i, m) in CASES.items() if i == iters and m == "naive" and c != "softmax"), None)
 
 
 def _torch_step(forward: Callable[..., Any], q: Any, k: Any, v: Any) -> tuple[Callable[[], Any], tuple]:
@@ -68,7 +92,7 @@ def _memory(
         )
     if kind == "cuda":
         return "peak", backend.memory.peak_bytes(lambda *_: step(), *args)
-    return "saved for backward", backend.memory.saved_bytes(forward, *args)
+    return "peak host", backend.memory.host_peak_bytes(lambda *_: step(), *args)
 
 
 def measure(
@@ -86,14 +110,14 @@ def measure(
 ) -> dict[str, Any]:
     """Time and memory of one case; a dict with the samples' median/IQR, or the reason it was skipped."""
     row: dict[str, Any] = {"backend": backend_name, "device": kind, "T": t, "case": case}
-    iters = CASES[case] or 0
-    estimate = (iters + 4) * b * h * t * t * 4 / 2**30 if case != "sdpa" else 0.0
+    iters, impl = CASES[case]
+    estimate = (iters + 4) * b * h * t * t * 4 / 2**30 if impl == "naive" else 0.0
     if estimate > max_gib:
         return row | {"skipped": f"estimated {estimate:.1f} GiB > --max-gib {max_gib}"}
     backend = backends.get(backend_name)
     dev = backend.device(kind)
     q, k, v = (backend.asarray(normal(i, (b, h, t, d)), dev, "float32") for i in range(3))
-    forward = _forward(backend.ops, case)
+    forward = _forward(backend.ops, case, backend_name)
     step, args = STEPS[backend_name](forward, q, k, v)
     samples = backends.timer(backend, step, kind=kind, warmup=warmup, repeats=repeats)
     quart = np.percentile(samples, [25, 50, 75])
@@ -108,12 +132,36 @@ def measure(
     }
 
 
+def _find(rows: list[dict[str, Any]], row: dict[str, Any], case: str | None) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in rows
+            if case and r["backend"] == row["backend"] and r["T"] == row["T"] and r["case"] == case and "ms_median" in r
+        ),
+        None,
+    )
+
+
+def ratios(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The row's time as a multiple of SDPA's, and its time and memory as multiples of the naive Sinkhorn's."""
+    out = ""
+    sdpa, naive = _find(rows, row, "sdpa"), _find(rows, row, _naive_of(row["case"]))
+    if sdpa:
+        out += f"  {row['ms_median'] / sdpa['ms_median']:6.1f}x sdpa"
+    if naive:
+        out += f"  {row['ms_median'] / naive['ms_median']:5.2f}x naive time"
+        if row["MiB"] and naive["MiB"]:
+            out += f", {row['MiB'] / naive['MiB']:.3f}x its memory"
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--T", type=int, nargs="+", default=[256, 1024, 2048])
     parser.add_argument("--backends", nargs="+", default=["torch", "jax"], choices=sorted(STEPS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dim", type=int, default=64)
@@ -145,19 +193,10 @@ def main() -> None:
                 if "skipped" in row:
                     print(f"{name:5} {args.device} T={t:5} {case:10} skipped: {row['skipped']}", flush=True)
                     continue
-                sdpa = next(
-                    (
-                        r
-                        for r in rows
-                        if r["backend"] == name and r["T"] == t and r["case"] == "sdpa" and "ms_median" in r
-                    ),
-                    None,
-                )
-                ratio = f"  {row['ms_median'] / sdpa['ms_median']:6.1f}x sdpa" if sdpa else ""
                 mem = "n/a" if row["MiB"] is None else f"{row['MiB']:9.1f} MiB ({row['memory']})"
                 print(
                     f"{name:5} {args.device} T={t:5} {case:10} {row['ms_median']:10.2f} ms "
-                    f"[IQR {row['ms_q25']:.2f}-{row['ms_q75']:.2f}]{ratio}  {mem}",
+                    f"[IQR {row['ms_q25']:.2f}-{row['ms_q75']:.2f}]{ratios(row, rows)}  {mem}",
                     flush=True,
                 )
     if args.json:

@@ -1,14 +1,15 @@
 """The results store at scale: 10^3, 10^4 and 10^5 synthetic one-row trials, loose and compacted.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/store_scale.py [--sizes 1000 10000 100000]
-[--loose-max 10000]``. Each trial is a ``harness_probe`` no-op (one ``trial_s`` row; 50 values of
+[--loose-max 10000] [--repeats 3]``. Each trial is a ``harness_probe`` no-op (one ``trial_s`` row; 50 values of
 ``index`` on torch and jax, repeated up to the size) whose rows come from the store's own ``trial_table``; a loose folder holds one file per
 trial written as ``Store.write`` writes it, and ``deeperbench compact`` then merges it. Sizes above
 ``--loose-max`` are written compacted only (one generation, the file compaction would write),
 since writing 10^5 loose files takes longer than reading them. Times, in seconds: the resume scan
 (``Store.statuses``), ``Store.read``, ``report`` (``results.report.build``) and ``compare``
-(``results.compare.compare``); bytes on disk per trial (allocated blocks); then the growth exponent
-of each time between the smallest and the largest size (1 = linear in the number of trials).
+(``results.compare.compare``), each ``--repeats`` times (median [min-max]; modules imported before
+any timing); bytes on disk per trial (allocated blocks); then the growth exponent of each median
+time between the smallest and the largest size (1 = linear in the number of trials).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import datetime as dt
 import math
 import os
+import statistics
 import tempfile
 import time
 
@@ -112,7 +114,8 @@ def on_disk(out: str) -> int:
     )
 
 
-def timed(out: str, n: int) -> dict[str, float]:
+def timed(out: str, n: int, repeats: int) -> dict[str, list[float]]:
+    """Each step ``repeats`` times in turn (modules imported first, so no import is timed); seconds."""
     from results.compare import compare
     from results.report import build
 
@@ -122,16 +125,22 @@ def timed(out: str, n: int) -> dict[str, float]:
         "report": lambda: build(out, os.path.join(out, "_report.html")),
         "compare": lambda: compare(out, "trial_s"),
     }
-    times = {}
-    for name, step in steps.items():
-        start = time.perf_counter()
-        got = step()
-        times[name] = time.perf_counter() - start
-        if name == "statuses" and len(got) != n:
-            raise RuntimeError(f"{name}: {len(got)} trials, expected {n}")
-        if name == "read" and got.num_rows != n:
-            raise RuntimeError(f"{name}: {got.num_rows} rows, expected {n}")
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            got = step()
+            times[name].append(time.perf_counter() - start)
+            if name == "statuses" and len(got) != n:
+                raise RuntimeError(f"{name}: {len(got)} trials, expected {n}")
+            if name == "read" and got.num_rows != n:
+                raise RuntimeError(f"{name}: {got.num_rows} rows, expected {n}")
     return times
+
+
+def spread(samples: list[float]) -> str:
+    """``median [min-max]`` of a step's times."""
+    return f"{statistics.median(samples):.2f} [{min(samples):.2f}-{max(samples):.2f}]"
 
 
 def exponent(sizes: list[int], times: list[float]) -> float:
@@ -142,11 +151,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--loose-max", type=int, default=10_000, help="largest size also measured loose")
+    parser.add_argument("--repeats", type=int, default=3, help="times each step is timed (median [min-max] shown)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats: {args.repeats} is not allowed; allowed: an integer >= 1")
     results: dict[str, dict[int, dict[str, float]]] = {"loose": {}, "compacted": {}}
     print(
         f"{'layout':<10} {'trials':>8} {'files':>7} {'B/trial':>8} {'write_s':>8} {'compact_s':>9} "
-        + " ".join(f"{s + '_s':>10}" for s in STEPS),
+        + " ".join(f"{s + '_s':>20}" for s in STEPS),
         flush=True,
     )
     for n in args.sizes:
@@ -163,14 +175,14 @@ def main() -> None:
                 store.write_common_metadata(full_schema())
                 write_generation(store, os.path.join(out, SWEEP, PROBE.name), table.sort_by("trial_key"), 1)
                 layouts.append(("compacted", time.perf_counter() - start, float("nan")))
-            for i, (layout, write_s, compact_s) in enumerate(layouts):
+            for layout, write_s, compact_s in layouts:  # compacting a loose folder appends a layout
                 files = sum(f.endswith(".parquet") for _, _, fs in os.walk(out) for f in fs)
                 disk = on_disk(out)
-                times = timed(out, n)
-                results[layout][n] = times
+                samples = timed(out, n, args.repeats)
+                results[layout][n] = {s: statistics.median(samples[s]) for s in STEPS}
                 print(
                     f"{layout:<10} {n:>8} {files:>7} {disk / n:>8.0f} {write_s:>8.1f} {compact_s:>9.1f} "
-                    + " ".join(f"{times[s]:>10.2f}" for s in STEPS),
+                    + " ".join(f"{spread(samples[s]):>20}" for s in STEPS),
                     flush=True,
                 )
                 if layout == "loose":

@@ -48,7 +48,7 @@ class Check:
 Need = Callable[["pd.DataFrame"], "str | None"]
 """What a claim needs of its rows: returns the shortfall in words, or None when the rows suffice."""
 
-Test = Callable[["pd.DataFrame"], "tuple[bool | None | Literal['too small to decide'], str]"]
+Test = Callable[["pd.DataFrame"], "tuple[bool | Literal['too small to decide'] | None, str]"]
 """A claim's test on its rows: (outcome, measured in words); the outcome is None when it cannot be computed,
 ``UNDECIDED`` when an interval it tests contains the threshold."""
 

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from harness.errors import UserError
+from harness.errors import ClusterLost, UserError
 from harness.executors import REGISTRY as EXECUTORS
 from harness.spec import DEVICES
 from harness.trial import FAILURES, STATUSES
@@ -43,7 +43,8 @@ class _OneLineErrors(typer.core.TyperGroup):
             err.show()
             sys.exit(err.exit_code)
         except ClickException as err:
-            command = f" (see: {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
+            ctx = getattr(err, "ctx", None)
+            command = f" (see: {ctx.command_path} --help)" if ctx else ""
             err_console.print(
                 f"error: {' '.join(err.format_message().split())}{command}", markup=False, highlight=False
             )
@@ -157,7 +158,8 @@ def run(
 ) -> None:
     """Run a sweep; trials already stored ok are skipped, so running it again resumes.
 
-    Exits 1 when a trial ends failed, crashed, oom or timeout (after storing every trial).
+    Exits 1 when a trial ends failed, crashed, oom or timeout (after storing every trial), 3 when the
+    cluster's head is lost mid-run (what is stored stays; the same command resumes).
     """
     from harness import runner
 
@@ -180,6 +182,9 @@ def run(
         )
     except UserError as err:
         _fail(err)
+    except ClusterLost as err:  # the head is gone: what is stored stays; the same command resumes
+        err_console.print(f"error: {err}", markup=False, soft_wrap=True, highlight=False)
+        raise typer.Exit(3) from None
     out_console.print(f"results: {summary.out}", markup=False, highlight=False)
     out_console.print(f"report:  deeperbench report {summary.out}", markup=False, highlight=False)
     _where_errors(summary.failed, summary.out)
@@ -198,7 +203,12 @@ def search(
     spec: Path = typer.Argument(..., help="sweep YAML with a search section"),
     trials: int = typer.Option(..., help="trials in the study in total (a search run again resumes)"),
     parallel: int = typer.Option(2, help="trials in flight at once"),
-    storage: str | None = typer.Option(None, help="Optuna RDB URL; default sqlite:///OUT/optuna.db"),
+    storage: str | None = typer.Option(
+        None, help="sqlite:///PATH (default OUT/optuna.db), postgresql://USER@HOST:PORT/DB or journal:///PATH"
+    ),
+    heartbeat_s: int = typer.Option(
+        60, "--heartbeat-s", help="seconds between heartbeats of a running trial; stale (FAIL) after twice that"
+    ),
     out: str = typer.Option("runs/search", help="results directory"),
     address: str | None = typer.Option(None, help="Ray cluster to join"),
     executor: str = typer.Option("ray", help=_EXECUTOR_HELP),
@@ -221,6 +231,7 @@ def search(
             out,
             parallel=parallel,
             storage=storage,
+            heartbeat_s=heartbeat_s,
             executor_name=executor,
             address=address,
             backend=backend,
@@ -299,7 +310,9 @@ def logs(
 @app.command()
 def report(
     directory: str = typer.Argument(..., metavar="DIR", help="results directory or URI"),
-    output: str | None = typer.Option(None, "-o", "--output", help="HTML file; default DIR/_report.html"),
+    output: str | None = typer.Option(
+        None, "-o", "--output", "--html", help="HTML file (a local path or a URI); default DIR/_report.html"
+    ),
 ) -> None:
     """Write one self-contained HTML report of the results in DIR (exit 2, nothing written, when it holds none)."""
     from results.report import build
@@ -308,7 +321,8 @@ def report(
         path, n_figs = build(directory, output)
     except UserError as err:
         _fail(err)
-    out_console.print(f"report with {n_figs} figures: {Path(path).resolve()}", markup=False, highlight=False)
+    shown_path = path if "://" in path else Path(path).resolve()  # s3://bucket/prefix/_report.html stays a URI
+    out_console.print(f"report with {n_figs} figures: {shown_path}", markup=False, highlight=False)
 
 
 @app.command()
@@ -377,7 +391,7 @@ def compact(directory: str = typer.Argument(..., metavar="DIR", help="results di
     from results.store import Store
 
     try:
-        check_out(directory)
+        check_out(directory, "DIR")
         if "://" not in directory.removeprefix("file://") and not Path(directory.removeprefix("file://")).is_dir():
             raise UserError(f"DIR: '{directory}' is not a results folder")
         with RunLock(directory):

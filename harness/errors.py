@@ -28,6 +28,13 @@ class UserError(ValueError):
         super().__init__(text)
 
 
+class ClusterLost(RuntimeError):
+    """The Ray cluster's head stopped answering mid-run: the CLI prints one line and exits 3; what is stored stays."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split())[:MAX_MESSAGE_CHARS])
+
+
 def shown(value: Any) -> str:
     """A short repr of ``value`` for an error message, computed without expanding it whole.
 

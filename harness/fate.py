@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -94,7 +95,12 @@ def _watch(parent: int, skip: str, poll_s: float) -> None:
 
     excluded = {tuple(int(x) for x in item.split(":")) for item in skip.split(",") if item != "-"}
     gone = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.buffer.read(), gone.set()), daemon=True).start()
+
+    def drain() -> None:  # the parent holds our stdin: end of file means it died
+        sys.stdin.buffer.read()
+        gone.set()
+
+    threading.Thread(target=drain, daemon=True).start()
     noted: dict[int, int] = {}
     while not gone.is_set():
         noted |= {
@@ -106,7 +112,5 @@ def _watch(parent: int, skip: str, poll_s: float) -> None:
     for pid, start in noted.items():
         info = _stat(pid)
         if info is not None and info[1] == start:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass

@@ -9,6 +9,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,7 +19,7 @@ from rich.text import Text
 from harness import executors
 from harness.errors import UserError
 from harness.executors import RayLog
-from harness.executors._base import local_accelerator
+from harness.executors._base import OnDone, local_accelerator
 from harness.lock import RunLock
 from harness.paths import check_out
 from harness.spec import DEVICES, MAX_TRIALS, load_specs
@@ -125,7 +127,7 @@ def dry_run(
     ``auto`` resolves from this host's devices; a cluster may resolve it otherwise.
     """
     trials = plan(spec, _Offline(), backend=backend, device=device, max_trials=max_trials)
-    store = Store(out)
+    store = Store(out, "--out")
     stored = {k: v for name in sorted({t.sweep for t in trials}) for k, v in store.statuses(name).items()}
     return [Planned(t, stored.get(t.key), force or stored.get(t.key) != "ok") for t in trials]
 
@@ -158,6 +160,89 @@ def announce(executor: executors.Executor, log: RayLog, out: str, console: Conso
     return path
 
 
+class Session:
+    """What ``run`` and ``search`` share: the executor, the run lock on ``out``, the store, and a progress
+    bar over trials whose every outcome is stored (with the run id and commit) as it comes back.
+
+    ``with Session(...) as session:`` closes the executor and releases the lock however the block ends.
+    """
+
+    def __init__(self, out: str, executor_name: str, address: str | None, verbose: bool, console: Console) -> None:
+        self.out, self.console = out, console
+        self.log = RayLog(verbose=verbose)
+        self.executor = executors.make(executor_name, address, log=self.log)
+        self.lock = RunLock(out)  # one run at a time per folder; taken by ``hold`` once the plan holds
+        self.store: Store | None = None  # opened by ``hold``
+        self.counts: Counter = Counter()
+        self.log_path: str | None = None
+        self._bar: tuple[Progress, Any] | None = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.executor.close()
+        finally:
+            self.lock.release()
+
+    def hold(self) -> Store:
+        """Take the run lock on ``out`` (a second run there is refused) and return its store."""
+        self.lock.acquire()
+        self.store = Store(self.out, "--out")
+        return self.store
+
+    def tally(self, status: str) -> None:
+        """Count a trial that ended without running (a sampled point its parameters refuse) and advance the bar."""
+        self.counts[status] += 1
+        if self._bar is not None:
+            bar, task = self._bar
+            bad = sum(n for s, n in self.counts.items() if s in FAILURES)
+            bar.update(task, advance=1, ok=self.counts["ok"], failed=bad, skipped=self.counts["skipped"])
+
+    def execute(
+        self,
+        batches: Iterable[Iterable[Trial]],
+        *,
+        total: int,
+        then: OnDone | None = None,
+        max_in_flight: int | None = None,
+    ) -> Counter:
+        """Run each batch of trials in turn on the executor, storing every outcome, then calling ``then`` on it.
+
+        Args:
+            batches: trials drawn lazily, a batch at a time (a sweep each: its own resources and isolation).
+            total: trials expected, for the progress bar.
+            then: called after each outcome is stored (a search tells Optuna there).
+            max_in_flight: at most this many trials at once (the executor's slots otherwise).
+
+        Returns:
+            Trials per status, those counted by ``tally`` included.
+        """
+        if total:
+            self.log_path = announce(self.executor, self.log, self.out, self.console)
+        store = self.store if self.store is not None else self.hold()
+        run_id, sha = uuid.uuid4().hex[:12], git_sha()
+
+        def on_done(trial: Trial, outcome: Outcome) -> None:
+            outcome.env["git_sha"] = sha
+            store.write(trial, outcome, run_id)
+            self.tally(outcome.status)
+            if outcome.status in FAILURES:
+                self.console.print(Text.assemble((outcome.status, "red"), " ", first_line(outcome.error)))
+            if then is not None:
+                then(trial, outcome)
+
+        with _progress(self.console) as bar:
+            self._bar = (bar, bar.add_task("trials", total=total, ok=0, failed=0, skipped=0))
+            try:
+                for batch in batches:
+                    self.executor.run(batch, on_done, max_in_flight=max_in_flight)
+            finally:
+                self._bar = None
+        return self.counts
+
+
 def run(
     spec: str,
     out: str,
@@ -180,43 +265,20 @@ def run(
     began = time.monotonic()
     load_specs(spec, max_trials=max_trials)  # bad input fails here, before any worker starts or file is written
     check_out(out)
-    log = RayLog(verbose=verbose)
-    executor = executors.make(executor_name, address, log=log)
-    lock = RunLock(out)  # one run at a time per folder; taken once the plan holds
-    try:
-        trials = plan(spec, executor, backend=backend, device=device, max_trials=max_trials)
-        lock.acquire()
-        store = Store(out)
+    with Session(out, executor_name, address, verbose, console) as session:
+        trials = plan(spec, session.executor, backend=backend, device=device, max_trials=max_trials)
+        store = session.hold()
         sweeps = sorted({t.sweep for t in trials})
         for name in sweeps:
             store.remove_temporary(name)
         stored = {k: v for name in sweeps for k, v in store.statuses(name, quarantine=True).items()}
         todo = [t for t in trials if force or stored.get(t.key) != "ok"]
-        log_path = announce(executor, log, out, console) if todo else None
-        run_id, sha = uuid.uuid4().hex[:12], git_sha()
-        counts: Counter = Counter()
-        with _progress(console) as bar:
-            task = bar.add_task("trials", total=len(todo), ok=0, failed=0, skipped=0)
-
-            def on_done(trial: Trial, outcome: Outcome) -> None:
-                outcome.env["git_sha"] = sha
-                store.write(trial, outcome, run_id)
-                counts[outcome.status] += 1
-                bad = sum(n for s, n in counts.items() if s in FAILURES)
-                bar.update(task, advance=1, ok=counts["ok"], failed=bad, skipped=counts["skipped"])
-                if outcome.status in FAILURES:
-                    console.print(Text.assemble((outcome.status, "red"), " ", first_line(outcome.error)))
-
-            for name in sweeps:  # one sweep at a time: each has its own resources and isolation
-                executor.run([t for t in todo if t.sweep == name], on_done)
-    finally:
-        executor.close()
-        lock.release()
+        counts = session.execute(([t for t in todo if t.sweep == name] for name in sweeps), total=len(todo))
     return RunSummary(
         counts=counts,
         already_done=len(trials) - len(todo),
         out=out,
         sweeps=sweeps,
         duration_s=time.monotonic() - began,
-        log_path=log_path,
+        log_path=session.log_path,
     )

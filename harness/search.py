@@ -2,31 +2,30 @@
 on the executor (ask/tell), every trial also stored in the results store.
 
 The study is named after the sweep and lives in a real database (``sqlite:///<out>/optuna.db`` by
-default). ``trials`` is the study's total: a search run again marks trials an interrupted run left
-RUNNING as FAIL and asks only for the rest.
+default, PostgreSQL for a cluster: ``harness.storage``). ``trials`` is the study's total: a search run
+again marks trials an interrupted run left RUNNING as FAIL (at once, or once their heartbeat is stale)
+and asks only for the rest. The runner's ``Session`` runs, stores and counts the trials.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 
-from harness import executors
 from harness.errors import UserError
-from harness.executors import RayLog
 from harness.paths import check_out
-from harness.runner import announce, git_sha
+from harness.runner import Session
 from harness.spec import DEVICES, Range, Sweep, load_specs, one_line_error
-from harness.sweep import Trial, trial_key
+from harness.storage import HEARTBEAT_S, Heartbeat, default_storage, fail_stale, heartbeats, open_storage, shown
+from harness.sweep import Trial, make_trial
 from harness.trial import FAILURES, Outcome, first_line
 from harness.workload import Workload, metric_map
 from results.aggregate import reduce_records
-from results.store import Store
 
 
 @dataclasses.dataclass
@@ -48,14 +47,6 @@ class SearchSummary:
     def failed(self) -> int:
         """Trials run now that ended failed, crashed, oom or timeout."""
         return sum(n for status, n in self.counts.items() if status in FAILURES)
-
-
-def default_storage(out: str) -> str:
-    """``sqlite:///<out>/optuna.db``; ``out`` must then be a local directory."""
-    if "://" in out:
-        raise UserError(f"--storage: give an Optuna RDB URL when --out is not a local path (got --out {out})")
-    os.makedirs(out, exist_ok=True)
-    return f"sqlite:///{os.path.abspath(out)}/optuna.db"
 
 
 def _distributions(sweep: Sweep) -> dict:
@@ -125,12 +116,16 @@ def run_search(
     device: str | None = None,
     console: Console | None = None,
     verbose: bool = False,
+    heartbeat_s: int = HEARTBEAT_S,
 ) -> SearchSummary:
-    """Bring the study of ``spec`` to ``n_trials`` trials in total; return its state and best trial."""
+    """Bring the study of ``spec`` to ``n_trials`` trials in total; return its state and best trial.
+
+    The runner's ``Session`` runs the trials (lock, scheduling, storing, progress); Optuna is asked for
+    each trial's parameters as a worker frees up and told its value as it is stored. Trials a killed
+    search left RUNNING are failed as ``harness.storage`` describes.
+    """
     import optuna
-    import pydantic
     from optuna.trial import TrialState
-    from sqlalchemy.exc import SQLAlchemyError
 
     console = console or Console(stderr=True)
     if n_trials < 1 or parallel < 1:
@@ -139,130 +134,150 @@ def run_search(
         raise UserError(f"--device: unknown device '{device}'; allowed: {', '.join(DEVICES)}")
     sweep, workload = _only_search_sweep(spec, backend)
     check_out(out)
-    storage = storage or default_storage(out)
+    opened = open_storage(storage, heartbeat_s=heartbeat_s) if storage else None  # unreachable: fails here
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    constrained = bool(sweep.search.constraints)
-    sampler = optuna.samplers.TPESampler(seed=sweep.base_seed)
-    try:
-        study = optuna.create_study(
-            study_name=sweep.name,
-            storage=storage,
-            direction=sweep.search.direction,
-            sampler=sampler,
-            load_if_exists=True,
-        )
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError, SQLAlchemyError) as err:
-        raise UserError(f"--storage: cannot open '{storage}': {' '.join(str(err).split())[:200]}") from None
-    for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING, TrialState.WAITING]):
-        study.tell(stale.number, state=TrialState.FAIL)
-        console.print(f"trial {stale.number} of an interrupted search marked FAIL", markup=False)
-    to_ask = max(0, n_trials - len(study.trials))
-    distributions = _distributions(sweep)
-    log = RayLog(verbose=verbose)
-    executor = executors.make(executor_name, address, log=log)
-    store, run_id, sha = Store(out), uuid.uuid4().hex[:12], git_sha()
-    counts: Counter = Counter()
-    log_path = None
-    metric = metric_map(workload)[sweep.search.metric]
-    try:
-        resolved = executor.resolve_device(device or sweep.device)
-        cpus = sweep.resources.cpus or (1.0 if sweep.resources.gpus or sweep.resources.tpus else executor.node_cpus())
-        pending: dict[str, optuna.trial.Trial] = {}
-
-        def trials() -> Iterator[Trial]:
-            for _ in range(to_ask):
-                asked = study.ask(distributions)
-                try:
-                    params = workload.Params.model_validate(sweep.grid | asked.params).model_dump(mode="json")
-                except pydantic.ValidationError as err:
-                    study.tell(asked, state=TrialState.FAIL)
-                    counts["failed"] += 1
-                    console.print(f"trial {asked.number}: {one_line_error(err, 'search.space')}", markup=False)
-                    continue
-                key = trial_key(
-                    workload.name,
-                    workload.version,
-                    sweep.backends[0],
-                    resolved,
-                    params,
-                    0,
-                    study=sweep.name,
-                    trial_number=asked.number,
-                )
-                pending[key] = asked
-                yield Trial(
-                    key=key,
-                    sweep=sweep.name,
-                    workload=workload.name,
-                    version=workload.version,
-                    backend=sweep.backends[0],
-                    device=resolved,
-                    params=params,
-                    repeat=0,
-                    seed=sweep.base_seed + asked.number,
-                    timeout_s=sweep.timeout_s,
-                    num_cpus=cpus,
-                    resources=sweep.resources,
-                    isolation=sweep.isolation,
-                    study=sweep.name,
-                    trial_number=asked.number,
-                )
-
-        def on_done(trial: Trial, outcome: Outcome) -> None:
-            outcome.env["git_sha"] = sha
-            store.write(trial, outcome, run_id)
-            counts[outcome.status] += 1
-            asked = pending.pop(trial.key)
-            value = reduce_records(outcome.records, metric) if outcome.status == "ok" else None
-            if value is None:
-                study.tell(asked, state=TrialState.FAIL)
-                console.print(
-                    f"trial {trial.trial_number}: {outcome.status} {first_line(outcome.error) or 'no ' + metric.name}",
-                    markup=False,
-                )
-                return
-            if constrained:
-                values = _feasibility(sweep, workload, outcome)
-                asked.set_user_attr("constraints", values)  # kept for best_trial and the report
-                for i, v in enumerate(values):
-                    asked.set_constraint(f"c{i}:{sweep.search.constraints[i].metric}", v)
-            study.tell(asked, value)
-            console.print(f"trial {trial.trial_number}: {metric.name} = {value:.4g} {dict(asked.params)}", markup=False)
-
+    with Session(out, executor_name, address, verbose, console) as session:
+        store = session.hold()
+        store.remove_temporary(sweep.name)  # what a killed search left half-written
+        store.statuses(sweep.name, quarantine=True)
+        url = storage or default_storage(out)
+        study = _open_study(sweep, url, opened or open_storage(url, heartbeat_s=heartbeat_s))
+        every_running = storage is None  # the held lock keeps the default database to this search
+        for number in fail_stale(study, every_running=every_running):
+            console.print(f"trial {number} of an interrupted search marked FAIL", markup=False)
+        to_ask = max(0, n_trials - len(study.trials))
         if to_ask:
-            executor.check(
-                Trial(
-                    key="capacity",
-                    sweep=sweep.name,
-                    workload=workload.name,
-                    version=workload.version,
-                    backend=sweep.backends[0],
-                    device=resolved,
-                    params={},
-                    repeat=0,
-                    seed=0,
-                    timeout_s=sweep.timeout_s,
-                    num_cpus=cpus,
-                    resources=sweep.resources,
-                    isolation=sweep.isolation,
-                )
+            asker = _Asker(
+                sweep, workload, study, session, device=device, heartbeat_s=heartbeat_s, every_running=every_running
             )
-            log_path = announce(executor, log, out, console)
-            executor.run(trials(), on_done, max_in_flight=parallel)
-    finally:
-        executor.close()
+            asker.run(to_ask, parallel)
+    if heartbeats(study):  # a dead driver's trials that went stale while this one ran
+        for number in fail_stale(study, every_running=False):
+            console.print(f"trial {number} of an interrupted search marked FAIL", markup=False)
+    constrained = bool(sweep.search.constraints)
     best = best_trial(study, constrained)
     return SearchSummary(
         study=sweep.name,
-        storage=storage,
+        storage=shown(url),
         finished=len([t for t in study.trials if t.state == TrialState.COMPLETE]),
         asked_now=to_ask,
         best_number=best.number if best else None,
         best_value=best.value if best else None,
         best_params=dict(best.params) if best else {},
-        counts=counts,
-        log_path=log_path,
+        counts=session.counts,
+        log_path=session.log_path,
     )
+
+
+def _open_study(sweep: Sweep, url: str, storage: Any) -> Any:
+    """The study named after the sweep, created on first use (its sampler seeded by ``base_seed``)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.create_study(
+            study_name=sweep.name,
+            storage=storage,
+            direction=sweep.search.direction,
+            sampler=optuna.samplers.TPESampler(seed=sweep.base_seed),
+            load_if_exists=True,
+        )
+    except (ImportError, ValueError, OSError, optuna.exceptions.StorageInternalError, SQLAlchemyError) as err:
+        raise UserError(f"--storage: cannot open '{shown(url)}': {' '.join(str(err).split())[:200]}") from None
+
+
+class _Asker:
+    """Asks Optuna for each trial's parameters as the executor wants one, tells it each stored outcome."""
+
+    def __init__(
+        self,
+        sweep: Sweep,
+        workload: Workload,
+        study: Any,
+        session: Session,
+        *,
+        device: str | None,
+        heartbeat_s: int,
+        every_running: bool,
+    ) -> None:
+        self.sweep, self.workload, self.study, self.session = sweep, workload, study, session
+        self.metric = metric_map(workload)[sweep.search.metric]
+        self.device = session.executor.resolve_device(device or sweep.device)
+        self.node_cpus = session.executor.node_cpus()
+        self.heartbeat = Heartbeat(study._storage, heartbeat_s)
+        self.check_stale = not every_running and heartbeats(study)
+        self.pending: dict[str, Any] = {}
+
+    def trial(self, number: int, params: dict[str, Any]) -> Trial:
+        return make_trial(
+            self.workload,
+            self.sweep.backends[0],
+            params,
+            sweep=self.sweep,
+            device=self.device,
+            seed=self.sweep.base_seed + number,
+            node_cpus=self.node_cpus,
+            study=self.sweep.name,
+            trial_number=number,
+        )
+
+    def run(self, to_ask: int, parallel: int) -> None:
+        self.session.executor.check(self.trial(0, {}))
+        with self.heartbeat:
+            self.session.execute([self.ask(to_ask)], total=to_ask, then=self.tell, max_in_flight=parallel)
+
+    def ask(self, n: int) -> Iterator[Trial]:
+        """``n`` trials, each asked of Optuna when the executor has room for it."""
+        import pydantic
+        from optuna.trial import TrialState
+
+        distributions = _distributions(self.sweep)
+        for _ in range(n):
+            if self.check_stale:  # as Optuna's own optimize loop does before each trial
+                for number in fail_stale(self.study, every_running=False):
+                    self.session.console.print(f"trial {number} of an interrupted search marked FAIL", markup=False)
+            with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize: ours beat here
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                asked = self.study.ask(distributions)
+            self.heartbeat.add(asked._trial_id)
+            try:
+                params = self.workload.Params.model_validate(self.sweep.grid | asked.params).model_dump(mode="json")
+            except pydantic.ValidationError as err:
+                self.study.tell(asked, state=TrialState.FAIL)
+                self.heartbeat.discard(asked._trial_id)
+                self.session.tally("failed")
+                self.session.console.print(f"trial {asked.number}: {one_line_error(err, 'search.space')}", markup=False)
+                continue
+            trial = self.trial(asked.number, params)
+            self.pending[trial.key] = asked
+            yield trial
+
+    def tell(self, trial: Trial, outcome: Outcome) -> None:
+        """Tell Optuna the stored outcome: the reduced metric (and constraints), or FAIL."""
+        from optuna.trial import TrialState
+
+        asked = self.pending.pop(trial.key)
+        value = reduce_records(outcome.records, self.metric) if outcome.status == "ok" else None
+        try:
+            if value is None:
+                self.study.tell(asked, state=TrialState.FAIL)
+                self.session.console.print(
+                    f"trial {trial.trial_number}: {outcome.status} "
+                    f"{first_line(outcome.error) or 'no ' + self.metric.name}",
+                    markup=False,
+                )
+                return
+            if self.sweep.search.constraints:
+                values = _feasibility(self.sweep, self.workload, outcome)
+                asked.set_user_attr("constraints", values)  # kept for best_trial and the report
+                for i, v in enumerate(values):
+                    asked.set_constraint(f"c{i}:{self.sweep.search.constraints[i].metric}", v)
+            self.study.tell(asked, value)
+            self.session.console.print(
+                f"trial {trial.trial_number}: {self.metric.name} = {value:.4g} {dict(asked.params)}", markup=False
+            )
+        finally:
+            self.heartbeat.discard(asked._trial_id)
 
 
 def best_trial(study, constrained: bool):

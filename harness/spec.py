@@ -17,7 +17,7 @@ from harness.paths import NAME_MAX_CHARS, check_name
 from harness.registry import did_you_mean
 from harness.workload import Float, Workload
 
-DEVICES = ("cpu", "cuda", "tpu", "auto")
+DEVICES = (*backends.DEVICE_KINDS, "auto")
 
 MAX_SPEC_BYTES = 1 << 20
 """A spec file is at most 1 MiB: a sweep is a few lines; anything larger is a mistake or an attack."""

@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-import math
 import os
 import platform
 import socket
@@ -122,7 +121,7 @@ def execute(trial: Trial) -> Outcome:
     device_name = None
     try:
         workload = workloads.get(trial.workload)
-        threads = max(1, math.floor(trial.num_cpus))
+        threads = trial.threads
         backend = backends.get(trial.backend) if uses_backend(workload) else None
         if backend is not None:
             backend.set_threads(threads)

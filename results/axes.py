@@ -87,7 +87,7 @@ def _value_axis(fig: go.Figure, summary: pd.DataFrame, unit: str, scale: float, 
 
 def format_bytes(value: float) -> str:
     """Bytes with a binary prefix: ``1.5 MiB``."""
-    power = min(max(int(math.floor(math.log(value, 1024))), 0), len(_BYTE_UNITS) - 1) if value >= 1 else 0
+    power = min(max(math.floor(math.log(value, 1024)), 0), len(_BYTE_UNITS) - 1) if value >= 1 else 0
     scaled = value / 1024**power
     return f"{scaled:.3g} {_BYTE_UNITS[power]}"
 

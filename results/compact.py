@@ -1,13 +1,14 @@
 """Compaction: merge the loose trial files of each ``<sweep>/<workload>`` folder into one file (issue 15).
 
 Per folder: read every trial once (its loose file, else the newest compacted file holding it),
-write them to a temporary file, rename it to the next generation ``compacted-<n>.parquet``, then
-delete the loose files it read and the older compacted files. Whenever it is killed, every trial
-still reads exactly once: before the rename nothing visible changed (the temporary file is
-ignored and removed later); after it, a loose file and the new generation hold the same rows and
-the store prefers the loose file, and an older generation is overridden by the newer. Running it
-again finishes the job; on a compacted folder with no new trial it does nothing. The caller holds
-the folder's run lock, so no trial is written meanwhile.
+write them to a temporary file, rename it to the next generation ``compacted-<n>.parquet`` (on an
+object store: upload it under that name, which shows it whole or not at all), then delete the
+loose files it read and the older compacted files. Whenever it is killed, every trial still reads
+exactly once: before the rename (the upload's completion) nothing visible changed (a temporary
+file is ignored and removed later); after it, a loose file and the new generation hold the same
+rows and the store prefers the loose file, and an older generation is overridden by the newer.
+Running it again finishes the job; on a compacted folder with no new trial it does nothing. The
+caller holds the folder's run lock, so no trial is written meanwhile.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import workloads
+from harness.registry import WORKLOADS
 from results.schema import full_schema
-from results.store import _TMP, COMPACTED, Group, Store, generation
+from results.store import _TMP, COMPACTED, Group, Store, generation, put
 
 log = logging.getLogger("deeperbench.compact")
 
@@ -41,12 +42,10 @@ class Merged:
 
 
 def write_generation(store: Store, directory: str, table: pa.Table, number: int) -> str:
-    """Write ``table`` as ``<directory>/compacted-<number>.parquet``: to a temporary name, then renamed."""
+    """Write ``table`` as ``<directory>/compacted-<number>.parquet``, never visible in part (``put``)."""
     final = f"{directory}/{COMPACTED}{number:06d}.parquet"
     tmp = f"{directory}/{_TMP}{uuid.uuid4().hex}-{COMPACTED}{number:06d}.part"
-    with store.fs.open_output_stream(tmp) as out:
-        pq.write_table(table, out, row_group_size=ROW_GROUP_ROWS, store_schema=False)
-    store.fs.move(tmp, final)
+    put(store.fs, final, tmp, lambda out: pq.write_table(table, out, row_group_size=ROW_GROUP_ROWS, store_schema=False))
     return final
 
 
@@ -55,7 +54,7 @@ def compact_group(store: Store, directory: str, group: Group) -> Merged | None:
     if not group.loose and len(group.compacted) <= 1:
         return None
     name = directory.rsplit("/", 1)[1]
-    if name not in workloads.REGISTRY:
+    if name not in WORKLOADS:
         log.warning("left %s as it is: workload '%s' is not registered here", directory, name)
         return None
     table, loose = store.rows({directory: group}, full_schema())  # unreadable files stay: a run quarantines them
@@ -70,7 +69,11 @@ def compact_group(store: Store, directory: str, group: Group) -> Merged | None:
         store.fs.delete_file(store._inside(path))
     trials = len(set(table["trial_key"].to_pylist()))
     return Merged(
-        directory[len(store.root.rstrip("/")) + 1 :], final, trials, table.num_rows, len(loose) + len(group.compacted)
+        directory[len(store.root.rstrip("/")) + 1 :],
+        store.shown(final),
+        trials,
+        table.num_rows,
+        len(loose) + len(group.compacted),
     )
 
 

@@ -13,9 +13,8 @@ import math
 
 import pandas as pd
 
-import workloads
 from harness.errors import UserError
-from harness.registry import did_you_mean
+from harness.registry import WORKLOADS, did_you_mean
 from harness.workload import Metric
 from results.aggregate import summarize
 from results.store import Store
@@ -67,7 +66,7 @@ def _read(out: str) -> pd.DataFrame:
 
 def _declared(df: pd.DataFrame, metric: str, workload: str | None) -> dict[str, Metric]:
     """Workload -> declaration, for every workload in ``df`` (or only ``workload``) that declares ``metric``."""
-    present = sorted(w for w in df["workload"].dropna().unique() if w in workloads.REGISTRY)
+    present = sorted(w for w in df["workload"].dropna().unique() if w in WORKLOADS)
     if workload is not None:
         if workload not in present:
             raise UserError(
@@ -77,7 +76,7 @@ def _declared(df: pd.DataFrame, metric: str, workload: str | None) -> dict[str, 
         present = [workload]
     known: dict[str, dict[str, Metric]] = {}
     for name in present:
-        for m in workloads.get(name).metrics:
+        for m in WORKLOADS.get(name).metrics:
             known.setdefault(m.name, {})[name] = m
     if metric not in known:
         names = sorted(known)

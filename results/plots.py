@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 from harness.figures import Custom, Figure
 from harness.workload import Metric
 from results import axes
-from results.aggregate import summarize
+from results.aggregate import Summaries, select, summarize
 
 PALETTE = tuple(dict.fromkeys(qualitative.Plotly + qualitative.Dark24))
 """Colours handed out to series labels in order of first use, then reused cyclically."""
@@ -92,7 +92,11 @@ def title_of(title: str, thesis: str) -> str:
 
 
 def draw(
-    declaration: Figure | Custom, table: pd.DataFrame, metrics: Sequence[Metric], styles: Styles | None = None
+    declaration: Figure | Custom,
+    table: pd.DataFrame,
+    metrics: Sequence[Metric],
+    styles: Styles | None = None,
+    summaries: Summaries | None = None,
 ) -> go.Figure | None:
     """The plotly figure of ``declaration`` from a workload's rows, or None when no row feeds it.
 
@@ -101,6 +105,8 @@ def draw(
         table: the workload's rows as the store reads them (every status; only ok rows are drawn).
         metrics: the workload's declared metrics (how each reduces, its unit).
         styles: the report's styles; a fresh set when None.
+        summaries: the summaries of ``table`` shared by the report's figures (each trial reduced
+            once); None summarises ``table`` for this figure alone. Either way the figure is the same.
 
     Returns:
         The figure, or None when the rows it needs are missing.
@@ -111,7 +117,7 @@ def draw(
         if fig is None or not fig.data:
             return None
         return finish(fig, title_of(declaration.title, declaration.thesis), styles)
-    return _draw_declared(declaration, table, metrics, styles)
+    return _draw_declared(declaration, table, metrics, styles, summaries)
 
 
 def finish(fig: go.Figure, title: str, styles: Styles, *, height: int | None = None) -> go.Figure:
@@ -179,13 +185,12 @@ def _has_color(trace: Any) -> bool:
 
 
 def _where(df: pd.DataFrame, where: dict[str, Any], columns: Iterable[str]) -> pd.DataFrame:
-    for column in columns:
-        value = where[column]
-        df = df[df[column].isin(list(value)) if isinstance(value, (list, tuple, set)) else df[column] == value]
-    return df
+    return select(df, {c: where[c] for c in columns})
 
 
-def _summary(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric]) -> pd.DataFrame:
+def _summary(
+    decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric], summaries: Summaries | None = None
+) -> pd.DataFrame:
     """The summary rows ``decl`` draws: its metrics, ``where`` applied (before summarising where it can)."""
     known = {m.name: m for m in metrics}
     unknown = [m for m in decl.metrics if m not in known]
@@ -194,7 +199,11 @@ def _summary(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric]) -> pd
             f"figure '{decl.title}': metric(s) {', '.join(unknown)} not declared; declared: {', '.join(known)}"
         )
     early = [c for c in decl.where if c in table.columns]
-    summary = summarize(_where(table, dict(decl.where), early), [known[m] for m in decl.metrics], by_step=decl.by_step)
+    chosen = [known[m] for m in decl.metrics]
+    if summaries is not None and summaries.rows is table:
+        summary = summaries.summarize(chosen, by_step=decl.by_step, where={c: decl.where[c] for c in early})
+    else:
+        summary = summarize(_where(table, dict(decl.where), early), chosen, by_step=decl.by_step)
     late = [c for c in decl.where if c not in early]
     absent = [
         c for c in (*late, decl.x, *decl.series, *([decl.facet] if decl.facet else [])) if c not in summary.columns
@@ -209,8 +218,10 @@ def _summary(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric]) -> pd
     return summary.assign(backend=summary["backend"].fillna("")) if not summary.empty else summary
 
 
-def _draw_declared(decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric], styles: Styles) -> go.Figure | None:
-    summary = _summary(decl, table, metrics)
+def _draw_declared(
+    decl: Figure, table: pd.DataFrame, metrics: Sequence[Metric], styles: Styles, summaries: Summaries | None = None
+) -> go.Figure | None:
+    summary = _summary(decl, table, metrics, summaries)
     if summary.empty:
         return None
     unit, scale, unit_text = axes.unit_scale(summary, decl)

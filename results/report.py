@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import html
 import inspect
-import json
 import os
 import re
 import uuid
@@ -20,19 +19,20 @@ import pandas as pd
 import pyarrow.fs as pafs
 from markdown_it import MarkdownIt
 
-import workloads
 from harness.checks import VERDICTS, Check
 from harness.errors import UserError
+from harness.registry import WORKLOADS
 from harness.workload import settings as settings_of
-from results import axes, plots
-from results.aggregate import ok_rows, summarize
+from results import plots
+from results.aggregate import Summaries, ok_rows
+from results.report_tables import env_html, limits_html, run_html, unfinished_html
+from results.report_tables import esc as _esc
 from results.search_report import search_html
 from results.store import Store
 
 REPORT_NAME = "_report.html"
 """Default file name under the results folder; pyarrow's dataset discovery ignores names starting with ``_``."""
 
-BAD_STATUSES = ("failed", "crashed", "oom", "timeout")
 _SUMMARY_ROWS = 300
 _VERDICT_CLASS = {
     "holds": "holds",
@@ -106,22 +106,22 @@ def render(df: pd.DataFrame, out: str) -> tuple[str, int]:
 <style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head><body>
 <h1>deeperbench report</h1><p class=na>{html.escape(out)} · generated {generated}</p>
 <nav>{" ".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in toc)}</nav>
-<h2 id=run>Run</h2>{_run_html(df)}
+<h2 id=run>Run</h2>{run_html(df)}
 <h2 id=verdicts>Verdicts of every check</h2>{_verdicts_html(sections)}
 {"".join(s.html for s in sections)}
 {searches}
-<h2 id=unfinished>Trials that did not finish</h2>{_unfinished_html(df)}
-<h2 id=environment>Environment</h2>{_env_html(df)}{_limits_html(df)}
+<h2 id=unfinished>Trials that did not finish</h2>{unfinished_html(df)}
+<h2 id=environment>Environment</h2>{env_html(df)}{limits_html(df)}
 </body></html>"""
     return page, sum(s.n_figs for s in sections) + n_search_figs
 
 
 def _load(name: str) -> tuple[Any, str]:
     """The workload registered as ``name``, or None and why not (not installed here, or it fails to import)."""
-    if name not in workloads.REGISTRY:
+    if name not in WORKLOADS:
         return None, "this workload is not installed here"
     try:
-        return workloads.get(name), ""
+        return WORKLOADS.get(name), ""
     except Exception as err:
         return None, f"the workload module does not load ({type(err).__name__}: {err})"
 
@@ -147,84 +147,6 @@ def _write(path: str, text: str) -> None:
 
 def _anchor(name: str) -> str:
     return "wl-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
-
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value))
-
-
-def _kv_table(rows: list[tuple[str, str]]) -> str:
-    return "<table class=kv>" + "".join(f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return " ".join(f"{v} {u}" for v, u in ((h, "h"), (m, "min"), (s, "s")) if v) or "0 s"
-
-
-def _envs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial with its environment JSON parsed into columns."""
-    trials = df.drop_duplicates("trial_key")
-    parsed = pd.DataFrame(
-        [json.loads(e) if isinstance(e, str) and e else {} for e in trials["env"]], index=trials.index
-    )
-    return pd.concat([trials[["backend", "device_kind", "device_name", "host", "workload"]], parsed], axis=1)
-
-
-_VERSIONS = (
-    ("Python", "python"),
-    ("torch", "torch"),
-    ("JAX", "jax"),
-    ("jaxlib", "jaxlib"),
-    ("Ray", "ray"),
-    ("numpy", "numpy"),
-    ("pyarrow", "pyarrow"),
-)
-
-
-def _run_html(df: pd.DataFrame) -> str:
-    """Trials, statuses, devices, versions and duration of the run, in a few lines."""
-    trials = df.drop_duplicates("trial_key")
-    counts = Counter(trials["status"])
-    statuses = " ".join(
-        f"<span class='chip {'fails' if s in BAD_STATUSES else ''}'>{_esc(s)} {n}</span>"
-        for s, n in counts.most_common()
-    )
-    devices = (
-        trials.dropna(subset=["device_name"])
-        .groupby("device_kind")["device_name"]
-        .agg(lambda v: ", ".join(sorted(set(v))))
-    )
-    envs = _envs(df)
-    versions = [
-        f"{label} {', '.join(sorted(set(envs[key].dropna().astype(str))))}"
-        for label, key in _VERSIONS
-        if key in envs and envs[key].notna().any()
-    ]
-    start = trials["started_at"].min()
-    end = (trials["started_at"] + pd.to_timedelta(trials["duration_s"].fillna(0), unit="s")).max()
-    rows = [
-        (
-            "trials",
-            f"{len(trials)} in {trials['sweep'].nunique()} sweep(s), {trials['workload'].nunique()} "
-            f"workload(s), {trials['run_id'].nunique()} run(s)",
-        ),
-        ("statuses", statuses),
-        ("devices", "; ".join(f"{_esc(k)}: {_esc(v)}" for k, v in devices.items()) or "none recorded"),
-        ("versions", _esc(" · ".join(versions)) or "none recorded"),
-    ]
-    if pd.notna(start):
-        rows.append(
-            (
-                "duration",
-                f"{_duration((end - start).total_seconds())} from the first trial's start to the "
-                f"last one's end ({start:%Y-%m-%d %H:%M} UTC); "
-                f"{_duration(trials['duration_s'].sum())} of trial time",
-            )
-        )
-    return _kv_table(rows)
 
 
 def _verdicts_html(sections: list[_Section]) -> str:
@@ -288,10 +210,10 @@ def _workload_section(name: str, rows: pd.DataFrame, styles: plots.Styles) -> _S
             f"<details class=setting><summary>Setting of {_esc(figures)}: the thesis beside this run</summary>"
             f"<div class=settings>{''.join(setting_tables)}</div></details>"
         )
-    figs, n_figs = [], 0
+    figs, n_figs, summaries = [], 0, Summaries(rows, workload.metrics)  # each trial reduced once per section
     for declaration in workload.figures:
         try:
-            fig = plots.draw(declaration, rows, workload.metrics, styles)
+            fig = plots.draw(declaration, rows, workload.metrics, styles, summaries)
         except Exception as err:
             figs.append(f"<p class=fails>Figure '{_esc(declaration.title)}' could not be drawn: {_esc(err)}</p>")
             continue
@@ -305,7 +227,7 @@ def _workload_section(name: str, rows: pd.DataFrame, styles: plots.Styles) -> _S
     except Exception as err:
         checks, error = [], f"{type(err).__name__}: {err}"
     parts.append("<h3>Checks</h3>" + _checks_html(anchor, checks, error))
-    parts.append(_summary_html(rows, workload.metrics))
+    parts.append(_summary_html(summaries.summarize(workload.metrics)))
     return _Section(name, "\n".join(parts), checks, error, n_figs)
 
 
@@ -375,9 +297,8 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else _esc(value)
 
 
-def _summary_html(rows: pd.DataFrame, metrics: Any) -> str:
+def _summary_html(summary: pd.DataFrame) -> str:
     """The summary table, collapsed, with only the parameters that vary; the fixed ones stated once above it."""
-    summary = summarize(rows, metrics)
     if summary.empty:
         return "<p class=na>No finished trial recorded a value.</p>"
     params = [c for c in summary.columns if c.startswith("p_") and summary[c].notna().any()]
@@ -407,125 +328,3 @@ def _summary_html(rows: pd.DataFrame, metrics: Any) -> str:
         f"<p>Same in every row: {_esc(', '.join(fixed)) or 'nothing'}</p>{more}<table><tr>{head}</tr>{body}</table>"
         "</details>"
     )
-
-
-def _params_text(params: Any) -> str:
-    try:
-        return ", ".join(f"{k}={v}" for k, v in json.loads(params).items() if v is not None)
-    except (TypeError, ValueError):
-        return str(params)
-
-
-def _unfinished_html(df: pd.DataFrame) -> str:
-    """Failed, crashed, oom and timeout trials with their full error; skipped trials with their reason, collapsed."""
-    trials = df.drop_duplicates("trial_key")
-    bad = trials[trials["status"].isin(BAD_STATUSES)].sort_values(["workload", "status"])
-    parts = []
-    if bad.empty:
-        parts.append("<p class=holds>Every trial finished.</p>")
-    else:
-        rows = []
-        for r in bad.itertuples():
-            error = str(r.error or "").strip()
-            first, _, rest = error.partition("\n")
-            full = (
-                f"<details><summary>{_esc(first)}</summary><pre>{_esc(rest)}</pre></details>" if rest else _esc(first)
-            )
-            rows.append(
-                f"<tr><td>{_esc(r.workload)}</td><td>{_esc(r.sweep)}</td><td>{_esc(r.backend)}</td>"
-                f"<td>{_esc(r.device_kind)}</td><td>{_esc(_params_text(r.params))}</td>"
-                f"<td class=fails>{_esc(r.status)}</td><td>{full}</td></tr>"
-            )
-        parts.append(
-            "<table><tr><th>workload</th><th>sweep</th><th>backend</th><th>device</th><th>parameters</th>"
-            "<th>status</th><th>error</th></tr>" + "".join(rows) + "</table>"
-        )
-    skipped = trials[trials["status"] == "skipped"]
-    if not skipped.empty:
-        reasons = skipped.groupby(["workload", "error"], dropna=False).size().reset_index(name="trials")
-        body = "".join(
-            f"<tr><td>{_esc(r.workload)}</td><td>{r.trials}</td><td>{_esc(r.error)}</td></tr>"
-            for r in reasons.itertuples()
-        )
-        parts.append(
-            f"<details><summary>{len(skipped)} skipped trial(s): the workload cannot run them here</summary>"
-            f"<table><tr><th>workload</th><th>trials</th><th>reason</th></tr>{body}</table></details>"
-        )
-    return "".join(parts)
-
-
-_ENV_ROWS = (
-    ("host", "host"),
-    ("device kind", "device_kind"),
-    ("device", "device_name"),
-    ("Python", "python"),
-    ("torch", "torch"),
-    ("JAX", "jax"),
-    ("jaxlib", "jaxlib"),
-    ("Ray", "ray"),
-    ("numpy", "numpy"),
-    ("pyarrow", "pyarrow"),
-    ("CUDA", "cuda"),
-    ("cuDNN", "cudnn"),
-    ("NVIDIA driver", "driver"),
-    ("GPU", "cuda_device"),
-    ("threads", "threads"),
-    ("platform", "platform"),
-    ("git commit", "git_commit"),
-)
-_GPU_ONLY = {"cuda", "cudnn", "driver", "cuda_device"}
-
-
-def _env_html(df: pd.DataFrame) -> str:
-    """One column per backend, device and host; CUDA rows only for columns whose trials ran on a GPU."""
-    envs = _envs(df)
-    used = envs[envs["device_name"].notna()]
-    envs = used if not used.empty else envs
-    groups = list(envs.groupby(["backend", "device_kind", "host"], dropna=False))
-    head = "".join(f"<th>{_esc(b)} · {_esc(k)}</th>" for (b, k, _), _ in groups)
-    rows = []
-    for label, key in _ENV_ROWS:
-        cells = []
-        for (_, kind, _), g in groups:
-            values = g[key].dropna().map(_plain) if key in g else pd.Series(dtype=str)
-            shown = key not in _GPU_ONLY or kind == "cuda"
-            cells.append(", ".join(sorted(set(values))) if shown else "")
-        if any(cells):
-            rows.append(f"<tr><th>{_esc(label)}</th>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
-    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
-
-
-def _plain(value: Any) -> str:
-    """A value as text, integral floats without their ``.0`` (JSON numbers become floats in a frame)."""
-    return f"{value:.0f}" if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def _limits_html(df: pd.DataFrame) -> str:
-    """Best matmul FLOP/s and copy bytes/s per backend, device and dtype (device_roofline's rows)."""
-    rows = ok_rows(df)
-    rows = rows[(rows["workload"] == "device_roofline") & rows["metric"].isin(["flop_per_s", "bytes_per_s"])]
-    if rows.empty:
-        return "<p class=na>No device_roofline results here: run it to see the device's limits.</p>"
-    per_trial = rows.groupby(["backend", "device_name", "p_dtype", "metric", "trial_key"])["value"].median()
-    best = per_trial.groupby(["backend", "device_name", "p_dtype", "metric"]).max().unstack("metric")
-    body = "".join(
-        f"<tr><td>{_esc(b)}</td><td>{_esc(d)}</td><td>{_esc(t)}</td>"
-        f"<td>{_si(r.get('flop_per_s'), 'FLOP/s')}</td><td>{_si(r.get('bytes_per_s'), 'B/s')}</td></tr>"
-        for (b, d, t), r in best.iterrows()
-    )
-    return (
-        "<h3>Device limits (device_roofline)</h3><table><tr><th>backend</th><th>device</th><th>dtype</th>"
-        f"<th>best matmul</th><th>best copy</th></tr>{body}</table>"
-    )
-
-
-def _si(value: Any, unit: str) -> str:
-    """``1.23 TFLOP/s``; bytes with binary prefixes (``12.3 GiB/s``)."""
-    if value is None or pd.isna(value):
-        return ""
-    if unit.startswith("B"):
-        return axes.format_bytes(float(value)) + unit[1:]
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"

@@ -91,13 +91,13 @@ def full_schema() -> pa.Schema:
     One schema in every file is what lets pandas, pyarrow, polars and DuckDB read a results folder
     without being told how to merge files; it is also written to ``<out>/_common_metadata``.
     """
-    import workloads  # the registry, loaded on first use (plugins included)
+    from harness.registry import WORKLOADS  # loaded on first use (plugins included)
 
-    return _full_schema(tuple(workloads.names()))
+    return _full_schema(tuple(WORKLOADS.names()))
 
 
 @functools.lru_cache(maxsize=4)
 def _full_schema(names: tuple[str, ...]) -> pa.Schema:
-    import workloads
+    from harness.registry import WORKLOADS
 
-    return unified_schema([workloads.get(n) for n in names])
+    return unified_schema([WORKLOADS.get(n) for n in names])

@@ -6,7 +6,8 @@ trial as it finishes) and ``<sweep>/<workload>/compacted-<generation>.parquet`` 
 workload's parameters), which ``<out>/_common_metadata`` also holds. A trial is read from its loose
 file if there is one, else from the newest compacted file holding it, so a trial re-run after a
 compaction replaces its compacted rows, and a compaction killed at any point leaves every trial
-readable exactly once.
+readable exactly once. ``<out>`` is a local folder or any pyarrow URI (``s3://bucket/prefix``); on an
+object store a file is one upload, visible whole or not at all (``put``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -26,12 +27,12 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-import workloads
 from harness.errors import UserError
-from harness.paths import inside
+from harness.paths import OBJECT_STORES, check_remote, filesystem, inside, is_remote
+from harness.registry import WORKLOADS
 from harness.sweep import Trial
 from harness.trial import Outcome
-from harness.workload import metric_map
+from harness.workload import Record, metric_map
 from results.schema import full_schema, param_value, unified_schema
 
 log = logging.getLogger("deeperbench.store")
@@ -43,58 +44,31 @@ COMMON_METADATA = "_common_metadata"
 """``<out>/_common_metadata``: the schema of every file, for readers that take one (``schema=``)."""
 LOOSE_WRITE = {"store_schema": False, "write_statistics": False, "use_dictionary": False}
 """One-row files: no per-column statistics, dictionaries or Arrow schema blob (their types are Parquet's own)."""
+READ_THREADS = 16
+"""Files read at once from an object store (``Store._each``); a local disk reads one at a time."""
 QUARANTINE = ".quarantine"
 """Where a run moves result files that cannot be read whole (pyarrow's discovery skips dot folders)."""
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and root path for a local path or any pyarrow URI (s3://, gs://, ...)."""
-    if "://" not in uri:
-        uri = os.path.abspath(uri)
-    return pafs.FileSystem.from_uri(uri)
+    """A pyarrow filesystem and root path for a local path or any pyarrow URI (``harness.paths.filesystem``)."""
+    return filesystem(uri)
 
 
-REACH_TIMEOUT_S = 6.0
-"""How long ``check_remote`` waits for a remote store to answer (bad input must fail within 10 s)."""
-_PROBE = """
-import sys
-import pyarrow.fs as pafs
-uri = sys.argv[1]
-try:
-    fs, path = pafs.FileSystem.from_uri(uri)
-except Exception as err:
-    sys.exit(f"pyarrow cannot open '{uri}': {' '.join(str(err).split())}")
-bucket = fs.type_name in ("s3", "gcs")
-where = path.split("/")[0] if bucket else path
-try:
-    info = fs.get_file_info(where)
-except Exception as err:
-    sys.exit(f"cannot reach '{uri}': {' '.join(str(err).split())}")
-if bucket and info.type == pafs.FileType.NotFound:
-    sys.exit(f"the bucket '{where}' of '{uri}' does not exist (create it first)")
-"""
-
-
-def check_remote(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
-    """UserError, on one line, unless pyarrow opens ``uri`` and its bucket exists and answers within ``timeout_s``.
-
-    The probe runs in a child process, so an endpoint that never answers (or the SDK's retries) cannot
-    hold this one past the deadline.
+def put(fs: pafs.FileSystem, final: str, tmp: str, write: Callable[[pa.NativeFile], None]) -> None:
+    """Write ``final`` so that no reader ever sees it in part: to ``tmp`` then renamed, or directly on an
+    object store, where an object appears whole when its upload completes (and a rename is a copy).
     """
-    try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, uri], capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise UserError(
-            f"--out: no answer from '{uri}' within {timeout_s:.0f} s (is the endpoint reachable?)"
-        ) from None
-    if done.returncode:
-        lines = done.stderr.strip().splitlines() or [f"the probe of '{uri}' exited {done.returncode}"]
-        raise UserError(f"--out: {' '.join(lines[-1].split())[:300]}")
+    direct = fs.type_name in OBJECT_STORES
+    with fs.open_output_stream(final if direct else tmp) as out:
+        write(out)
+    if not direct:
+        fs.move(tmp, final)
 
 
 def trial_table(trial: Trial, outcome: Outcome, run_id: str) -> pa.Table:
     """The rows of one trial: one per record, or one row with a null metric when there are none."""
-    workload = workloads.get(trial.workload)
+    workload = WORKLOADS.get(trial.workload)
     units = {name: m.unit for name, m in metric_map(workload).items()}
     schema = full_schema()
     common: dict[str, Any] = {
@@ -123,7 +97,7 @@ def trial_table(trial: Trial, outcome: Outcome, run_id: str) -> pa.Table:
         for f in schema
         if f.name.startswith("p_") and f.name[2:] in trial.params
     }
-    records = outcome.records or [None]
+    records: list[Record | None] = list(outcome.records or []) or [None]
     rows = [
         common
         | (
@@ -173,10 +147,17 @@ def loose_key(path: str) -> str:
 class Store:
     """Parquet files under ``<root>/<sweep>/<workload>/<trial_key>.parquet`` on any pyarrow filesystem."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, field: str = "DIR") -> None:
+        """Open the store at ``uri``; a remote one is probed first (UserError naming ``field`` if it cannot be used)."""
+        if is_remote(uri):
+            check_remote(uri, field)
         self.uri = uri
         self.fs, self.root = _filesystem(uri)
         self._common: pa.Schema | None = None  # the schema _common_metadata is known to hold
+
+    def shown(self, path: str) -> str:
+        """``path`` of this store as a user names it: a local path, or ``scheme://path`` for a remote store."""
+        return f"{self.uri.split('://', 1)[0]}://{path}" if is_remote(self.uri) else path
 
     def _dir(self, sweep: str, workload: str) -> str:
         return self._inside(f"{self.root}/{sweep}/{workload}")
@@ -205,16 +186,15 @@ class Store:
         return target
 
     def write(self, trial: Trial, outcome: Outcome, run_id: str) -> None:
-        """Write the trial's file to a temporary name, then rename it over any earlier file."""
+        """Write the trial's file over any earlier one, never visible in part (``put``)."""
         table = trial_table(trial, outcome, run_id)
         directory = self._dir(trial.sweep, trial.workload)
-        self.fs.create_dir(directory, recursive=True)
+        if self.fs.type_name not in OBJECT_STORES:  # a key needs no folder: on S3 this would be more requests
+            self.fs.create_dir(directory, recursive=True)
         self.write_common_metadata(table.schema)
         final = f"{directory}/{trial.key}.parquet"
         tmp = f"{directory}/{_TMP}{uuid.uuid4().hex}-{trial.key}.part"
-        with self.fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out, **LOOSE_WRITE)
-        self.fs.move(tmp, final)
+        put(self.fs, final, tmp, lambda out: pq.write_table(table, out, **LOOSE_WRITE))
 
     def write_common_metadata(self, schema: pa.Schema) -> None:
         """Write ``<out>/_common_metadata`` (atomically) unless it already holds ``schema``; once per Store."""
@@ -228,9 +208,7 @@ class Store:
             current = None
         if current != schema:
             tmp = f"{self.root.rstrip('/')}/{_TMP}{uuid.uuid4().hex}{COMMON_METADATA}"
-            with self.fs.open_output_stream(tmp) as out:
-                pq.write_metadata(schema, out)
-            self.fs.move(tmp, path)
+            put(self.fs, path, tmp, lambda out: pq.write_metadata(schema, out))
         self._common = schema
 
     def _files(self, sweep: str | None = None) -> list[str]:
@@ -292,12 +270,9 @@ class Store:
         out: dict[str, str] = {}
         for group in self.groups(sweep).values():
             seen: set[str] = set()
-            for path in group.loose:
-                try:
-                    with self.fs.open_input_file(path) as f:
-                        t = pq.read_table(f)  # whole: a damaged page sends the trial to quarantine
-                except (pa.ArrowException, OSError, ValueError) as err:
-                    self._unreadable(path, err, quarantine)
+            for path, t in zip(group.loose, self._each(group.loose, pq.read_table)):
+                if isinstance(t, Exception):  # read whole: a damaged page sends the trial to quarantine
+                    self._unreadable(path, t, quarantine)
                     continue
                 if t.num_rows:
                     out[t["trial_key"][0].as_py()] = t["status"][0].as_py()
@@ -316,19 +291,38 @@ class Store:
                 seen.update(pairs["trial_key"].to_pylist())
         return out
 
+    def _each(self, paths: list[str], read: Callable[[pa.NativeFile], pa.Table]) -> list[pa.Table | Exception]:
+        """``read`` of each file, in order, or the error it raised; on an object store, ``READ_THREADS`` at once.
+
+        Each file is one request to a remote store; reading several at once overlaps their network
+        waits (as pyarrow's own dataset scans do), while errors stay per file, so one damaged trial
+        file is quarantined without failing the others.
+        """
+
+        def one(path: str) -> pa.Table | Exception:
+            try:
+                with self.fs.open_input_file(path) as f:
+                    return read(f)
+            except (pa.ArrowException, OSError, ValueError) as err:
+                return err
+
+        if self.fs.type_name not in OBJECT_STORES or len(paths) < 2:
+            return [one(p) for p in paths]
+        with ThreadPoolExecutor(min(READ_THREADS, len(paths)), thread_name_prefix="deeperbench-read") as pool:
+            return list(pool.map(one, paths))
+
     def _loose_rows(self, files: list[str], schema: pa.Schema) -> tuple[pa.Table, list[str]]:
         """The rows of ``files`` under ``schema`` and the files they came from (those that read whole).
 
         One file at a time: for many one-row files this is a few times faster than a dataset scan.
         """
         tables, good = [], []
-        for path in files:
-            try:
-                with self.fs.open_input_file(path) as f:
-                    tables.append(conform(pq.ParquetFile(f).read(), schema))
-                good.append(path)
-            except (pa.ArrowException, OSError, ValueError) as err:
-                log.warning("ignoring unreadable result file %s (%s)", path, " ".join(str(err).split())[:200])
+        for path, t in zip(files, self._each(files, lambda f: conform(pq.ParquetFile(f).read(), schema))):
+            if isinstance(t, Exception):
+                log.warning("ignoring unreadable result file %s (%s)", path, " ".join(str(t).split())[:200])
+                continue
+            tables.append(t)
+            good.append(path)
         return (pa.concat_tables(tables) if tables else schema.empty_table()), good
 
     def _compacted_rows(self, files: list[str], seen: set[str], schema: pa.Schema) -> list[pa.Table]:
@@ -366,5 +360,5 @@ class Store:
         if not groups:
             return unified_schema([]).empty_table()
         names = {d.rsplit("/", 1)[1] for d in groups}
-        schema = unified_schema([workloads.get(n) for n in sorted(names) if n in workloads.REGISTRY])
+        schema = unified_schema([WORKLOADS.get(n) for n in sorted(names) if n in WORKLOADS])
         return self.rows(groups, schema)[0]

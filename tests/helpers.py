@@ -31,28 +31,13 @@ def run_rows(workload, runs, *, num_cpus: int = 1):
     """
     import pyarrow as pa
 
-    from harness.spec import Resources
-    from harness.sweep import Trial
+    from harness.sweep import make_trial
     from harness.trial import execute
     from results.store import trial_table
 
     tables = []
-    for i, (backend, params, repeat) in enumerate(runs):
-        trial = Trial(
-            key=f"t{i}",
-            sweep="test",
-            workload=workload.name,
-            version=workload.version,
-            backend=backend,
-            device="cpu",
-            params=params.model_dump(mode="json"),
-            repeat=repeat,
-            seed=repeat,
-            timeout_s=300,
-            num_cpus=num_cpus,
-            resources=Resources(),
-            isolation="actor",
-        )
+    for backend, params, repeat in runs:
+        trial = make_trial(workload, backend, params, repeat=repeat, timeout_s=300, num_cpus=num_cpus)
         outcome = execute(trial)
         assert outcome.status == "ok", outcome.error
         tables.append(trial_table(trial, outcome, "test"))

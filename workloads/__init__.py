@@ -1,4 +1,4 @@
-"""Workload modules, one per thesis experiment; the registry loads them lazily by name.
+"""Workload modules, one per thesis experiment; ``harness.registry.WORKLOADS`` loads them lazily by name.
 
 Third-party workloads register through the entry-point group ``deeperbench.workloads``
 (``name = "package.module"``).
@@ -7,25 +7,17 @@ Third-party workloads register through the entry-point group ``deeperbench.workl
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from importlib.metadata import entry_points
 
-from harness.registry import Registry
+from harness.registry import WORKLOADS
 from harness.workload import Workload, validate_module
 
-BUILTIN = {
-    "device_roofline": "workloads.device_roofline",
-    "harness_probe": "workloads.harness_probe",
-    "memory_depth": "workloads.memory_depth",
-    "attention_stochasticity": "workloads.attention_stochasticity",
-    "topk_runtime": "workloads.topk_runtime",
-    "implicit_regularization": "workloads.implicit_regularization",
-    "icl_autoregressive": "workloads.icl_autoregressive",
-    "topk_pruning": "workloads.topk_pruning",
-    "moe_precision": "workloads.moe_precision",
-    "adjoint_error": "workloads.adjoint_error",
-}
+BUILTIN = {m.name: f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+"""Every module of this package is a built-in workload, registered under its module name (a new one needs no edit here)."""
 
-REGISTRY: Registry[Workload] = Registry("workload")
+REGISTRY = WORKLOADS
+"""The registry other packages ask by name (``harness.registry.WORKLOADS``); importing this package fills it."""
 
 
 def _loader(module_name: str):

@@ -15,7 +15,7 @@ References: thesis section 2.4, Prop. 2.9-2.12, Fig. 2.3c; section 2.5.2, Fig. 2
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,8 @@ from backends.residual_classifier_init import ClassifierConfig, cosine_lr
 from backends.residual_config import init_params, make_config
 from harness.checks import Check, all_hold, at_least, decide, distinct, paired_interval, seeds, span
 from harness.figures import Figure, Setting
-from harness.workload import Context, Float, Metric, Record, Skip
+from harness.training import passes
+from harness.workload import DEFAULT, Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
 
@@ -78,6 +79,7 @@ MODELS = {
 """scheme -> residual model: euler and heun reverse their step (section 2.4); momentum reverses by
 float division by gamma (no buffer), momentum_reversible with the information buffer (exact)."""
 _ADJOINT = ("euler", "heun")
+_MOMENTUM = ("momentum", "momentum_reversible")
 _EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
 _GRAD_BATCH = 256
 """Training images on which a trained net's adjoint gradient is compared with backprop's (the authors' batch)."""
@@ -85,19 +87,19 @@ _COARSE = 4
 """Layers of the coarse net whose weights are interpolated in depth for ``init='smooth'``."""
 
 
-_TRAIN_ONLY = {"backward": None, "epochs": None, "lr": None, "data": None}
-_ERRORS_ONLY = ("init", "hidden", "image_size", "scale", "gamma", "block")
-_TRAIN_DEFAULTS = {
-    "backward": "adjoint",
-    "epochs": 200,
-    "lr": 0.1,
-    "batch": 128,
-    "activation": "relu",
-    "dtype": "float32",
-    "data": "digits",
-}
+_TRAIN_DEFAULTS = {"batch": 128, "activation": "relu", "dtype": "float32"}
 """A training trial's defaults: appendix 2.B.1's recipe (SGD, momentum 0.9, weight decay 5e-4, cosine
-schedule from lr 0.1, batch 128, 200 epochs); the data is digits unless CIFAR-10 is on disk."""
+schedule from lr 0.1, batch 128, 200 epochs, the train-only fields' fills); the data is digits unless
+CIFAR-10 is on disk."""
+_IF_ERRORS = OnlyIf(train=[False])
+"""Fields of the error measurements, null in a training trial."""
+_IF_ERRORS_FILL = OnlyIf(train=[False], fill=DEFAULT)
+"""The same, where null (e.g. from a stored row) means the default."""
+
+
+def _if_train(fill: object) -> OnlyIf:
+    """A training trial's field, null elsewhere; ``fill`` where a training trial leaves it null."""
+    return OnlyIf(train=[True], fill=fill)
 
 
 class Params(_Params):
@@ -110,22 +112,28 @@ class Params(_Params):
     )
     depth: pydantic.PositiveInt = pydantic.Field(64, le=65536, description="N: number of residual layers")
     width: pydantic.PositiveInt = pydantic.Field(16, description="d: features, or channels of a conv block")
-    hidden: pydantic.PositiveInt | None = pydantic.Field(None, description="hidden width of f; None: width")
+    hidden: Annotated[pydantic.PositiveInt | None, _IF_ERRORS] = pydantic.Field(
+        None, description="hidden width of f; None: width"
+    )
     batch: pydantic.PositiveInt = 8
-    init: Literal["tied", "smooth", "iid", "zero"] | None = pydantic.Field(
+    init: Annotated[Literal["tied", "smooth", "iid", "zero"] | None, _IF_ERRORS_FILL] = pydantic.Field(
         "tied",
         description="tied: one set for every layer; smooth: linearly interpolated in depth from a "
         f"{_COARSE}-layer net (2.5.2); iid: independent per layer; zero: last layer of f "
         "zero, so f = 0 and the reversal is exact",
     )
     activation: Literal["tanh", "relu", "gelu"] = "tanh"
-    block: Literal["mlp", "conv", "conv_norm"] | None = pydantic.Field(
+    block: Annotated[Literal["mlp", "conv", "conv_norm"] | None, _IF_ERRORS_FILL] = pydantic.Field(
         "mlp",
         description="mlp; conv: pre-activation basic block; conv_norm: the same ending in a zero-initialised norm",
     )
-    image_size: pydantic.PositiveInt | None = pydantic.Field(None, description="side of the images (conv: 8)")
-    scale: Float | None = pydantic.Field(None, gt=0.0, description="step h; None: 1/depth (adjoint), 1 (momentum)")
-    gamma: Float | None = pydantic.Field(
+    image_size: Annotated[pydantic.PositiveInt | None, OnlyIf(train=[False], block=["conv", "conv_norm"], fill=8)] = (
+        pydantic.Field(None, description="side of the images (conv: 8)")
+    )
+    scale: Annotated[Float | None, _IF_ERRORS] = pydantic.Field(
+        None, gt=0.0, description="step h; None: 1/depth (adjoint), 1 (momentum)"
+    )
+    gamma: Annotated[Float | None, OnlyIf(train=[False], scheme=_MOMENTUM)] = pydantic.Field(
         None, gt=0.0, le=1.0, description="momentum term (momentum models); None: 1 - 1/(50 depth)"
     )
     dtype: Literal["float32", "float64"] = "float64"
@@ -134,41 +142,29 @@ class Params(_Params):
         description="train the section 2.5.2 classifier on digits (Fig. 2.4) "
         "instead of measuring reconstruction and gradient errors",
     )
-    backward: Literal["adjoint", "backprop"] | None = pydantic.Field(
+    backward: Annotated[Literal["adjoint", "backprop"] | None, _if_train("adjoint")] = pydantic.Field(
         None, description="train only: gradient of the residual part by the adjoint or by backprop"
     )
-    epochs: pydantic.PositiveInt | None = pydantic.Field(None, description="train only (default 200)")
-    lr: Float | None = pydantic.Field(
+    epochs: Annotated[pydantic.PositiveInt | None, _if_train(200)] = pydantic.Field(
+        None, description="train only (default 200)"
+    )
+    lr: Annotated[Float | None, _if_train(0.1)] = pydantic.Field(
         None, gt=0.0, description="train only: initial learning rate, cosine-annealed (default 0.1)"
     )
-    data: Literal[tuple(DATASETS)] | None = pydantic.Field(  # type: ignore[valid-type]
+    data: Annotated[Literal[tuple(DATASETS)] | None, _if_train("digits")] = pydantic.Field(  # type: ignore[valid-type]
         None, description="train only: digits (default) | cifar10 (the thesis' data) | mnist, read from disk"
     )
 
     @pydantic.model_validator(mode="before")
     @classmethod
-    def _null_inapplicable(cls, data: dict) -> dict:
+    def _train_recipe(cls, data: dict) -> dict:
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        if data.get("train", False) in (True, "true", "True"):
-            for key in _ERRORS_ONLY:
-                data[key] = None
-            for key, value in _TRAIN_DEFAULTS.items():
-                if data.get(key) is None:
-                    data[key] = value
-            return data
-        data.update(_TRAIN_ONLY)
-        for key in ("init", "block"):  # null (e.g. from a stored row) means the default here
-            if data.get(key, "") is None:
-                del data[key]
-        if data.get("scheme", "euler") in _ADJOINT:
-            data["gamma"] = None
-        if data.get("block", "mlp") == "mlp":
-            data["image_size"] = None
-        else:
-            data.setdefault("image_size", 8)
-        return data
+        try:
+            train = pydantic.TypeAdapter(bool).validate_python(data.get("train", False))
+        except pydantic.ValidationError:
+            return data  # the train field reports the bad value
+        return {**data, **{k: v for k, v in _TRAIN_DEFAULTS.items() if data.get(k) is None}} if train else data
 
     @pydantic.model_validator(mode="after")
     def _train_schemes(self) -> Params:
@@ -281,14 +277,14 @@ def _train(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     rng = np.random.default_rng(np.random.SeedSequence([ctx.seed, 11]))
     test_x = backend.asarray(data.test_x, device, params.dtype)
     records = []
-    for epoch in range(params.epochs):
-        loss, _ = trainer.fit_epoch(
-            x, y, rng.permutation(len(data.train_y)), params.batch, cosine_lr(params.lr, epoch, params.epochs)
-        )
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at epoch {epoch + 1} (lr={params.lr})")
+    orders = ((epoch, rng.permutation(len(data.train_y))) for epoch in range(1, params.epochs + 1))
+
+    def fit(epoch: int, order: np.ndarray) -> tuple[float, float]:
+        return trainer.fit_epoch(x, y, order, params.batch, cosine_lr(params.lr, epoch - 1, params.epochs))
+
+    for done in passes(backend, ctx.device, fit, orders, lr=params.lr):
         accuracy = float(np.mean(trainer.predict(test_x) == data.test_y))
-        records += [Record("train_loss", loss, step=epoch + 1), Record("test_acc", accuracy, step=epoch + 1)]
+        records += [Record("train_loss", done.loss, step=done.step), Record("test_acc", accuracy, step=done.step)]
     batch = np.sort(rng.permutation(len(data.train_y))[:_GRAD_BATCH])
     true = trainer.body_gradients(x[batch], y[batch], "backprop")
     adjoint = trainer.body_gradients(x[batch], y[batch], "adjoint")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,8 @@ from backends.datasets import DATASETS, DatasetUnavailable, load_images
 from backends.vit_init import ViTConfig
 from harness.checks import Check, at_least, decide, distinct, paired_interval, seeds
 from harness.figures import Figure, Setting
-from harness.workload import Context, Float, Metric, Record, Skip
+from harness.training import passes
+from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 
 name = "attention_stochasticity"
@@ -51,8 +52,11 @@ metrics = (
 )
 _ATTENTION_METRICS = [m.name for m in metrics[:8]]
 _SINKHORN_ONLY = ("sinkhorn_iters", "sinkhorn_grad")
-_ATTENTION_ONLY_NULLS = ("depth", "heads", "mlp_dim")
-_THESIS_STEPS_PER_EPOCH = 2000  # Fig. 5.2: 2,000 minibatches of 10 MNIST images an epoch (sinkformers' mnist.py)
+_IF_SINKHORN = OnlyIf(normalization=["sinkhorn"])
+_IF_VIT = OnlyIf(model=["vit"])
+"""The attention-only model has one layer, one head and no MLP."""
+_THESIS_STEPS_PER_EPOCH = 2000
+"""Fig. 5.2: 2,000 minibatches of 10 MNIST images an epoch (``mnist.py`` of https://github.com/michaelsdr/sinkformers)."""
 
 
 class Params(_Params):
@@ -62,10 +66,10 @@ class Params(_Params):
         "vit", description="vit: pre-norm blocks with MLPs; attention_only: one layer, one head, no MLP (Fig. 5.2, 5.6)"
     )
     normalization: Literal["softmax", "sinkhorn"] = "softmax"
-    sinkhorn_iters: pydantic.PositiveInt | None = pydantic.Field(
+    sinkhorn_iters: Annotated[pydantic.PositiveInt | None, _IF_SINKHORN] = pydantic.Field(
         3, le=1000, description="row/column normalisations; 1 is the softmax, odd ends on rows (eq. 5.3)"
     )
-    sinkhorn_grad: Literal["unroll", "implicit"] | None = pydantic.Field(
+    sinkhorn_grad: Annotated[Literal["unroll", "implicit"] | None, _IF_SINKHORN] = pydantic.Field(
         "unroll", description="back-propagate through the iterations, or implicit differentiation at the fixed point"
     )
     dataset: Literal["digits", "mnist", "cifar10"] = pydantic.Field(
@@ -76,30 +80,19 @@ class Params(_Params):
         None, description="use the first N training images (None: all); Fig. 5.2 used 20,000 MNIST images an epoch"
     )
     patch: pydantic.PositiveInt = pydantic.Field(2, description="patch side in pixels; must divide the image side")
-    depth: pydantic.PositiveInt | None = pydantic.Field(2, le=64)
-    heads: pydantic.PositiveInt | None = pydantic.Field(4, le=64)
+    depth: Annotated[pydantic.PositiveInt | None, _IF_VIT] = pydantic.Field(2, le=64)
+    heads: Annotated[pydantic.PositiveInt | None, _IF_VIT] = pydantic.Field(4, le=64)
     width: pydantic.PositiveInt = pydantic.Field(64, le=4096, description="token width")
     head_dim: pydantic.PositiveInt | None = pydantic.Field(
         None, le=4096, description="width of one head (None: width / heads, which heads must divide); Sinkformers: 64"
     )
-    mlp_dim: pydantic.PositiveInt | None = pydantic.Field(128, le=16384)
+    mlp_dim: Annotated[pydantic.PositiveInt | None, _IF_VIT] = pydantic.Field(128, le=16384)
     epochs: pydantic.PositiveInt = pydantic.Field(10, le=1000)
     lr: Float = pydantic.Field(1e-3, gt=0, le=10)
     batch: pydantic.PositiveInt = 64
     optimizer: Literal["adam", "sgd"] = "adam"
     eval_batch: pydantic.PositiveInt = pydantic.Field(100, description="test images whose attention is recorded")
     dtype: Literal["float32", "float64"] = "float32"
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _null_inapplicable(cls, data: dict) -> dict:
-        if not isinstance(data, dict):
-            return data
-        if data.get("normalization", "softmax") == "softmax":
-            data = {**data, **dict.fromkeys(_SINKHORN_ONLY)}
-        if data.get("model", "vit") == "attention_only":
-            data = {**data, **dict.fromkeys(_ATTENTION_ONLY_NULLS)}
-        return data
 
 
 def _config(params: Params, image_size: int, channels: int, num_classes: int) -> ViTConfig:
@@ -169,22 +162,16 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     trainer.compile(train_x, train_y, params.batch)
     rng = np.random.default_rng(ctx.seed)
     steps_per_epoch = n_train // params.batch
-    for epoch in range(1, params.epochs + 1):
-        order = rng.permutation(n_train)
-        result: list[tuple[float, float]] = []
-        seconds = backend.time_once(
-            lambda: result.append(trainer.fit_epoch(train_x, train_y, order, params.batch)), ctx.device
-        )
-        loss, accuracy = result[0]
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at epoch {epoch} (lr={params.lr})")
+    orders = ((epoch, rng.permutation(n_train)) for epoch in range(1, params.epochs + 1))
+    fit = lambda _, order: trainer.fit_epoch(train_x, train_y, order, params.batch)
+    for done in passes(backend, ctx.device, fit, orders, lr=params.lr):
         records += [
-            Record("epoch_time_s", seconds, step=epoch),
-            Record("train_loss", loss, step=epoch),
-            Record("train_accuracy", accuracy, step=epoch),
-            Record("train_steps", float(epoch * steps_per_epoch), step=epoch),
-        ] + evaluate(epoch)
-        ctx.logger.debug("epoch %d: loss %.4f, %.1f s", epoch, loss, seconds)
+            Record("epoch_time_s", done.seconds, step=done.step),
+            Record("train_loss", done.loss, step=done.step),
+            Record("train_accuracy", done.accuracy, step=done.step),
+            Record("train_steps", float(done.step * steps_per_epoch), step=done.step),
+        ] + evaluate(done.step)
+        ctx.logger.debug("epoch %d: loss %.4f, %.1f s", done.step, done.loss, done.seconds)
     return records
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import pydantic
 
 from backends import Backend
 from harness.checks import Check, decide
 from harness.figures import Figure
-from harness.workload import Context, Metric, Record, Skip
+from harness.workload import Context, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 
 if TYPE_CHECKING:  # pandas only for the report: a trial of this probe loads no data-frame library
@@ -33,15 +33,8 @@ class Params(_Params):
     """What the trial does: ``noop``, ``sleep`` for ``sleep_s``, ``raise``, ``exit`` (kills its worker), ``oom``, ``skip``."""
 
     mode: Literal["noop", "sleep", "raise", "exit", "oom", "skip"] = "noop"
-    sleep_s: pydantic.NonNegativeFloat | None = None
+    sleep_s: Annotated[pydantic.NonNegativeFloat | None, OnlyIf(mode=["sleep"])] = None
     index: pydantic.NonNegativeInt = pydantic.Field(0, description="tells apart otherwise equal trials")
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _sleep_only_when_sleeping(cls, data: dict) -> dict:
-        if isinstance(data, dict) and data.get("mode", "noop") != "sleep":
-            return {**data, "sleep_s": None}
-        return data
 
 
 def run(params: Params, backend: Backend | None, ctx: Context) -> list[Record]:

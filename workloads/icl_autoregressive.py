@@ -12,7 +12,7 @@ t >= 2 (at t = 1 the context holds no pair). Thesis chapter 6, section 6.6 (Fig.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,8 @@ from backends import Backend
 from backends.ar_init import ARConfig, ar_sequences, augment
 from harness.checks import Check, all_hold, decide, paired_interval, pairs, seeds
 from harness.figures import Figure, Setting
-from harness.workload import Context, Float, Metric, Record, Skip
+from harness.training import passes
+from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
 
@@ -72,7 +73,7 @@ class Params(_Params):
     softmax: bool = pydantic.Field(
         False, description="off: linear attention (Fig. 6.5); on: softmax attention + MLP (Fig. 6.10)"
     )
-    mlp_dim: pydantic.PositiveInt | None = pydantic.Field(
+    mlp_dim: Annotated[pydantic.PositiveInt | None, OnlyIf(softmax=[True])] = pydantic.Field(
         60, le=65536, description="MLP hidden width when softmax is on"
     )
     eval_every: pydantic.PositiveInt = pydantic.Field(
@@ -82,13 +83,6 @@ class Params(_Params):
         4096, description="training sequences the step-size search uses"
     )
     dtype: Literal["float32", "float64"] = "float32"
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _null_inapplicable(cls, data: dict) -> dict:
-        if isinstance(data, dict) and not pydantic.TypeAdapter(bool).validate_python(data.get("softmax", False)):
-            return {**data, "mlp_dim": None}
-        return data
 
 
 def _mse(pred: np.ndarray, targets: np.ndarray) -> float:
@@ -197,23 +191,23 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     evaluate(0)
     trainer.compile(x, y, params.batch)
     rng = np.random.default_rng(np.random.SeedSequence([ctx.seed, 8]))
-    for epoch in range(1, params.epochs + 1):
-        order = rng.permutation(params.n_train)
-        result: list[float] = []
-        seconds = backend.time_once(lambda: result.append(trainer.fit_epoch(x, y, order, params.batch)), ctx.device)
-        if not np.isfinite(result[0]):
-            raise FloatingPointError(f"training loss is {result[0]} at epoch {epoch} (lr={params.lr})")
-        records += [Record("train_loss", result[0], step=epoch), Record("epoch_time_s", seconds, step=epoch)]
-        if epoch % params.eval_every == 0 or epoch == params.epochs:
-            evaluate(epoch)
-        ctx.logger.debug("epoch %d: loss %.4g, %.2f s", epoch, result[0], seconds)
+    orders = ((epoch, rng.permutation(params.n_train)) for epoch in range(1, params.epochs + 1))
+    fit = lambda _, order: trainer.fit_epoch(x, y, order, params.batch)
+    for done in passes(backend, ctx.device, fit, orders, lr=params.lr):
+        records += [
+            Record("train_loss", done.loss, step=done.step),
+            Record("epoch_time_s", done.seconds, step=done.step),
+        ]
+        if done.step % params.eval_every == 0 or done.step == params.epochs:
+            evaluate(done.step)
+        ctx.logger.debug("epoch %d: loss %.4g, %.2f s", done.step, done.loss, done.seconds)
     return records
 
 
 # ----------------------------------------------------------------------------------------- report
 
 _THESIS = {"p_dim": 5, "p_length": 50, "p_n_train": 1 << 14, "p_epochs": 2000, "p_batch": 1024, "p_lr": 5e-3}
-"""The thesis' setting (section 6.6; batch from the authors' code, michaelsdr/ical ``augmented.py``)."""
+"""The thesis' setting (section 6.6; batch from the authors' code, ``augmented.py`` of https://github.com/michaelsdr/ical)."""
 _THESIS_STEPS = 2000 * ((1 << 14) // 1024)
 _MIN_STEPS = 1000
 """Adam steps below which a Transformer is too little trained for its error to say anything (thesis: 32,000)."""
@@ -442,7 +436,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
                     name,
                     claim,
                     g,
-                    lambda r, t=trials: _by_depth(t, test),
+                    lambda r, t=trials, test=test: _by_depth(t, test),
                     needs=(seeds(3), _adam_steps),
                     figure=figure,
                     note=note,

@@ -13,7 +13,7 @@ Thesis chapter 3, section 3.5.1, appendix 3.E.
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from backends import Backend
 from backends.scaled_resnet_init import function_distance, gaussian_pairs, init_scaled_resnet
 from harness.checks import Check, at_least, decide, distinct, paired_interval, seeds, span
 from harness.figures import Custom, Figure, Setting
-from harness.workload import Context, Float, Metric, Record, Skip
+from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import reduce_trials, summarize
 
@@ -71,10 +71,11 @@ class Params(_Params):
     lr: Float = pydantic.Field(
         1e-2, gt=0, le=10, description="step size divided by the depth: GD uses L x lr (eq. 3.4)"
     )
-    ref_depth: pydantic.PositiveInt | None = pydantic.Field(
+    ref_depth: Annotated[pydantic.PositiveInt | None, OnlyIf(init=["tied"])] = pydantic.Field(
         None,
         le=1 << 18,
-        description="depth of the reference net for dist_to_limit (a multiple of depth); None: not measured",
+        description="depth of the reference net for dist_to_limit (a multiple of depth); None: not measured; "
+        "tied only (i.i.d. weights have no limit function to approach)",
     )
     log_every: pydantic.PositiveInt = pydantic.Field(
         10, description="record loss and max_layer_diff every this many steps"
@@ -86,13 +87,6 @@ class Params(_Params):
         1, le=16, description="random entries of V and of W recorded across layers at each snapshot"
     )
     dtype: Literal["float32", "float64"] = "float32"
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _null_inapplicable(cls, data: dict) -> dict:
-        if isinstance(data, dict) and data.get("init", "tied") == "iid":
-            return {**data, "ref_depth": None}  # i.i.d. weights have no limit function to approach
-        return data
 
 
 def _snapshot_steps(params: Params) -> list[int]:

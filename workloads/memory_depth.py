@@ -11,7 +11,7 @@ backprop through the same forward, and the error of the reconstructed input.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from backends.init import normal
 from backends.residual_config import MODELS, TORCHVISION
 from harness.checks import Check, decide, distinct, span
 from harness.figures import Figure, Setting
-from harness.workload import Context, Float, Metric, Record, Skip
+from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
 
@@ -66,47 +66,38 @@ metrics = (
 _MOMENTUM = ("momentum", "momentum_reversible")
 _RECONSTRUCTING = ("momentum_reversible", "revnet", "adjoint_euler", "adjoint_heun")
 _ITEMSIZE = {"float32": 4, "float64": 8}
+_IF_OWN_NET = OnlyIf(block=["mlp", "conv"])
+"""A torchvision block brings its own depth, width and activation."""
+_IF_IMAGES = OnlyIf(block=["conv", *TORCHVISION], fill=lambda v: 32 if v["block"] in TORCHVISION else 8)
 
 
 class Params(_Params):
     """One network and one batch: model, depth, width, batch, gamma, tied weights, block, dtype."""
 
     model: Literal[MODELS] = "momentum_reversible"  # type: ignore[valid-type]
-    depth: pydantic.PositiveInt | None = pydantic.Field(10, description="layers (None for a torchvision block)")
-    width: pydantic.PositiveInt | None = pydantic.Field(500, description="d: features, or channels of a conv block")
-    hidden: pydantic.PositiveInt | None = pydantic.Field(None, description="hidden width of f; None: width")
+    depth: Annotated[pydantic.PositiveInt | None, _IF_OWN_NET] = pydantic.Field(
+        10, description="layers (None for a torchvision block)"
+    )
+    width: Annotated[pydantic.PositiveInt | None, _IF_OWN_NET] = pydantic.Field(
+        500, description="d: features, or channels of a conv block"
+    )
+    hidden: Annotated[pydantic.PositiveInt | None, _IF_OWN_NET] = pydantic.Field(
+        None, description="hidden width of f; None: width"
+    )
     batch: pydantic.PositiveInt = 500
-    gamma: Float | None = pydantic.Field(
+    gamma: Annotated[Float | None, OnlyIf(model=_MOMENTUM)] = pydantic.Field(
         None, ge=0.0, le=1.0, description="momentum term; None: 1 - 1/(50 depth) (Fig. 4.2), 0.9 torchvision"
     )
-    tied: bool | None = pydantic.Field(True, description="one set of weights for every layer")
+    tied: Annotated[bool | None, _IF_OWN_NET] = pydantic.Field(True, description="one set of weights for every layer")
     block: Literal[("mlp", "conv", *TORCHVISION)] = "mlp"  # type: ignore[valid-type]
-    activation: Literal["tanh", "relu"] | None = "tanh"
-    image_size: pydantic.PositiveInt | None = pydantic.Field(
+    activation: Annotated[Literal["tanh", "relu"] | None, _IF_OWN_NET] = "tanh"
+    image_size: Annotated[pydantic.PositiveInt | None, _IF_IMAGES] = pydantic.Field(
         None, description="side of the images (conv: 8, torchvision: 32)"
     )
     dtype: Literal["float32", "float64"] = "float32"
     warmup: pydantic.PositiveInt = 1
     timing_repeats: pydantic.PositiveInt = 3
     reference: bool = pydantic.Field(True, description="also measure grad_rel_err and state_recon_err")
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _null_inapplicable(cls, data: dict) -> dict:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if data.get("model", "momentum_reversible") not in _MOMENTUM:
-            data["gamma"] = None
-        block = data.get("block", "mlp")
-        if block in TORCHVISION:
-            data |= {"depth": None, "width": None, "hidden": None, "tied": None, "activation": None}
-            data.setdefault("image_size", 32)
-        elif block == "mlp":
-            data["image_size"] = None
-        else:
-            data.setdefault("image_size", 8)
-        return data
 
 
 def _nbytes(arrays, dtype: str) -> int:
@@ -154,7 +145,7 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     records = [Record("saved_bytes", float(backend.memory.saved_bytes(forward, weights, x)))]
     peak = backend.memory.peak_bytes(step, weights, x, g)
     if peak is None:
-        peak = backend.ops.host_peak_bytes(step, weights, x, g)
+        peak = backend.memory.host_peak_bytes(step, weights, x, g)
     if peak is not None:
         grad_bytes = _nbytes(_flat(step(weights, x, g)), params.dtype)
         records += [Record("peak_bytes", float(peak)), Record("activation_bytes", float(peak - grad_bytes))]

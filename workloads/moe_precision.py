@@ -13,7 +13,7 @@ appendix 7.C.3, Fig. 7.7.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,8 @@ from backends.moe_config import MoEConfig, routing_stats
 from backends.vit_init import ViTConfig
 from harness.checks import at_least, decide, paired_interval, pairs, seeds
 from harness.figures import Custom, Figure, Setting
-from harness.workload import Check, Context, Float, Metric, Record, Skip
+from harness.training import passes
+from harness.workload import Check, Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import ok_rows, summarize
 
@@ -53,6 +54,7 @@ metrics = (
     Metric("router_nnz_frac", "fraction", "lower", "last", "non-zero fraction of the combine weights (gate x mask)"),
 )
 _RELAXED_ONLY = ("p", "lam", "solver")
+_IF_RELAXED = OnlyIf(router=["relaxed"])
 _ROUTER_KEYS = ("router", "p", "lam", "solver", "max_iter")
 
 
@@ -62,10 +64,16 @@ class Params(_Params):
     router: Literal["hard", "relaxed"] = pydantic.Field(
         "hard", description="hard top-k mask (baseline) or relaxed topk_mask"
     )
-    p: Float | None = pydantic.Field(2.0, description="relaxed only: 2 or 4/3 (Dykstra needs 2)")
-    lam: Float | None = pydantic.Field(0.1, gt=0, description="relaxed only: regularisation strength")
-    solver: Literal["threshold", "pav", "dykstra"] | None = pydantic.Field("dykstra", description="relaxed only")
-    max_iter: pydantic.PositiveInt | None = pydantic.Field(
+    p: Annotated[Float | None, _IF_RELAXED] = pydantic.Field(
+        2.0, description="relaxed only: 2 or 4/3 (Dykstra needs 2)"
+    )
+    lam: Annotated[Float | None, _IF_RELAXED] = pydantic.Field(
+        0.1, gt=0, description="relaxed only: regularisation strength"
+    )
+    solver: Annotated[Literal["threshold", "pav", "dykstra"] | None, _IF_RELAXED] = pydantic.Field(
+        "dykstra", description="relaxed only"
+    )
+    max_iter: Annotated[pydantic.PositiveInt | None, OnlyIf(router=["relaxed"], solver=["dykstra"])] = pydantic.Field(
         10, le=10000, description="relaxed Dykstra only: unrolled iterations"
     )
     experts: pydantic.PositiveInt = pydantic.Field(4, le=256)
@@ -94,17 +102,6 @@ class Params(_Params):
     )
     train_size: pydantic.PositiveInt | None = None
     dtype: Literal["float32", "float64"] = "float32"
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _null_inapplicable(cls, data: dict) -> dict:
-        if not isinstance(data, dict):
-            return data
-        if data.get("router", "hard") == "hard":
-            return {**data, **dict.fromkeys((*_RELAXED_ONLY, "max_iter"))}
-        if data.get("solver", "dykstra") != "dykstra":
-            return {**data, "max_iter": None}
-        return data
 
 
 def _configs(params: Params, image_size: int, channels: int, num_classes: int) -> tuple[ViTConfig, MoEConfig]:
@@ -171,20 +168,14 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
 
     records = evaluate(0)
     rng = np.random.default_rng(ctx.seed)
-    for step in range(1, params.steps + 1):
-        order = rng.choice(n_train, params.batch, replace=False)
-        result: list[tuple[float, float]] = []
-        seconds = backend.time_once(
-            lambda: result.append(trainer.fit_epoch(train_x, train_y, order, params.batch)), ctx.device
-        )
-        loss = result[0][0]
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at step {step} (lr={params.lr})")
-        records.append(Record("train_loss", loss, step=step))
-        if step > 1:
-            records.append(Record("step_time_s", seconds, step=step))
-        if step % params.eval_every == 0 or step == params.steps:
-            records += evaluate(step)
+    orders = ((step, rng.choice(n_train, params.batch, replace=False)) for step in range(1, params.steps + 1))
+    fit = lambda _, order: trainer.fit_epoch(train_x, train_y, order, params.batch)
+    for done in passes(backend, ctx.device, fit, orders, lr=params.lr, unit="step"):
+        records.append(Record("train_loss", done.loss, step=done.step))
+        if done.step > 1:
+            records.append(Record("step_time_s", done.seconds, step=done.step))
+        if done.step % params.eval_every == 0 or done.step == params.steps:
+            records += evaluate(done.step)
     return records
 
 

@@ -14,7 +14,7 @@ Thesis chapter 7, section 7.6 ("Weight pruning"), Fig. 7.5, appendix 7.C.1.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,8 @@ from backends.datasets import DatasetUnavailable, load_images
 from backends.pruned_mlp_init import PrunedMLPConfig
 from harness.checks import at_least, decide, paired_interval, pairs, seeds
 from harness.figures import Custom, Figure, Setting
-from harness.workload import Check, Context, Float, Metric, Record, Skip
+from harness.training import passes
+from harness.workload import DEFAULT, Check, Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import ok_rows, summarize
 
@@ -54,15 +55,25 @@ metrics = (
 )
 
 
+_IF_RELAXED = OnlyIf(operator=["relaxed"], fill=DEFAULT)
+"""A null carried over from a hard or dense grid point means the default."""
+
+
 class Params(_Params):
     """Pruning operator, data and SGD of one run (thesis section 7.6, appendix 7.C.1)."""
 
     operator: Literal["dense", "hard", "relaxed"] = pydantic.Field(
         "relaxed", description="dense: no pruning (baseline); hard or relaxed top-k in magnitude"
     )
-    p: Float | None = pydantic.Field(2.0, description="relaxed only: 2 or 4/3 (regulariser lam/p ||y||_p^p)")
-    lam: Float | None = pydantic.Field(1e-4, gt=0, description="relaxed only: regularisation strength")
-    keep: Float | None = pydantic.Field(0.10, gt=0, le=1, description="fraction of each weight matrix kept (not dense)")
+    p: Annotated[Float | None, _IF_RELAXED] = pydantic.Field(
+        2.0, description="relaxed only: 2 or 4/3 (regulariser lam/p ||y||_p^p)"
+    )
+    lam: Annotated[Float | None, _IF_RELAXED] = pydantic.Field(
+        1e-4, gt=0, description="relaxed only: regularisation strength"
+    )
+    keep: Annotated[Float | None, OnlyIf(operator=["hard", "relaxed"], fill=DEFAULT)] = pydantic.Field(
+        0.10, gt=0, le=1, description="fraction of each weight matrix kept (not dense)"
+    )
     hidden: pydantic.PositiveInt = pydantic.Field(32, le=65536, description="width of both hidden layers")
     train_size: pydantic.PositiveInt | None = pydantic.Field(
         None, description="use the first N training images (None: all)"
@@ -77,26 +88,6 @@ class Params(_Params):
         "digits", description="digits ships with scikit-learn; mnist is read from disk, never downloaded by default"
     )
     dtype: Literal["float32", "float64"] = "float32"
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _null_inapplicable(cls, data: dict) -> dict:
-        if not isinstance(data, dict):
-            return data
-        operator = data.get("operator", "relaxed")
-        if operator != "relaxed":
-            data = {**data, "p": None, "lam": None}
-        else:  # a null carried over from a hard or dense grid point means the default
-            data = {
-                **data,
-                "p": 2.0 if data.get("p") is None else data["p"],
-                "lam": 1e-4 if data.get("lam") is None else data["lam"],
-            }
-        if operator == "dense":
-            data = {**data, "keep": None}
-        elif data.get("keep") is None:
-            data = {**data, "keep": 0.10}
-        return data
 
     @pydantic.field_validator("p")
     @classmethod
@@ -165,19 +156,19 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     records = evaluate(0)
     trainer.compile(x, y, params.batch, params.eval_every)
     stream, elapsed = _index_stream(n_train, params.batch, ctx.seed), 0.0
-    for step in range(params.eval_every, params.steps + 1, params.eval_every):
-        order = np.concatenate([next(stream) for _ in range(params.eval_every)])
-        result: list[tuple[float, float]] = []
-        seconds = backend.time_once(lambda: result.append(trainer.fit_epoch(x, y, order, params.batch)), ctx.device)
-        loss, elapsed = result[0][0], elapsed + seconds
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at step {step} (lr={params.lr})")
+    orders = (
+        (step, np.concatenate([next(stream) for _ in range(params.eval_every)]))
+        for step in range(params.eval_every, params.steps + 1, params.eval_every)
+    )
+    fit = lambda _, order: trainer.fit_epoch(x, y, order, params.batch)
+    for done in passes(backend, ctx.device, fit, orders, lr=params.lr, unit="step"):
+        elapsed += done.seconds
         records += [
-            Record("train_loss", loss, step=step),
-            Record("train_time_s", elapsed, step=step),
-            Record("step_time_s", seconds / params.eval_every, step=step),
-        ] + evaluate(step)
-        ctx.logger.debug("step %d: loss %.4f, %.2f s", step, loss, elapsed)
+            Record("train_loss", done.loss, step=done.step),
+            Record("train_time_s", elapsed, step=done.step),
+            Record("step_time_s", done.seconds / params.eval_every, step=done.step),
+        ] + evaluate(done.step)
+        ctx.logger.debug("step %d: loss %.4f, %.2f s", done.step, done.loss, elapsed)
     return records
 
 

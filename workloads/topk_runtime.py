@@ -11,8 +11,9 @@ the same input, the sparsity, the mask's sum and Dykstra's iterations; then the 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from backends import Backend, timer
 from backends.init import normal
 from harness.checks import Check, all_hold, at_least, decide, device_in, distinct, paired_interval, seeds, span
 from harness.figures import Custom, Figure, Setting
-from harness.workload import Context, Float, Metric, Record, Skip
+from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
 
@@ -41,6 +42,8 @@ metrics = (
 )
 
 _EXACT_SOLVERS = ("threshold", "pav")
+_IF_RELAXED = OnlyIf(solver=[*_EXACT_SOLVERS, "dykstra"])
+_IF_DYKSTRA = OnlyIf(solver=["dykstra"])
 
 
 class Params(_Params):
@@ -49,33 +52,29 @@ class Params(_Params):
     n: pydantic.PositiveInt = pydantic.Field(1000, le=10_000_000, description="row length")
     batch: pydantic.PositiveInt = pydantic.Field(32, le=1_000_000, description="rows per call")
     k: pydantic.NonNegativeInt | None = pydantic.Field(None, description="top-k size; null means ceil(n/10)")
-    lam: Float | None = pydantic.Field(0.01, gt=0, description="regularisation strength (null for hard)")
-    p: Float | None = pydantic.Field(2.0, description="p-norm: 2 or 4/3 (null for hard)")
+    lam: Annotated[Float | None, _IF_RELAXED] = pydantic.Field(
+        0.01, gt=0, description="regularisation strength (null for hard)"
+    )
+    p: Annotated[Float | None, _IF_RELAXED] = pydantic.Field(2.0, description="p-norm: 2 or 4/3 (null for hard)")
     op: Literal["mask", "mag"] = "mask"
     solver: Literal["threshold", "pav", "dykstra", "hard"] = "threshold"
     direction: Literal["fwd", "fwdbwd"] = "fwd"
     dtype: Literal["float32", "float64"] = "float32"
-    max_iter: pydantic.PositiveInt | None = pydantic.Field(100, description="Dykstra's iteration cap (Dykstra only)")
-    tol: Float | None = pydantic.Field(None, ge=0, description="Dykstra's stop change; null: a few ulps (Dykstra only)")
+    max_iter: Annotated[pydantic.PositiveInt | None, _IF_DYKSTRA] = pydantic.Field(
+        100, description="Dykstra's iteration cap (Dykstra only)"
+    )
+    tol: Annotated[Float | None, _IF_DYKSTRA] = pydantic.Field(
+        None, ge=0, description="Dykstra's stop change; null: a few ulps (Dykstra only)"
+    )
     warmup: pydantic.PositiveInt = 2
     timing_repeats: pydantic.PositiveInt = 5
 
     @pydantic.model_validator(mode="before")
     @classmethod
-    def _fill_and_null(cls, data: dict) -> dict:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if data.get("k") is None:
-            try:
-                data["k"] = math.ceil(int(data.get("n", cls.model_fields["n"].default)) / 10)
-            except (TypeError, ValueError):
-                pass  # the n field reports the bad value
-        solver = data.get("solver", cls.model_fields["solver"].default)
-        if solver == "hard":
-            data |= {"lam": None, "p": None, "max_iter": None, "tol": None}
-        elif solver in _EXACT_SOLVERS:
-            data |= {"max_iter": None, "tol": None}
+    def _k_default(cls, data: dict) -> dict:
+        if isinstance(data, dict) and data.get("k") is None:
+            with contextlib.suppress(TypeError, ValueError):  # the n field reports the bad value
+                return {**data, "k": math.ceil(int(data.get("n", cls.model_fields["n"].default)) / 10)}
         return data
 
     @pydantic.field_validator("p")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -11,7 +12,7 @@ import jax
 import jaxlib
 import numpy as np
 
-from .._protocol import DeviceUnavailable, wall_seconds
+from .._protocol import DeviceUnavailable
 from ..host import cpu_name
 from . import ops
 
@@ -33,6 +34,14 @@ class JaxMemory:
         if analysis is None:
             return None
         return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+
+    def host_peak_bytes(self, fn: Callable[..., Any], *args: Any) -> int | None:
+        """The host peak JAX can give: ``peak_bytes``, the compiled executable's temporary plus output bytes.
+
+        XLA's CPU client keeps no allocator statistics (``memory_stats()`` is None there), so on the
+        CPU too the compiled memory analysis is the measure; None where the platform reports nothing.
+        """
+        return self.peak_bytes(fn, *args)
 
     def saved_bytes(self, fn: Callable[..., Any], *args: Any) -> int:
         """Bytes of the residuals ``jax.vjp(fn, *args)`` keeps for the backward, inputs excluded."""
@@ -74,12 +83,15 @@ class JaxBackend:
                 f"{flags} --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}".strip()
             )
 
-    def time_once(self, fn: Callable[[], Any], kind: str) -> float:
-        return wall_seconds(fn, jax.block_until_ready)
+    def timed(self, fn: Callable[[], Any], kind: str) -> tuple[float, Any]:
+        """Seconds one call of ``fn`` takes, until every array it returns is computed, and what it returned."""
+        start = time.perf_counter()
+        value = jax.block_until_ready(fn())
+        return time.perf_counter() - start, value
 
-    def seed(self, n: int) -> jax.Array:
-        """A PRNG key for ``n``."""
-        return jax.random.key(n)
+    def time_once(self, fn: Callable[[], Any], kind: str) -> float:
+        """Seconds one call of ``fn`` takes on a device of ``kind``, synchronised (see ``timed``)."""
+        return self.timed(fn, kind)[0]
 
     def asarray(self, a: np.ndarray, device: jax.Device, dtype: str | None = None) -> jax.Array:
         """Copy a NumPy array to ``device``, cast to ``dtype`` (a NumPy/JAX dtype name) if given."""

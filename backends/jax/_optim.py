@@ -1,7 +1,9 @@
-"""Adam, plain SGD and SGD with momentum on pytrees, written as PyTorch's ``torch.optim`` computes them (optax is absent).
+"""Adam, plain SGD and SGD with momentum on pytrees, from optax, with ``torch.optim``'s defaults.
 
-Matching PyTorch's arithmetic (bias corrections in float64, ``eps`` added after the bias-corrected
-square root) lets a torch and a JAX training run from the same weights be compared step by step.
+Each optimiser is optax's direction (``scale_by_adam``, ``trace``, none) after ``add_decayed_weights``,
+then ``p <- p - lr * direction``, which is what ``torch.optim.Adam`` and ``torch.optim.SGD`` compute
+(``eps`` added after the bias-corrected square root; momentum without dampening). So a torch and a
+JAX training run from the same weights can be compared step by step.
 """
 
 from __future__ import annotations
@@ -10,56 +12,47 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
 
 
-def init(optimizer: str, params: Any) -> dict[str, Any]:
-    """The optimiser state for ``params``: Adam's moments and step, the momentum buffer, nothing for SGD."""
+def _direction(optimizer: str, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+    """The update direction before the learning rate; its state's structure depends on ``optimizer`` only."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r}: allowed {', '.join(OPTIMIZERS)}")
-    if optimizer == "sgd":
-        return {}
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    if optimizer == "momentum":
-        return {"buf": zeros}
-    return {"m": zeros, "v": zeros, "t": jnp.zeros((), jnp.float64)}
+    core = {
+        "adam": lambda: optax.scale_by_adam(b1=_BETA1, b2=_BETA2, eps=_EPS),
+        "momentum": lambda: optax.trace(decay=momentum),
+        "sgd": optax.identity,
+    }[optimizer]()
+    return optax.chain(optax.add_decayed_weights(weight_decay), core)
+
+
+def init(optimizer: str, params: Any) -> optax.OptState:
+    """The optimiser state for ``params``: Adam's moments and step count, the momentum buffer, nothing for SGD."""
+    return _direction(optimizer, 0.9, 0.0).init(params)
 
 
 def update(
     optimizer: str,
     params: Any,
     grads: Any,
-    state: dict[str, Any],
+    state: optax.OptState,
     lr: float | jax.Array,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, optax.OptState]:
     """One step of ``optimizer`` with learning rate ``lr``; returns the new params and state.
 
     The gradient first gets ``weight_decay * p`` added, as in ``torch.optim``. Momentum:
     buf <- momentum buf + g, p <- p - lr buf (``torch.optim.SGD``, no dampening). Adam:
-    m <- m + (1 - b1)(g - m), v <- b2 v + (1 - b2) g^2,
-    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), as ``torch.optim.Adam``.
+    m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2,
+    p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), as ``torch.optim.Adam``.
+    ``lr`` may be traced (a schedule set per epoch); it is cast to each parameter's dtype.
     """
-    if weight_decay:
-        grads = jax.tree_util.tree_map(lambda p, g: g + jnp.asarray(weight_decay, p.dtype) * p, params, grads)
-    if optimizer == "sgd":
-        return jax.tree_util.tree_map(lambda p, g: p - jnp.asarray(lr, p.dtype) * g, params, grads), state
-    if optimizer == "momentum":
-        buf = jax.tree_util.tree_map(lambda b, g: jnp.asarray(momentum, g.dtype) * b + g, state["buf"], grads)
-        return jax.tree_util.tree_map(lambda p, b: p - jnp.asarray(lr, p.dtype) * b, params, buf), {"buf": buf}
-    t = state["t"] + 1.0
-    step = lr / (1.0 - _BETA1**t)
-    bc2_sqrt = jnp.sqrt(1.0 - _BETA2**t)
-    m = jax.tree_util.tree_map(lambda m, g: m + jnp.asarray(1 - _BETA1, g.dtype) * (g - m), state["m"], grads)
-    v = jax.tree_util.tree_map(
-        lambda v, g: jnp.asarray(_BETA2, g.dtype) * v + jnp.asarray(1 - _BETA2, g.dtype) * g * g, state["v"], grads
-    )
-
-    def apply(p: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
-        denom = jnp.sqrt(v) / bc2_sqrt.astype(p.dtype) + jnp.asarray(_EPS, p.dtype)
-        return p - step.astype(p.dtype) * m / denom
-
-    return jax.tree_util.tree_map(apply, params, m, v), {"m": m, "v": v, "t": t}
+    with jax.numpy_dtype_promotion("standard"):  # optax raises its float decays to the int32 step count
+        direction, state = _direction(optimizer, momentum, weight_decay).update(grads, state, params)
+    steps = jax.tree_util.tree_map(lambda p, d: -jnp.asarray(lr, p.dtype) * d, params, direction)
+    return optax.apply_updates(params, steps), state

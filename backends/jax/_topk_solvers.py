@@ -10,48 +10,19 @@ test inside, and the VJPs of Prop. 7.8 per block (segment sums, never an n x n m
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import topk_common as common
 
-def head_value(s: jax.Array, lam: float, e: int) -> jax.Array:
-    """``Y(s)``, the magnitude operator's value on a saturated element: ``Y + lam Y^(p-1) = s``, s >= 0."""
-    if e == 1:
-        return s / (1.0 + lam)
-    r = math.sqrt(lam / 3.0)  # c = Y^(1/3) solves c^3 + lam c - s = 0
-    c = 2.0 * r * jnp.sinh(jnp.arcsinh(s * (1.5 / (lam * r))) / 3.0)
-    return c * c * c
-
-
-def head_slope(yh: jax.Array, lam: float, e: int) -> jax.Array:
-    """``dY/ds`` at ``Y = yh``: ``1 / (1 + lam (p - 1) Y^(p - 2))``."""
-    if e == 1:
-        return jnp.full_like(yh, 1.0 / (1.0 + lam))
-    c2 = jnp.abs(yh) ** (2.0 / 3.0)
-    return c2 / (c2 + lam / 3.0)
-
-
-def _cubic_root(P: jax.Array, Q: jax.Array) -> jax.Array:
-    """Real root of ``d^3 + P d + Q = 0`` for ``P >= 0`` (hyperbolic form, stable)."""
-    big = P > 1e-30
-    Ps = jnp.where(big, P, jnp.ones_like(P))
-    r = jnp.sqrt(Ps / 3.0)
-    hyp = -2.0 * r * jnp.sinh(jnp.arcsinh(1.5 * Q / (Ps * r)) / 3.0)
-    return jnp.where(big, hyp, -jnp.cbrt(Q))
-
-
-def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
-    """Block value ``gamma_B*`` (eq. 7.6, 7.A.6) from count, sum of w, mean and centred moments."""
-    cnt = jnp.maximum(cnt, 1.0)
-    if e == 1:
-        return mu - lam * wsum / cnt if op == "mask" else cnt * mu / (cnt + lam * wsum)
-    l3 = lam**3
-    if op == "mask":
-        return mu + _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
-    return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
+head_value = functools.partial(common.head_value, jnp)
+head_slope = functools.partial(common.head_slope, jnp)
+saturates_at = functools.partial(common.saturates_at, jnp)
+pool = functools.partial(common.pool, jnp)
 
 
 def _shifted(s: jax.Array, t: jax.Array) -> jax.Array:
@@ -92,11 +63,6 @@ def threshold_parts(x: jax.Array, t: jax.Array, lam: float, e: int, op: str):
 
 def _searchsorted(rows: jax.Array, t: jax.Array, side: str) -> jax.Array:
     return jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))(rows, t).astype(jnp.int64)
-
-
-def saturates_at(s: jax.Array, lam: float, e: int, op: str) -> jax.Array:
-    """``U(s)``: the threshold below which an element of value ``s`` saturates (``s - lam``, or ``Y(s)``)."""
-    return s - lam if op == "mask" else head_value(s, lam, e)
 
 
 def select_margin(k: int, n: int) -> int:
@@ -290,10 +256,7 @@ def threshold_vjp(x: jax.Array, t: jax.Array, g: jax.Array, k: int, lam: float, 
     h = g if op == "mask" else g * jnp.sign(x)
     SD = jnp.sum(D, axis=1, keepdims=True)
     SDh = jnp.sum(D * h, axis=1, keepdims=True)
-    if op == "mask":
-        denom = SD
-    else:
-        denom = SD + (k - jnp.sum(sat, axis=1, keepdims=True)).astype(x.dtype)
+    denom = SD if op == "mask" else SD + (k - jnp.sum(sat, axis=1, keepdims=True)).astype(x.dtype)
     mean = jnp.where(denom > 0, SDh / jnp.where(denom > 0, denom, 1.0), 0.0)
     out = D * (h - mean)
     if op == "mask":
@@ -328,23 +291,13 @@ def block_vjp(r: jax.Array, bid: jax.Array, h: jax.Array, k: int, lam: float, e:
 
 
 def _half_step(v: jax.Array, d: jax.Array, offset: int, w: tuple | None) -> tuple[jax.Array, jax.Array]:
-    """One projection of Algorithm 7.7: onto {v_i >= v_(i+1)} for the pairs from ``offset``.
-
-    ``d`` (B, m) holds the pairs' last corrections (the p or q of Algorithm 7.7: +w_b d on the
-    first element, -w_a d on the second), added back before projecting; returns (v, new d).
-    ``w`` is (w_a, w_b) (1, m), the pairs' weights in the c-norm, or None (unit weights).
-    """
-    B = v.shape[0]
-    m = d.shape[1]
+    """Dykstra's half-step (``topk_common.pair_projection``) on ``v``'s pairs from ``offset``: (new v, new d)."""
+    B, m = v.shape[0], d.shape[1]
     if m == 0:
         return v, d
     pair = v[:, offset : offset + 2 * m].reshape(B, m, 2)
-    wa, wb = (1.0, 1.0) if w is None else w
-    a = pair[..., 0] + wb * d
-    b = pair[..., 1] - wa * d
-    d = jnp.minimum(a - b, 0.0) / (wa + wb)
-    new = jnp.stack([a - wb * d, b + wa * d], axis=-1).reshape(B, 2 * m)
-    return v.at[:, offset : offset + 2 * m].set(new), d
+    a, b, d = common.pair_projection(jnp, pair[..., 0], pair[..., 1], d, w)
+    return v.at[:, offset : offset + 2 * m].set(jnp.stack([a, b], axis=-1).reshape(B, 2 * m)), d
 
 
 def dykstra(target: jax.Array, c: jax.Array | None, max_iter: int, tol) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..ar_init import ARConfig, init_params
 from . import _optim
+from ._trainer import ScanTrainer
 
 Params = dict[str, Any]
 _LN_EPS = 1e-5
@@ -116,44 +117,14 @@ def _epoch(
     return params, state, losses.mean()
 
 
-class JaxARTrainer:
-    """Trains the Transformer with Adam on the next-state mean squared error."""
+class JaxARTrainer(ScanTrainer):
+    """Trains the Transformer with Adam on the next-state mean squared error; ``fit_epoch`` returns the mean loss."""
+
+    examples = "training sequences"
 
     def __init__(self, config: ARConfig, params: Params, lr: float):
-        self.config, self.params = config, params
-        self._state = _optim.init("adam", params)
-        self._epoch = jax.jit(functools.partial(_epoch, config=config, lr=lr))
-        self._compiled: dict[tuple, Any] = {}
-
-    @staticmethod
-    def _index(order: np.ndarray, batch: int) -> np.ndarray:
-        n_batches = len(order) // batch
-        if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training sequences")
-        return np.asarray(order[: n_batches * batch], np.int64).reshape(n_batches, batch)
-
-    @staticmethod
-    def _key(tokens: jax.Array, targets: jax.Array, idx_shape: tuple[int, ...]) -> tuple:
-        return tokens.shape, str(tokens.dtype), targets.shape, idx_shape
-
-    def compile(self, tokens: jax.Array, targets: jax.Array, batch: int) -> None:
-        """Compile the epoch for these shapes ahead of time, so no epoch's time includes it."""
-        idx = self._index(np.arange(tokens.shape[0]), batch)
-        key = self._key(tokens, targets, idx.shape)
-        if key not in self._compiled:
-            self._compiled[key] = self._epoch.lower(self.params, self._state, tokens, targets, idx).compile()
-
-    def fit_epoch(self, tokens: jax.Array, targets: jax.Array, order: np.ndarray, batch: int) -> float:
-        """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped).
-
-        Returns:
-            The mean training loss over the epoch's minibatches.
-        """
-        idx = self._index(order, batch)
-        fn = self._compiled.get(self._key(tokens, targets, idx.shape), self._epoch)
-        idx = jax.device_put(idx, next(iter(tokens.devices())))
-        self.params, self._state, loss = fn(self.params, self._state, tokens, targets, idx)
-        return float(loss)
+        super().__init__(params, "adam", functools.partial(_epoch, config=config, lr=lr))
+        self.config = config
 
     def predict(self, tokens: jax.Array, batch: int = 1024) -> np.ndarray:
         """Predictions (n, T, d) float64 of every sequence, ``batch`` sequences at a time."""

@@ -25,20 +25,20 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..moe_config import MoEConfig, init_moe_params
+from ..topk_common import pair_projection
 from ..vit_init import ViTConfig
 from .topk import hard_topk_mask, topk_mask
 from .vit import dense_mlp, vit_apply, vit_trainer
 
 
 def _half_step(v: jax.Array, d: jax.Array, offset: int) -> tuple[jax.Array, jax.Array]:
-    """One projection of Algorithm 7.7 onto {v_i >= v_(i+1)} for the pairs from ``offset``."""
+    """Dykstra's half-step (``topk_common.pair_projection``) on ``v``'s pairs from ``offset``."""
     B, m = d.shape
     if m == 0:
         return v, d
     pair = v[:, offset : offset + 2 * m].reshape(B, m, 2)
-    a, b = pair[..., 0] + d, pair[..., 1] - d
-    d = jnp.minimum(a - b, 0.0) * 0.5
-    new = jnp.stack([a - d, b + d], axis=-1).reshape(B, 2 * m)
+    a, b, d = pair_projection(jnp, pair[..., 0], pair[..., 1], d, None)
+    new = jnp.stack([a, b], axis=-1).reshape(B, 2 * m)
     return jnp.concatenate([v[:, :offset], new, v[:, offset + 2 * m :]], axis=1), d
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..pruned_mlp_init import PrunedMLPConfig, init_params
 from . import _optim
+from ._trainer import ScanTrainer
 from .topk import hard_topk_mag, topk_mag
 
 Params = dict[str, Any]
@@ -109,48 +110,17 @@ def _epoch(
     return params, state, losses.mean(), correct.sum()
 
 
-class JaxPrunedMLPTrainer:
-    """Trains W'_i, b_i with plain SGD on cross-entropy through the pruning operator."""
+class JaxPrunedMLPTrainer(ScanTrainer):
+    """Trains W'_i, b_i with plain SGD on cross-entropy through the pruning operator.
+
+    ``fit_epoch`` returns the mean loss and the running accuracy of the pass.
+    """
 
     def __init__(self, config: PrunedMLPConfig, params: Params, lr: float):
-        self.config, self.params = config, params
-        self._state = _optim.init("sgd", params)
-        self._epoch = jax.jit(functools.partial(_epoch, config=config, lr=lr))
+        super().__init__(params, "sgd", functools.partial(_epoch, config=config, lr=lr))
+        self.config = config
         self._forward = jax.jit(functools.partial(pruned_mlp_apply, config=config))
         self._weights = jax.jit(functools.partial(pruned_mlp_weights, config=config))
-        self._compiled: dict[tuple, Any] = {}
-
-    @staticmethod
-    def _index(order: np.ndarray, batch: int) -> np.ndarray:
-        n_batches = len(order) // batch
-        if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training images")
-        return np.asarray(order[: n_batches * batch], np.int64).reshape(n_batches, batch)
-
-    @staticmethod
-    def _key(x: jax.Array, y: jax.Array, idx_shape: tuple[int, ...]) -> tuple:
-        return x.shape, str(x.dtype), y.shape, idx_shape
-
-    def compile(self, x: jax.Array, y: jax.Array, batch: int, steps: int | None = None) -> None:
-        """Compile a pass of ``steps`` minibatches (None: one epoch) ahead of time, so no timed pass includes it."""
-        idx = self._index(np.arange(x.shape[0] if steps is None else steps * batch) % x.shape[0], batch)
-        key = self._key(x, y, idx.shape)
-        if key not in self._compiled:
-            self._compiled[key] = self._epoch.lower(self.params, self._state, x, y, idx).compile()
-
-    def fit_epoch(self, x: jax.Array, y: jax.Array, order: np.ndarray, batch: int) -> tuple[float, float]:
-        """One SGD step per minibatch of ``batch`` indices of ``order`` (the last incomplete one dropped).
-
-        ``order`` may be an epoch's permutation or any stream of indices (several epochs, part of one).
-
-        Returns:
-            The mean training loss and the running training accuracy over the pass.
-        """
-        idx = self._index(order, batch)
-        fn = self._compiled.get(self._key(x, y, idx.shape), self._epoch)
-        idx = jax.device_put(idx, next(iter(x.devices())))
-        self.params, self._state, loss, correct = fn(self.params, self._state, x, y, idx)
-        return float(loss), float(correct) / idx.size
 
     def predict(self, x: jax.Array, batch: int = 1024) -> np.ndarray:
         """Predicted class of every example, (N,) int64."""

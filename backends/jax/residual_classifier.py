@@ -21,6 +21,7 @@ from jax import lax
 from ..residual_classifier_init import STEM_KERNEL, ClassifierConfig, init_params
 from . import _optim
 from ._blocks import batch_norm
+from ._trainer import minibatch_index
 from .resnets import apply_config
 
 Params = dict[str, Any]
@@ -103,16 +104,14 @@ class JaxResidualClassifierTrainer:
         Returns:
             The mean training loss and the running training accuracy over the epoch.
         """
-        n_batches = len(order) // batch
-        if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training images")
+        idx = minibatch_index(order, batch)
         rate = jnp.asarray(lr, jnp.float64)
         losses, correct = [], []
-        for ib in np.asarray(order[: n_batches * batch]).reshape(n_batches, batch):
+        for ib in idx:
             self.params, self._state, loss, right = self._step(self.params, self._state, x[ib], y[ib], rate)
             losses.append(loss)
             correct.append(right)
-        return float(jnp.mean(jnp.stack(losses))), float(jnp.sum(jnp.stack(correct))) / (n_batches * batch)
+        return float(jnp.mean(jnp.stack(losses))), float(jnp.sum(jnp.stack(correct))) / idx.size
 
     def body_gradients(self, x: jax.Array, y: jax.Array, backward: str) -> dict[str, np.ndarray]:
         """The residual blocks' weight gradients by ``backward`` (see ``backends.signatures``)."""

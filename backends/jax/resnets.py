@@ -235,14 +235,8 @@ def residual_reconstruct(net: ResidualNet, x: jax.Array, every: int = 1) -> jax.
     return _reconstruct(net.config, net.params, x, every)
 
 
-def host_peak_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
-    """None: JAX's compiled memory analysis (``memory.peak_bytes``) already covers every platform."""
-    return None
-
-
 __all__ = [
     "ResidualNet",
-    "host_peak_bytes",
     "residual_apply",
     "residual_functional",
     "residual_net",

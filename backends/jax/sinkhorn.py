@@ -9,31 +9,24 @@ matrix, columns sum to 1 (eq. 5.13 writes 1/n). Mirrors ``backends/torch/sinkhor
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import jax
 import jax.numpy as jnp
 
-NORMALIZATIONS = ("softmax", "sinkhorn")
+from .. import sinkhorn_blocked as driver
+from ..sinkhorn_blocked import Primitives
+from ..sinkhorn_common import check_attention, check_sinkhorn
+from . import sinkhorn_blocked
+
+IMPLS = ("naive", "blocked", "pallas", "auto")
+"""``attention``'s impls in JAX (``backends/sinkhorn_common.py`` says what each is)."""
 
 
-def _validate(scores: jax.Array, n_iter: int, mask: jax.Array | None) -> None:
-    if scores.ndim < 2:
-        raise ValueError(f"scores: expected (..., n, m), got shape {tuple(scores.shape)}")
-    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
-        raise ValueError(f"n_iter={n_iter!r}: expected an integer >= 1 (1 is the softmax)")
-    if mask is None:
-        return
-    n, m = scores.shape[-2:]
-    if mask.dtype != jnp.bool_:
-        raise ValueError(f"mask: expected a bool padding mask (True = real token), got dtype {mask.dtype}")
-    if n != m:
-        raise ValueError(f"mask: padding masks need square scores (self-attention), got n={n}, m={m}")
-    if mask.ndim != scores.ndim - 1 or mask.shape[-1] != n:
-        raise ValueError(
-            f"mask: expected shape (..., {n}) with {scores.ndim - 1} dims, broadcastable "
-            f"against scores {tuple(scores.shape[:-1])}; got {tuple(mask.shape)}"
-        )
+def _concrete(*xs: jax.Array) -> bool:
+    """Whether the values are known (not traced), so that a NaN can be reported before running."""
+    return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
 def _iterate(scores: jax.Array, n_iter: int, mask: jax.Array | None) -> jax.Array:
@@ -121,6 +114,12 @@ _implicit.defvjp(_implicit_fwd, _implicit_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("n_iter", "implicit"))
+def _sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None, implicit: bool) -> jax.Array:
+    if implicit:
+        return _implicit(scores, n_iter, mask)
+    return _iterate(scores, n_iter, mask)
+
+
 def sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None = None, implicit: bool = False) -> jax.Array:
     """Sinkhorn's algorithm on ``exp(scores)`` in the log domain: ``n_iter`` row/column normalisations.
 
@@ -140,13 +139,55 @@ def sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None = None, impl
         Thesis chapter 5, eq. 5.3 (iterations), appendix 5.B eq. 5.13 (log domain), section 5.3
         (implicit differentiation), Prop. 5.1 (invariance to f_i + g_j).
     """
-    _validate(scores, n_iter, mask)
-    if implicit:
-        return _implicit(scores, n_iter, mask)
-    return _iterate(scores, n_iter, mask)
+    check_sinkhorn(
+        tuple(scores.shape),
+        scores.dtype,
+        jnp.issubdtype(scores.dtype, jnp.floating),
+        n_iter,
+        None if mask is None else tuple(mask.shape),
+        None if mask is None else mask.dtype,
+        mask is None or mask.dtype == jnp.bool_,
+        finite=(lambda: bool(jnp.isfinite(scores).all())) if _concrete(scores) else None,
+    )
+    return _sinkhorn(scores, n_iter, mask, bool(implicit))
 
 
-@functools.partial(jax.jit, static_argnames=("normalization", "sinkhorn_iters", "implicit"))
+def _kernel(q: jax.Array, k: jax.Array) -> Primitives:
+    """The Pallas passes of ``backends/jax/sinkhorn_pallas.py`` (interpreted on the CPU), imported on first use."""
+    if q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"impl='pallas': needs self-attention (Tq = Tk), got {q.shape[-2]} and {k.shape[-2]}")
+    try:
+        module = importlib.import_module(".sinkhorn_pallas", __package__)
+    except ImportError as err:
+        raise ValueError(f"impl='pallas': unavailable here ({err}); allowed {', '.join(IMPLS)}") from None
+    return driver.kernel_primitives("pallas", module)
+
+
+def _resolve(impl: str, implicit: bool, q: jax.Array, k: jax.Array) -> Primitives | None:
+    """The passes ``impl`` runs on (None: the naive impl)."""
+    if impl == "auto":
+        if implicit:
+            return None
+        on_gpu = jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+        impl = "pallas" if on_gpu and q.shape[-2] == k.shape[-2] else "blocked"
+    if impl != "naive" and implicit:
+        raise ValueError(f"implicit=True: only impl='naive' or 'auto' differentiate the fixed point, got impl={impl!r}")
+    if impl == "naive":
+        return None
+    return _kernel(q, k) if impl == "pallas" else sinkhorn_blocked.primitives()
+
+
+@functools.partial(jax.jit, static_argnames=("softmax", "n_iter", "implicit"))
+def _naive(q, k, v, softmax: bool, n_iter: int, mask, implicit: bool) -> tuple[jax.Array, jax.Array]:
+    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    scores = (q @ jnp.swapaxes(k, -1, -2)) * scale
+    if softmax and mask is None:
+        weights = jax.nn.softmax(scores, axis=-1)
+    else:
+        weights = _implicit(scores, n_iter, mask) if implicit else _iterate(scores, n_iter, mask)
+    return weights @ v, weights
+
+
 def attention(
     q: jax.Array,
     k: jax.Array,
@@ -155,32 +196,47 @@ def attention(
     sinkhorn_iters: int = 3,
     mask: jax.Array | None = None,
     implicit: bool = False,
-) -> tuple[jax.Array, jax.Array]:
+    impl: str = "naive",
+) -> tuple[jax.Array, jax.Array | None]:
     """Scaled dot-product attention normalised by the softmax or by Sinkhorn's algorithm.
 
     Args:
-        q, k, v: (B, H, T, d) float.
+        q, k, v: (B, H, T, d) float, one dtype (k and v may have their own T; v its own d).
         normalization: ``softmax`` (row-stochastic) or ``sinkhorn`` (doubly stochastic in the limit).
         sinkhorn_iters: normalisations for ``sinkhorn`` (ignored by ``softmax``).
         mask: (B, 1 or H, T) bool padding mask, True for real tokens.
-        implicit: implicit differentiation of Sinkhorn (see ``sinkhorn``).
+        implicit: implicit differentiation of Sinkhorn (see ``sinkhorn``); naive impl only.
+        impl: ``naive`` materialises the T x T plan; ``blocked`` (pure JAX) and ``pallas`` (fused kernels,
+            interpreted on the CPU) recompute it tile by tile in O(T) memory, same output and gradients;
+            ``auto``: pallas on a GPU or TPU, else blocked (naive when ``implicit``).
 
     Returns:
-        out (B, H, T, d) and the attention matrices (B, H, T, T).
+        out (B, H, T, d) and the attention matrices (B, H, T, T); None for the blocked impls, which never
+        form them.
 
     References:
         Thesis chapter 5, eq. 5.1 (Transformer) and eq. 5.4 (Sinkformer).
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: allowed {', '.join(NORMALIZATIONS)}")
-    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
-    scores = (q @ jnp.swapaxes(k, -1, -2)) * scale
-    if normalization == "softmax" and mask is None:
-        weights = jax.nn.softmax(scores, axis=-1)
-    else:
-        n_iter = 1 if normalization == "softmax" else sinkhorn_iters
-        weights = sinkhorn(scores, n_iter, mask, implicit=implicit and normalization == "sinkhorn")
-    return weights @ v, weights
+    n_iter = check_attention(
+        (tuple(q.shape), tuple(k.shape), tuple(v.shape)),
+        (q.dtype, k.dtype, v.dtype),
+        jnp.issubdtype(q.dtype, jnp.floating),
+        normalization,
+        sinkhorn_iters,
+        None if mask is None else tuple(mask.shape),
+        None if mask is None else mask.dtype,
+        mask is None or mask.dtype == jnp.bool_,
+        impl,
+        IMPLS,
+        finite=(lambda: bool(jnp.isfinite(q).all() & jnp.isfinite(k).all() & jnp.isfinite(v).all()))
+        if _concrete(q, k, v)
+        else None,
+    )
+    implicit = bool(implicit) and normalization == "sinkhorn"
+    prims = _resolve(impl, implicit, q, k)
+    if prims is not None:
+        return sinkhorn_blocked.blocked_attention(q, k, v, n_iter, mask, prims), None
+    return _naive(q, k, v, normalization == "softmax", n_iter, mask, implicit)
 
 
 @jax.jit

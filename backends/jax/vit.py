@@ -18,6 +18,7 @@ import numpy as np
 
 from ..vit_init import ViTConfig, init_params
 from . import _optim
+from ._trainer import ScanTrainer
 from .sinkhorn import attention
 
 Params = dict[str, Any]
@@ -144,44 +145,18 @@ def _epoch(
     return params, state, losses.mean(), correct.sum()
 
 
-class JaxViTTrainer:
-    """Trains a ViT with Adam or SGD on cross-entropy; predicts and returns attention matrices."""
+class JaxViTTrainer(ScanTrainer):
+    """Trains a ViT with Adam or SGD on cross-entropy; predicts and returns attention matrices.
+
+    ``fit_epoch`` returns the mean loss and the running accuracy of the epoch.
+    """
 
     def __init__(self, config: ViTConfig, params: Params, lr: float, optimizer: str, mlp: MLP | None):
-        self.config, self.mlp, self.params = config, mlp, params
-        self._state = _optim.init(optimizer, params)
-        self._epoch = jax.jit(functools.partial(_epoch, config=config, mlp=mlp, optimizer=optimizer, lr=lr))
+        super().__init__(
+            params, optimizer, functools.partial(_epoch, config=config, mlp=mlp, optimizer=optimizer, lr=lr)
+        )
+        self.config, self.mlp = config, mlp
         self._forward = jax.jit(functools.partial(vit_apply, config=config, mlp=mlp))
-        self._compiled: dict[tuple, Any] = {}
-
-    @staticmethod
-    def _key(images: jax.Array, labels: jax.Array, idx_shape: tuple[int, int]) -> tuple:
-        return images.shape, str(images.dtype), labels.shape, idx_shape
-
-    def _index(self, order: np.ndarray, batch: int) -> np.ndarray:
-        n_batches = len(order) // batch
-        if n_batches == 0:
-            raise ValueError(f"batch={batch}: larger than the {len(order)} training images")
-        return np.asarray(order[: n_batches * batch], np.int64).reshape(n_batches, batch)
-
-    def compile(self, images: jax.Array, labels: jax.Array, batch: int) -> None:
-        """Compile the epoch for these shapes ahead of time, so no epoch's time includes it."""
-        idx = self._index(np.arange(images.shape[0]), batch)
-        key = self._key(images, labels, idx.shape)
-        if key not in self._compiled:
-            self._compiled[key] = self._epoch.lower(self.params, self._state, images, labels, idx).compile()
-
-    def fit_epoch(self, images: jax.Array, labels: jax.Array, order: np.ndarray, batch: int) -> tuple[float, float]:
-        """One pass over ``order`` in minibatches of ``batch`` (the last incomplete one dropped).
-
-        Returns:
-            the mean training loss and the running training accuracy over the epoch.
-        """
-        idx = self._index(order, batch)
-        fn = self._compiled.get(self._key(images, labels, idx.shape), self._epoch)
-        idx = jax.device_put(idx, next(iter(images.devices())))
-        self.params, self._state, loss, correct = fn(self.params, self._state, images, labels, idx)
-        return float(loss), float(correct) / idx.size
 
     def predict(self, images: jax.Array, batch: int = 500) -> np.ndarray:
         """Predicted class of every image, (N,) int64 (the last chunk padded to ``batch``)."""

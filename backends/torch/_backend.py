@@ -1,7 +1,9 @@
-"""The torch backend: devices, synchronised timing, memory meters, seeding, environment."""
+"""The torch backend: devices, synchronised timing, memory meters, environment."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -9,13 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._protocol import DeviceUnavailable, wall_seconds
+from .._protocol import DeviceUnavailable
 from ..host import cpu_name, nvidia_driver
 from . import ops
 
 
 class TorchMemory:
-    """Peak CUDA bytes of a call, and bytes saved for backward through ``saved_tensors_hooks``."""
+    """Peak CUDA bytes of a call, peak host bytes from the profiler, bytes saved for backward (``saved_tensors_hooks``)."""
 
     def peak_bytes(self, fn: Callable[..., Any], *args: Any) -> int | None:
         """Peak bytes allocated above the pre-call level while ``fn(*args)`` runs (CUDA only).
@@ -32,6 +34,31 @@ class TorchMemory:
         fn(*args)
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated() - before)
+
+    def host_peak_bytes(self, fn: Callable[..., Any], *args: Any) -> int | None:
+        """Peak bytes of host (CPU) memory allocated by torch while ``fn(*args)`` runs, above the start.
+
+        torch keeps no allocator statistics on the CPU; its profiler records every allocation and
+        free with its size, and the running sum of those events gives the peak. None for CUDA
+        arguments (``peak_bytes`` reads the CUDA allocator there).
+        """
+        if any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args):
+            return None
+        from torch.profiler import ProfilerActivity, profile
+
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # kineto's start-up messages are not results
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn(*args)
+        events = sorted(
+            (e.start_ns(), e.nbytes())
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        )
+        live = peak = 0
+        for _, nbytes in events:
+            live += nbytes
+            peak = max(peak, live)
+        return int(peak)
 
     def saved_bytes(self, fn: Callable[..., Any], *args: Any) -> int:
         """Bytes of distinct storages the forward ``fn(*args)`` saves for backward.
@@ -74,20 +101,27 @@ class TorchBackend:
     def set_threads(self, n: int) -> None:
         torch.set_num_threads(max(1, n))
 
-    def time_once(self, fn: Callable[[], Any], kind: str) -> float:
-        if kind != "cuda":
-            return wall_seconds(fn, lambda _: None)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
+    def timed(self, fn: Callable[[], Any], kind: str) -> tuple[float, Any]:
+        """Seconds one call of ``fn`` takes on a device of ``kind``, and what it returned.
 
-    def seed(self, n: int) -> torch.Generator:
-        """A fresh generator seeded with ``n`` (no global RNG state is touched)."""
-        return torch.Generator().manual_seed(n)
+        On cuda the time is read from CUDA events around the call, after synchronising; on the
+        CPU torch runs eagerly, so wall-clock time is the call's.
+        """
+        if kind != "cuda":
+            start = time.perf_counter()
+            value = fn()
+            return time.perf_counter() - start, value
+        start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start_event.record()
+        value = fn()
+        end_event.record()
+        end_event.synchronize()
+        return start_event.elapsed_time(end_event) / 1e3, value
+
+    def time_once(self, fn: Callable[[], Any], kind: str) -> float:
+        """Seconds one call of ``fn`` takes on a device of ``kind``, synchronised (see ``timed``)."""
+        return self.timed(fn, kind)[0]
 
     def asarray(self, a: np.ndarray, device: torch.device, dtype: str | None = None) -> torch.Tensor:
         """Copy a NumPy array to ``device``, cast to ``dtype`` (a NumPy/torch dtype name) if given."""

@@ -18,46 +18,17 @@ Gradients are Prop. 7.8 with lam put back, applied per block (never an n x n mat
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
+from .. import topk_common as common
 
-def head_value(s: torch.Tensor, lam: float, e: int) -> torch.Tensor:
-    """``Y(s)``, the magnitude operator's value on a saturated element: ``Y + lam Y^(p-1) = s``, s >= 0."""
-    if e == 1:
-        return s / (1.0 + lam)
-    r = math.sqrt(lam / 3.0)  # c = Y^(1/3) solves c^3 + lam c - s = 0
-    c = 2.0 * r * torch.sinh(torch.asinh(s * (1.5 / (lam * r))) / 3.0)
-    return c * c * c
-
-
-def head_slope(yh: torch.Tensor, lam: float, e: int) -> torch.Tensor:
-    """``dY/ds`` at ``Y = yh``: ``1 / (1 + lam (p - 1) Y^(p - 2))``."""
-    if e == 1:
-        return torch.full_like(yh, 1.0 / (1.0 + lam))
-    c2 = yh.abs().pow(2.0 / 3.0)
-    return c2 / (c2 + lam / 3.0)
-
-
-def _cubic_root(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-    """Real root of ``d^3 + P d + Q = 0`` for ``P >= 0`` (hyperbolic form, stable)."""
-    big = P > 1e-30
-    Ps = torch.where(big, P, torch.ones_like(P))
-    r = torch.sqrt(Ps / 3.0)
-    hyp = -2.0 * r * torch.sinh(torch.asinh(1.5 * Q / (Ps * r)) / 3.0)
-    return torch.where(big, hyp, -torch.sign(Q) * Q.abs().pow(1.0 / 3.0))
-
-
-def pool(op: str, e: int, lam: float, cnt, wsum, mu, m2, m3):
-    """Block value ``gamma_B*`` (eq. 7.6, 7.A.6) from count, sum of w, mean and centred moments."""
-    cnt = torch.clamp(cnt, min=1.0)
-    if e == 1:
-        return mu - lam * wsum / cnt if op == "mask" else cnt * mu / (cnt + lam * wsum)
-    l3 = lam**3
-    if op == "mask":
-        return mu + _cubic_root(3.0 * m2 / cnt, (l3 * wsum - m3) / cnt)
-    return mu + _cubic_root((3.0 * m2 + l3 * wsum) / cnt, (l3 * wsum * mu - m3) / cnt)
+head_value = functools.partial(common.head_value, torch)
+head_slope = functools.partial(common.head_slope, torch)
+saturates_at = functools.partial(common.saturates_at, torch)
+pool = functools.partial(common.pool, torch)
 
 
 def _shifted(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -94,11 +65,6 @@ def threshold_parts(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: st
     sat = ae >= t.to(x.dtype)
     y = torch.where(sat, head_value(s, lam, e), ae)
     return torch.sign(x) * y, sat, (ae > 0) & ~sat, a
-
-
-def saturates_at(s: torch.Tensor, lam: float, e: int, op: str) -> torch.Tensor:
-    """``U(s)``: the threshold below which an element of value ``s`` saturates (``s - lam``, or ``Y(s)``)."""
-    return s - lam if op == "mask" else head_value(s, lam, e)
 
 
 def select_margin(k: int, n: int) -> int:
@@ -313,10 +279,7 @@ def threshold_vjp(
     h = g if op == "mask" else g * torch.sign(x)
     SD = D.sum(1, keepdim=True)
     SDh = (D * h).sum(1, keepdim=True)
-    if op == "mask":
-        denom = SD
-    else:
-        denom = SD + (k - sat.sum(1, keepdim=True)).to(x.dtype)
+    denom = SD if op == "mask" else SD + (k - sat.sum(1, keepdim=True)).to(x.dtype)
     mean = torch.where(denom > 0, SDh / torch.where(denom > 0, denom, 1.0), 0.0)
     out = D * (h - mean)
     if op == "mask":
@@ -345,30 +308,10 @@ def block_vjp(r: torch.Tensor, bid: torch.Tensor, h: torch.Tensor, k: int, lam: 
 
 
 def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int, w: tuple | None) -> torch.Tensor:
-    """One projection of Algorithm 7.7, in place on ``v``: onto {v_i >= v_(i+1)} for the pairs from ``offset``.
-
-    ``d`` (B, m) holds the pairs' last corrections (the p or q of Algorithm 7.7: +w_b d on the
-    first element, -w_a d on the second), added back before projecting; returns the new ones.
-    ``w`` is (w_a, w_b), the pairs' weights in the c-norm, or None (unit weights).
-    """
-    B = v.shape[0]
-    m = d.shape[1]
+    """Dykstra's half-step (``topk_common.pair_projection``) in place on ``v``'s pairs from ``offset``; the new ``d``."""
+    B, m = v.shape[0], d.shape[1]
     pair = v[:, offset : offset + 2 * m].view(B, m, 2)
-    a, b = pair[..., 0], pair[..., 1]
-    if w is None:
-        a.add_(d)
-        b.sub_(d)
-        d = torch.clamp_max(a - b, 0.0).mul_(0.5)
-        a.sub_(d)
-        b.add_(d)
-    else:
-        wa, wb = w
-        a.add_(wb * d)
-        b.sub_(wa * d)
-        d = torch.clamp_max(a - b, 0.0).div_(wa + wb)
-        a.sub_(wb * d)
-        b.add_(wa * d)
-    return d
+    return common.pair_projection(torch, pair[..., 0], pair[..., 1], d, w)[2]
 
 
 def dykstra(

@@ -20,20 +20,20 @@ import torch
 import torch.nn.functional as F
 
 from ..moe_config import MoEConfig, init_moe_params
+from ..topk_common import pair_projection
 from ..vit_init import ViTConfig
 from .topk import hard_topk_mask, topk_mask
 from .vit import dense_mlp, vit_apply, vit_trainer
 
 
 def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One projection of Algorithm 7.7 onto {v_i >= v_(i+1)} for the pairs from ``offset``; out of place."""
+    """Dykstra's half-step (``topk_common.pair_projection``) on ``v``'s pairs from ``offset``; out of place."""
     B, m = d.shape
     if m == 0:
         return v, d
     pair = v[:, offset : offset + 2 * m].reshape(B, m, 2)
-    a, b = pair[..., 0] + d, pair[..., 1] - d
-    d = torch.clamp_max(a - b, 0.0) * 0.5
-    new = torch.stack([a - d, b + d], dim=-1).reshape(B, 2 * m)
+    a, b, d = pair_projection(torch, pair[..., 0].clone(), pair[..., 1].clone(), d, None)  # clones: autograd
+    new = torch.stack([a, b], dim=-1).reshape(B, 2 * m)
     return torch.cat([v[:, :offset], new, v[:, offset + 2 * m :]], dim=1), d
 
 

@@ -5,7 +5,6 @@ from .moe import moe_route, moe_vit_apply, moe_vit_init, moe_vit_trainer
 from .pruned_mlp import pruned_mlp_apply, pruned_mlp_init, pruned_mlp_trainer, pruned_mlp_weights
 from .residual_classifier import residual_classifier_apply, residual_classifier_init, residual_classifier_trainer
 from .resnets import (
-    host_peak_bytes,
     residual_apply,
     residual_functional,
     residual_net,
@@ -21,7 +20,6 @@ from .vit import vit_apply, vit_init, vit_trainer
 
 __all__ = ["attention", "copy", "fused_attention", "matmul", "sinkhorn", "vit_apply", "vit_init", "vit_trainer"]
 __all__ += [
-    "host_peak_bytes",
     "residual_apply",
     "residual_functional",
     "residual_net",

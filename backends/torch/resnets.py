@@ -5,7 +5,7 @@ adjoint_heun or revnet from the same arguments as the JAX backend (weights from 
 initialiser), or a torchvision ResNet (and its ``to_momentum`` conversion). The other operators
 run it (``residual_apply``), differentiate it (``residual_vjp``), expose the activations of the
 forward and of the backward's reconstruction (``residual_trajectory``, ``residual_reconstruct``)
-and the functions the memory meters take (``residual_functional``, ``host_peak_bytes``).
+and the functions the memory meters take (``residual_functional``).
 
 References: thesis eq. 2.1, 2.6-2.9 (section 2.4), eq. 4.2-4.4, 4.17, appendix 4.C.
 """
@@ -344,37 +344,8 @@ def residual_reconstruct(net: torch.nn.Module, x: torch.Tensor, every: int = 1) 
     return _stack(kept)
 
 
-def host_peak_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
-    """Peak bytes of host (CPU) memory allocated by torch while ``fn(*args)`` runs, above the start.
-
-    torch keeps no allocator statistics on the CPU; its profiler records every allocation and
-    free with its size, and the running sum of those events gives the peak. None for CUDA
-    arguments (``memory.peak_bytes`` reads the CUDA allocator there).
-    """
-    if any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args):
-        return None
-    import os
-
-    from torch.profiler import ProfilerActivity, profile
-
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # kineto's start-up messages are not results
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn(*args)
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    )
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return int(peak)
-
-
 __all__ = [
     "ResidualNet",
-    "host_peak_bytes",
     "residual_apply",
     "residual_functional",
     "residual_net",

@@ -8,31 +8,20 @@ matrix, columns sum to 1 (eq. 5.13 writes 1/n). Mirrors ``backends/jax/sinkhorn.
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
-NORMALIZATIONS = ("softmax", "sinkhorn")
+from .. import sinkhorn_blocked as driver
+from ..sinkhorn_blocked import Primitives
+from ..sinkhorn_common import check_attention, check_sinkhorn
+from . import sinkhorn_blocked
 
-
-def _validate(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None) -> None:
-    if scores.ndim < 2:
-        raise ValueError(f"scores: expected (..., n, m), got shape {tuple(scores.shape)}")
-    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
-        raise ValueError(f"n_iter={n_iter!r}: expected an integer >= 1 (1 is the softmax)")
-    if mask is None:
-        return
-    n, m = scores.shape[-2:]
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask: expected a bool padding mask (True = real token), got dtype {mask.dtype}")
-    if n != m:
-        raise ValueError(f"mask: padding masks need square scores (self-attention), got n={n}, m={m}")
-    if mask.ndim != scores.ndim - 1 or mask.shape[-1] != n:
-        raise ValueError(
-            f"mask: expected shape (..., {n}) with {scores.ndim - 1} dims, broadcastable "
-            f"against scores {tuple(scores.shape[:-1])}; got {tuple(mask.shape)}"
-        )
+IMPLS = ("naive", "blocked", "triton", "auto")
+"""``attention``'s impls in torch (``backends/sinkhorn_common.py`` says what each is)."""
 
 
 def _iterate(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None) -> torch.Tensor:
@@ -126,10 +115,45 @@ def sinkhorn(
         Thesis chapter 5, eq. 5.3 (iterations), appendix 5.B eq. 5.13 (log domain), section 5.3
         (implicit differentiation), Prop. 5.1 (invariance to f_i + g_j).
     """
-    _validate(scores, n_iter, mask)
+    check_sinkhorn(
+        tuple(scores.shape),
+        scores.dtype,
+        scores.is_floating_point(),
+        n_iter,
+        None if mask is None else tuple(mask.shape),
+        None if mask is None else mask.dtype,
+        mask is None or mask.dtype == torch.bool,
+        finite=lambda: bool(torch.isfinite(scores).all()),
+    )
     if implicit:
         return _ImplicitSinkhorn.apply(scores, n_iter, mask)
     return _iterate(scores, n_iter, mask)
+
+
+def _kernel(q: torch.Tensor, k: torch.Tensor) -> Primitives:
+    """The Triton passes of ``backends/torch/sinkhorn_triton.py``, imported on first use."""
+    if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise ValueError(f"impl='triton': needs CUDA tensors or TRITON_INTERPRET=1, got device {q.device}")
+    if q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"impl='triton': needs self-attention (Tq = Tk), got {q.shape[-2]} and {k.shape[-2]}")
+    try:
+        module = importlib.import_module(".sinkhorn_triton", __package__)
+    except ImportError as err:
+        raise ValueError(f"impl='triton': unavailable here ({err}); allowed {', '.join(IMPLS)}") from None
+    return driver.kernel_primitives("triton", module)
+
+
+def _resolve(impl: str, implicit: bool, q: torch.Tensor, k: torch.Tensor) -> Primitives | None:
+    """The passes ``impl`` runs on (None: the naive impl)."""
+    if impl == "auto":
+        if implicit:
+            return None
+        impl = "triton" if q.is_cuda and q.shape[-2] == k.shape[-2] else "blocked"
+    if impl != "naive" and implicit:
+        raise ValueError(f"implicit=True: only impl='naive' or 'auto' differentiate the fixed point, got impl={impl!r}")
+    if impl == "naive":
+        return None
+    return _kernel(q, k) if impl == "triton" else sinkhorn_blocked.primitives()
 
 
 def attention(
@@ -140,30 +164,50 @@ def attention(
     sinkhorn_iters: int = 3,
     mask: torch.Tensor | None = None,
     implicit: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    impl: str = "naive",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention normalised by the softmax or by Sinkhorn's algorithm.
 
     Args:
-        q, k, v: (B, H, T, d) float.
+        q, k, v: (B, H, T, d) float, one dtype (k and v may have their own T; v its own d).
         normalization: ``softmax`` (row-stochastic) or ``sinkhorn`` (doubly stochastic in the limit).
         sinkhorn_iters: normalisations for ``sinkhorn`` (ignored by ``softmax``).
         mask: (B, 1 or H, T) bool padding mask, True for real tokens.
-        implicit: implicit differentiation of Sinkhorn (see ``sinkhorn``).
+        implicit: implicit differentiation of Sinkhorn (see ``sinkhorn``); naive impl only.
+        impl: ``naive`` materialises the T x T plan; ``blocked`` (pure torch) and ``triton`` (fused kernels,
+            CUDA or ``TRITON_INTERPRET=1``) recompute it tile by tile in O(T) memory, same output and
+            gradients; ``auto``: triton on CUDA, else blocked (naive when ``implicit``).
 
     Returns:
-        out (B, H, T, d) and the attention matrices (B, H, T, T).
+        out (B, H, T, d) and the attention matrices (B, H, T, T); None for the blocked impls, which never
+        form them.
 
     References:
         Thesis chapter 5, eq. 5.1 (Transformer) and eq. 5.4 (Sinkformer).
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: allowed {', '.join(NORMALIZATIONS)}")
+    n_iter = check_attention(
+        (tuple(q.shape), tuple(k.shape), tuple(v.shape)),
+        (q.dtype, k.dtype, v.dtype),
+        q.is_floating_point(),
+        normalization,
+        sinkhorn_iters,
+        None if mask is None else tuple(mask.shape),
+        None if mask is None else mask.dtype,
+        mask is None or mask.dtype == torch.bool,
+        impl,
+        IMPLS,
+        finite=lambda: bool(torch.isfinite(q).all() & torch.isfinite(k).all() & torch.isfinite(v).all()),
+    )
+    prims = _resolve(impl, implicit and normalization == "sinkhorn", q, k)
+    if prims is not None:
+        return sinkhorn_blocked.blocked_attention(q, k, v, n_iter, mask, prims), None
     scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     if normalization == "softmax" and mask is None:
         weights = torch.softmax(scores, dim=-1)
+    elif implicit and normalization == "sinkhorn":
+        weights = _ImplicitSinkhorn.apply(scores, n_iter, mask)
     else:
-        n_iter = 1 if normalization == "softmax" else sinkhorn_iters
-        weights = sinkhorn(scores, n_iter, mask, implicit=implicit and normalization == "sinkhorn")
+        weights = _iterate(scores, n_iter, mask)  # checked above: sinkhorn() would check again
     return weights @ v, weights
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import multiprocessing as mp
 import os
 import time
@@ -21,7 +20,7 @@ from harness.trial import execute, unfinished
 
 def _child(trial: Trial, conn: Connection, parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)  # a killed driver leaves no trial running
-    threads = str(max(1, math.floor(trial.num_cpus)))
+    threads = str(trial.threads)
     os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     conn.send(execute(trial))
     conn.close()

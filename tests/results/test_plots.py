@@ -192,7 +192,7 @@ def test_a_declaration_without_its_rows_yields_no_figure():
 
 def test_an_undeclared_metric_is_an_error_naming_the_declared_ones():
     rows = table(sweep({("torch", ("n", 1)): 1.0}))
-    with pytest.raises(ValueError, match="metric.*nope.*declared: time_s"):
+    with pytest.raises(ValueError, match=r"metric.*nope.*declared: time_s"):
         plots.draw(Figure("m", "nope", x="p_n"), rows, [TIME])
 
 

@@ -213,7 +213,8 @@ def render(page, tmp_path) -> tuple[str, set[str]]:
 def measure(path, tmp_path) -> tuple[str, dict[str, float]]:
     """Render a copy of the report with the measuring script; its DOM and height, verdict table top and bottom (px)."""
     copy = tmp_path / "measured.html"
-    copy.write_text(open(path).read().replace("</body>", _MEASURE, 1))
+    with open(path) as f:
+        copy.write_text(f.read().replace("</body>", _MEASURE, 1))
     dom, fetched = render(copy, tmp_path)
     assert not fetched, f"the report fetched {fetched}"
     sizes = {k: float(v) for k, v in re.findall(r'data-(height|verdicts|verdicts-bottom)="([\d.]+)"', dom)}
