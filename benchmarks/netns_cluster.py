@@ -8,7 +8,8 @@ the client namespace (its traffic crosses the veth links):
    node (its stored ``started_at``), worker start-up there included;
 2. per-trial overhead: 300 no-op trials on two one-CPU slots, from the first trial's start to the last
    one's end (start-up excluded), over the link and on the embedded single-machine instance, interleaved;
-3. scale-out: 64 trials that sleep 0.5 s on one CPU, on clusters of 1 and 2 one-CPU worker namespaces:
+3. head loss: the head killed mid-sweep; the time until the driver's one-line error, and until it exits;
+4. scale-out: 64 trials that sleep 0.5 s on one CPU, on clusters of 1 and 2 one-CPU worker namespaces:
    wall of ``deeperbench run`` (ideal 32 and 16 s) and span from the first trial's start to the last end.
 """
 
@@ -93,6 +94,26 @@ def recovery(cluster: NetnsCluster, workdir: Path, fault: str, i: int) -> float:
     return row["started_at"].timestamp() - at
 
 
+def head_loss(cluster: NetnsCluster, workdir: Path, i: int) -> tuple[float, float]:
+    """Seconds from the head's kill to the driver's ``error:`` line, and to its exit (status 3)."""
+    out = workdir / f"head{i}"
+    proc = run(cluster, spec(workdir, "head", 12, sleep_s=5.0), out, wait=False)
+    busy_worker(cluster)
+    time.sleep(3.0)
+    at = time.monotonic()
+    cluster.kill_node("head")
+    said = None
+    for line in proc.stderr:
+        if line.startswith("error:"):
+            said = time.monotonic() - at
+    proc.wait(timeout=120)
+    exited = time.monotonic() - at
+    if proc.returncode != 3 or said is None:
+        raise RuntimeError(f"expected exit status 3 and an error line, got {proc.returncode}")
+    cluster.restart()
+    return said, exited
+
+
 def span(out: Path) -> float:
     """Seconds from the first trial's start to the last one's end (worker start-up excluded)."""
     import pandas as pd
@@ -119,13 +140,13 @@ def show(name: str, values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["recovery", "overhead", "scale"], action="append")
+    parser.add_argument("--only", choices=["recovery", "overhead", "head", "scale"], action="append")
     args = parser.parse_args()
-    parts = args.only or ["recovery", "overhead", "scale"]
+    parts = args.only or ["recovery", "overhead", "head", "scale"]
     print(f"load average before: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="netns-bench-") as tmp:
         workdir = Path(tmp)
-        if "recovery" in parts or "overhead" in parts:
+        if {"recovery", "overhead", "head"} & set(parts):
             cluster = NetnsCluster("dbb", workers=2).up()
             try:
                 if "recovery" in parts:
@@ -143,6 +164,10 @@ def main() -> None:
                         print(show(f"span per no-op trial, {where} (ms, 2 slots)", ms).replace(" s [", " ms ["))
                     ratio = [a / b for a, b in zip(per_trial["link"], per_trial["embedded"])]
                     print(f"link / embedded per round: {', '.join(f'{r:.2f}' for r in ratio)}", flush=True)
+                if "head" in parts:
+                    lost = [head_loss(cluster, workdir, i) for i in range(args.repeats)]
+                    print(show("head killed: until the driver's one line", [said for said, _ in lost]))
+                    print(show("head killed: until the driver has exited", [gone for _, gone in lost]), flush=True)
             finally:
                 cluster.down()
         if "scale" in parts:

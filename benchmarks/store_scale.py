@@ -27,8 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import workloads
-from harness.spec import Resources
-from harness.sweep import Trial, trial_key
+from harness.sweep import Trial, make_trial
 from harness.trial import Outcome
 from harness.workload import Record
 from results.compact import compact, write_generation
@@ -48,22 +47,7 @@ def trial(i: int) -> Trial:
     """Trial ``i`` of a sweep of CONFIGS parameter points x 2 backends, repeated."""
     params = PROBE.Params(index=i // 2 % (CONFIGS // 2)).model_dump(mode="json")
     backend, repeat = ("torch", "jax")[i % 2], i // CONFIGS
-    key = trial_key(PROBE.name, PROBE.version, backend, "cpu", params, repeat)
-    return Trial(
-        key=key,
-        sweep=SWEEP,
-        workload=PROBE.name,
-        version=PROBE.version,
-        backend=backend,
-        device="cpu",
-        params=params,
-        repeat=repeat,
-        seed=repeat,
-        timeout_s=60.0,
-        num_cpus=1.0,
-        resources=Resources(),
-        isolation="actor",
-    )
+    return make_trial(PROBE, backend, params, sweep=SWEEP, repeat=repeat, timeout_s=60.0)
 
 
 def rows(n: int) -> pa.Table:

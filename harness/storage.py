@@ -149,7 +149,7 @@ def fail_stale(study: Any, *, every_running: bool) -> list[int]:
     before = {t.number for t in study.get_trials(deepcopy=False, states=unfinished)}
     if every_running or not heartbeats(study):
         for number in sorted(before):
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
                 study.tell(number, state=TrialState.FAIL)
     else:
         with warnings.catch_warnings():

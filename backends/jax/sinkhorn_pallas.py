@@ -125,10 +125,15 @@ def _interpret(interpret: bool | None) -> bool:
     return jax.default_backend() == "cpu" if interpret is None else interpret
 
 
+def _width(n: int) -> int:
+    """A feature size padded to a power of two >= 16, as GPU dots and loads need (zeros change no product)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
 def _flat(x: jax.Array, padded: int) -> jax.Array:
-    """(B, H, T, ...) -> (B * H, padded, ...), zero-padded along T."""
+    """(B, H, T) -> (B * H, padded), (B, H, T, n) -> (B * H, padded, _width(n)), zero-padded."""
     x = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-    return jnp.pad(x, [(0, 0), (0, padded - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return jnp.pad(x, [(0, 0), (0, padded - x.shape[1])] + [(0, _width(n) - n) for n in x.shape[2:]])
 
 
 def _flat_mask(mask: jax.Array, shape: tuple[int, ...], padded: int) -> jax.Array:
@@ -158,11 +163,11 @@ def _whole(padded: int, widths: Sequence[int | None]) -> list:
 @functools.partial(jax.jit, static_argnames=("block", "interpret"))
 def _lse(outer, inner, pot, mask, *, block: int, interpret: bool) -> jax.Array:
     b, h, t, d = outer.shape
-    tp = _padded(t, block)
+    tp, dw = _padded(t, block), _width(d)
     call = pl.pallas_call(
         functools.partial(_lse_kernel, block=block, n_blocks=tp // block, scale=d**-0.5),
         grid=(b * h, tp // block),
-        in_specs=[pl.BlockSpec((None, block, d), lambda bh, i: (bh, i, 0)), *_whole(tp, [d, None, None])],
+        in_specs=[pl.BlockSpec((None, block, dw), lambda bh, i: (bh, i, 0)), *_whole(tp, [dw, None, None])],
         out_specs=pl.BlockSpec((None, block), lambda bh, i: (bh, i)),
         out_shape=jax.ShapeDtypeStruct((b * h, tp), outer.dtype),
         interpret=interpret,
@@ -216,21 +221,21 @@ def _apply(q, k, a, b, x, mask, *, transpose: bool, block: int, interpret: bool)
     outer, inner, pot_o, pot_i = (k, q, b, a) if transpose else (q, k, a, b)
     bsz, h, t, d = q.shape
     e = x.shape[-1]
-    tp = _padded(t, block)
+    tp, dw, ew = _padded(t, block), _width(d), _width(e)
     call = pl.pallas_call(
         functools.partial(_apply_kernel, block=block, n_blocks=tp // block, scale=d**-0.5),
         grid=(bsz * h, tp // block),
         in_specs=[
-            pl.BlockSpec((None, block, d), lambda bh, i: (bh, i, 0)),
-            *_whole(tp, [d, None, None, e, None]),
+            pl.BlockSpec((None, block, dw), lambda bh, i: (bh, i, 0)),
+            *_whole(tp, [dw, None, None, ew, None]),
         ],
-        out_specs=pl.BlockSpec((None, block, e), lambda bh, i: (bh, i, 0)),
-        out_shape=jax.ShapeDtypeStruct((bsz * h, tp, e), q.dtype),
+        out_specs=pl.BlockSpec((None, block, ew), lambda bh, i: (bh, i, 0)),
+        out_shape=jax.ShapeDtypeStruct((bsz * h, tp, ew), q.dtype),
         interpret=interpret,
     )
     args = [_flat(z, tp) for z in (outer, inner, pot_o, pot_i, x)]
     out = call(*args, _flat_mask(mask, (bsz, h, t), tp))
-    return out[:, :t].reshape(bsz, h, t, e)
+    return out[:, :t, :e].reshape(bsz, h, t, e)
 
 
 def apply(
@@ -270,7 +275,7 @@ def _grad(q, k, v, dout, a, b, w, mask, *, block: int, interpret: bool) -> tuple
     bsz, h, t, d = q.shape
     e = v.shape[-1]
     n = a.shape[0]
-    tp = _padded(t, block)
+    tp, dw, ew = _padded(t, block), _width(d), _width(e)
     rows = w.at[1::2].set(0.0)
     cols = w.at[0::2].set(0.0)
 
@@ -289,22 +294,22 @@ def _grad(q, k, v, dout, a, b, w, mask, *, block: int, interpret: bool) -> tuple
             functools.partial(_grad_kernel, block=block, n_blocks=tp // block, n_steps=n, scale=d**-0.5),
             grid=(bsz * h, tp // block),
             in_specs=[
-                pl.BlockSpec((None, block, d), lambda bh, i: (bh, i, 0)),
-                *_whole(tp, [d]),
-                pl.BlockSpec((None, block, e), lambda bh, i: (bh, i, 0)),
-                *_whole(tp, [e]),
+                pl.BlockSpec((None, block, dw), lambda bh, i: (bh, i, 0)),
+                *_whole(tp, [dw]),
+                pl.BlockSpec((None, block, ew), lambda bh, i: (bh, i, 0)),
+                *_whole(tp, [ew]),
                 step_spec,
                 step_spec,
                 step_spec,
                 step_spec,
                 *_whole(tp, [None]),
             ],
-            out_specs=pl.BlockSpec((None, block, d), lambda bh, i: (bh, i, 0)),
-            out_shape=jax.ShapeDtypeStruct((bsz * h, tp, d), q.dtype),
+            out_specs=pl.BlockSpec((None, block, dw), lambda bh, i: (bh, i, 0)),
+            out_shape=jax.ShapeDtypeStruct((bsz * h, tp, dw), q.dtype),
             interpret=interpret,
         )
         out = call(outer, inner, u_o, u_i, pot_o, pot_i, w_o, w_i, _flat_mask(mask, (bsz, h, t), tp))
-        grads.append(out[:, :t].reshape(bsz, h, t, d))
+        grads.append(out[:, :t, :d].reshape(bsz, h, t, d))
     return grads[0], grads[1]
 
 

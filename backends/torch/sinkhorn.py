@@ -3,7 +3,9 @@
 One iteration is one normalisation: iteration 0 normalises rows, 1 columns, 2 rows, ... (eq. 5.3),
 so ``n_iter = 1`` is the softmax and an odd ``n_iter`` ends on rows. The scalings are kept in the
 log domain (appendix 5.B, eq. 5.13) with marginals scaled so that rows sum to 1 and, for a square
-matrix, columns sum to 1 (eq. 5.13 writes 1/n). Mirrors ``backends/jax/sinkhorn.py``.
+matrix, columns sum to 1 (eq. 5.13 writes 1/n). ``attention(..., impl=...)`` chooses how: ``naive``
+forms the T x T plan; the O(T)-memory impls run ``backends/sinkhorn_blocked.py``'s recursion over tiles.
+Mirrors ``backends/jax/sinkhorn.py``.
 """
 
 from __future__ import annotations
@@ -148,7 +150,12 @@ def _resolve(impl: str, implicit: bool, q: torch.Tensor, k: torch.Tensor) -> Pri
     if impl == "auto":
         if implicit:
             return None
-        impl = "triton" if q.is_cuda and q.shape[-2] == k.shape[-2] else "blocked"
+        if q.is_cuda and q.shape[-2] == k.shape[-2]:
+            try:
+                return _kernel(q, k)
+            except ValueError:  # the kernel module cannot load here: the pure-framework passes
+                pass
+        return sinkhorn_blocked.primitives()
     if impl != "naive" and implicit:
         raise ValueError(f"implicit=True: only impl='naive' or 'auto' differentiate the fixed point, got impl={impl!r}")
     if impl == "naive":

@@ -68,7 +68,7 @@ def _lse_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """out_o = LSE_i(scale * x_o . y_i + pot_i) over valid (o, i); 0 where no pair is valid."""
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)  # offsets past 2**31 elements stay exact
     offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_d = tl.arange(0, BLOCK_D)
     x = _load_rows(outer_ptr, bh, offs_o, offs_d, T, D)
@@ -111,7 +111,7 @@ def _apply_kernel(
     BLOCK_E: tl.constexpr,
 ):
     """out_o = sum_i exp(scale * x_o . y_i + a_o + b_i) x_i over valid (o, i)."""
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)  # offsets past 2**31 elements stay exact
     offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_E)
@@ -162,7 +162,7 @@ def _grad_kernel(
     dC_oi = P_oi (u_o . u'_i) - sum_t E_t,oi (w_t,o + w'_t,i), E_t = exp(scale x_o . y_i + a_t,o + b_t,i),
     P = E_{N-1}; pot/w arrays are (N, BH, T), the adjoints of steps normalising the other axis being 0.
     """
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)  # offsets past 2**31 elements stay exact
     offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_E)

@@ -191,6 +191,14 @@ def _expire(s: _Sweep) -> None:
             s.finish(run, "timeout", f"exceeded timeout_s={run.trial.timeout_s:g}; worker stopped")
 
 
+def _gcs_address() -> str | None:
+    """The joined cluster's GCS as ``HOST:PORT``; None where Ray does not say (a ``ray://`` client)."""
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:
+        return None
+
+
 class _Head:
     """A joined cluster's head, watched from the driver: its GCS port must accept a TCP connection.
 
@@ -269,7 +277,7 @@ class RayExecutor:
                 ) from None
             self.log.install()  # ray.init cleared the ray logger's handlers
             if not embedded:
-                self._head = _Head(ray.get_runtime_context().gcs_address)
+                self._head = _Head(_gcs_address())
             url = getattr(context, "dashboard_url", None)
             if address and url:
                 self.dashboard_url = url if "://" in url else f"http://{url}"

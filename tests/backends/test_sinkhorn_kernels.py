@@ -1,10 +1,10 @@
 """Fused Sinkhorn-attention kernels (Triton for torch, Pallas for JAX) in their CPU interpreters, vs float64 NumPy.
 
 Each primitive (row/column log-sum-exp, E x and E^T x, the q/k gradient pass) is checked against the dense
-T x T computation, then the whole attention (outputs and gradients) built from the primitives by the
-backward recursion of the blocked design, against autograd through the naive ``attention``. The Triton
-interpreter needs ``TRITON_INTERPRET=1`` before triton is imported, so its kernels run in one child process
-per session (``_triton_outputs``) and the comparisons happen here.
+T x T computation, then the whole attention (outputs and gradients) run by the blocked driver
+(``backends/sinkhorn_blocked.py``) on the kernels, against autograd through the naive ``attention``. The
+Triton interpreter needs ``TRITON_INTERPRET=1`` before triton is imported, so its kernels run in a child
+process (``_triton_worker``, one per interpreter run) and the comparisons happen here.
 
 References:
     Thesis chapter 5 (Sinkformers), appendix 5.B eq. 5.13.
@@ -29,17 +29,19 @@ PRIM_CASES = [(t, masked, "float64") for t in (1, 7, 33, 64) for masked in (Fals
 """(T, masked, dtype) of the primitive checks: T = 1, a tail shorter than the block, several blocks."""
 ATTN_CASES = [(33, True, 1), (33, True, 3), (20, True, 21), (33, False, 3)]
 """(T, masked, n_iter) of the whole-attention checks (float64, block 16)."""
+PUBLIC_CASE = (33, True, 3)
+"""(T, masked, n_iter) run through ``attention(..., impl="triton" | "pallas")`` at its default block."""
 FAST = {
-    "triton": (PRIM_CASES, ATTN_CASES, []),
+    "triton": (PRIM_CASES, ATTN_CASES, [], [PUBLIC_CASE]),
     "pallas": (
         [(7, False, "float64"), (33, True, "float64"), (33, True, "float32")],
         [(33, True, 3), (20, True, 21)],
         [],
+        [PUBLIC_CASE],
     ),
 }
-"""The cases each interpreter runs in the default suite (Pallas compiles each shape: the rest are slow)."""
-PUBLIC_CASE = (33, True, 3)
-"""(T, masked, n_iter) run through ``attention(..., impl="triton" | "pallas")`` at its default block."""
+"""(primitive, attention, long, public) cases each interpreter runs in the default suite, in one go (Pallas
+compiles each shape: it runs fewer); every other case is a slow test of its own."""
 LONG_CASES = [(100, True, 5, 32), (64, False, 21, 16)]
 """(T, masked, n_iter, block) checked by the slow tests."""
 ROOT = Path(__file__).resolve().parents[2]
@@ -192,8 +194,8 @@ def _jax_attention(prims, t, masked, n_iter):
     return {"out": np.asarray(out), **{n: np.asarray(z) for n, z in zip(("dq", "dk", "dv"), grads)}}
 
 
-def _all_outputs(impl: str, cases: tuple[list, list, list]) -> dict[str, np.ndarray]:
-    """Kernel outputs of the (primitive, attention at block 16, attention at any block) cases, by case key."""
+def _all_outputs(impl: str, cases: tuple[list, ...]) -> dict[str, np.ndarray]:
+    """Kernel outputs of the (primitive, attention at block 16, attention at any block, public) cases, by key."""
     if impl == "triton":
         import torch
 
@@ -206,7 +208,7 @@ def _all_outputs(impl: str, cases: tuple[list, list, list]) -> dict[str, np.ndar
         from backends.jax import sinkhorn_pallas as mod
 
         to, back, attention = jnp.asarray, np.asarray, _jax_attention
-    prim_cases, attn_cases, long_cases = cases
+    prim_cases, attn_cases, long_cases, public_cases = cases
     res = {}
     for case in prim_cases:
         for name, a in _prim_outputs(mod.primitives(BLOCK), to, back, *case).items():
@@ -214,13 +216,13 @@ def _all_outputs(impl: str, cases: tuple[list, list, list]) -> dict[str, np.ndar
     for case in [(*c, BLOCK) for c in attn_cases] + list(long_cases):
         for name, a in attention(mod.primitives(case[3]), *case[:3]).items():
             res[f"attn{tuple(case)}/{name}"] = a
-    if attn_cases:  # the user's path: attention(..., impl=...) at the default block
-        for name, a in attention(impl, *PUBLIC_CASE).items():
-            res[f"public/{name}"] = a
+    for case in public_cases:  # the user's path: attention(..., impl=...) at the default block
+        for name, a in attention(impl, *case).items():
+            res[f"public{tuple(case)}/{name}"] = a
     return res
 
 
-def _triton_worker(path: str, cases: tuple[list, list, list]) -> None:
+def _triton_worker(path: str, cases: tuple[list, ...]) -> None:
     """Child-process entry: the Triton cases, run in the interpreter, saved to ``path`` (.npz)."""
     import torch
 
@@ -228,7 +230,7 @@ def _triton_worker(path: str, cases: tuple[list, list, list]) -> None:
     np.savez(path, **_all_outputs("triton", cases))
 
 
-def _outputs(impl: str, tmp_path_factory, cases: tuple[list, list, list]) -> dict[str, np.ndarray]:
+def _outputs(impl: str, tmp_path_factory, cases: tuple[list, ...]) -> dict[str, np.ndarray]:
     if impl == "pallas":
         backends.get("jax")  # float64 on
         return _all_outputs(impl, cases)
@@ -242,20 +244,22 @@ def _outputs(impl: str, tmp_path_factory, cases: tuple[list, list, list]) -> dic
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
-    """The default suite's outputs of both kernels, computed once."""
-    return {impl: _outputs(impl, tmp_path_factory, FAST[impl]) for impl in FAST}
+def kernels(tmp_path_factory):
+    """``get(impl, which, case)``: outputs holding ``case`` (which: 0 primitive, 1 attention, 2 long, 3 public).
 
+    The default suite's cases of an impl run together, once, in the first test that asks for one (an
+    interpreter run each); any other case runs alone, in its own (slow) test.
+    """
+    cache: dict[str, dict[str, np.ndarray]] = {}
 
-def _rest(impl: str) -> tuple[list, list, list]:
-    prims, attns, _ = FAST[impl]
-    return [c for c in PRIM_CASES if c not in prims], [c for c in ATTN_CASES if c not in attns], LONG_CASES
+    def get(impl: str, which: int, case: tuple) -> dict[str, np.ndarray]:
+        if case not in FAST[impl][which]:
+            return _outputs(impl, tmp_path_factory, tuple([case] if i == which else [] for i in range(4)))
+        if impl not in cache:
+            cache[impl] = _outputs(impl, tmp_path_factory, FAST[impl])
+        return cache[impl]
 
-
-@pytest.fixture(scope="module")
-def kernels_slow(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
-    """The slow suite's outputs: the cases the default suite leaves out, and longer sequences."""
-    return {impl: _outputs(impl, tmp_path_factory, _rest(impl)) for impl in FAST}
+    return get
 
 
 # ---------------------------------------------------------------- the checks
@@ -287,12 +291,8 @@ def _params(which: int, cases: list) -> list:
     ]
 
 
-def _got(request, impl: str, which: int, case: tuple) -> dict[str, np.ndarray]:
-    return request.getfixturevalue("kernels" if case in FAST[impl][which] else "kernels_slow")[impl]
-
-
 @pytest.mark.parametrize(("impl", "case"), _params(0, PRIM_CASES))
-def test_each_primitive_matches_the_dense_float64_reference(request, impl, case):
+def test_each_primitive_matches_the_dense_float64_reference(kernels, impl, case):
     t, masked, dtype = case
     inp = _inputs(t, masked)
     q, k, mask = inp["q"], inp["k"], inp["mask"]
@@ -305,7 +305,7 @@ def test_each_primitive_matches_the_dense_float64_reference(request, impl, case)
         "dq": dq,
         "dk": dk,
     }
-    got = _got(request, impl, 0, case)
+    got = kernels(impl, 0, case)
     for name, want in expected.items():
         a = got[f"prim{case}/{name}"]
         assert a.dtype == np.dtype(dtype), name
@@ -313,11 +313,11 @@ def test_each_primitive_matches_the_dense_float64_reference(request, impl, case)
 
 
 @pytest.mark.parametrize(("impl", "case"), _params(1, ATTN_CASES) + _params(2, LONG_CASES))
-def test_attention_from_the_kernels_matches_the_naive_outputs_and_gradients(request, impl, case):
+def test_attention_from_the_kernels_matches_the_naive_outputs_and_gradients(kernels, impl, case):
     t, masked, n_iter, *_ = case
     inp = _inputs(t, masked, seed=1)
     want = _naive_autograd(*(inp[n] for n in ("q", "k", "v", "dout")), n_iter, inp["mask"])
-    got = _got(request, impl, 1 if len(case) == 3 else 2, case)
+    got = kernels(impl, 1 if len(case) == 3 else 2, case)
     key = case if len(case) == 4 else (*case, BLOCK)
     for name, w in zip(("out", "dq", "dk", "dv"), want, strict=True):
         assert_close(got[f"attn{key}/{name}"], w)
@@ -328,7 +328,7 @@ def test_attention_with_the_kernel_impl_matches_the_naive_outputs_and_gradients(
     inp = _inputs(*PUBLIC_CASE[:2], seed=1)
     want = _naive_autograd(*(inp[n] for n in ("q", "k", "v", "dout")), PUBLIC_CASE[2], inp["mask"])
     for name, w in zip(("out", "dq", "dk", "dv"), want, strict=True):
-        assert_close(kernels[impl][f"public/{name}"], w)
+        assert_close(kernels(impl, 3, PUBLIC_CASE)[f"public{PUBLIC_CASE}/{name}"], w)
 
 
 @pytest.mark.parametrize("impl", ["triton", "pallas"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import textwrap
 
 import optuna
@@ -55,7 +56,7 @@ def test_search_runs_in_parallel_stores_every_trial_and_resumes(tmp_path, ray_in
     assert again.finished == 4
     assert len(Store(out).read().to_pylist()) == 4
     path, n_figs = build(out, str(tmp_path / "report.html"))
-    text = open(path).read()
+    text = pathlib.Path(path).read_text()
     assert "Searches (Optuna)" in text and "Best trial" in text and n_figs >= 3
 
 
@@ -78,7 +79,7 @@ def test_failed_trials_are_told_failed_and_constraints_pick_the_best_feasible(tm
 def test_a_search_spec_must_fix_every_grid_parameter(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(SPEC.format(modes="[sleep]", extra="").replace("sleep_s: 0.05", "sleep_s: [0.05, 0.1]"))
-    with pytest.raises(UserError, match="grid.sleep_s: a search fixes every grid parameter"):
+    with pytest.raises(UserError, match=r"grid\.sleep_s: a search fixes every grid parameter"):
         run_search(str(path), 2, str(tmp_path / "out"))
 
 

@@ -329,27 +329,12 @@ def tree(root: Path) -> dict[str, tuple]:
 def stored_results(folder: Path) -> None:
     """One real ok trial of harness_probe in a results folder, for compare to refuse a bad flag on."""
     import workloads
-    from harness.spec import Resources
-    from harness.sweep import Trial
+    from harness.sweep import make_trial
     from harness.trial import execute
     from results.store import Store
 
     wl = workloads.get("harness_probe")
-    trial = Trial(
-        key="k0",
-        sweep="h",
-        workload=wl.name,
-        version=wl.version,
-        backend="torch",
-        device="cpu",
-        params=wl.Params().model_dump(mode="json"),
-        repeat=0,
-        seed=0,
-        timeout_s=60,
-        num_cpus=1,
-        resources=Resources(),
-        isolation="actor",
-    )
+    trial = make_trial(wl, "torch", wl.Params(), sweep="h", timeout_s=60)
     Store(str(folder)).write(trial, execute(trial), "test")
 
 

@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 
 import workloads
 from harness.cli import app
-from harness.spec import Resources
-from harness.sweep import Trial, trial_key
+from harness.sweep import make_trial
 from harness.trial import Outcome
 from harness.workload import Record
 from results.compare import BY, FORMATS, _summary, against_baseline, by_columns, compare
@@ -41,22 +40,7 @@ def write(
     now = dt.datetime.now(dt.timezone.utc)
     for backend, base in seconds.items():
         for repeat in range(repeats):
-            key = trial_key(workload, wl.version, backend, "cpu", point, repeat)
-            trial = Trial(
-                key=key,
-                sweep="c",
-                workload=workload,
-                version=wl.version,
-                backend=backend,
-                device="cpu",
-                params=point,
-                repeat=repeat,
-                seed=repeat,
-                timeout_s=60,
-                num_cpus=1,
-                resources=Resources(),
-                isolation="actor",
-            )
+            trial = make_trial(wl, backend, point, sweep="c", repeat=repeat, timeout_s=60)
             value = base * (1 + 0.01 * repeat)
             records = [Record(metric, value * f, sample=i, tag=tag) for i, f in enumerate(FACTORS)]
             store.write(trial, Outcome("ok", records, now, 0.1, "h", f"{backend}-cpu"), "r")

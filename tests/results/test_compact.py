@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 
 import workloads
 from harness.cli import app
-from harness.spec import Resources
-from harness.sweep import Trial, trial_key
+from harness.sweep import Trial, make_trial
 from harness.trial import Outcome
 from harness.workload import Record
 from results.compact import compact
@@ -29,23 +28,7 @@ PROBE = workloads.get("harness_probe")
 
 
 def probe_trial(index: int, sweep: str = "s") -> Trial:
-    params = PROBE.Params(index=index).model_dump(mode="json")
-    key = trial_key(PROBE.name, PROBE.version, "torch", "cpu", params, 0)
-    return Trial(
-        key=key,
-        sweep=sweep,
-        workload=PROBE.name,
-        version=PROBE.version,
-        backend="torch",
-        device="cpu",
-        params=params,
-        repeat=0,
-        seed=0,
-        timeout_s=60.0,
-        num_cpus=1.0,
-        resources=Resources(),
-        isolation="actor",
-    )
+    return make_trial(PROBE, "torch", PROBE.Params(index=index), sweep=sweep, timeout_s=60.0)
 
 
 def write(store: Store, index: int, value: float, status: str = "ok", sweep: str = "s") -> Trial:

@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import workloads
-from harness.spec import Resources
-from harness.sweep import Trial, trial_key
+from harness.sweep import Trial, make_trial
 from harness.trial import Outcome
 from harness.workload import Record, metric_map
 from results.schema import full_schema
@@ -26,23 +25,7 @@ OLD_FOLDER = Path(__file__).parent / "data" / "store_v1"
 
 def synthetic(workload_name: str, repeat: int, sweep: str = "all") -> Trial:
     wl = workloads.get(workload_name)
-    params = wl.smoke.model_dump(mode="json")
-    key = trial_key(wl.name, wl.version, wl.backends[0], "cpu", params, repeat)
-    return Trial(
-        key=key,
-        sweep=sweep,
-        workload=wl.name,
-        version=wl.version,
-        backend=wl.backends[0],
-        device="cpu",
-        params=params,
-        repeat=repeat,
-        seed=repeat,
-        timeout_s=60.0,
-        num_cpus=1.0,
-        resources=Resources(),
-        isolation="actor",
-    )
+    return make_trial(wl, wl.backends[0], wl.smoke, sweep=sweep, repeat=repeat, timeout_s=60.0)
 
 
 def result(workload_name: str, status: str = "ok") -> Outcome:

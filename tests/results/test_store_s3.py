@@ -281,3 +281,16 @@ def test_a_compaction_on_s3_killed_at_any_step_leaves_every_trial_readable_exact
         left = [k.rsplit("/", 1)[1] for k in s3.keys(f"{prefix}/s/harness_probe")]
         assert len(left) == 1 and left[0].startswith(COMPACTED), left
     assert killed >= 4  # the upload, two loose deletes, one compacted delete at least
+
+
+def test_the_endpoint_may_come_in_the_uri_query_instead_of_aws_endpoint_url(s3, monkeypatch):
+    from results.store import Store
+    from tests.results.test_compact import probe_trial, values, write
+
+    bucket = s3.bucket()
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    uri = f"s3://{bucket}/q?endpoint_override={s3.endpoint.removeprefix('http://')}&scheme=http"
+    with RunLock(uri):
+        write(Store(uri), 7, 3.0)
+    assert values(Store(uri)) == {7: [3.0]}
+    assert [k.rsplit("/", 1)[1] for k in s3.keys(bucket)] == ["_common_metadata", f"{probe_trial(7).key}.parquet"]

@@ -13,8 +13,8 @@ import backends
 import workloads
 from harness.checks import VERDICTS, Check
 from harness.figures import Custom, Figure
-from harness.spec import Resources, load_specs
-from harness.sweep import Trial
+from harness.spec import load_specs
+from harness.sweep import Trial, make_trial
 from harness.trial import execute
 from harness.workload import settings
 from results import plots
@@ -26,22 +26,7 @@ SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 
 def smoke_trial(name: str, backend: str) -> Trial:
-    wl = workloads.get(name)
-    return Trial(
-        key=f"smoke-{name}-{backend}",
-        sweep="conf",
-        workload=name,
-        version=wl.version,
-        backend=backend,
-        device="cpu",
-        params=wl.smoke.model_dump(mode="json"),
-        repeat=0,
-        seed=0,
-        timeout_s=600,
-        num_cpus=2,
-        resources=Resources(),
-        isolation="actor",
-    )
+    return make_trial(workloads.get(name), backend, workloads.get(name).smoke, sweep="conf", num_cpus=2)
 
 
 @pytest.mark.parametrize("name", workloads.names())
