@@ -38,9 +38,14 @@ def reduce_records(records: Sequence[Record], metric: Metric) -> float | None:
 
 
 def _reduce(values: pd.Series, how: str) -> float:
-    return float(
-        {"median": np.median, "last": lambda v: v.iloc[-1], "max": np.max, "min": np.min, "mean": np.mean}[how](values)
-    )
+    reducers: dict[str, Callable[[pd.Series], Any]] = {
+        "median": np.median,
+        "last": lambda v: v.iloc[-1],
+        "max": np.max,
+        "min": np.min,
+        "mean": np.mean,
+    }
+    return float(reducers[how](values))
 
 
 def _nanmean(stack: np.ndarray) -> np.ndarray:

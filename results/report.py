@@ -151,9 +151,10 @@ def _anchor(name: str) -> str:
 
 def _verdicts_html(sections: list[_Section]) -> str:
     """Counts per verdict, then one row per check of every workload, linking to the check."""
-    rows, counts = [], Counter()
+    rows: list[str] = []
+    counts: Counter[str] = Counter()
     for s in sections:
-        entries = [
+        entries: list[tuple[str, str, str, str, str]] = [
             (c.verdict, c.name, c.figure, c.measured, f"{_anchor(s.name)}-check-{i}") for i, c in enumerate(s.checks)
         ]
         if s.error:
@@ -257,8 +258,8 @@ def _setting_html(setting: Any, rows: pd.DataFrame) -> str:
         f"<tr><th>{_esc(label)}</th><td>{_esc(setting.thesis.get(label, ''))}</td><td>{_esc(ours(label))}</td></tr>"
         for label in labels
     )
-    ours = "this run" if not ours_rows.empty else "this run (no trial has this setting)"
-    return f"<table><tr><th>{_esc(setting.figure)}</th><th>thesis</th><th>{ours}</th></tr>{body}</table>"
+    head = "this run" if not ours_rows.empty else "this run (no trial has this setting)"
+    return f"<table><tr><th>{_esc(setting.figure)}</th><th>thesis</th><th>{head}</th></tr>{body}</table>"
 
 
 def _checks_html(anchor: str, checks: list[Check], error: str) -> str:
