@@ -1,9 +1,10 @@
 """The results store at scale: 10^3, 10^4 and 10^5 synthetic one-row trials, loose and compacted.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/store_scale.py [--sizes 1000 10000 100000]
-[--loose-max 10000] [--repeats 3]``. Each trial is a ``harness_probe`` no-op (one ``trial_s`` row; 50 values of
-``index`` on torch and jax, repeated up to the size) whose rows come from the store's own ``trial_table``; a loose folder holds one file per
-trial written as ``Store.write`` writes it, and ``deeperbench compact`` then merges it. Sizes above
+[--loose-max 10000] [--repeats 3]``. Each trial is a ``harness_probe`` no-op (one ``trial_s`` row;
+50 values of ``index`` on torch and jax, repeated up to the size) whose rows come from the store's
+own ``trial_table``; a loose folder holds one file per trial written as ``Store.write`` writes it,
+and ``deeperbench compact`` then merges it. Sizes above
 ``--loose-max`` are written compacted only (one generation, the file compaction would write),
 since writing 10^5 loose files takes longer than reading them. Times, in seconds: the resume scan
 (``Store.statuses``), ``Store.read``, ``report`` (``results.report.build``) and ``compare``

@@ -135,7 +135,7 @@ def test_quantiles_interpolate_linearly_and_skip_nan_but_count_every_trial():
 
 
 def test_each_reduction_of_a_trial_matches_its_records():
-    """A trial's samples reduced as declared, in the store's order (by step, then sample): the same as reduce_records."""
+    """A trial's samples reduced as declared, in the store's order (by step, then sample), as reduce_records."""
     values = [3.0, 1.0, 2.0, 5.0, 4.0]
     records = [Record("x", v, step=s, sample=i) for i, (v, s) in enumerate(zip(values, [0, 2, 1, 2, 0]))]
     for reduce, want in (("median", 3.0), ("last", 5.0), ("max", 5.0), ("min", 1.0), ("mean", 3.0)):

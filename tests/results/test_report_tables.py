@@ -1,4 +1,4 @@
-"""The report's run-wide tables: environments parsed once per distinct text, and unfinished trials past a cap counted."""
+"""The report's run-wide tables: environments parsed once per distinct text; unfinished trials past a cap counted."""
 
 from __future__ import annotations
 
