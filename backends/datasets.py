@@ -63,7 +63,7 @@ def _digits(test_fraction: float) -> ImageData:
     images = bunch.images.astype(np.float64)[:, None] / 16.0
     labels = bunch.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(labels))  # a fixed split, whatever the trial seed
-    n_test = int(round(test_fraction * len(labels)))
+    n_test = round(test_fraction * len(labels))
     test, train = order[:n_test], order[n_test:]
     train_x, test_x = _standardise(images[train], images[test])
     return ImageData("digits", train_x, labels[train], test_x, labels[test], 10)

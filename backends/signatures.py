@@ -1,4 +1,4 @@
-"""The operator signatures both backends export in ``ops`` (STYLE.md rule 3): one Protocol each.
+"""The operator signatures both backends export in ``ops``: one Protocol each.
 
 ``tests/backends/test_signatures.py`` checks that ``backends.torch.ops`` and ``backends.jax.ops``
 export every name listed here with the same parameters, order and defaults.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+from functools import partial
 
 import numpy as np
 
@@ -112,12 +113,12 @@ def main() -> None:
 
     widest_before = {key: widest() for key, (_, _, widest) in runs.items()}
     for i in range(args.warmup):
-        for backend, step, _ in runs.values():
+        for _, step, _ in runs.values():
             step(i)
     samples: dict[tuple, list[float]] = {key: [] for key in runs}
     for r in range(args.rounds):
         for key, (backend, step, _) in runs.items():
-            samples[key].append(backend.time_once(lambda: step(args.warmup + r), args.device))
+            samples[key].append(backend.time_once(partial(step, args.warmup + r), args.device))
     widest_after = {key: widest() for key, (_, _, widest) in runs.items()}
 
     k = MoEConfig(experts=args.experts, capacity_factor=1.0).capacity(n)

@@ -18,6 +18,7 @@ import importlib
 import math
 import os
 import platform
+from functools import partial
 
 import numpy as np
 
@@ -79,28 +80,26 @@ def main() -> None:
             if name == "torch":
                 import torch
 
-                time("topk", lambda: torch.topk(x, k, dim=-1))
+                time("topk", partial(torch.topk, x, k, dim=-1))
                 if args.sort:
-                    time("sort", lambda: torch.sort(x, dim=-1, descending=True))
+                    time("sort", partial(torch.sort, x, dim=-1, descending=True))
             else:
                 import jax
                 import jax.numpy as jnp
 
-                jtopk = jax.jit(lambda a: jax.lax.top_k(a, k))
-                time("topk", lambda: jtopk(x))
+                time("topk", partial(jax.jit(partial(jax.lax.top_k, k=k)), x))
                 if args.sort:
-                    jsort = jax.jit(lambda a: jnp.sort(a, axis=-1))
-                    time("sort", lambda: jsort(x))
+                    time("sort", partial(jax.jit(partial(jnp.sort, axis=-1)), x))
             for op, p in CASES:
                 fn = ops.topk_mask if op == "mask" else ops.topk_mag
                 tag = f"topk_{op} p={'2' if p == 2 else '4/3'}"
                 y = b.to_numpy(fn(x, k, lam=args.lam, p=p)).astype(np.float64)
                 time(
                     f"{tag} fwd",
-                    lambda fn=fn, p=p: fn(x, k, lam=args.lam, p=p),
+                    partial(fn, x, k, lam=args.lam, p=p),
                     float(np.max(np.abs(y - refs[(op, p)]))),
                 )
-                time(f"{tag} fwd+bwd", lambda op=op, p=p: ops.topk_vjp(x, k, g, op=op, lam=args.lam, p=p))
+                time(f"{tag} fwd+bwd", partial(ops.topk_vjp, x, k, g, op=op, lam=args.lam, p=p))
     load_after = os.getloadavg()
 
     torch_info, versions = backends.get("torch").env_info(), []

@@ -1,4 +1,4 @@
-"""The ``deeperbench`` command: run, search, report, compare, list (DESIGN.md, "CLI").
+"""The ``deeperbench`` command: run, search, report, compare, list (docs/design.md, "CLI").
 
 Exit status: 0 when done (every trial ok or skipped); 1 when a trial failed, crashed, ran out of
 memory or timed out (after everything is stored), or a compare gate tripped; 2 on bad input

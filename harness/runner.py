@@ -70,7 +70,7 @@ def git_sha() -> str | None:
 
 def plan(
     spec: str,
-    executor: executors.Executor,
+    executor: executors.Planner,
     *,
     backend: str | None = None,
     device: str | None = None,
@@ -100,8 +100,6 @@ def plan(
 
 class _Offline:
     """What ``plan`` needs of an executor, answered from this host alone: nothing starts, nothing is checked."""
-
-    dashboard_url = None
 
     def resolve_device(self, device: str) -> str:
         return local_accelerator() if device == "auto" else device

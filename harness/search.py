@@ -20,7 +20,7 @@ from rich.console import Console
 from harness.errors import UserError
 from harness.paths import check_out
 from harness.runner import Session
-from harness.spec import DEVICES, Range, Sweep, load_specs, one_line_error
+from harness.spec import DEVICES, Range, Search, Sweep, load_specs, one_line_error
 from harness.storage import HEARTBEAT_S, Heartbeat, default_storage, fail_stale, heartbeats, open_storage, shown
 from harness.sweep import Trial, make_trial
 from harness.trial import FAILURES, Outcome, first_line
@@ -49,11 +49,17 @@ class SearchSummary:
         return sum(n for status, n in self.counts.items() if status in FAILURES)
 
 
+def _search(sweep: Sweep) -> Search:
+    """The sweep's search section (always there: ``_only_search_sweep`` keeps only sweeps that have one)."""
+    assert sweep.search is not None
+    return sweep.search
+
+
 def _distributions(sweep: Sweep) -> dict:
     import optuna.distributions as d
 
     out = {}
-    for name, spec in sweep.search.space.items():
+    for name, spec in _search(sweep).space.items():
         if isinstance(spec, Range):
             out[name] = (
                 d.IntDistribution(int(spec.low), int(spec.high), log=spec.log)
@@ -75,7 +81,7 @@ def _only_search_sweep(spec: str, backend: str | None) -> tuple[Sweep, Workload]
             raise UserError(
                 f"grid.{key}: a search fixes every grid parameter; give one value, or put it in search.space"
             )
-    overlap = sorted(set(sweep.grid) & set(sweep.search.space))
+    overlap = sorted(set(sweep.grid) & set(_search(sweep).space))
     if overlap:
         raise UserError(
             f"search.space: {', '.join(overlap)} also fixed in grid; a parameter is either fixed or searched"
@@ -90,7 +96,7 @@ def _feasibility(sweep: Sweep, workload: Workload, outcome: Outcome) -> list[flo
     """Optuna's constraint values (<= 0 is feasible) for each ``search.constraints`` entry."""
     metrics = metric_map(workload)
     values = []
-    for c in sweep.search.constraints:
+    for c in _search(sweep).constraints:
         v = reduce_records(outcome.records, metrics[c.metric])
         if v is None:
             values.append(float("inf"))
@@ -154,7 +160,7 @@ def run_search(
     if heartbeats(study):  # a dead driver's trials that went stale while this one ran
         for number in fail_stale(study, every_running=False):
             console.print(f"trial {number} of an interrupted search marked FAIL", markup=False)
-    constrained = bool(sweep.search.constraints)
+    constrained = bool(_search(sweep).constraints)
     best = best_trial(study, constrained)
     return SearchSummary(
         study=sweep.name,
@@ -178,7 +184,7 @@ def _open_study(sweep: Sweep, url: str, storage: Any) -> Any:
         return optuna.create_study(
             study_name=sweep.name,
             storage=storage,
-            direction=sweep.search.direction,
+            direction=_search(sweep).direction,
             sampler=optuna.samplers.TPESampler(seed=sweep.base_seed),
             load_if_exists=True,
         )
@@ -201,7 +207,7 @@ class _Asker:
         every_running: bool,
     ) -> None:
         self.sweep, self.workload, self.study, self.session = sweep, workload, study, session
-        self.metric = metric_map(workload)[sweep.search.metric]
+        self.metric = metric_map(workload)[_search(sweep).metric]
         self.device = session.executor.resolve_device(device or sweep.device)
         self.node_cpus = session.executor.node_cpus()
         self.heartbeat = Heartbeat(study._storage, heartbeat_s)
@@ -267,11 +273,11 @@ class _Asker:
                     markup=False,
                 )
                 return
-            if self.sweep.search.constraints:
+            if _search(self.sweep).constraints:
                 values = _feasibility(self.sweep, self.workload, outcome)
                 asked.set_user_attr("constraints", values)  # kept for best_trial and the report
                 for i, v in enumerate(values):
-                    asked.set_constraint(f"c{i}:{self.sweep.search.constraints[i].metric}", v)
+                    asked.set_constraint(f"c{i}:{_search(self.sweep).constraints[i].metric}", v)
             self.study.tell(asked, value)
             self.session.console.print(
                 f"trial {trial.trial_number}: {self.metric.name} = {value:.4g} {dict(asked.params)}", markup=False

@@ -1,4 +1,4 @@
-"""Sweep specs: YAML documents read into validated pydantic models (DESIGN.md, "Sweep spec")."""
+"""Sweep specs: YAML documents read into validated pydantic models (docs/design.md, "Sweep spec")."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class Search(_Strict):
 
 
 class Sweep(_Strict):
-    """One sweep: a workload, backends, device, grid, repeats, resources (DESIGN.md)."""
+    """One sweep: a workload, backends, device, grid, repeats, resources (docs/design.md)."""
 
     name: str = pydantic.Field(max_length=NAME_MAX_CHARS)
     workload: str
@@ -179,7 +179,7 @@ def validate_sweep(doc: Any, *, max_trials: int = MAX_TRIALS) -> tuple[Sweep, Wo
         _check_names("metric", "search.metric", [sweep.search.metric], metric_names)
         for i, c in enumerate(sweep.search.constraints):
             _check_names("metric", f"search.constraints[{i}].metric", [c.metric], metric_names)
-        _check_space(workload, sweep)
+        _check_space(workload, sweep.grid, sweep.search)
     normalised_rules(workload, sweep)
     for point in grid_points(sweep.grid):
         validate_params(workload, point)
@@ -192,10 +192,10 @@ def count_trials(sweep: Sweep) -> int:
     return points * len(sweep.backends) * sweep.repeats
 
 
-def _check_space(workload: Workload, sweep: Sweep) -> None:
+def _check_space(workload: Workload, grid: dict[str, Any], search: Search) -> None:
     """Every end of a search range and every choice must be a valid value of its parameter."""
-    fixed = next(iter(grid_points(sweep.grid)))
-    for name, spec in sweep.search.space.items():
+    fixed = next(iter(grid_points(grid)))
+    for name, spec in search.space.items():
         if isinstance(spec, Range):
             values = [int(spec.low), int(spec.high)] if spec.int else [spec.low, spec.high]
         else:
@@ -274,7 +274,7 @@ def normalised_rules(workload: Workload, sweep: Sweep) -> list[dict[str, Any]]:
     for i, rule in enumerate(sweep.exclude):
         norm = {}
         for key, value in rule.items():
-            adapter = pydantic.TypeAdapter(workload.Params.model_fields[key].annotation)
+            adapter = pydantic.TypeAdapter(workload.Params.model_fields[key].annotation or Any)
             try:
                 norm[key] = adapter.dump_python(adapter.validate_python(value), mode="json")
             except pydantic.ValidationError as err:

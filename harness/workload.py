@@ -211,15 +211,19 @@ class Context:
     logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("deeperbench"))
 
 
+_BaseParams = Params
+"""``Params`` under a second name: inside ``Workload`` the name ``Params`` is the module's own subclass."""
+
+
 class Workload(Protocol):
-    """The shape of a workload module (see STYLE.md rule 1)."""
+    """The shape of a workload module (docs/plugins.md)."""
 
     name: str
     version: int
     backends: Sequence[str]
     metrics: Sequence[Metric]
-    Params: type[Params]
-    smoke: Params
+    Params: type[_BaseParams]
+    smoke: _BaseParams
     run: Callable[..., list[Record]]
     figures: Sequence[Figure | Custom]
     checks: Callable[[Any], list[Check]]

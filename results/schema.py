@@ -1,4 +1,4 @@
-"""The Arrow schema of result rows (DESIGN.md, "Results"), parameter columns included."""
+"""The Arrow schema of result rows (docs/design.md, "Results"), parameter columns included."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 @pytest.fixture(autouse=True, scope="session")
 def _strict_jax():
-    """JAX with strict dtype and rank promotion, as STYLE.md rule 12 asks."""
+    """JAX with strict dtype and rank promotion."""
     import jax
 
     jax.config.update("jax_numpy_dtype_promotion", "strict")

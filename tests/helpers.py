@@ -1,4 +1,4 @@
-"""Tolerances in one place (STYLE.md rule 12): float64 oracles, float32 runs, looser GPU bounds."""
+"""Tolerances in one place: float64 oracles, float32 runs, looser GPU bounds."""
 
 from __future__ import annotations
 

@@ -236,7 +236,7 @@ def attention(
         impl,
         IMPLS,
         finite=(lambda: bool(jnp.isfinite(q).all() & jnp.isfinite(k).all() & jnp.isfinite(v).all()))
-        if _concrete(q, k, v)
+        if normalization == "sinkhorn" and _concrete(q, k, v)
         else None,
     )
     implicit = bool(implicit) and normalization == "sinkhorn"

@@ -110,7 +110,7 @@ class _Sorted(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, k, lam, e, op, solver, max_iter, tol):
-        r, bid, perm, it = _sorted_solve(x, k, lam, e, op, solver, max_iter, tol)
+        r, bid, perm, _it = _sorted_solve(x, k, lam, e, op, solver, max_iter, tol)
         ctx.save_for_backward(x, r, bid, perm)
         ctx.args = (k, lam, e, op)
         return _sorted_output(x, r, perm, lam, e, op)
@@ -137,7 +137,7 @@ def _relaxed(x, k, op, lam, p, solver, max_iter, tol, *, info: bool = False):
         y = _Threshold.apply(rows, a.k, a.lam, a.e, op)
     elif info:
         with torch.no_grad():
-            r, bid, perm, iterations = _sorted_solve(rows, a.k, a.lam, a.e, op, a.solver, a.max_iter, a.tol)
+            r, _bid, perm, iterations = _sorted_solve(rows, a.k, a.lam, a.e, op, a.solver, a.max_iter, a.tol)
             y = _sorted_output(rows, r, perm, a.lam, a.e, op)
     else:
         y = _Sorted.apply(rows, a.k, a.lam, a.e, op, a.solver, a.max_iter, a.tol)
@@ -208,7 +208,7 @@ def hard_topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
     References:
         Thesis 7.3 (topkmask, eq. 7.2).
     """
-    rows, n = _as_rows(x)
+    _rows, n = _as_rows(x)
     check_args(n, k, 1.0, 2.0, "threshold", None, None)
     idx = torch.topk(x, int(k), dim=-1).indices
     return torch.zeros_like(x).scatter_(-1, idx, 1.0)

@@ -7,7 +7,7 @@ import importlib
 from harness.errors import UserError
 from harness.registry import Registry
 
-from ._base import Executor, OnDone
+from ._base import Executor, OnDone, Planner
 from ._quiet import RayLog
 
 REGISTRY: Registry[type] = Registry("executor")
@@ -27,4 +27,4 @@ def make(name: str, address: str | None = None, *, log: RayLog | None = None) ->
     return cls(address, log=log)
 
 
-__all__ = ["REGISTRY", "Executor", "OnDone", "RayLog", "make"]
+__all__ = ["REGISTRY", "Executor", "OnDone", "Planner", "RayLog", "make"]

@@ -12,11 +12,8 @@ from harness.trial import Outcome
 OnDone = Callable[[Trial, Outcome], None]
 
 
-class Executor(Protocol):
-    """Runs trials somewhere and reports each outcome to ``on_done`` as soon as it is known."""
-
-    dashboard_url: str | None
-    """The Ray dashboard of the cluster joined, if it has one; None otherwise."""
+class Planner(Protocol):
+    """What planning a sweep asks of where it will run: the device, the CPUs of a node, can it run at all."""
 
     def resolve_device(self, device: str) -> str:
         """``auto`` -> cuda, tpu or cpu from the resources this executor can reach."""
@@ -26,6 +23,13 @@ class Executor(Protocol):
 
     def check(self, trial: Trial) -> None:
         """Raise UserError if no node can ever run ``trial``."""
+
+
+class Executor(Planner, Protocol):
+    """Runs trials somewhere and reports each outcome to ``on_done`` as soon as it is known."""
+
+    dashboard_url: str | None
+    """The Ray dashboard of the cluster joined, if it has one; None otherwise."""
 
     def run(self, trials: Iterable[Trial], on_done: OnDone, *, max_in_flight: int | None = None) -> None:
         """Run ``trials`` (drawn lazily, one when a worker is free), at most ``max_in_flight`` at once.

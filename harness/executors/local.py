@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import multiprocessing as mp
 import os
@@ -61,10 +62,8 @@ class LocalExecutor:
             sender.close()
             outcome = None
             if receiver.poll(trial.timeout_s):
-                try:
+                with contextlib.suppress(EOFError):
                     outcome = receiver.recv()
-                except EOFError:
-                    pass
             if outcome is not None:
                 proc.join()
             elif proc.is_alive() and time.monotonic() - started >= trial.timeout_s:

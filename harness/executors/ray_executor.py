@@ -137,7 +137,7 @@ class _Sweep:
 def _start_workers(s: _Sweep) -> None:
     """Actor pool: start workers (each answers a ping once ready) until the slots are full or no trial waits."""
     while s.actors and len(s.idle) + len(s.starting) + len(s.running) < s.slots and s.more():
-        actor = TrialWorker.options(**_options(s.first), max_restarts=0).remote()
+        actor = TrialWorker.options(**_options(s.first), max_restarts=0).remote()  # type: ignore[attr-defined]
         s.starting[actor.ping.remote(s.first.workload, s.first.backend)] = actor
 
 
@@ -372,7 +372,8 @@ class RayExecutor:
             self._release_idle()
             if self._owns and ray.is_initialized():
                 ray.shutdown()
-            if getattr(self, "_reaper", None) is not None:
-                self._reaper.communicate()  # fires it: kills whatever Ray left behind
+            reaper = getattr(self, "_reaper", None)
+            if reaper is not None:
+                reaper.communicate()  # fires it: kills whatever Ray left behind
         finally:
             self.log.uninstall()

@@ -123,7 +123,7 @@ def test_bad_arguments_are_clear_errors(name):
     net = be.ops.residual_net("resnet", depth=3, width=4)
     with pytest.raises(ValueError, match=r"x has shape \(2, 5\); this mlp net takes \(batch, 4\)"):
         be.ops.residual_apply(net, _x(be, (2, 5), dtype="float32"))
-    with pytest.raises(ValueError, match="x has dtype .*float64.*runs in float32"):
+    with pytest.raises(ValueError, match=r"x has dtype .*float64.*runs in float32"):
         be.ops.residual_apply(net, _x(be, (2, 4)))
     with pytest.raises(ValueError, match="every=0 must be an integer >= 1"):
         be.ops.residual_trajectory(net, _x(be, (2, 4), dtype="float32"), 0)

@@ -184,7 +184,7 @@ def test_torch_equals_jax_forward_and_gradient(masked, n_iter, scores):
         ops = backends.get(name).ops
         mask = arr(name, _mask()) if masked else None
         out[name] = num(name, ops.sinkhorn(arr(name, scores, "float32"), n_iter, mask))
-        grads[name] = grad(name, lambda c: ops.sinkhorn(c, n_iter, mask), scores, cot)
+        grads[name] = grad(name, lambda c, ops=ops, mask=mask: ops.sinkhorn(c, n_iter, mask), scores, cot)
     assert_close(out["torch"], out["jax"], "float32")
     assert_close(grads["torch"], grads["jax"])
 

@@ -42,7 +42,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, spec, flag
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--executor", "local", *flags])
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert re.search(expected, lines[0]), lines[0]
     assert not out.exists()
@@ -175,7 +175,7 @@ def test_report_on_a_folder_without_results_exits_2_and_writes_nothing(tmp_path)
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(app, ["report", str(tmp_path / "empty")])
     assert result.exit_code == 2, result.output
-    assert [line for line in result.stderr.splitlines() if line.strip()][0].startswith("error: ")
+    assert next(line for line in result.stderr.splitlines() if line.strip()).startswith("error: ")
     assert not list((tmp_path / "empty").iterdir())
 
 

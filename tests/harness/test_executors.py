@@ -120,7 +120,8 @@ def test_ray_log_keeps_lines_until_its_file_opens_and_verbose_leaves_ray_printin
     finally:
         log.uninstall()
     assert ray_worker.print_to_stdstream is original
-    text = open(path).read()
+    with open(path) as file:
+        text = file.read()
     assert "Token authentication is enabled" in text and "(raylet) A worker died" in text and "Started a local" in text
     assert capsys.readouterr().out == ""
     verbose = RayLog(verbose=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import subprocess
@@ -52,7 +53,7 @@ def test_gpu_trials_run_on_gpu_nodes_only_and_never_share_one(cluster, tmp_path)
     assert set(spans) == gpu_ids  # both GPU nodes used, the CPU-only head never
     for node, intervals in spans.items():
         intervals.sort()
-        for (_, end), (start, _) in zip(intervals, intervals[1:]):
+        for (_, end), (start, _) in itertools.pairwise(intervals):
             assert start >= end, f"two trials overlapped on node {node}"
 
 

@@ -140,7 +140,7 @@ def test_a_huge_grid_is_counted_not_expanded_and_refused_in_under_a_second(tmp_p
 def test_max_trials_is_the_bound_for_the_whole_file(tmp_path):
     path = write(tmp_path, PROBE + "---\n" + PROBE.replace("name: p", "name: q"))
     assert len(load_specs(path, max_trials=8)) == 2
-    with pytest.raises(UserError, match="sweep q asks for 4 trials .*; 3 are left of the file's limit"):
+    with pytest.raises(UserError, match=r"sweep q asks for 4 trials .*; 3 are left of the file's limit"):
         load_specs(path, max_trials=7)
 
 

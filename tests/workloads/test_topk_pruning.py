@@ -89,7 +89,7 @@ def test_inapplicable_parameters_are_nulled_and_p_and_eval_every_are_checked():
     filled = W.Params(operator="relaxed", p=None, lam=None, keep=None)  # nulls carried over from a hard grid point
     assert (filled.p, filled.lam, filled.keep) == (2.0, 1e-4, 0.10)
     assert W.Params(operator="relaxed", p="4/3").p == pytest.approx(4 / 3)
-    with pytest.raises(Exception, match="p=1.5: allowed 2 or 4/3"):
+    with pytest.raises(Exception, match=r"p=1\.5: allowed 2 or 4/3"):
         W.Params(operator="relaxed", p=1.5)
     with pytest.raises(Exception, match="eval_every=300 must divide steps=1000"):
         W.Params(steps=1000, eval_every=300)

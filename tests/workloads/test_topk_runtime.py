@@ -104,7 +104,7 @@ def test_params_null_what_does_not_apply_and_fill_k():
     exact = wl.Params(n=95, solver="pav", max_iter=7, tol=1e-3, p="4/3")
     assert (exact.k, exact.max_iter, exact.tol, exact.p) == (10, None, None, 4.0 / 3.0)
     assert wl.Params(n=10, k=3, solver="dykstra").max_iter == 100
-    with pytest.raises(pydantic.ValidationError, match="p=1.5"):
+    with pytest.raises(pydantic.ValidationError, match=r"p=1\.5"):
         wl.Params(p=1.5)
     with pytest.raises(pydantic.ValidationError, match="k=11"):
         wl.Params(n=10, k=11)
@@ -126,7 +126,7 @@ def test_figures_and_settings_are_declarations_over_recorded_columns(table):
     assert validate_module(wl) is wl
     summary = summarize(table, wl.metrics)
     declared = [f for f in wl.figures if isinstance(f, Figure)]
-    assert [f.thesis for f in declared][0] == "Fig. 7.4" and {s.figure for s in wl.settings} == {"Fig. 7.4"}
+    assert next(f.thesis for f in declared) == "Fig. 7.4" and {s.figure for s in wl.settings} == {"Fig. 7.4"}
     for fig in declared:
         assert set(fig.metrics) <= set(summary["metric"]) and fig.x in summary
         assert all(c in summary for c in (*fig.series, *(fig.where or {}), *([fig.facet] if fig.facet else [])))
