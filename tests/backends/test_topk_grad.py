@@ -147,7 +147,9 @@ def test_torch_backward_keeps_o_n_bytes(solver, per_element):
     sizes = {}
     for n in (1000, 4000):
         x = torch.randn(2, n, dtype=torch.float64, requires_grad=True)
-        sizes[n] = backend.memory.saved_bytes(lambda a, n=n: backend.ops.topk_mask(a, n // 10, lam=0.1, solver=solver), x)
+        sizes[n] = backend.memory.saved_bytes(
+            lambda a, n=n: backend.ops.topk_mask(a, n // 10, lam=0.1, solver=solver), x
+        )
         assert sizes[n] <= per_element * 2 * n + 64
     assert sizes[4000] <= 4.5 * max(sizes[1000], 1)
 
@@ -156,7 +158,9 @@ def test_torch_backward_keeps_o_n_bytes(solver, per_element):
 def test_jax_residuals_are_linear_in_n():
     backend = backends.get("jax")
     sizes = [
-        backend.memory.saved_bytes(lambda a, n=n: backend.ops.topk_mask(a, n // 10, lam=0.1), _arr("jax", np.ones((2, n))))
+        backend.memory.saved_bytes(
+            lambda a, n=n: backend.ops.topk_mask(a, n // 10, lam=0.1), _arr("jax", np.ones((2, n)))
+        )
         for n in (1000, 4000)
     ]
     assert sizes[1] <= 4.5 * sizes[0] and sizes[1] <= 16 * 2 * 4000 + 64
