@@ -15,14 +15,24 @@ mask's zeros are clipped entries (``topk_mask``'s closed form; in unrolled Dykst
 exactly zero only when it was never pooled, so its derivative is exactly zero too). Checked to 1e-10
 in float64 by ``tests/backends/test_moe.py``.
 
+In each backend the ViT is its ``vit.py``'s and the MoE layer is passed as its block ``mlp``
+(``moe_block_mlp``: a block whose ``mlp`` weights hold a ``router`` is an MoE layer, the others stay dense).
+The relaxed router's mask comes from ``unrolled_dykstra_mask(x, k, lam, n_iter)``: the relaxed top-k mask
+(p = 2) from exactly ``n_iter`` Dykstra iterations, differentiable by unrolling. x: (..., n) float; k in
+[1, n]; lam > 0; n_iter >= 1. It returns (..., n): (s - v) / lam put back in x's order, v the
+``n_iter``-th Dykstra iterate of the projection of s - lam 1_k onto the decreasing cone (s = x sorted
+descending); it sums to k per row at every iteration and equals ``topk_mask(x, k, lam=lam,
+solver="dykstra")`` once converged (thesis Algorithm 7.7, Prop. 7.5; 10 iterations in appendix 7.C.3).
+
 References:
-    Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7.
+    Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7; Zhou et al. (2022).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -148,3 +158,28 @@ def routing_stats(combine: np.ndarray) -> dict[str, float]:
         "experts_per_token_cv": float(per_token.std() / mean) if mean > 0 else 0.0,
         "router_nnz_frac": float(nz.mean()) if nz.size else 0.0,
     }
+
+
+def moe_block_mlp(
+    params: dict[str, Any],
+    x: Any,
+    moe: MoEConfig,
+    *,
+    dense: Callable[[dict[str, Any], Any], Any],
+    route: Callable[[Any, MoEConfig], tuple[Any, Any]],
+    experts: Mapping[str, Callable[..., Any]],
+    record: list | None = None,
+) -> Any:
+    """A block's MLP: dense, or the MoE layer when ``params`` holds a router; (B, T, D) -> (B, T, D).
+
+    Args:
+        params: the block's ``mlp`` weights. x: (B, T, D) tokens. moe: the routing.
+        dense, route, experts: the backend's dense MLP, ``moe_route`` and experts by ``moe.dispatch``.
+        record: where the MoE layer appends its combine weights (B, T, E) (None: not kept).
+    """
+    if "router" not in params:
+        return dense(params, x)
+    combine, mask = route(x @ params["router"], moe)
+    if record is not None:
+        record.append(combine)
+    return experts[moe.dispatch](params, x, combine, mask, moe)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,3 +54,24 @@ def init_params(config: PrunedMLPConfig, seed: int, dtype: str = "float32") -> d
         ws.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype))
         bs.append(rng.uniform(-bound, bound, (fan_out,)).astype(dtype))
     return {"w": ws, "b": bs}
+
+
+def pruned_weights(
+    weights: Sequence[Any], config: PrunedMLPConfig, topk_mag: Callable, hard_topk_mag: Callable
+) -> list:
+    """The effective weights W_i = topkmag(W'_i) of the backend's arrays ``weights`` (W'_i itself for ``dense``).
+
+    Each (in, out) matrix is pruned as one row of in * out magnitudes to its ``config.kept(i)`` largest, by the
+    backend's ``topk_mag`` (relaxed: ``lam``, ``p``) or ``hard_topk_mag``.
+
+    References:
+        Thesis section 7.6 (weight pruning), 7.4 (relaxed top-k in magnitude).
+    """
+    if config.operator == "dense":
+        return list(weights)
+    out = []
+    for i, w in enumerate(weights):
+        flat, k = w.reshape(1, -1), config.kept(i)
+        pruned = hard_topk_mag(flat, k) if config.operator == "hard" else topk_mag(flat, k, lam=config.lam, p=config.p)
+        out.append(pruned.reshape(w.shape))
+    return out

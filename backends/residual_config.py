@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -215,12 +217,59 @@ def make_config(
     )
 
 
-def block_shapes(config: ResidualConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes of one residual function's parameters, in a fixed order.
+_NET_ARGS = (
+    "model",
+    "depth",
+    "width",
+    "hidden",
+    "block",
+    "activation",
+    "tied",
+    "gamma",
+    "scale",
+    "frac_bits",
+    "image_size",
+    "backprop",
+    "dtype",
+)
 
-    mlp: Linear(width -> hidden), activation, Linear(hidden -> width) (Fig. 4.2).
+
+def net_config(args: Mapping[str, Any]) -> ResidualConfig:
+    """The config of ``residual_net(**args)`` (pass its ``locals()`` on entry): depth and width are required here.
+
+    Raises:
+        ValueError: a missing depth or width, or any argument ``make_config`` rejects.
+    """
+    for field in ("depth", "width"):
+        if args[field] is None:
+            raise ValueError(f"{field} is required for block={args['block']!r}")
+    return make_config(**{name: args[name] for name in _NET_ARGS})
+
+
+def check_input(config: ResidualConfig, shape: tuple[int, ...], dtype: str) -> None:
+    """Check an input batch of shape ``shape`` and dtype name ``dtype`` against the net ``config``."""
+    expected = config.input_shape(shape[0] if shape else 0)[1:]
+    if tuple(shape[1:]) != expected or len(shape) != len(expected) + 1:
+        raise ValueError(
+            f"x has shape {tuple(shape)}; this {config.block} net takes (batch, {', '.join(map(str, expected))})"
+        )
+    if dtype != config.dtype:
+        raise ValueError(f"x has dtype {dtype}; this net runs in {config.dtype}")
+
+
+def check_every(every: object) -> None:
+    """Check the stride of ``residual_trajectory`` / ``residual_reconstruct``: an integer >= 1."""
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"every={every!r} must be an integer >= 1")
+
+
+def block_shapes(config: ResidualConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of one residual function's parameters, in a fixed order (the order each backend's block takes).
+
+    mlp: Linear(width -> hidden), activation, Linear(hidden -> width) (Fig. 4.2), on (batch, width).
     conv: pre-activation basic block, norm -> act -> conv3x3 -> norm -> act -> conv3x3
-    (He et al. 2016b; thesis section 2.5.2), the norms using batch statistics.
+    (He et al. 2016b; thesis section 2.5.2, the adjoint experiments), on (batch, width, size, size); the norms
+    use the batch's statistics and keep no running averages.
     conv_norm: the conv block followed by a third norm, whose weight starts at zero.
     """
     d, h = config.width, config.hidden

@@ -91,3 +91,10 @@ def function_distance(v: np.ndarray, w: np.ndarray, v_ref: np.ndarray, w_ref: np
     dw = np.repeat(np.asarray(w, np.float64), rep, axis=0) - np.asarray(w_ref, np.float64)
     per_layer = np.sqrt((dv**2).sum(axis=(1, 2))) + np.sqrt((dw**2).sum(axis=(1, 2)))
     return float(np.sqrt(np.mean(per_layer**2)))
+
+
+def check_gd(activation: str, steps: int) -> None:
+    """Check ``scaled_resnet_gd``'s activation (``check_activation``) and number of steps (>= 0)."""
+    check_activation(activation)
+    if steps < 0:
+        raise ValueError(f"steps={steps} must be >= 0")

@@ -20,17 +20,49 @@ class Copy(Protocol):
 
 
 class Sinkhorn(Protocol):
-    """Log-domain Sinkhorn: ``n_iter`` alternating row/column normalisations (thesis eq. 5.3, 5.13)."""
+    """Log-domain Sinkhorn: ``n_iter`` alternating row/column normalisations (thesis eq. 5.3, 5.13).
+
+    Args:
+        scores: (..., n, m) float, the cost C (attention logits).
+        n_iter: number of normalisations, >= 1; 1 is the softmax over the last axis, odd ends on rows.
+        mask: (..., n) bool padding mask, True for real tokens, broadcastable against
+            ``scores.shape[:-1]`` (square scores only). Masked queries and keys take no part in
+            either normalisation; every masked row and column of the output is 0.
+        implicit: differentiate the converged fixed point (implicit function theorem) instead of
+            back-propagating through every iteration; exact only at convergence.
+
+    Returns:
+        (..., n, m) the plan K^l: rows sum to 1; at convergence columns sum to n / m (1 when square).
+
+    References:
+        Thesis chapter 5, eq. 5.3 (iterations), appendix 5.B eq. 5.13 (log domain), section 5.3
+        (implicit differentiation), Prop. 5.1 (invariance to f_i + g_j).
+    """
 
     def __call__(self, scores: Array, n_iter: int, mask: Array | None = None, implicit: bool = False) -> Array: ...
 
 
 class Attention(Protocol):
-    """Dot-product attention normalised by softmax or Sinkhorn; returns (out, weights) (eq. 5.1, 5.4).
+    """Scaled dot-product attention normalised by the softmax or by Sinkhorn's algorithm.
 
-    ``impl`` (``backends/sinkhorn_common.py``'s ``IMPLS``): ``naive`` forms the T x T weights; ``blocked`` and
-    the fused kernels (``triton`` in torch, ``pallas`` in JAX) work in O(T) memory and return weights None;
-    ``auto`` picks the fastest O(T)-memory one for the device."""
+    Args:
+        q, k, v: (B, H, T, d) float, one dtype (k and v may have their own T; v its own d).
+        normalization: ``softmax`` (row-stochastic) or ``sinkhorn`` (doubly stochastic in the limit).
+        sinkhorn_iters: normalisations for ``sinkhorn`` (ignored by ``softmax``).
+        mask: (B, 1 or H, T) bool padding mask, True for real tokens.
+        implicit: implicit differentiation of Sinkhorn (see ``Sinkhorn``); naive impl only.
+        impl: (``backends/sinkhorn_common.py``'s ``IMPLS``) ``naive`` forms the T x T weights; ``blocked`` and
+            the fused kernels (``triton`` in torch, ``pallas`` in JAX) recompute them tile by tile in O(T)
+            memory, same output and gradients; ``auto`` picks the fastest O(T)-memory one for the device
+            (naive when ``implicit``).
+
+    Returns:
+        out (B, H, T, d) and the attention matrices (B, H, T, T); None for the blocked impls, which never
+        form them.
+
+    References:
+        Thesis chapter 5, eq. 5.1 (Transformer) and eq. 5.4 (Sinkformer).
+    """
 
     def __call__(
         self,
@@ -52,13 +84,37 @@ class FusedAttention(Protocol):
 
 
 class VitInit(Protocol):
-    """The ViT's initial weights from ``backends.vit_init`` on a device (same seed, same weights)."""
+    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.vit_init.init_params``).
+
+    Args:
+        config: the architecture.
+        seed: weights seed; the same seed gives the same weights in both backends.
+        device: where the weights live (JAX: a jax.Device or a platform name such as ``cpu``).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        Nested dict of arrays (see ``init_params``); linear weights are (in, out).
+    """
 
     def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
 
 
 class VitApply(Protocol):
-    """ViT forward: (logits, per-layer attention matrices); ``mlp`` replaces the block MLP."""
+    """Logits of the ViT and the attention matrices of every layer.
+
+    Args:
+        params: weights from ``vit_init`` (or with each block's ``mlp`` entry replaced).
+        images: (B, C, H, W) float, H = W = ``config.image_size``.
+        config: the architecture; ``normalization`` and ``sinkhorn_iters`` pick the attention.
+        mlp: the block MLP, ``mlp(block["mlp"], x)``; ``dense_mlp`` when None. Unused when
+            ``config.mlp_dim`` is None (attention-only model).
+
+    Returns:
+        logits (B, num_classes) and one (B, heads, tokens, tokens) attention matrix per layer.
+
+    References:
+        Thesis section 5.6.4 (ViT, Sinkformer counterpart), Fig. 5.6 (attention-only model).
+    """
 
     def __call__(self, params: Any, images: Array, config: Any, mlp: Any = None) -> tuple[Array, list[Array]]: ...
 
@@ -78,7 +134,21 @@ class VitTrainerObject(Protocol):
 
 
 class VitTrainer(Protocol):
-    """A trainer (Adam or SGD on cross-entropy) of a ViT starting from ``params``."""
+    """A trainer of the ViT ``config`` starting from ``params``, with Adam or plain SGD.
+
+    Args:
+        config: the architecture.
+        params: initial weights (``vit_init``); torch's trainer works on a copy (JAX arrays are immutable).
+        lr: learning rate, constant.
+        optimizer: ``adam`` (PyTorch defaults: betas 0.9, 0.999, eps 1e-8) or ``sgd`` (no momentum).
+        mlp: the block MLP (see ``vit_apply``).
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict``, ``attention`` and ``params``.
+
+    References:
+        Thesis appendix 5.C.4 (Adam, ViT and attention-only experiments).
+    """
 
     def __call__(
         self, config: Any, params: Any, lr: float, optimizer: str = "adam", mlp: Any = None
@@ -86,14 +156,25 @@ class VitTrainer(Protocol):
 
 
 class ResidualNet(Protocol):
-    """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), same weights in both backends.
+    """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), weights from the shared initialiser.
 
-    model: resnet | checkpoint | momentum | momentum_reversible | adjoint_euler | adjoint_heun |
-    revnet; block: mlp | conv (torch also resnet18 ... resnet152, via ``to_momentum``); gamma:
-    momentum term (float or "n/d", default 1 - 1/(50 depth)); scale: step h multiplying f
-    (default 1/depth for the Euler and Heun rules, 1 otherwise); frac_bits: fixed-point format of
-    the exact models; backprop: plain autodiff through the same forward rule (the reference);
-    weights: name -> NumPy array replacing the seeded draw (smooth or zero initialisations).
+    Args:
+        model: resnet, checkpoint, momentum, momentum_reversible, adjoint_euler, adjoint_heun or revnet.
+        depth: layers N >= 1; width: d (features of the mlp, channels of the conv block).
+        hidden: hidden width of f (default: width); block: mlp, conv (or a torchvision name, torch).
+        activation: tanh or relu; tied: one weight set for every layer.
+        gamma: momentum term in [0, 1], a float or "n/d" (default 1 - 1/(50 depth), Fig. 4.2).
+        scale: step h multiplying f (default 1/depth for the Euler and Heun rules, 1 otherwise).
+        frac_bits: fixed-point fractional bits of the exact models (default by dtype).
+        image_size: side of the conv block's images (default 8).
+        backprop: plain autodiff through the same forward rule (floats), the gradient reference.
+        weights: name -> NumPy array replacing the seeded draw (shapes as ``init_params``).
+        seed: seed of the shared NumPy initialiser (same weights in both backends).
+        dtype: float32 or float64; device: where the weights live.
+
+    Returns:
+        The network (torch: a module, or the torchvision model converted by ``to_momentum`` for a torchvision
+        block; JAX: its config and its weights, stacked along depth unless tied).
     """
 
     def __call__(
@@ -137,13 +218,27 @@ class ResidualFunctional(Protocol):
 
 
 class ResidualTrajectory(Protocol):
-    """Forward activations x_n for n = 0, every, ... <= depth: (depth // every + 1, *x.shape)."""
+    """The forward activations x_n for n = 0, every, 2 every, ... <= depth (eq. 2.1, 2.8, 4.2, 4.4).
+
+    Exact models report their fixed-point state (as floats); a RevNet reports x_n (not v_n).
+
+    Returns:
+        (count, *x.shape) with count = depth // every + 1.
+    """
 
     def __call__(self, net: Any, x: Array, every: int = 1) -> Array: ...
 
 
 class ResidualReconstruct(Protocol):
-    """Activations recovered from the output by the model's reversal (as its backward does), same shape."""
+    """The activations the model's reversal recovers from the output, as its backward does.
+
+    Runs the forward keeping only the final state, then walks back: exact for
+    momentum_reversible and revnet (fixed point), eq. 4.3 in floats for momentum (division by
+    gamma), eq. 2.6 (Euler rule) or 2.9 (Heun rule) for the others.
+
+    Returns:
+        (count, *x.shape), x~_n for n = 0, every, ... <= depth, in increasing n.
+    """
 
     def __call__(self, net: Any, x: Array, every: int = 1) -> Array: ...
 
@@ -228,13 +323,42 @@ class TopkVjp(Protocol):
 
 
 class ScaledResnetApply(Protocol):
-    """Output of the scaled residual network of eq. 3.3 (A = B = identity); params {"V": (L, q, m), "W": (L, m, q)}."""
+    """Output h_L of eq. 3.3 with A = B = identity.
+
+    Args:
+        params: {"V": (L, q, m), "W": (L, m, q)} (``backends.scaled_resnet_init``).
+        x: (n, q) inputs, the dtype of the weights.
+        activation: ``gelu`` (exact), ``relu`` or ``identity``.
+
+    Returns:
+        (n, q) outputs.
+
+    References:
+        Thesis eq. 3.3, section 3.5.1.
+    """
 
     def __call__(self, params: Any, x: Array, activation: str = "gelu") -> Array: ...
 
 
 class ScaledResnetGd(Protocol):
-    """``steps`` full-batch GD steps on the MSE of eq. 3.3: (params, losses (steps+1,), max layer distances (steps+1,))."""
+    """``steps`` steps of full-batch gradient descent on the mean squared error of eq. 3.3.
+
+    Args:
+        params: {"V": (L, q, m), "W": (L, m, q)}; not modified.
+        x, y: (n, q) inputs and targets.
+        lr: the step size of every weight (the thesis uses L x 1e-2: gradient flow (3.4) has a
+            factor L in front of the layers' gradients).
+        steps: number of gradient steps (>= 0).
+        activation: ``gelu``, ``relu`` or ``identity``.
+
+    Returns:
+        (new params, losses, layer_diffs): losses (steps + 1,) is the loss before the first step
+        and after each step; layer_diffs (steps + 1,) is max_k ||Z_{k+1} - Z_k||_F at the same
+        times (0 for L = 1).
+
+    References:
+        Thesis eq. 3.3-3.4, section 3.5.1, appendix 3.E, Fig. 3.1.
+    """
 
     def __call__(
         self, params: Any, x: Array, y: Array, lr: float, steps: int, activation: str = "gelu"
@@ -242,13 +366,35 @@ class ScaledResnetGd(Protocol):
 
 
 class ArTransformerInit(Protocol):
-    """The autoregressive Transformer's initial weights from ``backends.ar_init`` (same seed, same weights)."""
+    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.ar_init.init_params``).
+
+    Args:
+        config: the architecture.
+        seed: weights seed; the same seed gives the same weights in both backends.
+        device: where the weights live (JAX: a jax.Device or a platform name such as ``cpu``).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        Nested dict of arrays (see ``init_params``).
+    """
 
     def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
 
 
 class ArTransformerApply(Protocol):
-    """Predictions (B, T, d) of s_{t+1} from augmented tokens (B, T, 3d) (eq. 6.4 iterated, section 6.6)."""
+    """Predictions of s_{t+1} at every position: the first d coordinates after ``config.depth`` layers.
+
+    Args:
+        params: weights from ``ar_transformer_init``.
+        tokens: (B, T, 3 d) augmented tokens (``backends.ar_init.augment``).
+        config: the architecture (linear or softmax causal attention, optional MLP).
+
+    Returns:
+        (B, T, d) predictions.
+
+    References:
+        Thesis eq. 6.4 iterated with layer norm, section 6.6 (Fig. 6.5); softmax and MLP: Fig. 6.10.
+    """
 
     def __call__(self, params: Any, tokens: Array, config: Any) -> Array: ...
 
@@ -266,55 +412,147 @@ class ArTrainerObject(Protocol):
 
 
 class ArTransformerTrainer(Protocol):
-    """A trainer (Adam on the next-state MSE) of the autoregressive Transformer from ``params``."""
+    """A trainer (Adam, PyTorch defaults) of the Transformer ``config`` from ``params``.
+
+    Args:
+        config: the architecture.
+        params: initial weights (``ar_transformer_init``); torch's trainer works on a copy (JAX arrays are immutable).
+        lr: Adam's learning rate, constant.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict`` and ``params``.
+
+    References:
+        Thesis section 6.6 (Adam, learning rate 5e-3, 2,000 epochs).
+    """
 
     def __call__(self, config: Any, params: Any, lr: float) -> ArTrainerObject: ...
 
 
 class ArGdPredict(Protocol):
-    """Predictions (n, T, d) of s_{t+1} by ``steps`` GD steps on the in-context loss (eq. 6.5), from W = 0."""
+    """Predictions of s_{t+1} by ``steps`` steps of gradient descent on the in-context loss (6.5).
+
+    At position t the context is the pairs (s_j, s_{j+1}), j < t; starting from W = 0, each step
+    is W <- W - step_size (W S_t - C_t) with S_t = sum_{j<t} s_j s_j^T, C_t = sum_{j<t} s_{j+1} s_j^T
+    (the gradient of 1/2 sum_{j<t} ||s_{j+1} - W s_j||^2), and the prediction is W s_t.
+
+    Args:
+        states: (n, T + 1, d) states s_1 ... s_{T+1} (``backends.ar_init.ar_sequences``).
+        steps: number of gradient steps L (>= 0).
+        step_size: the fixed step size.
+
+    Returns:
+        (n, T, d) predictions of s_2 ... s_{T+1}, the dtype of ``states``.
+
+    References:
+        Thesis eq. 6.5, Proposition 6.4, section 6.6 (Fig. 6.5).
+    """
 
     def __call__(self, states: Array, steps: int, step_size: float) -> Array: ...
 
 
 class MoeRoute(Protocol):
-    """Expert-choice routing (G, n, E) logits -> (combine weights (G, n, E), selection mask (G, E, n)) (7.6)."""
+    """Expert-choice routing of one MoE layer: gates, per-expert top-k selection, combine weights.
+
+    Args:
+        logits: (G, n, E) router logits of G groups of n tokens. moe: the routing configuration.
+
+    Returns:
+        combine (G, n, E) = softmax gates x selection mask, and the mask (G, E, n): each expert's
+        selection of k = ``moe.capacity(n)`` tokens (hard: k ones, no gradient; relaxed: in
+        [0, 1], summing to k, with gradient).
+
+    References:
+        Thesis 7.6 (Sparse MoEs), 7.C.3; Zhou et al. (2022) expert-choice routing.
+    """
 
     def __call__(self, logits: Array, moe: Any) -> tuple[Array, Array]: ...
 
 
 class MoeVitInit(Protocol):
-    """The sparse-MoE ViT's initial weights from ``backends.moe_config`` (same seed, same weights)."""
+    """The ``moe_vit``'s initial weights (``backends.moe_config.init_moe_params``) on ``device``.
+
+    Args:
+        config: the ViT. moe: the routing. seed: same seed, same weights in both backends. device, dtype: placement.
+
+    Returns:
+        Nested dict of arrays.
+    """
 
     def __call__(self, config: Any, moe: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
 
 
 class MoeVitApply(Protocol):
-    """Sparse-MoE ViT forward: (logits, combine weights (B, tokens, E) of every MoE layer) (7.C.3)."""
+    """Forward of the ``moe_vit``: logits and the combine weights of every MoE layer.
+
+    Args:
+        params: from ``moe_vit_init``. images: (B, C, H, W). config, moe: the architecture.
+
+    Returns:
+        logits (B, num_classes) and one (B, tokens, E) combine-weight array per MoE layer.
+
+    References:
+        Thesis 7.6, 7.C.3.
+    """
 
     def __call__(self, params: Any, images: Array, config: Any, moe: Any) -> tuple[Array, list[Array]]: ...
 
 
 class MoeVitTrainer(Protocol):
-    """A ``vit_trainer`` object training the sparse-MoE ViT (Adam or SGD on cross-entropy)."""
+    """The ViT trainer (``vit_trainer``) of the ``moe_vit``: Adam or SGD on cross-entropy.
+
+    Args:
+        config, moe: the architecture. params: from ``moe_vit_init`` (not changed by training).
+            lr: learning rate.
+        optimizer: ``adam`` or ``sgd``.
+
+    Returns:
+        ``vit_trainer``'s object (``compile``, ``fit_epoch``, ``predict``, ``params``).
+    """
 
     def __call__(self, config: Any, moe: Any, params: Any, lr: float, optimizer: str = "adam") -> VitTrainerObject: ...
 
 
 class PrunedMlpInit(Protocol):
-    """The pruned MLP's initial weights W'_i, b_i from ``backends.pruned_mlp_init`` (same seed, same weights)."""
+    """The initial weights W'_i, b_i of ``config`` from ``seed`` on ``device`` (``init_params``).
+
+    Args:
+        config: widths and pruning.
+        seed: weights seed; the same seed gives the same weights in both backends.
+        device: where the weights live (JAX: a jax.Device or a platform name such as ``cpu``).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        {"w": [(in, out)], "b": [(out,)]} arrays.
+    """
 
     def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
 
 
 class PrunedMlpApply(Protocol):
-    """Logits of the MLP whose weights are W_i = topkmag(W'_i) (hard, relaxed or none; section 7.6)."""
+    """Logits of the MLP with pruned weights.
+
+    Args:
+        params: {"w", "b"} from ``pruned_mlp_init``.
+        x: (B, ...) inputs, flattened to (B, sizes[0]).
+        config: widths and pruning.
+
+    Returns:
+        (B, sizes[-1]) logits.
+
+    References:
+        Thesis section 7.6, Fig. 7.5 (784-32-32-10 on MNIST; 64-32-32-10 on digits here).
+    """
 
     def __call__(self, params: Any, x: Array, config: Any) -> Array: ...
 
 
 class PrunedMlpWeights(Protocol):
-    """The effective (pruned) weight matrices W_i = topkmag(W'_i), each (in, out)."""
+    """The effective weights W_i = topkmag(W'_i) (W'_i itself for ``dense``), each (in, out).
+
+    References:
+        Thesis section 7.6 (weight pruning), 7.4 (relaxed top-k in magnitude).
+    """
 
     def __call__(self, params: Any, config: Any) -> list[Array]: ...
 
@@ -334,19 +572,48 @@ class PrunedTrainerObject(Protocol):
 
 
 class PrunedMlpTrainer(Protocol):
-    """A trainer (SGD on cross-entropy, through the pruning operator) of the pruned MLP from ``params``."""
+    """A trainer (SGD, no momentum, constant ``lr``) of the pruned MLP from ``params``.
+
+    Args:
+        config: widths and pruning.
+        params: initial weights (``pruned_mlp_init``); torch's trainer works on a copy (JAX arrays are immutable).
+        lr: learning rate.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict``, ``weights`` and ``params``.
+
+    References:
+        Thesis appendix 7.C.1 (SGD, batch 128, learning rate 1e-2, 30 MNIST epochs = 14,070 steps).
+    """
 
     def __call__(self, config: Any, params: Any, lr: float) -> PrunedTrainerObject: ...
 
 
 class ResidualClassifierInit(Protocol):
-    """The section 2.5.2 classifier's initial weights from ``backends.residual_classifier_init`` (same seed, same weights)."""
+    """The initial weights of ``config`` from ``seed`` on ``device`` (``init_params``; same in both backends).
+
+    Returns:
+        {"stem.weight", "stem.bias", "stem_bn.weight", "stem_bn.bias", "head.weight", "head.bias",
+        "body": name -> (sets, *shape)} arrays of ``config.dtype``.
+    """
 
     def __call__(self, config: Any, seed: int, device: Any = "cpu") -> Any: ...
 
 
 class ResidualClassifierApply(Protocol):
-    """Logits of the classifier; the residual part's backward is backprop or the adjoint (Fig. 2.4)."""
+    """Logits of the classifier; its backward through the residual part is ``config.backward``'s.
+
+    Args:
+        params: from ``residual_classifier_init``.
+        x: (B, in_channels, image_size, image_size) images.
+        config: the network.
+
+    Returns:
+        (B, classes) logits.
+
+    References:
+        Thesis section 2.5.2 (5x5 conv to 16 channels, norm, ReLU, N pre-activation basic blocks).
+    """
 
     def __call__(self, params: Any, x: Array, config: Any) -> Array: ...
 
@@ -377,7 +644,15 @@ class ClassifierTrainerObject(Protocol):
 
 
 class ResidualClassifierTrainer(Protocol):
-    """A trainer (SGD, momentum, weight decay, on cross-entropy) of the classifier from ``params``."""
+    """A trainer of the classifier from ``params``: SGD with ``momentum`` and ``weight_decay``.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``body_gradients``, ``predict``
+        and ``params``.
+
+    References:
+        Thesis appendix 2.B.1 (SGD, momentum 0.9, weight decay 5e-4, cosine learning rate).
+    """
 
     def __call__(
         self, config: Any, params: Any, momentum: float = 0.9, weight_decay: float = 5e-4

@@ -20,6 +20,14 @@ dg = sum(v * dv, -1); for t = N-1 .. 0, a row step takes w_t = df, dg -= E_t^T w
 takes w_t = dg, df -= E_t w_t, dg = 0; then dC = E_{N-1} o (dout v^T) - sum_t [t even] w_t,i E_t,ij
 - sum_t [t odd] E_t,ij w_t,j and dq = s dC k, dk = s dC^T q (``grad_qk``). f_0 = g_0 = 0 are constants, so
 the leftover df, dg are dropped. Memory: O(T (d + n_iter)) per head.
+
+Each backend's ``blocked_attention(q, k, v, n_iter, mask=None, prims=None)`` is this recursion behind the
+framework's custom backward: Sinkhorn attention ``P v`` in O(T) memory, P after ``n_iter`` normalisations,
+never materialised; arguments are not checked there (``sinkhorn.attention`` does it). q, k: (B, H, Tq|Tk, d)
+float; v: (B, H, Tk, e); n_iter >= 1 (1 is the softmax); mask: (B, 1 or H, T) bool, True = real token
+(Tq = Tk); prims: the passes (default: the framework's pure ones, ``DEFAULT_BLOCK`` keys per tile). It
+returns (B, H, Tq, e), equal to the naive ``attention``'s output, differentiable in q, k, v (thesis
+chapter 5, eq. 5.4; appendix 5.B).
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 Array = Any
+
+DEFAULT_BLOCK = 64
+"""Keys per tile: a (B, H, Tq, 64) float32 tile is 256 B per query and head. On this 2-core CPU 64 was the
+fastest of 64, 128, 256, 512 at T = 2,048 (benchmarks/sinkhorn_attention.py), and memory is O(T * block)."""
 """A torch.Tensor or a jax.Array."""
 
 
@@ -47,24 +59,49 @@ class Steps(NamedTuple):
 
 
 class RowLse(Protocol):
-    """r_i = log sum_j exp(s q_i.k_j + g_j) over valid j: (B, H, Tq) from q (B, H, Tq, d), g (B, H, Tk).
+    """Row log-sum-exps r_i = LSE_j(s q_i . k_j + g_j) over valid keys, one pass over key tiles.
 
-    Any finite value on padded rows (the driver sets f to 0 there)."""
+    Args:
+        q: (B, H, Tq, d), k: (B, H, Tk, d) float32 or float64, one device and dtype (the fused kernels need
+            Tq = Tk).
+        g: (B, H, Tk) column potentials.
+        mask: (B, 1 | H, T) bool padding mask, True = real token, or None.
+
+    Returns:
+        (B, H, Tq) r; any finite value on padded rows (the driver sets f to 0 there; the kernels give 0).
+    """
 
     def __call__(self, q: Array, k: Array, g: Array, mask: Array | None) -> Array: ...
 
 
 class ColLse(Protocol):
-    """c_j = log sum_i exp(s q_i.k_j + f_i) over valid i: (B, H, Tk) from f (B, H, Tq); any finite value on padded
-    columns."""
+    """Column log-sum-exps c_j = LSE_i(s q_i . k_j + f_i) over valid queries (``RowLse`` of the transpose).
+
+    Args:
+        q: (B, H, Tq, d), k: (B, H, Tk, d) float32 or float64.
+        f: (B, H, Tq) row potentials.
+        mask: (B, 1 | H, T) bool padding mask or None.
+
+    Returns:
+        (B, H, Tk) c; any finite value on padded columns (the kernels give 0).
+    """
 
     def __call__(self, q: Array, k: Array, f: Array, mask: Array | None) -> Array: ...
 
 
 class Apply(Protocol):
-    """y = E x, or E^T x with ``transpose``, where E_ij = exp(s q_i.k_j + a_i + b_j) on valid pairs, else 0.
+    """y = E x, or E^T x with ``transpose``, for E_ij = exp(s q_i . k_j + a_i + b_j) on valid pairs (0 elsewhere).
 
-    a (B, H, Tq), b (B, H, Tk); x (B, H, Tk, e) -> y (B, H, Tq, e), or x (B, H, Tq, e) -> y (B, H, Tk, e)."""
+    Args:
+        q: (B, H, Tq, d), k: (B, H, Tk, d) float32 or float64.
+        a: (B, H, Tq) row and b: (B, H, Tk) column potentials.
+        x: the vectors E multiplies, (B, H, Tk, e); or E^T, (B, H, Tq, e).
+        mask: (B, 1 | H, T) bool padding mask or None.
+        transpose: multiply by E^T (a pass over query tiles for each key block).
+
+    Returns:
+        y: (B, H, Tq, e), or (B, H, Tk, e) with ``transpose``.
+    """
 
     def __call__(
         self, q: Array, k: Array, a: Array, b: Array, x: Array, mask: Array | None, transpose: bool
@@ -72,7 +109,20 @@ class Apply(Protocol):
 
 
 class GradQk(Protocol):
-    """(dq, dk) = (s dC k, s dC^T q) with dC as in the module docstring; v, dout (B, H, Tk|Tq, e)."""
+    """Gradients of the Sinkhorn attention output w.r.t. q and k, recomputing dC tile by tile.
+
+    dC_ij = P_ij (dout_i . v_j) - sum_{row steps t} w_t,i E_t,ij - sum_{column steps t} E_t,ij w_t,j, with
+    E_t = exp(S + a_t + b_t) and P = E_{N-1}; step t normalises rows when t is even, columns when odd
+    (the backward in the module docstring).
+
+    Args:
+        q: (B, H, Tq, d), k: (B, H, Tk, d) float32 or float64; v: (B, H, Tk, e), dout: (B, H, Tq, e).
+        steps: ``Steps(a, b, w)``, each (N, B, H, T): per iteration the potentials after it and its adjoint.
+        mask: (B, 1 | H, T) bool padding mask or None.
+
+    Returns:
+        dq (B, H, Tq, d), dk (B, H, Tk, d): s sum_j dC_ij k_j and s sum_i dC_ij q_i.
+    """
 
     def __call__(
         self, q: Array, k: Array, v: Array, dout: Array, steps: Steps, mask: Array | None
@@ -158,6 +208,37 @@ def backward(
     return dq, dk, dv
 
 
+def blocked_primitives(
+    row_lse: Callable,
+    col_lse: Callable,
+    apply: Callable,
+    grad_qk: Callable,
+    block: int,
+    name: str = "blocked",
+    **options: Any,
+) -> Primitives:
+    """An impl's four passes (each taking ``block=`` and ``options`` by keyword) bundled with ``block`` per tile.
+
+    Raises:
+        ValueError: ``block`` is not an integer >= 1.
+    """
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block={block!r}: expected an integer >= 1 (keys per tile)")
+    return Primitives(
+        name=name,
+        row_lse=functools.partial(row_lse, block=block, **options),
+        col_lse=functools.partial(col_lse, block=block, **options),
+        apply=functools.partial(apply, block=block, **options),
+        grad_qk=functools.partial(grad_qk, block=block, **options),
+    )
+
+
+def check_kernel_block(block: object) -> None:
+    """Check a fused kernel's tile size: a power of two >= 16 (GPU dot products need 16 x 16 tiles at least)."""
+    if not isinstance(block, int) or isinstance(block, bool) or block < 16 or block & (block - 1):
+        raise ValueError(f"block={block!r}: expected a power of two >= 16 (GPU dot products need 16 x 16 tiles)")
+
+
 @functools.cache
 def kernel_primitives(name: str, module: Any) -> Primitives:
     """A kernel module's passes as a bundle: its ``primitives()``, or its ``PRIMITIVES``, either a bundle or a
@@ -177,4 +258,17 @@ def kernel_primitives(name: str, module: Any) -> Primitives:
     return Primitives(name=name, row_lse=row, col_lse=col, apply=app, grad_qk=grad_qk)
 
 
-__all__ = ["Apply", "ColLse", "GradQk", "Primitives", "RowLse", "Steps", "backward", "forward", "kernel_primitives"]
+__all__ = [
+    "DEFAULT_BLOCK",
+    "Apply",
+    "ColLse",
+    "GradQk",
+    "Primitives",
+    "RowLse",
+    "Steps",
+    "backward",
+    "blocked_primitives",
+    "check_kernel_block",
+    "forward",
+    "kernel_primitives",
+]

@@ -1,12 +1,28 @@
-"""Framework-neutral argument checks of Sinkhorn and Sinkhorn attention, shared by every backend and impl.
+"""Framework-neutral part of Sinkhorn and Sinkhorn attention: the maths, the argument checks, the impl choice.
+
+One iteration is one normalisation: iteration 0 normalises rows, 1 columns, 2 rows, ... (eq. 5.3),
+so ``n_iter = 1`` is the softmax and an odd ``n_iter`` ends on rows. The scalings are kept in the
+log domain (appendix 5.B, eq. 5.13) with marginals scaled so that rows sum to 1 and, for a square
+matrix, columns sum to 1 (eq. 5.13 writes 1/n). ``attention(..., impl=...)`` chooses how: ``naive``
+forms the T x T plan; the O(T)-memory impls run ``backends/sinkhorn_blocked.py``'s recursion over tiles.
+
+Implicit differentiation (section 5.3): with P = diag(e^f) e^C diag(e^g) and the marginals a = P 1,
+b = P^T 1 fixed, the adjoint (u, v) solves [[diag(a), P], [P^T, diag(b)]] (u, v) = ((G*P) 1, (G*P)^T 1)
+and the gradient w.r.t. the scores is P * (G - u 1^T - 1 v^T). The system is singular along (1, -1);
+the column block is solved with 1 1^T / m added, which fixes that direction without changing u_i + v_j.
 
 Both ``backends/torch/sinkhorn.py`` and ``backends/jax/sinkhorn.py`` (naive, blocked and kernel impls alike)
-call these with plain shapes and flags, so a bad call gets the same one-line ``ValueError`` everywhere.
+call the checks below with plain shapes and flags, so a bad call gets the same one-line ``ValueError``
+everywhere, and pick their passes with ``resolve_impl``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TypeVar
+
+P = TypeVar("P")
 
 NORMALIZATIONS = ("softmax", "sinkhorn")
 """Row-stochastic softmax, or Sinkhorn's alternating normalisation (doubly stochastic in the limit)."""
@@ -111,4 +127,57 @@ def check_attention(
     return n_iter  # type: ignore[return-value]
 
 
-__all__ = ["IMPLS", "NORMALIZATIONS", "check_attention", "check_sinkhorn"]
+def resolve_impl(
+    impl: str,
+    implicit: bool,
+    kernel_name: str,
+    accelerated: bool,
+    self_attention: bool,
+    kernel: Callable[[], P],
+    blocked: Callable[[], P],
+) -> P | None:
+    """The passes ``impl`` runs on: the framework's fused kernel, its blocked passes, or None for the naive impl.
+
+    Args:
+        impl: as passed to ``attention`` (already checked); ``kernel_name`` is the backend's kernel impl
+            (``triton`` or ``pallas``).
+        implicit: implicit differentiation asked for (only the naive impl does it).
+        accelerated: the device runs the fused kernel natively (``auto`` tries it only then).
+        self_attention: Tq = Tk (the fused kernels need it).
+        kernel, blocked: build the fused and the pure-framework passes; ``kernel`` raises ``ValueError`` when
+            it cannot run here.
+
+    Returns:
+        The passes, or None for the naive impl.
+    """
+    if impl == "auto":
+        if implicit:
+            return None
+        if accelerated and self_attention:
+            try:
+                return kernel()
+            except ValueError:  # the kernel module cannot load here: the pure-framework passes
+                pass
+        return blocked()
+    if impl != "naive" and implicit:
+        raise ValueError(f"implicit=True: only impl='naive' or 'auto' differentiate the fixed point, got impl={impl!r}")
+    if impl == "naive":
+        return None
+    return kernel() if impl == kernel_name else blocked()
+
+
+def load_kernel(name: str, package: str, tq: int, tk: int, impls: tuple[str, ...]) -> object:
+    """Import the backend's fused-kernel module ``<package>.sinkhorn_<name>`` on first use.
+
+    Raises:
+        ValueError: Tq != Tk (the kernels do self-attention only), or the module cannot be imported here.
+    """
+    if tq != tk:
+        raise ValueError(f"impl={name!r}: needs self-attention (Tq = Tk), got {tq} and {tk}")
+    try:
+        return importlib.import_module(f".sinkhorn_{name}", package)
+    except ImportError as err:
+        raise ValueError(f"impl={name!r}: unavailable here ({err}); allowed {', '.join(impls)}") from None
+
+
+__all__ = ["IMPLS", "NORMALIZATIONS", "check_attention", "check_sinkhorn", "load_kernel", "resolve_impl"]

@@ -150,3 +150,11 @@ def init_params(config: ViTConfig, seed: int, dtype: str = "float32") -> dict[st
     head = _linear(base + 30, config.width, config.num_classes, dtype)
     params["head"] = {"ln": _norm(config.width, dtype), "w": head["w"], "b": head["b"]}
     return params
+
+
+def check_trainer(lr: float, optimizer: str, optimizers: tuple[str, ...]) -> None:
+    """Check ``vit_trainer``'s learning rate (> 0) and optimizer (one of the backend's ``optimizers``)."""
+    if optimizer not in optimizers:
+        raise ValueError(f"optimizer={optimizer!r}: allowed {', '.join(optimizers)}")
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r}: expected > 0")

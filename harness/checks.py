@@ -85,6 +85,22 @@ def decide(
     return Check(name, claim, "holds" if holds else "does not hold", measured, figure, note)
 
 
+def not_measured(name: str, claim: str, missing: str, *, figure: str = "", note: str = "") -> Check:
+    """The check of ``claim`` when no row measured it (what ``decide`` gives on no rows).
+
+    Args:
+        name: the check's title.
+        claim: the thesis' claim, in words.
+        missing: why nothing measured it (shown as the measured text).
+        figure: the thesis figure or section the claim comes from.
+        note: where the run departs from the thesis.
+
+    Returns:
+        A ``not measured`` check.
+    """
+    return Check(name, claim, "not measured", missing, figure, note)
+
+
 def _distinct(rows: pd.DataFrame, column: str) -> list:
     return sorted(rows[column].dropna().unique()) if column in rows else []
 
@@ -235,6 +251,7 @@ __all__ = [
     "decide",
     "device_in",
     "distinct",
+    "not_measured",
     "paired_interval",
     "pairs",
     "seeds",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 
@@ -85,4 +86,22 @@ class Setting:
     where: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-__all__ = ["Custom", "Figure", "Setting"]
+LOG_XY: Mapping[str, bool] = MappingProxyType({"log_x": True, "log_y": True})
+"""``Figure(..., **LOG_XY)``: both axes logarithmic (a power law reads as a straight line)."""
+
+
+def per_epoch(title: str, metric: str | tuple[str, ...], **fields: Any) -> Figure:
+    """A figure of ``metric`` against the records' step (the epoch), one point per step of each trial.
+
+    Args:
+        title: the figure's title.
+        metric: the metric (or metrics) drawn.
+        **fields: any other field of ``Figure`` (series, facet, where, axes).
+
+    Returns:
+        ``Figure(title, metric, x="step", by_step=True, **fields)``.
+    """
+    return Figure(title, metric=metric, x="step", by_step=True, **fields)
+
+
+__all__ = ["LOG_XY", "Custom", "Figure", "Setting", "per_epoch"]

@@ -14,7 +14,7 @@ import pydantic
 from backends import Backend, timer
 from backends.init import normal
 from harness.checks import Check, decide, distinct
-from harness.figures import Figure
+from harness.figures import LOG_XY, Figure
 from harness.workload import Context, Metric, Record
 from harness.workload import Params as _Params
 from results.aggregate import ok_rows, summarize
@@ -66,25 +66,12 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     ]
 
 
-figures = (
-    Figure(
-        "Matmul: achieved FLOP/s vs n",
-        metric="flop_per_s",
-        x="p_n",
-        series=("p_dtype",),
-        where={"p_op": "matmul"},
-        log_x=True,
-        log_y=True,
-    ),
-    Figure(
-        "Copy: achieved bytes/s vs n (read + write)",
-        metric="bytes_per_s",
-        x="p_n",
-        series=("p_dtype",),
-        where={"p_op": "copy"},
-        log_x=True,
-        log_y=True,
-    ),
+figures = tuple(
+    Figure(title, metric=metric, x="p_n", series=("p_dtype",), where={"p_op": op}, **LOG_XY)
+    for title, metric, op in (
+        ("Matmul: achieved FLOP/s vs n", "flop_per_s", "matmul"),
+        ("Copy: achieved bytes/s vs n (read + write)", "bytes_per_s", "copy"),
+    )
 )
 """Beyond the thesis: the device's practical limits, which every time in the report can be read against."""
 

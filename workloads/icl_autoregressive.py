@@ -20,8 +20,8 @@ import pydantic
 
 from backends import Backend
 from backends.ar_init import ARConfig, ar_sequences, augment
-from harness.checks import Check, all_hold, decide, paired_interval, pairs, seeds
-from harness.figures import Figure, Setting
+from harness.checks import Check, all_hold, decide, not_measured, paired_interval, pairs, seeds
+from harness.figures import Figure, Setting, per_epoch
 from harness.training import passes
 from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
@@ -221,6 +221,8 @@ _CURVES = dict(
     x_title="depth L (Transformer layers / gradient steps)",
     y_title="test MSE",
 )
+_PER_DEPTH = dict(series=("p_depth",), facet="p_softmax", log_y=True, x_title="epoch")
+"""The per-epoch curves: one line per depth, linear attention and softmax + MLP side by side."""
 figures = (
     Figure(
         "Test MSE vs depth: linear-attention Transformer, L steps of gradient descent, least-squares floor",
@@ -234,28 +236,18 @@ figures = (
         where={"p_softmax": True},
         **_CURVES,
     ),
-    Figure(
+    per_epoch(
         "Training loss vs epoch, linear attention (off) and softmax + MLP (on), per depth",
         metric="train_loss",
-        x="step",
-        by_step=True,
-        series=("p_depth",),
-        facet="p_softmax",
-        log_y=True,
-        x_title="epoch",
         y_title="training MSE",
         thesis="Fig. 6.9",
+        **_PER_DEPTH,
     ),
-    Figure(
+    per_epoch(
         "Transformer test MSE vs epoch (0 = initialisation), per depth",
         metric="test_mse",
-        x="step",
-        by_step=True,
-        series=("p_depth",),
-        facet="p_softmax",
-        log_y=True,
-        x_title="epoch",
         y_title="test MSE",
+        **_PER_DEPTH,
     ),
     Figure(
         "Training epoch time vs depth",
@@ -411,16 +403,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
         rows = ok[(ok["p_softmax"].astype(bool) == softmax) & ok["p_depth"].map(depths)] if not ok.empty else ok
         rows = rows[rows["metric"].isin(["test_mse", "gd_mse", "lstsq_mse"])] if not rows.empty else rows
         if rows.empty:
-            out.append(
-                decide(
-                    label,
-                    claim,
-                    rows,
-                    lambda r: (None, ""),
-                    figure=figure,
-                    missing="no trial with these depths and this attention",
-                )
-            )
+            out.append(not_measured(label, claim, "no trial with these depths and this attention", figure=figure))
             continue
         for (backend, device, *_), g in rows.groupby(["backend", "device_name", *_SETUP], dropna=False):
             trials = _per_trial(g)

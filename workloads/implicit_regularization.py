@@ -22,7 +22,7 @@ import pydantic
 from backends import Backend
 from backends.scaled_resnet_init import function_distance, gaussian_pairs, init_scaled_resnet
 from harness.checks import Check, at_least, decide, distinct, paired_interval, seeds, span
-from harness.figures import Custom, Figure, Setting
+from harness.figures import Custom, Figure, Setting, per_epoch
 from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import reduce_trials, summarize
@@ -245,22 +245,18 @@ figures = (
         **_DEPTH,
     ),
     Custom("a random entry of V_k and W_k across layers at several training times", _draw_entries, thesis="Fig. 3.2"),
-    Figure(
+    per_epoch(
         "training loss vs gradient step, long-time run (80,000 steps)",
         metric="loss",
-        x="step",
-        by_step=True,
         series=("p_init", "p_activation", "p_depth"),
         where={"p_steps": _LONG_STEPS},
         log_y=True,
         x_title="gradient step",
         thesis="Fig. 3.2",
     ),
-    Figure(
+    per_epoch(
         "training loss vs gradient step",
         metric="loss",
-        x="step",
-        by_step=True,
         series=("p_init", "p_activation"),
         facet="p_depth",
         where={"p_steps": _THESIS_STEPS},

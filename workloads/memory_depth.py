@@ -21,7 +21,7 @@ from backends import Backend, timer
 from backends.init import normal
 from backends.residual_config import MODELS, TORCHVISION
 from harness.checks import Check, decide, distinct, span
-from harness.figures import Figure, Setting
+from harness.figures import LOG_XY, Figure, Setting
 from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
@@ -181,27 +181,23 @@ def _accuracy(params: Params, backend: Backend, net, kwargs: dict, x, g) -> list
 
 
 _MLP = {"p_block": "mlp"}
+_VS_DEPTH = dict(series=("p_model",), facet="p_tied", where=_MLP, x_title="depth")
+"""A curve per model against depth, MLP blocks, tied and untied weights side by side."""
 figures = (
     Figure(
         "Activation memory of one forward+backward vs depth (peak minus gradients)",
         "activation_bytes",
         "p_depth",
         thesis="Fig. 4.2",
-        series=("p_model",),
-        facet="p_tied",
-        where=_MLP,
-        x_title="depth",
         y_title="activation memory",
+        **_VS_DEPTH,
     ),
     Figure(
         "Bytes the forward saves for the backward vs depth",
         "saved_bytes",
         "p_depth",
-        series=("p_model",),
-        facet="p_tied",
-        where=_MLP,
-        x_title="depth",
         y_title="saved for backward",
+        **_VS_DEPTH,
     ),
     Figure(
         "Activation memory of one forward+backward vs batch size",
@@ -213,18 +209,7 @@ figures = (
         x_title="batch size",
         y_title="activation memory",
     ),
-    Figure(
-        "Time of one forward+backward vs depth",
-        "time_s",
-        "p_depth",
-        series=("p_model",),
-        facet="p_tied",
-        where=_MLP,
-        log_x=True,
-        log_y=True,
-        x_title="depth",
-        y_title="time",
-    ),
+    Figure("Time of one forward+backward vs depth", "time_s", "p_depth", y_title="time", **_VS_DEPTH, **LOG_XY),
 )
 
 settings = (

@@ -24,11 +24,13 @@ from backends.datasets import DatasetUnavailable, load_images, with_pixel_noise
 from backends.moe_config import MoEConfig, routing_stats
 from backends.vit_init import ViTConfig
 from harness.checks import at_least, decide, paired_interval, pairs, seeds
-from harness.figures import Custom, Figure, Setting
+from harness.figures import Custom, Setting, per_epoch
 from harness.training import passes
 from harness.workload import Check, Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import ok_rows, summarize
+from workloads._relaxed_vs_hard import gain_over_hard, step_time_bars
+from workloads._vit import image_arrays, vit_input
 
 name = "moe_precision"
 version = 3  # 2: noise_std, paired intervals; 3: experts process only the tokens routed to them
@@ -105,8 +107,7 @@ class Params(_Params):
 
 
 def _configs(params: Params, image_size: int, channels: int, num_classes: int) -> tuple[ViTConfig, MoEConfig]:
-    if image_size % params.patch:
-        raise Skip(f"patch={params.patch} does not divide the {params.dataset} image side {image_size}")
+    geometry = vit_input(params, image_size, channels, num_classes)
     if params.width % params.heads:
         raise Skip(f"heads={params.heads} does not divide width={params.width}")
     if params.every > params.depth:
@@ -114,16 +115,7 @@ def _configs(params: Params, image_size: int, channels: int, num_classes: int) -
     relaxed = params.router == "relaxed"
     if relaxed and params.solver == "dykstra" and params.p != 2.0:
         raise Skip(f"p={params.p} with solver=dykstra: Dykstra needs p = 2")
-    config = ViTConfig(
-        image_size=image_size,
-        channels=channels,
-        num_classes=num_classes,
-        patch=params.patch,
-        width=params.width,
-        depth=params.depth,
-        heads=params.heads,
-        mlp_dim=params.mlp_dim,
-    )
+    config = ViTConfig(**geometry, depth=params.depth, heads=params.heads, mlp_dim=params.mlp_dim)
     try:
         moe = MoEConfig(
             experts=params.experts,
@@ -147,14 +139,7 @@ def run(params: Params, backend: Backend, ctx: Context) -> list[Record]:
     except DatasetUnavailable as missing:
         raise Skip(str(missing)) from None
     config, moe = _configs(params, data.image_size, data.channels, data.num_classes)
-    n_train = min(params.train_size or len(data.train_y), len(data.train_y))
-    if params.batch > n_train:
-        raise Skip(f"batch={params.batch} is larger than the {n_train} training images")
-    device = backend.device(ctx.device)
-    train_x = backend.asarray(data.train_x[:n_train], device, params.dtype)
-    train_y = backend.asarray(data.train_y[:n_train], device)
-    test_x = backend.asarray(data.test_x, device, params.dtype)
-    eval_x = backend.asarray(data.test_x[: params.eval_batch], device, params.dtype)
+    n_train, device, train_x, train_y, test_x, eval_x = image_arrays(params, data, backend, ctx.device)
     ops = backend.ops
     trainer = ops.moe_vit_trainer(
         config, moe, ops.moe_vit_init(config, moe, ctx.seed, device, params.dtype), params.lr, "adam"
@@ -213,39 +198,32 @@ def _late_precision_zoom(table: pd.DataFrame):
     return median_lines(prec, "step", _label, x_title="training step", y_title="precision-at-1")
 
 
+_PER_STEP = dict(series=_SERIES, x_title="training step")
+"""A curve per operator setting against the training step."""
 figures = (
-    Figure(
+    per_epoch(
         "Validation precision-at-1 vs training step, hard vs relaxed top-k router",
         "precision_at_1",
-        "step",
         thesis="Fig. 7.7",
-        series=_SERIES,
-        by_step=True,
-        x_title="training step",
         y_title="precision-at-1",
+        **_PER_STEP,
     ),
     Custom(
         "Validation precision-at-1 in the last quarter of the training steps (the zoom)",
         _late_precision_zoom,
         thesis="Fig. 7.7",
     ),
-    Figure(
+    step_time_bars(
         "Time per training step by router (thesis: 15 h relaxed vs 10 h hard)",
-        "step_time_s",
         "p_router",
-        series=("p_lam", "p_solver"),
-        kind="bar",
-        x_title="router",
-        y_title="time per step",
+        ("p_lam", "p_solver"),
+        "router",
     ),
-    Figure(
+    per_epoch(
         "Non-zero fraction of the combine weights (gate x mask) vs training step",
         "router_nnz_frac",
-        "step",
-        series=_SERIES,
-        by_step=True,
-        x_title="training step",
         y_title="non-zero fraction",
+        **_PER_STEP,
     ),
 )
 
@@ -339,19 +317,16 @@ def _deviations(rows: pd.DataFrame) -> str:
 
 
 def _improves(label: str):
-    def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
-        paired = pairs(rows, "label", label, "hard")
-        if paired.empty:
-            return None, "no seed ran both routers"
-        interval = paired_interval(paired["first"], paired["second"])
-        late = rows.groupby("label")["value"].median()
-        return interval.side("above"), (
-            f"relaxed - hard precision-at-1 over the last quarter of the steps = "
-            f"{interval.text()}; medians hard {late.get('hard', np.nan):.3f}, relaxed "
-            f"{late.get(label, np.nan):.3f}"
-        )
-
-    return test
+    """Relaxed minus hard precision-at-1 over the last quarter of the steps, paired over seeds, above 0."""
+    return gain_over_hard(
+        label,
+        "hard",
+        relaxed=label,
+        column="value",
+        difference="relaxed - hard precision-at-1 over the last quarter of the steps",
+        medians="medians",
+        missing="no seed ran both routers",
+    )
 
 
 def _not_saturated(rows: pd.DataFrame) -> str | None:

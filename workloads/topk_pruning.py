@@ -23,12 +23,13 @@ import pydantic
 from backends import Backend
 from backends.datasets import DatasetUnavailable, load_images
 from backends.pruned_mlp_init import PrunedMLPConfig
-from harness.checks import at_least, decide, paired_interval, pairs, seeds
-from harness.figures import Custom, Figure, Setting
+from harness.checks import at_least, decide, not_measured, seeds
+from harness.figures import Custom, Setting, per_epoch
 from harness.training import passes
 from harness.workload import DEFAULT, Check, Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import ok_rows, summarize
+from workloads._relaxed_vs_hard import gain_over_hard, step_time_bars
 
 name = "topk_pruning"
 version = 2  # 2: the budget is SGD steps (was epochs); cumulative training time replaces the epoch time
@@ -205,39 +206,27 @@ def _error_vs_time(table: pd.DataFrame):
     return median_lines(joined, "time_s", _label, x_title="training time (s, median over seeds)", y_title="test error")
 
 
+_PER_STEP = dict(series=_SERIES, x_title="SGD step")
+"""A curve per operator setting against the SGD step."""
 figures = (
-    Figure(
+    per_epoch(
         "Test error vs SGD step, 90% of each weight matrix pruned by magnitude (dense: no pruning)",
         "test_error",
-        "step",
         thesis="Fig. 7.5",
-        series=_SERIES,
-        by_step=True,
-        x_title="SGD step",
         y_title="test error",
+        **_PER_STEP,
     ),
     Custom(
         "Test error vs training time, 90% of each weight matrix pruned by magnitude", _error_vs_time, thesis="Fig. 7.5"
     ),
-    Figure(
+    per_epoch(
         "Non-zero fraction of the pruned weights (all matrices) vs SGD step",
         "nnz_frac",
-        "step",
-        series=_SERIES,
         where={"tag": "all"},
-        by_step=True,
-        x_title="SGD step",
         y_title="non-zero fraction",
+        **_PER_STEP,
     ),
-    Figure(
-        "Time per SGD step by pruning operator",
-        "step_time_s",
-        "p_operator",
-        series=("p_p",),
-        kind="bar",
-        x_title="operator",
-        y_title="time per step",
-    ),
+    step_time_bars("Time per SGD step by pruning operator", "p_operator", ("p_p",), "operator"),
 )
 
 settings = (
@@ -290,20 +279,15 @@ def _per_trial_area(table: pd.DataFrame) -> pd.DataFrame:
 
 def _faster(label: str):
     """The test of 'relaxed trains faster': hard's area minus relaxed's, paired over seeds, above 0."""
-
-    def test(rows: pd.DataFrame) -> tuple[bool | str | None, str]:
-        paired = pairs(rows, "label", "hard", label)
-        if paired.empty:
-            return None, "no seed ran both the hard and the relaxed operator"
-        interval = paired_interval(paired["first"], paired["second"])
-        finals = rows.groupby("label")["final"].median()
-        return interval.side("above"), (
-            f"hard - relaxed mean test error over training = {interval.text()}; final test "
-            f"error (median) hard {finals.get('hard', np.nan):.3f}, relaxed "
-            f"{finals.get(label, np.nan):.3f}"
-        )
-
-    return test
+    return gain_over_hard(
+        "hard",
+        label,
+        relaxed=label,
+        column="final",
+        difference="hard - relaxed mean test error over training",
+        medians="final test error (median)",
+        missing="no seed ran both the hard and the relaxed operator",
+    )
 
 
 def _deviations(rows: pd.DataFrame) -> str:
@@ -376,16 +360,7 @@ def _keeps_rate(table: pd.DataFrame) -> list[Check]:
     rows = ok_rows(table)
     rows = rows[(rows["metric"] == "nnz_frac") & (rows["tag"] == "all") & (rows["p_operator"] == "relaxed")]
     if rows.empty:
-        return [
-            decide(
-                "relaxed keeps the rate",
-                claim,
-                rows,
-                lambda r: (None, ""),
-                figure="section 7.6",
-                missing="no relaxed run",
-            )
-        ]
+        return [not_measured("relaxed keeps the rate", claim, "no relaxed run", figure="section 7.6")]
 
     def test(keep: float):
         def within(r: pd.DataFrame) -> tuple[bool, str]:

@@ -22,7 +22,7 @@ import pydantic
 from backends import Backend, timer
 from backends.init import normal
 from harness.checks import Check, all_hold, at_least, decide, device_in, distinct, paired_interval, seeds, span
-from harness.figures import Custom, Figure, Setting
+from harness.figures import LOG_XY, Custom, Figure, Setting
 from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
 from harness.workload import Params as _Params
 from results.aggregate import reduce_trials
@@ -209,6 +209,8 @@ def _draw_time_to_error(table: pd.DataFrame):
     return fig
 
 
+_DYKSTRA_VS_N = dict(series=("p_max_iter",), facet="p_dtype", where={"p_solver": "dykstra"}, x_title="n", **LOG_XY)
+"""Dykstra's curves against n: one line per iteration cap, a panel per dtype."""
 figures = (
     Figure(
         "Relaxed top-k: time per call vs n (k = ceil(n/10), Dykstra with 100 iterations)",
@@ -218,8 +220,7 @@ figures = (
         series=("p_solver",),
         facet="p_direction",
         where={"p_max_iter": (100, math.nan)},  # nan: the solvers without an iteration cap
-        log_x=True,
-        log_y=True,
+        **LOG_XY,
         x_title="n",
         y_title="time per call",
     ),
@@ -227,24 +228,11 @@ figures = (
         "Dykstra: max error vs the exact solution, per iteration cap",
         "max_abs_err_vs_exact",
         "p_n",
-        series=("p_max_iter",),
-        facet="p_dtype",
-        where={"p_solver": "dykstra"},
-        log_x=True,
-        log_y=True,
-        x_title="n",
         y_title="max |y - y*|",
+        **_DYKSTRA_VS_N,
     ),
     Figure(
-        "Dykstra: iterations used vs n (stopped by the cap or by its tolerance)",
-        "iterations",
-        "p_n",
-        series=("p_max_iter",),
-        facet="p_dtype",
-        where={"p_solver": "dykstra"},
-        log_x=True,
-        log_y=True,
-        x_title="n",
+        "Dykstra: iterations used vs n (stopped by the cap or by its tolerance)", "iterations", "p_n", **_DYKSTRA_VS_N
     ),
     Custom(
         "Time to reach max error <= 1e-6 (float64) / 1e-4 (float32): fastest setting per solver", _draw_time_to_error

@@ -18,15 +18,7 @@ Set = tuple[jax.Array, ...]
 
 
 def mlp_block(ps: Sequence[jax.Array], x: jax.Array, activation: str) -> jax.Array:
-    """Linear(width -> hidden), activation, Linear(hidden -> width) (thesis Fig. 4.2).
-
-    Args:
-        ps: (w1 (hidden, width), b1 (hidden,), w2 (width, hidden), b2 (width,)).
-        x: (batch, width).
-
-    Returns:
-        (batch, width).
-    """
+    """The ``mlp`` block of ``residual_config.block_shapes``: (batch, width) -> (batch, width)."""
     w1, b1, w2, b2 = ps
     h = _ACT[activation](x @ w1.T + jnp.expand_dims(b1, 0))
     return h @ w2.T + jnp.expand_dims(b2, 0)
@@ -45,21 +37,7 @@ def _conv(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def conv_block(ps: Sequence[jax.Array], x: jax.Array, activation: str) -> jax.Array:
-    """Pre-activation basic block: norm, act, conv3x3, norm, act, conv3x3 (He et al. 2016b), then a norm if given.
-
-    The norms use the batch's statistics and keep no running averages.
-
-    Args:
-        ps: (bn1.weight (width,), bn1.bias, conv1.weight (hidden, width, 3, 3), bn2.weight
-            (hidden,), bn2.bias, conv2.weight (width, hidden, 3, 3)), and for the conv_norm
-            block bn3.weight (width,), bn3.bias.
-        x: (batch, width, size, size).
-
-    Returns:
-        (batch, width, size, size).
-
-    References: thesis section 2.5.2 (the pre-activation basic block of the adjoint experiments).
-    """
+    """The ``conv`` / ``conv_norm`` block of ``residual_config.block_shapes``: (batch, width, size, size) -> same."""
     g1, b1, c1, g2, b2, c2, *last = ps
     act = _ACT[activation]
     h = _conv(act(batch_norm(x, g1, b1)), c1)

@@ -11,15 +11,8 @@ _LIMIT = 2**VALUE_BITS
 
 
 def quantize(y: jax.Array, frac_bits: int, coef: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """round(coef y 2**frac_bits) as int64, and a bool scalar: some value is out of range or not finite.
-
-    Args:
-        y: float array, any shape.
-        frac_bits: fractional bits of the format.
-        coef: a factor applied in the same multiplication (the forward and the backward use this one function).
-
-    Returns:
-        (int64 array of y's shape, bool scalar: some |y| >= 2**(61 - frac_bits) or NaN).
+    """round(coef y 2**frac_bits) as int64 (``backends/fixed_point.py``'s format), and a bool scalar: some |y| >=
+    2**(61 - frac_bits) or not finite. ``coef`` is applied in the same multiplication (forward and backward share it).
     """
     s = y * (coef * 2.0**frac_bits)
     bad = jnp.any(~(jnp.abs(s) < float(_LIMIT)))
@@ -37,17 +30,7 @@ def out_of_range(q: jax.Array) -> jax.Array:
 
 
 def mul_ratio(c: jax.Array, i: jax.Array, n: int, d: int) -> tuple[jax.Array, jax.Array]:
-    """c n / d rounded with a digit of the buffer, and the buffer word with the remainder pushed.
-
-    Args:
-        c: int64 values; i: int64 buffer word of the same shape (>= 0).
-        n, d: gamma = n/d, 0 < n < d.
-
-    Returns:
-        (floor((c n + (i mod n)) / d), (i div n) d + remainder): a bijection on (c, i).
-
-    References: thesis appendix 4.C (information buffer), backends/fixed_point.py (the order).
-    """
+    """The buffered multiplication of (c, i) by n/d (``backends/fixed_point.py``'s step) on int64 arrays."""
     u, i = i % n, i // n
     a, b = c // d, c % d
     q = b * n + u

@@ -65,6 +65,26 @@ def _searchsorted(rows: jax.Array, t: jax.Array, side: str) -> jax.Array:
     return jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))(rows, t).astype(jnp.int64)
 
 
+def saturation_level(t: jax.Array, lam: float, e: int, op: str) -> jax.Array:
+    """The value from which an element saturates at threshold ``t``: ``U(s) >= t  <=>  s >= this``."""
+    return t + lam if op == "mask" else t + lam * jnp.maximum(t, 0.0) ** (1.0 / e)
+
+
+def solve_selected(top: jax.Array, k: int, lam: float, e: int, op: str) -> jax.Array:
+    """``solve_threshold`` on the sorted selection ``top`` (B, k + m) whose window fits on the right.
+
+    When every row's saturated end is inside ranks [k - a, k + m) (a = min(k, m)), the solve runs
+    on those a + m values only (the same elements in the same order: the same t), else on all of them.
+    """
+    m = top.shape[1] - k
+    a = min(k, m)
+    if a == k:
+        return solve_threshold(-top, k, lam, e, op)
+    part = top[:, k - a :]
+    left = jnp.all(part[:, 0] >= saturation_level(part[:, a - 1], lam, e, op))
+    return lax.cond(left, lambda: solve_threshold(-part, a, lam, e, op), lambda: solve_threshold(-top, k, lam, e, op))
+
+
 def select_margin(k: int, n: int) -> int:
     """The first margin ``m``: ``k / 16`` values beyond the k-th, at least 16 (about 6% more than ``top_k``)."""
     return max(16, k // 16)
@@ -115,7 +135,7 @@ def select_threshold(
     def select(level: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         top, index = lax.top_k(key, widths[level])
         fits = jnp.all(top[:, -1] <= saturates_at(top[:, k], lam, e, op))  # #{s_i > U(s_k)} < k + m
-        t = lax.cond(fits, lambda: solve_threshold(-top, k, lam, e, op), lambda: solve_from(level + 1))
+        t = lax.cond(fits, lambda: solve_selected(top, k, lam, e, op), lambda: solve_from(level + 1))
         return t, index, fits
 
     if not widths:
@@ -139,9 +159,6 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
     def upper(s_val):  # U(s): where an element of value s saturates
         return saturates_at(s_val, lam, e, op)
 
-    def saturation_level(t):  # U(s) >= t  <=>  s >= this
-        return t + lam if op == "mask" else t + lam * jnp.maximum(t, 0.0) ** (1.0 / e)
-
     def count_at_least(level):  # #{s_i >= level}
         return _searchsorted(neg_s, -level, "right")
 
@@ -149,7 +166,9 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
         return _searchsorted(neg_s, -level, "left")
 
     s_k1 = -neg_s[:, k - 1 : k]
-    L = jnp.minimum(count_at_least(saturation_level(s_k1)), k - 1)  # < k but for |x| with zeros (t = 0 below)
+    L = jnp.minimum(
+        count_at_least(saturation_level(s_k1, lam, e, op)), k - 1
+    )  # < k but for |x| with zeros (t = 0 below)
     R = jnp.maximum(count_above(upper(-neg_s[:, k : k + 1])), k) if k < n else jnp.full_like(L, n)
     centre = -neg_s[:, min(k, n - 1) : min(k, n - 1) + 1]  # s_k: inside the pooled range, never an outlier
     c = centre.astype(acc)
@@ -205,7 +224,7 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
                 mid = (lo + hi) // 2
                 s_mid = -jnp.take_along_axis(neg_s, jnp.clip(mid - 1, 0, n - 1), 1)
                 if positive_side:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
-                    ok = fits(s_mid, count_at_least(saturation_level(s_mid)), mid - 1)
+                    ok = fits(s_mid, count_at_least(saturation_level(s_mid, lam, e, op)), mid - 1)
                 else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
                     t = upper(s_mid)
                     ok = fits(t, mid, count_above(t))
@@ -219,7 +238,7 @@ def solve_threshold(neg_s: jax.Array, k: int, lam: float, e: int, op: str, searc
     def search_all(_):  # F at every breakpoint, the predicate holds on a prefix: count it
         j = jnp.broadcast_to(jnp.expand_dims(jnp.arange(1, n + 1, dtype=jnp.int64), 0), (B, n))
         s_all = -neg_s
-        ok = fits(s_all, count_at_least(saturation_level(s_all)), j - 1)
+        ok = fits(s_all, count_at_least(saturation_level(s_all, lam, e, op)), j - 1)
         positive = k + jnp.sum(ok & (j > k) & (j <= R), axis=1, keepdims=True)
         u_all = upper(s_all)
         ok = fits(u_all, j, count_above(u_all))

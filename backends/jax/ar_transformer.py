@@ -27,17 +27,7 @@ _LN_EPS = 1e-5
 def ar_transformer_init(
     config: ARConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
 ) -> Params:
-    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.ar_init.init_params``).
-
-    Args:
-        config: the architecture.
-        seed: weights seed; the same seed gives the same weights in the torch backend.
-        device: where the arrays live (a jax.Device, or a platform name such as ``cpu``).
-        dtype: ``float32`` or ``float64``.
-
-    Returns:
-        Nested dict of arrays (see ``init_params``).
-    """
+    """``signatures.ArTransformerInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed, dtype))
 
@@ -57,19 +47,7 @@ def _bias(b: jax.Array, ndim: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def ar_transformer_apply(params: Params, tokens: jax.Array, config: ARConfig) -> jax.Array:
-    """Predictions of s_{t+1} at every position: the first d coordinates after ``config.depth`` layers.
-
-    Args:
-        params: weights from ``ar_transformer_init``.
-        tokens: (B, T, 3 d) augmented tokens (``backends.ar_init.augment``).
-        config: the architecture (linear or softmax causal attention, optional MLP).
-
-    Returns:
-        (B, T, d) predictions.
-
-    References:
-        Thesis eq. 6.4 iterated with layer norm, section 6.6 (Fig. 6.5); softmax and MLP: Fig. 6.10.
-    """
+    """``signatures.ArTransformerApply`` in JAX."""
     x = tokens
     length = x.shape[1]
     causal = jnp.expand_dims(jnp.tril(jnp.ones((length, length), dtype=bool)), 0)
@@ -136,19 +114,7 @@ class JaxARTrainer(ScanTrainer):
 
 
 def ar_transformer_trainer(config: ARConfig, params: Params, lr: float) -> JaxARTrainer:
-    """A trainer (Adam, PyTorch's defaults and arithmetic) of the Transformer ``config`` from ``params``.
-
-    Args:
-        config: the architecture.
-        params: initial weights (``ar_transformer_init``); JAX arrays are immutable, so no copy.
-        lr: Adam's learning rate, constant.
-
-    Returns:
-        An object with ``compile``, ``fit_epoch``, ``predict`` and ``params``.
-
-    References:
-        Thesis section 6.6 (Adam, learning rate 5e-3, 2,000 epochs).
-    """
+    """``signatures.ArTransformerTrainer`` in JAX (Adam with PyTorch's defaults and arithmetic)."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
     return JaxARTrainer(config, params, lr)
@@ -170,23 +136,7 @@ def _gd_predict(states: jax.Array, steps: int, step_size: jax.Array) -> jax.Arra
 
 
 def ar_gd_predict(states: jax.Array, steps: int, step_size: float) -> jax.Array:
-    """Predictions of s_{t+1} by ``steps`` steps of gradient descent on the in-context loss (6.5).
-
-    At position t the context is the pairs (s_j, s_{j+1}), j < t; starting from W = 0, each step
-    is W <- W - step_size (W S_t - C_t) with S_t = sum_{j<t} s_j s_j^T, C_t = sum_{j<t} s_{j+1} s_j^T
-    (the gradient of 1/2 sum_{j<t} ||s_{j+1} - W s_j||^2), and the prediction is W s_t.
-
-    Args:
-        states: (n, T + 1, d) states s_1 ... s_{T+1} (``backends.ar_init.ar_sequences``).
-        steps: number of gradient steps L (>= 0).
-        step_size: the fixed step size.
-
-    Returns:
-        (n, T, d) predictions of s_2 ... s_{T+1}, the dtype of ``states``.
-
-    References:
-        Thesis eq. 6.5, Proposition 6.4, section 6.6 (Fig. 6.5).
-    """
+    """``signatures.ArGdPredict`` in JAX."""
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
     return _gd_predict(states, int(steps), jnp.asarray(step_size, jnp.float64))

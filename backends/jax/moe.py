@@ -1,18 +1,10 @@
-"""Sparse mixture-of-experts ViT with expert-choice routing, hard or relaxed top-k router (JAX).
+"""The sparse mixture-of-experts ViT (``backends/moe_config.py``) in JAX.
 
-The ViT is ``backends/jax/vit.py``'s; the MoE layer is passed as its block ``mlp`` (a block whose
-``mlp`` weights hold a ``router`` is an MoE layer, the others stay dense). With
-``MoEConfig.dispatch="sparse"`` each expert gathers the tokens its mask selects, runs on them and
-scatter-adds its gate-weighted outputs: k rows per group and expert for the hard router; for a
-relaxed mask, whose number of non-zeros is only known at run time, the smallest of the static sizes
-``MoEConfig.dispatch_ladder(n)`` (k, 2k, ..., n) that holds its widest row, chosen by ``lax.switch``
-(only that branch runs). ``"dense"`` runs every expert on every token and lets the combine weights
-(gate x mask) zero the rest. Same outputs and gradients. The switch's branches are rematerialised
+The sparse dispatch of a relaxed mask, whose number of non-zeros is only known at run time, takes the
+smallest of the static sizes ``MoEConfig.dispatch_ladder(n)`` (k, 2k, ..., n) that holds its widest row,
+chosen by ``lax.switch`` (only that branch runs). The switch's branches are rematerialised
 (``jax.checkpoint``): its backward would otherwise carry the residuals of every branch, the ones not
 taken as zeros of up to the dense size.
-
-References:
-    Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7; Zhou et al. (2022).
 """
 
 from __future__ import annotations
@@ -24,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..moe_config import MoEConfig, init_moe_params
+from ..moe_config import MoEConfig, init_moe_params, moe_block_mlp
 from ..topk_common import pair_projection
 from ..vit_init import ViTConfig
 from .topk import hard_topk_mask, topk_mask
@@ -43,19 +35,7 @@ def _half_step(v: jax.Array, d: jax.Array, offset: int) -> tuple[jax.Array, jax.
 
 
 def unrolled_dykstra_mask(x: jax.Array, k: int, lam: float, n_iter: int) -> jax.Array:
-    """Relaxed top-k mask (p = 2) from exactly ``n_iter`` Dykstra iterations, differentiable by unrolling.
-
-    Args:
-        x: (..., n) float. k: int in [1, n]. lam: > 0. n_iter: Dykstra iterations (>= 1).
-
-    Returns:
-        (..., n): (s - v) / lam put back in x's order, v the ``n_iter``-th Dykstra iterate of the
-        projection of s - lam 1_k onto the decreasing cone (s = x sorted descending). Sums to k per
-        row at every iteration; equals ``topk_mask(x, k, lam=lam, solver="dykstra")`` once converged.
-
-    References:
-        Thesis Algorithm 7.7, Prop. 7.5; appendix 7.C.3 (10 iterations in the MoE router).
-    """
+    """``moe_config``'s unrolled Dykstra mask in JAX."""
     shape, n = x.shape, x.shape[-1]
     rows = x.reshape(-1, n)
     perm = jnp.argsort(-rows, axis=1, stable=True)
@@ -77,19 +57,7 @@ def unrolled_dykstra_mask(x: jax.Array, k: int, lam: float, n_iter: int) -> jax.
 
 
 def moe_route(logits: jax.Array, moe: MoEConfig) -> tuple[jax.Array, jax.Array]:
-    """Expert-choice routing of one MoE layer: gates, per-expert top-k selection, combine weights.
-
-    Args:
-        logits: (G, n, E) router logits of G groups of n tokens. moe: the routing configuration.
-
-    Returns:
-        combine (G, n, E) = softmax gates x selection mask, and the mask (G, E, n): each expert's
-        selection of k = ``moe.capacity(n)`` tokens (hard: k ones, no gradient; relaxed: in
-        [0, 1], summing to k, with gradient).
-
-    References:
-        Thesis 7.6 (Sparse MoEs), 7.C.3; Zhou et al. (2022) expert-choice routing.
-    """
+    """``signatures.MoeRoute`` in JAX."""
     gates = jax.nn.softmax(logits, axis=-1)
     scores = jnp.swapaxes(gates, -1, -2)
     k = moe.capacity(logits.shape[-2])
@@ -150,13 +118,8 @@ _EXPERTS = {"sparse": _sparse_experts, "dense": _dense_experts}
 
 
 def _moe_mlp(params: dict[str, jax.Array], x: jax.Array, moe: MoEConfig, record: list | None = None) -> jax.Array:
-    """A block's MLP: dense, or the MoE layer when ``params`` holds a router; (B, T, D) -> (B, T, D)."""
-    if "router" not in params:
-        return dense_mlp(params, x)
-    combine, mask = moe_route(x @ params["router"], moe)
-    if record is not None:
-        record.append(combine)
-    return _EXPERTS[moe.dispatch](params, x, combine, mask, moe)
+    """``moe_config.moe_block_mlp`` with this backend's dense MLP, router and experts."""
+    return moe_block_mlp(params, x, moe, dense=dense_mlp, route=moe_route, experts=_EXPERTS, record=record)
 
 
 @functools.lru_cache(maxsize=64)
@@ -167,14 +130,7 @@ def _mlp_for(moe: MoEConfig):
 def moe_vit_init(
     config: ViTConfig, moe: MoEConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
 ) -> dict[str, Any]:
-    """The ``moe_vit``'s initial weights (``backends.moe_config.init_moe_params``) on ``device``.
-
-    Args:
-        config: the ViT. moe: the routing. seed: same seed, same weights in torch. device, dtype: placement.
-
-    Returns:
-        Nested dict of arrays.
-    """
+    """``signatures.MoeVitInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_moe_params(config, moe, seed, dtype))
 
@@ -183,17 +139,7 @@ def moe_vit_init(
 def moe_vit_apply(
     params: dict[str, Any], images: jax.Array, config: ViTConfig, moe: MoEConfig
 ) -> tuple[jax.Array, list[jax.Array]]:
-    """Forward of the ``moe_vit``: logits and the combine weights of every MoE layer.
-
-    Args:
-        params: from ``moe_vit_init``. images: (B, C, H, W). config, moe: the architecture.
-
-    Returns:
-        logits (B, num_classes) and one (B, tokens, E) combine-weight array per MoE layer.
-
-    References:
-        Thesis 7.6, 7.C.3.
-    """
+    """``signatures.MoeVitApply`` in JAX."""
     record: list[jax.Array] = []
     # vit_apply's un-jitted body, traced inside this jit, so the recorded arrays belong to this trace.
     logits, _ = vit_apply.__wrapped__(params, images, config, functools.partial(_moe_mlp, moe=moe, record=record))
@@ -201,13 +147,5 @@ def moe_vit_apply(
 
 
 def moe_vit_trainer(config: ViTConfig, moe: MoEConfig, params: dict[str, Any], lr: float, optimizer: str = "adam"):
-    """The ViT trainer (``vit_trainer``) of the ``moe_vit``: Adam or SGD on cross-entropy.
-
-    Args:
-        config, moe: the architecture. params: from ``moe_vit_init``. lr: learning rate.
-        optimizer: ``adam`` or ``sgd``.
-
-    Returns:
-        ``vit_trainer``'s object (``compile``, ``fit_epoch``, ``predict``, ``params``).
-    """
+    """``signatures.MoeVitTrainer`` in JAX."""
     return vit_trainer(config, params, lr, optimizer, mlp=_mlp_for(moe))

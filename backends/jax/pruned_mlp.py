@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..pruned_mlp_init import PrunedMLPConfig, init_params
+from ..pruned_mlp_init import PrunedMLPConfig, init_params, pruned_weights
 from . import _optim
 from ._trainer import ScanTrainer
 from .topk import hard_topk_mag, topk_mag
@@ -25,53 +25,18 @@ Params = dict[str, Any]
 def pruned_mlp_init(
     config: PrunedMLPConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
 ) -> Params:
-    """The initial weights W'_i, b_i of ``config`` from ``seed`` on ``device`` (``init_params``).
-
-    Args:
-        config: widths and pruning.
-        seed: weights seed; the same seed gives the same weights in the torch backend.
-        device: where the arrays live (a jax.Device, or a platform name such as ``cpu``).
-        dtype: ``float32`` or ``float64``.
-
-    Returns:
-        {"w": [(in, out)], "b": [(out,)]} arrays.
-    """
+    """``signatures.PrunedMlpInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed, dtype))
 
 
-def _prune(w: jax.Array, k: int, config: PrunedMLPConfig) -> jax.Array:
-    if config.operator == "dense":
-        return w
-    flat = w.reshape(1, -1)
-    if config.operator == "hard":
-        return hard_topk_mag(flat, k).reshape(w.shape)
-    return topk_mag(flat, k, lam=config.lam, p=config.p).reshape(w.shape)
-
-
 def pruned_mlp_weights(params: Params, config: PrunedMLPConfig) -> list[jax.Array]:
-    """The effective weights W_i = topkmag(W'_i) (W'_i itself for ``dense``), each (in, out).
-
-    References:
-        Thesis section 7.6 (weight pruning), 7.4 (relaxed top-k in magnitude).
-    """
-    return [_prune(w, config.kept(i), config) for i, w in enumerate(params["w"])]
+    """``signatures.PrunedMlpWeights`` in JAX."""
+    return pruned_weights(params["w"], config, topk_mag, hard_topk_mag)
 
 
 def pruned_mlp_apply(params: Params, x: jax.Array, config: PrunedMLPConfig) -> jax.Array:
-    """Logits of the MLP with pruned weights.
-
-    Args:
-        params: {"w", "b"} from ``pruned_mlp_init``.
-        x: (B, ...) inputs, flattened to (B, sizes[0]).
-        config: widths and pruning.
-
-    Returns:
-        (B, sizes[-1]) logits.
-
-    References:
-        Thesis section 7.6, Fig. 7.5 (784-32-32-10 on MNIST; 64-32-32-10 on digits here).
-    """
+    """``signatures.PrunedMlpApply`` in JAX."""
     h = x.reshape(x.shape[0], -1)
     weights = pruned_mlp_weights(params, config)
     for i, (w, b) in enumerate(zip(weights, params["b"])):
@@ -136,19 +101,7 @@ class JaxPrunedMLPTrainer(ScanTrainer):
 
 
 def pruned_mlp_trainer(config: PrunedMLPConfig, params: Params, lr: float) -> JaxPrunedMLPTrainer:
-    """A trainer (SGD, no momentum, constant ``lr``) of the pruned MLP from ``params``.
-
-    Args:
-        config: widths and pruning.
-        params: initial weights (``pruned_mlp_init``); JAX arrays are immutable, so no copy.
-        lr: learning rate.
-
-    Returns:
-        An object with ``compile``, ``fit_epoch``, ``predict``, ``weights`` and ``params``.
-
-    References:
-        Thesis appendix 7.C.1 (SGD, batch 128, learning rate 1e-2, 30 MNIST epochs = 14,070 steps).
-    """
+    """``signatures.PrunedMlpTrainer`` in JAX."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
     return JaxPrunedMLPTrainer(config, params, lr)

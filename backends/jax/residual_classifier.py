@@ -28,30 +28,13 @@ Params = dict[str, Any]
 
 
 def residual_classifier_init(config: ClassifierConfig, seed: int, device: jax.Device | str = "cpu") -> Params:
-    """The initial weights of ``config`` from ``seed`` on ``device`` (``init_params``; same as the torch backend's).
-
-    Returns:
-        {"stem.weight", "stem.bias", "stem_bn.weight", "stem_bn.bias", "head.weight", "head.bias",
-        "body": name -> (sets, *shape)} arrays of ``config.dtype``.
-    """
+    """``signatures.ResidualClassifierInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed))
 
 
 def residual_classifier_apply(params: Params, x: jax.Array, config: ClassifierConfig) -> jax.Array:
-    """Logits of the classifier; its VJP through the residual part is ``config.backward``'s.
-
-    Args:
-        params: from ``residual_classifier_init``.
-        x: (B, in_channels, image_size, image_size) images.
-        config: the network.
-
-    Returns:
-        (B, classes) logits.
-
-    References:
-        Thesis section 2.5.2 (5x5 conv to 16 channels, norm, ReLU, N pre-activation basic blocks).
-    """
+    """``signatures.ResidualClassifierApply`` in JAX."""
     pad = STEM_KERNEL // 2
     h = lax.conv_general_dilated(
         x, params["stem.weight"], (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NCHW", "OIHW", "NCHW")
@@ -127,13 +110,5 @@ class JaxResidualClassifierTrainer:
 def residual_classifier_trainer(
     config: ClassifierConfig, params: Params, momentum: float = 0.9, weight_decay: float = 5e-4
 ) -> JaxResidualClassifierTrainer:
-    """A trainer of the classifier from ``params``: SGD with ``momentum`` and ``weight_decay``.
-
-    Returns:
-        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``body_gradients``, ``predict``
-        and ``params``.
-
-    References:
-        Thesis appendix 2.B.1 (SGD, momentum 0.9, weight decay 5e-4, cosine learning rate).
-    """
+    """``signatures.ResidualClassifierTrainer`` in JAX."""
     return JaxResidualClassifierTrainer(config, params, momentum, weight_decay)

@@ -18,9 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from ..residual_config import TORCHVISION, ResidualConfig, init_params, make_config, param_names, with_weights
+from ..residual_config import (
+    TORCHVISION,
+    ResidualConfig,
+    check_every,
+    check_input,
+    init_params,
+    net_config,
+    param_names,
+    with_weights,
+)
 from ._blocks import family
 from .adjoint import adjoint_apply, euler_forward, euler_reverse, heun_forward, heun_reverse
 from .momentum import exact_forward as momentum_exact_forward
@@ -58,48 +66,14 @@ def residual_net(
     dtype: str = "float32",
     device: Any = "cpu",
 ) -> ResidualNet:
-    """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), weights from the shared initialiser.
-
-    Args:
-        model: resnet, checkpoint, momentum, momentum_reversible, adjoint_euler, adjoint_heun or revnet.
-        depth: layers N >= 1; width: d (features of the mlp, channels of the conv block).
-        hidden: hidden width of f (default: width); block: mlp, conv (or a torchvision name, torch).
-        activation: tanh or relu; tied: one weight set for every layer.
-        gamma: momentum term in [0, 1], a float or "n/d" (default 1 - 1/(50 depth), Fig. 4.2).
-        scale: step h multiplying f (default 1/depth for the Euler and Heun rules, 1 otherwise).
-        frac_bits: fixed-point fractional bits of the exact models (default by dtype).
-        image_size: side of the conv block's images (default 8).
-        backprop: plain autodiff through the same forward rule (floats), the gradient reference.
-        weights: name -> NumPy array replacing the seeded draw (shapes as ``init_params``).
-        seed: seed of the shared NumPy initialiser (same weights in both backends).
-        dtype: float32 or float64; device: where the weights live.
-
-    Returns:
-        A ``ResidualNet``: its config and its weights (stacked along depth unless tied).
+    """``signatures.ResidualNet`` in JAX: its config and its weights (stacked along depth unless tied).
 
     Raises:
         NotImplementedError: for a torchvision block (resnet18 ... resnet152), torch only.
     """
     if block in TORCHVISION:
         raise NotImplementedError(f"block={block!r}: torchvision ResNets exist in the torch backend only")
-    for field, value in (("depth", depth), ("width", width)):
-        if value is None:
-            raise ValueError(f"{field} is required for block={block!r}")
-    config = make_config(
-        model,
-        depth=depth,
-        width=width,
-        hidden=hidden,
-        block=block,
-        activation=activation,
-        tied=tied,
-        gamma=gamma,
-        scale=scale,
-        frac_bits=frac_bits,
-        image_size=image_size,
-        backprop=backprop,
-        dtype=dtype,
-    )
+    config = net_config(locals())
     dev = jax.devices("cpu")[0] if device == "cpu" else device
     params = {k: jax.device_put(v, dev) for k, v in with_weights(config, init_params(config, seed), weights).items()}
     return ResidualNet(config, params)
@@ -124,14 +98,7 @@ def apply_config(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array
 
 
 def _check_input(net: ResidualNet, x: jax.Array) -> None:
-    cfg = net.config
-    expected = cfg.input_shape(x.shape[0] if x.ndim else 0)[1:]
-    if tuple(x.shape[1:]) != expected or x.ndim != len(expected) + 1:
-        raise ValueError(
-            f"x has shape {tuple(x.shape)}; this {cfg.block} net takes (batch, {', '.join(map(str, expected))})"
-        )
-    if x.dtype != jnp.dtype(cfg.dtype):
-        raise ValueError(f"x has dtype {x.dtype}; this net runs in {cfg.dtype}")
+    check_input(net.config, tuple(x.shape), str(x.dtype))
 
 
 _apply_jit = jax.jit(apply_config, static_argnums=0)
@@ -168,11 +135,6 @@ def residual_functional(net: ResidualNet) -> tuple[Callable, Callable, dict[str,
     return functools.partial(apply_config, net.config), functools.partial(_step, net.config), net.params
 
 
-def _check_every(every: int) -> None:
-    if not isinstance(every, int) or every < 1:
-        raise ValueError(f"every={every!r} must be an integer >= 1")
-
-
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _trajectory(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array, every: int) -> jax.Array:
     if cfg.rule == "revnet":
@@ -187,15 +149,9 @@ def _trajectory(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array,
 
 
 def residual_trajectory(net: ResidualNet, x: jax.Array, every: int = 1) -> jax.Array:
-    """The forward activations x_n for n = 0, every, 2 every, ... <= depth (eq. 2.1, 2.8, 4.2, 4.4).
-
-    Exact models report their fixed-point state (as floats); a RevNet reports x_n (not v_n).
-
-    Returns:
-        (count, *x.shape) with count = depth // every + 1.
-    """
+    """``signatures.ResidualTrajectory`` in JAX."""
     _check_input(net, x)
-    _check_every(every)
+    check_every(every)
     return _trajectory(net.config, net.params, x, every)
 
 
@@ -221,17 +177,9 @@ def _reconstruct(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array
 
 
 def residual_reconstruct(net: ResidualNet, x: jax.Array, every: int = 1) -> jax.Array:
-    """The activations the model's reversal recovers from the output, as its backward does.
-
-    Runs the forward keeping only the final state, then walks back: exact for
-    momentum_reversible and revnet (fixed point), eq. 4.3 in floats for momentum (division by
-    gamma), eq. 2.6 (Euler rule) or 2.9 (Heun rule) for the others.
-
-    Returns:
-        (count, *x.shape), x~_n for n = 0, every, ... <= depth, in increasing n.
-    """
+    """``signatures.ResidualReconstruct`` in JAX."""
     _check_input(net, x)
-    _check_every(every)
+    check_every(every)
     return _reconstruct(net.config, net.params, x, every)
 
 

@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..scaled_resnet_init import check_activation
+from ..scaled_resnet_init import check_activation, check_gd
 
 Params = dict[str, jax.Array]
 
@@ -44,19 +44,7 @@ def _apply(params: Params, x: jax.Array, activation: str) -> jax.Array:
 
 
 def scaled_resnet_apply(params: Params, x: jax.Array, activation: str = "gelu") -> jax.Array:
-    """Output h_L of eq. 3.3 with A = B = identity.
-
-    Args:
-        params: {"V": (L, q, m), "W": (L, m, q)} (``backends.scaled_resnet_init``).
-        x: (n, q) inputs, the dtype of the weights.
-        activation: ``gelu`` (exact), ``relu`` or ``identity``.
-
-    Returns:
-        (n, q) outputs.
-
-    References:
-        Thesis eq. 3.3, section 3.5.1.
-    """
+    """``signatures.ScaledResnetApply`` in JAX."""
     return _apply(params, x, check_activation(activation))
 
 
@@ -92,25 +80,6 @@ def _gd(params: Params, x: jax.Array, y: jax.Array, lr: jax.Array, steps: int, a
 def scaled_resnet_gd(
     params: Params, x: jax.Array, y: jax.Array, lr: float, steps: int, activation: str = "gelu"
 ) -> tuple[Params, jax.Array, jax.Array]:
-    """``steps`` steps of full-batch gradient descent on the mean squared error of eq. 3.3.
-
-    Args:
-        params: {"V": (L, q, m), "W": (L, m, q)}; not modified.
-        x, y: (n, q) inputs and targets.
-        lr: the step size of every weight (the thesis uses L x 1e-2: gradient flow (3.4) has a
-            factor L in front of the layers' gradients).
-        steps: number of gradient steps (>= 0).
-        activation: ``gelu``, ``relu`` or ``identity``.
-
-    Returns:
-        (new params, losses, layer_diffs): losses (steps + 1,) is the loss before the first step
-        and after each step; layer_diffs (steps + 1,) is max_k ||Z_{k+1} - Z_k||_F at the same
-        times (0 for L = 1).
-
-    References:
-        Thesis eq. 3.3-3.4, section 3.5.1, appendix 3.E, Fig. 3.1.
-    """
-    check_activation(activation)
-    if steps < 0:
-        raise ValueError(f"steps={steps} must be >= 0")
+    """``signatures.ScaledResnetGd`` in JAX."""
+    check_gd(activation, steps)
     return _gd(params, x, y, jnp.asarray(lr, jnp.float64), int(steps), activation)

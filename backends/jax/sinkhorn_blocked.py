@@ -4,7 +4,6 @@ Each pass is a ``lax.fori_loop`` over key blocks of ``block`` keys (k is padded 
 the padded keys are invalid), recomputing the (B, H, Tq, block) tile of S = s q k^T; ``row_lse`` keeps an
 online log-sum-exp across blocks. The recursion is ``backends/sinkhorn_blocked.py``'s; ``jax.custom_vjp``
 keeps only q, k, v, the output and the potentials of every iteration, all O(T).
-Mirrors ``backends/torch/sinkhorn_blocked.py``.
 """
 
 from __future__ import annotations
@@ -16,11 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import sinkhorn_blocked as driver
-from ..sinkhorn_blocked import Primitives, Steps
-
-DEFAULT_BLOCK = 64
-"""Keys per tile: a (B, H, Tq, 64) float32 tile is 256 B per query and head. On this 2-core CPU 64 was the
-fastest of 64, 128, 256, 512 at T = 2,048 (benchmarks/sinkhorn_attention.py), and memory is O(T * block)."""
+from ..sinkhorn_blocked import DEFAULT_BLOCK, Primitives, Steps
 
 
 def _fill(dtype) -> jax.Array:
@@ -154,15 +149,7 @@ def grad_qk(
 @functools.cache
 def primitives(block: int = DEFAULT_BLOCK) -> Primitives:
     """The pure-JAX passes with ``block`` keys per tile (any T: the keys are padded to whole blocks)."""
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block={block!r}: expected an integer >= 1 (keys per tile)")
-    return Primitives(
-        name="blocked",
-        row_lse=functools.partial(row_lse, block=block),
-        col_lse=functools.partial(col_lse, block=block),
-        apply=functools.partial(apply, block=block),
-        grad_qk=functools.partial(grad_qk, block=block),
-    )
+    return driver.blocked_primitives(row_lse, col_lse, apply, grad_qk, block)
 
 
 def _log_col(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> float:
@@ -198,21 +185,7 @@ def blocked_attention(
     mask: jax.Array | None = None,
     prims: Primitives | None = None,
 ) -> jax.Array:
-    """Sinkhorn attention ``P v`` in O(T) memory, P after ``n_iter`` normalisations, never materialised.
-
-    Arguments are not checked here (``sinkhorn.attention`` does it).
-
-    Args:
-        q, k: (B, H, Tq|Tk, d) float; v: (B, H, Tk, e). n_iter: >= 1 (1 is the softmax).
-        mask: (B, 1 or H, T) bool padding mask, True = real token (Tq = Tk).
-        prims: the passes (default: the pure-JAX ones, ``DEFAULT_BLOCK`` keys per tile).
-
-    Returns:
-        (B, H, Tq, e), equal to the naive ``attention``'s output; differentiable in q, k, v.
-
-    References:
-        Thesis chapter 5, eq. 5.4 (Sinkformer), appendix 5.B (log domain).
-    """
+    """``blocked_attention`` of ``backends/sinkhorn_blocked.py`` in JAX."""
     return _blocked(q, k, v, mask, n_iter, prims or primitives())
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from ..sinkhorn_blocked import Primitives, Steps
+from ..sinkhorn_blocked import Primitives, Steps, blocked_primitives, check_kernel_block
 
 __all__ = ["DEFAULT_BLOCK", "apply", "col_lse", "grad_qk", "primitives", "row_lse"]
 
@@ -116,11 +116,6 @@ def _grad_kernel(
     out_ref[...] = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros(out_ref.shape, x.dtype)) * scale
 
 
-def _check_block(block: int) -> None:
-    if not isinstance(block, int) or isinstance(block, bool) or block < 16 or block & (block - 1):
-        raise ValueError(f"block={block!r}: expected a power of two >= 16 (GPU tiles are 16 x 16 at least)")
-
-
 def _interpret(interpret: bool | None) -> bool:
     return jax.default_backend() == "cpu" if interpret is None else interpret
 
@@ -180,19 +175,8 @@ def row_lse(
     q: jax.Array, k: jax.Array, g: jax.Array, mask: jax.Array | None = None, *, block: int = DEFAULT_BLOCK,
     interpret: bool | None = None,
 ) -> jax.Array:  # fmt: skip
-    """Row log-sum-exps r_i = LSE_j(s q_i . k_j + g_j) over valid keys, one fused pass over key tiles.
-
-    Args:
-        q, k: (B, H, T, d) float32 or float64.
-        g: (B, H, T) column potentials.
-        mask: (B, 1 | H, T) bool padding mask, True = real token, or None.
-        block: tile size along T, a power of two >= 16.
-        interpret: run in Pallas' interpreter; None: on the CPU only.
-
-    Returns:
-        (B, H, T) r; 0 on rows with no valid pair (padded queries).
-    """
-    _check_block(block)
+    """``sinkhorn_blocked.RowLse`` as a Pallas kernel (``block``: tile size; ``interpret``: None = on the CPU)."""
+    check_kernel_block(block)
     return _lse(q, k, g, _mask(mask, q), block=block, interpret=_interpret(interpret))
 
 
@@ -200,19 +184,8 @@ def col_lse(
     q: jax.Array, k: jax.Array, f: jax.Array, mask: jax.Array | None = None, *, block: int = DEFAULT_BLOCK,
     interpret: bool | None = None,
 ) -> jax.Array:  # fmt: skip
-    """Column log-sum-exps c_j = LSE_i(s q_i . k_j + f_i) over valid queries (``row_lse`` of the transpose).
-
-    Args:
-        q, k: (B, H, T, d) float32 or float64.
-        f: (B, H, T) row potentials.
-        mask: (B, 1 | H, T) bool padding mask or None.
-        block: tile size along T, a power of two >= 16.
-        interpret: run in Pallas' interpreter; None: on the CPU only.
-
-    Returns:
-        (B, H, T) c; 0 on columns with no valid pair (padded keys).
-    """
-    _check_block(block)
+    """``sinkhorn_blocked.ColLse`` as a Pallas kernel (``block``: tile size; ``interpret``: None = on the CPU)."""
+    check_kernel_block(block)
     return _lse(k, q, f, _mask(mask, q), block=block, interpret=_interpret(interpret))
 
 
@@ -250,21 +223,8 @@ def apply(
     block: int = DEFAULT_BLOCK,
     interpret: bool | None = None,
 ) -> jax.Array:
-    """y = E x, or E^T x with ``transpose``, for E_ij = exp(s q_i . k_j + a_i + b_j) on valid pairs (0 elsewhere).
-
-    Args:
-        q, k: (B, H, T, d) float32 or float64.
-        a, b: (B, H, T) row and column potentials.
-        x: (B, H, T, e) the vectors E (or E^T) multiplies.
-        mask: (B, 1 | H, T) bool padding mask or None.
-        transpose: multiply by E^T (a pass over query tiles for each key block).
-        block: tile size along T, a power of two >= 16.
-        interpret: run in Pallas' interpreter; None: on the CPU only.
-
-    Returns:
-        (B, H, T, e) y.
-    """
-    _check_block(block)
+    """``sinkhorn_blocked.Apply`` as a Pallas kernel (``block``: tile size; ``interpret``: None = on the CPU)."""
+    check_kernel_block(block)
     return _apply(
         q, k, a, b, x, _mask(mask, q), transpose=bool(transpose), block=block, interpret=_interpret(interpret)
     )
@@ -324,22 +284,8 @@ def grad_qk(
     block: int = DEFAULT_BLOCK,
     interpret: bool | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Gradients of the Sinkhorn attention output w.r.t. q and k, recomputing dC tile by tile (two passes).
-
-    dC_ij = P_ij (dout_i . v_j) - sum_{row steps t} w_t,i E_t,ij - sum_{column steps t} E_t,ij w_t,j, with
-    E_t = exp(S + a_t + b_t) and P = E_{N-1}; step t normalises rows when t is even, columns when odd.
-
-    Args:
-        q, k: (B, H, T, d) float32 or float64; v, dout: (B, H, T, e).
-        steps: ``Steps(a, b, w)``, each (N, B, H, T): per iteration the potentials after it and its adjoint.
-        mask: (B, 1 | H, T) bool padding mask or None.
-        block: tile size along T, a power of two >= 16.
-        interpret: run in Pallas' interpreter; None: on the CPU only.
-
-    Returns:
-        dq, dk, each (B, H, T, d): s sum_j dC_ij k_j and s sum_i dC_ij q_i.
-    """
-    _check_block(block)
+    """``sinkhorn_blocked.GradQk`` as a Pallas kernel (``block``: tile size; ``interpret``: None = on the CPU)."""
+    check_kernel_block(block)
     a, b, w = steps
     return _grad(q, k, v, dout, a, b, w, _mask(mask, q), block=block, interpret=_interpret(interpret))
 
@@ -347,12 +293,5 @@ def grad_qk(
 @functools.cache
 def primitives(block: int = DEFAULT_BLOCK, interpret: bool | None = None) -> Primitives:
     """The four Pallas passes with ``block`` x ``block`` tiles, as the blocked driver's bundle."""
-    _check_block(block)
-    kw = dict(block=block, interpret=interpret)
-    return Primitives(
-        name="pallas",
-        row_lse=functools.partial(row_lse, **kw),
-        col_lse=functools.partial(col_lse, **kw),
-        apply=functools.partial(apply, **kw),
-        grad_qk=functools.partial(grad_qk, **kw),
-    )
+    check_kernel_block(block)
+    return blocked_primitives(row_lse, col_lse, apply, grad_qk, block, name="pallas", interpret=interpret)

@@ -30,7 +30,7 @@ from ._topk_solvers import (
     saturates_at,
     select_margin,
     select_threshold,
-    solve_threshold,
+    solve_selected,
     threshold_output,
     threshold_vjp,
 )
@@ -182,7 +182,7 @@ def _eager_selection(x, k: int, lam: float, e: int, op: str):
 
 
 def _solve_selected(rows, top, index, k, lam, e, op):
-    t = solve_threshold(-top, k, lam, e, op)
+    t = solve_selected(top, k, lam, e, op)
     y, compact = _selected_output(rows, t, index, jnp.ones((), bool), lam, e, op)
     return t, y, compact
 

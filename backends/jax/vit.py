@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..vit_init import ViTConfig, init_params
+from ..vit_init import ViTConfig, check_trainer, init_params
 from . import _optim
 from ._trainer import ScanTrainer
 from .sinkhorn import attention
@@ -28,17 +28,7 @@ _LN_EPS = 1e-5
 
 
 def vit_init(config: ViTConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32") -> Params:
-    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.vit_init.init_params``).
-
-    Args:
-        config: the architecture.
-        seed: weights seed; the same seed gives the same weights in the torch backend.
-        device: where the arrays live (a jax.Device, or a platform name such as ``cpu``).
-        dtype: ``float32`` or ``float64``.
-
-    Returns:
-        Nested dict of arrays (see ``init_params``); linear weights are (in, out).
-    """
+    """``signatures.VitInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed, dtype))
 
@@ -76,21 +66,7 @@ def _patchify(images: jax.Array, patch: int) -> jax.Array:
 def vit_apply(
     params: Params, images: jax.Array, config: ViTConfig, mlp: MLP | None = None
 ) -> tuple[jax.Array, list[jax.Array]]:
-    """Logits of the ViT and the attention matrices of every layer.
-
-    Args:
-        params: weights from ``vit_init`` (or with each block's ``mlp`` entry replaced).
-        images: (B, C, H, W) float, H = W = ``config.image_size``.
-        config: the architecture; ``normalization`` and ``sinkhorn_iters`` pick the attention.
-        mlp: the block MLP, ``mlp(block["mlp"], x)``; ``dense_mlp`` when None. Unused when
-            ``config.mlp_dim`` is None (attention-only model).
-
-    Returns:
-        logits (B, num_classes) and one (B, heads, tokens, tokens) attention matrix per layer.
-
-    References:
-        Thesis section 5.6.4 (ViT, Sinkformer counterpart), Fig. 5.6 (attention-only model).
-    """
+    """``signatures.VitApply`` in JAX."""
     mlp = dense_mlp if mlp is None else mlp
     b = images.shape[0]
     x = _affine(_patchify(images, config.patch), params["embed"]["w"], params["embed"]["b"])
@@ -180,23 +156,6 @@ class JaxViTTrainer(ScanTrainer):
 def vit_trainer(
     config: ViTConfig, params: Params, lr: float, optimizer: str = "adam", mlp: MLP | None = None
 ) -> JaxViTTrainer:
-    """A trainer of the ViT ``config`` starting from ``params``, with Adam or plain SGD.
-
-    Args:
-        config: the architecture.
-        params: initial weights (``vit_init``); JAX arrays are immutable, so no copy is needed.
-        lr: learning rate, constant.
-        optimizer: ``adam`` (PyTorch's defaults and arithmetic, ``_optim``) or ``sgd`` (no momentum).
-        mlp: the block MLP (see ``vit_apply``).
-
-    Returns:
-        An object with ``compile``, ``fit_epoch``, ``predict``, ``attention`` and ``params``.
-
-    References:
-        Thesis appendix 5.C.4 (Adam, ViT and attention-only experiments).
-    """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r}: allowed {', '.join(OPTIMIZERS)}")
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r}: expected > 0")
+    """``signatures.VitTrainer`` in JAX (Adam with PyTorch's defaults and arithmetic, ``_optim``)."""
+    check_trainer(lr, optimizer, OPTIMIZERS)
     return JaxViTTrainer(config, params, lr, optimizer, mlp)

@@ -12,15 +12,7 @@ _ACT = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}
 
 
 def mlp_block(ps: Sequence[torch.Tensor], x: torch.Tensor, activation: str) -> torch.Tensor:
-    """Linear(width -> hidden), activation, Linear(hidden -> width) (thesis Fig. 4.2).
-
-    Args:
-        ps: (w1 (hidden, width), b1 (hidden,), w2 (width, hidden), b2 (width,)).
-        x: (batch, width).
-
-    Returns:
-        (batch, width).
-    """
+    """The ``mlp`` block of ``residual_config.block_shapes``: (batch, width) -> (batch, width)."""
     w1, b1, w2, b2 = ps
     return F.linear(_ACT[activation](F.linear(x, w1, b1)), w2, b2)
 
@@ -31,21 +23,9 @@ def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 
 def conv_block(ps: Sequence[torch.Tensor], x: torch.Tensor, activation: str) -> torch.Tensor:
-    """Pre-activation basic block: norm, act, conv3x3, norm, act, conv3x3 (He et al. 2016b), then a norm if given.
+    """The ``conv`` / ``conv_norm`` block of ``residual_config.block_shapes``: (batch, width, size, size) -> same.
 
-    The norms use the batch's statistics and keep no running averages, so the block is a pure
-    function of (x, theta): recomputing it in the backward gives the same bits.
-
-    Args:
-        ps: (bn1.weight (width,), bn1.bias, conv1.weight (hidden, width, 3, 3), bn2.weight
-            (hidden,), bn2.bias, conv2.weight (width, hidden, 3, 3)), and for the conv_norm
-            block bn3.weight (width,), bn3.bias.
-        x: (batch, width, size, size).
-
-    Returns:
-        (batch, width, size, size).
-
-    References: thesis section 2.5.2 (the pre-activation basic block of the adjoint experiments).
+    A pure function of (x, theta): recomputing it in the backward gives the same bits.
     """
     g1, b1, c1, g2, b2, c2, *last = ps
     act = _ACT[activation]

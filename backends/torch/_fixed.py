@@ -10,15 +10,8 @@ _LIMIT = 2**VALUE_BITS
 
 
 def quantize(y: torch.Tensor, frac_bits: int, coef: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """round(coef y 2**frac_bits) as int64, and a 0-dim bool tensor: some value is out of range or NaN.
-
-    Args:
-        y: float tensor, any shape.
-        frac_bits: fractional bits of the format.
-        coef: a factor applied in the same multiplication (the forward and the backward use this one function).
-
-    Returns:
-        (int64 tensor of y's shape, 0-dim bool: some |y| >= 2**(61 - frac_bits) or not finite).
+    """round(coef y 2**frac_bits) as int64 (``backends/fixed_point.py``'s format), and a 0-dim bool tensor: some |y| >=
+    2**(61 - frac_bits) or not finite. ``coef`` is applied in the same multiplication (forward and backward share it).
     """
     s = y * (coef * 2.0**frac_bits)
     low, high = torch.aminmax(s)
@@ -38,17 +31,7 @@ def out_of_range(q: torch.Tensor) -> torch.Tensor:
 
 
 def mul_ratio(c: torch.Tensor, i: torch.Tensor, n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """c n / d rounded with a digit of the buffer, and the buffer word with the remainder pushed.
-
-    Args:
-        c: int64 values; i: int64 buffer word of the same shape (>= 0).
-        n, d: gamma = n/d, 0 < n < d.
-
-    Returns:
-        (floor((c n + (i mod n)) / d), (i div n) d + remainder): a bijection on (c, i).
-
-    References: thesis appendix 4.C (information buffer), backends/fixed_point.py (the order).
-    """
+    """The buffered multiplication of (c, i) by n/d (``backends/fixed_point.py``'s step) on int64 tensors."""
     u, i = torch.remainder(i, n), torch.div(i, n, rounding_mode="floor")
     a, b = torch.div(c, d, rounding_mode="floor"), torch.remainder(c, d)
     q = b * n + u

@@ -10,8 +10,9 @@ threshold (t found by a sort, prefix sums and two binary searches over the break
   singleton ``Y + lam Y^(p-1) = s`` (``s / (1 + lam)`` for p = 2).
 
 The threshold depends only on the values near the k-th largest (the window of ``solve_threshold``),
-so ``select_threshold`` solves on the top ``k + m`` values that ``torch.topk`` selects, growing
-``m`` only for the rows whose window does not fit, and sorts the rows whose window is wide.
+so ``select_threshold`` solves on the top ``k + m`` values that ``torch.topk`` selects (unsorted; only
+the few around rank k are sorted), growing ``m`` only for the rows whose window does not fit, and
+sorts the rows whose window is wide.
 
 Gradients are Prop. 7.8 with lam put back, applied per block (never an n x n matrix).
 """
@@ -67,6 +68,11 @@ def threshold_parts(x: torch.Tensor, t: torch.Tensor, lam: float, e: int, op: st
     return torch.sign(x) * y, sat, (ae > 0) & ~sat, a
 
 
+def saturation_level(t: torch.Tensor, lam: float, e: int, op: str) -> torch.Tensor:
+    """The value from which an element saturates at threshold ``t``: ``U(s) >= t  <=>  s >= this``."""
+    return t + lam if op == "mask" else t + lam * t.clamp_min(0.0) ** (1.0 / e)
+
+
 def select_margin(k: int, n: int) -> int:
     """The first margin ``m``: ``k / 16`` values beyond the k-th, at least 16 (about 6% more than ``topk``)."""
     return max(16, k // 16)
@@ -95,9 +101,11 @@ def select_threshold(
     """Threshold ``t`` (B, 1) float64 of the exact solution from the top ``k + m`` values of each row.
 
     ``solve_threshold`` reads only the window of values above ``U(s_k)`` (``s_k`` the (k+1)-th
-    largest): the top ``k + m`` values sorted by ``torch.topk`` hold it when their last one is not
-    above ``U(s_k)``, and then the solve on them equals the solve on the full sorted row (the same
-    elements in the same order). Rows whose window does not fit are selected again with a margin
+    largest) and from ``level(s_(k-1))`` up: the top ``k + m`` values (``torch.topk`` unsorted, about
+    half the cost of a sorted one) hold it when their last one is not above ``U(s_k)``; only their
+    last ``a + m`` (ranks [k - a, k + m), a = min(k, m)) are then sorted, by a second small
+    ``topk``, and when the first of them is at least ``level(s_(k-1))`` the solve on them (with k
+    shifted to a) equals the solve on the full sorted row (the same elements in the same order). Rows whose window does not fit are selected again with a margin
     grown from the density of the values just below ``s_k``; rows (or all rows, once ``k + m``
     reaches ``wide * n``) are sorted in full as before.
 
@@ -108,7 +116,7 @@ def select_threshold(
 
     Returns:
         ``t`` (B, 1) float64, equal to ``solve_threshold`` on the fully sorted rows, and the
-        indices (B, k + m) int64 of the selected values, largest first, when one selection solved
+        indices (B, k + m) int64 of the selected values, in no order, when one selection solved
         every row (every element with ``s_i > t``, i.e. every non-zero output, is among them),
         else None.
     """
@@ -125,18 +133,25 @@ def select_threshold(
                 return t_part, None
             t[rows] = t_part
             return t, None
-        top, index = torch.topk(part, width, dim=1)
-        s_k, last = top[:, k : k + 1], top[:, -1:]
-        fit = (last <= saturates_at(s_k, lam, e, op)).squeeze(1)  # #{s_i > U(s_k)} < k + m
+        # the selection unsorted (about half of a sorted topk's cost), then only its last a + m
+        # values, ranks [k - a, k + m), sorted: they hold the window when it starts below rank k - a
+        top, index = torch.topk(part, width, dim=1, sorted=False)
+        a = min(k, m)
+        tail = torch.topk(top, a + m, dim=1, largest=False).values.flip(1)  # decreasing
+        s_k, last = tail[:, a : a + 1], tail[:, -1:]
+        fit = last <= saturates_at(s_k, lam, e, op)  # #{s_i > U(s_k)} < k + m
+        if a < k:  # and #{s_i >= level(s_(k-1))} > k - a: the saturated end is inside the tail too
+            fit &= tail[:, :1] >= saturation_level(tail[:, a - 1 : a], lam, e, op)
+        fit = fit.squeeze(1)
         if bool(fit.all()):
-            t_part = solve_threshold(top.neg_(), k, lam, e, op)
+            t_part = solve_threshold(tail.neg_(), a, lam, e, op)
             if rows is None:
                 return t_part, index
             t[rows] = t_part
             return t, None
         if bool(fit.any()):
             done = fit.nonzero().squeeze(1)
-            t[done if rows is None else rows[done]] = solve_threshold(top[done].neg_(), k, lam, e, op)
+            t[done if rows is None else rows[done]] = solve_threshold(tail[done].neg_(), a, lam, e, op)
         miss = (~fit).nonzero().squeeze(1)
         rows = miss if rows is None else rows[miss]
         s_k, last = s_k[miss], last[miss]
@@ -170,9 +185,6 @@ def solve_threshold(
     def upper(s_val: torch.Tensor) -> torch.Tensor:  # U(s): where an element of value s saturates
         return saturates_at(s_val, lam, e, op)
 
-    def saturation_level(t: torch.Tensor) -> torch.Tensor:  # U(s) >= t  <=>  s >= this
-        return t + lam if op == "mask" else t + lam * t.clamp_min(0.0) ** (1.0 / e)
-
     def count_at_least(level: torch.Tensor) -> torch.Tensor:  # #{s_i >= level}
         return torch.searchsorted(neg_s, -level, right=True)
 
@@ -180,7 +192,7 @@ def solve_threshold(
         return torch.searchsorted(neg_s, -level, right=False)
 
     s_k1 = -neg_s[:, k - 1 : k]
-    L = count_at_least(saturation_level(s_k1)).clamp_max(k - 1)  # < k but for |x| with zeros (t = 0 below)
+    L = count_at_least(saturation_level(s_k1, lam, e, op)).clamp_max(k - 1)  # < k but for |x| with zeros (t = 0 below)
     R = count_above(upper(-neg_s[:, k : k + 1])).clamp_min(k) if k < n else torch.full_like(L, n)
     centre = -neg_s[:, min(k, n - 1) : min(k, n - 1) + 1]  # s_k: inside the pooled range, never an outlier
     c = centre.to(acc)
@@ -229,7 +241,7 @@ def solve_threshold(
     if search == "all":  # F at every breakpoint, the predicate holds on a prefix: count it
         j = torch.arange(1, n + 1, device=neg_s.device).unsqueeze(0).expand(B, n)
         s_all = -neg_s
-        ok = fits(s_all, count_at_least(saturation_level(s_all)), j - 1)
+        ok = fits(s_all, count_at_least(saturation_level(s_all, lam, e, op)), j - 1)
         positive = k + (ok & (j > k) & (j <= R)).sum(1, keepdim=True)
         u_all = upper(s_all)
         ok = fits(u_all, j, count_above(u_all))
@@ -244,7 +256,7 @@ def solve_threshold(
                 mid = (lo + hi) // 2
                 s_mid = -neg_s.gather(1, (mid - 1).clamp(0, n - 1))
                 if positive_side:  # t = s[mid-1]: saturated are those with U >= t, pooled up to mid-1
-                    ok = fits(s_mid, count_at_least(saturation_level(s_mid)), mid - 1)
+                    ok = fits(s_mid, count_at_least(saturation_level(s_mid, lam, e, op)), mid - 1)
                 else:  # t = U[mid-1]: the first mid are saturated, pooled while s > t
                     t = upper(s_mid)
                     ok = fits(t, mid, count_above(t))

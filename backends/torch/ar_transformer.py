@@ -24,17 +24,7 @@ _LN_EPS = 1e-5
 def ar_transformer_init(
     config: ARConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> Params:
-    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.ar_init.init_params``).
-
-    Args:
-        config: the architecture.
-        seed: weights seed; the same seed gives the same weights in the JAX backend.
-        device: where the tensors live.
-        dtype: ``float32`` or ``float64``.
-
-    Returns:
-        Nested dict of tensors (see ``init_params``).
-    """
+    """``signatures.ArTransformerInit`` in torch."""
     return _map(init_params(config, seed, dtype), lambda a: torch.from_numpy(a).to(device))
 
 
@@ -43,19 +33,7 @@ def _norm(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 
 def ar_transformer_apply(params: Params, tokens: torch.Tensor, config: ARConfig) -> torch.Tensor:
-    """Predictions of s_{t+1} at every position: the first d coordinates after ``config.depth`` layers.
-
-    Args:
-        params: weights from ``ar_transformer_init``.
-        tokens: (B, T, 3 d) augmented tokens (``backends.ar_init.augment``).
-        config: the architecture (linear or softmax causal attention, optional MLP).
-
-    Returns:
-        (B, T, d) predictions.
-
-    References:
-        Thesis eq. 6.4 iterated with layer norm, section 6.6 (Fig. 6.5); softmax and MLP: Fig. 6.10.
-    """
+    """``signatures.ArTransformerApply`` in torch."""
     x = tokens
     length = x.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
@@ -118,19 +96,7 @@ class TorchARTrainer:
 
 
 def ar_transformer_trainer(config: ARConfig, params: Params, lr: float) -> TorchARTrainer:
-    """A trainer (Adam, PyTorch defaults) of the Transformer ``config`` from ``params`` (copied).
-
-    Args:
-        config: the architecture.
-        params: initial weights (``ar_transformer_init``); the trainer works on its own copy.
-        lr: Adam's learning rate, constant.
-
-    Returns:
-        An object with ``compile``, ``fit_epoch``, ``predict`` and ``params``.
-
-    References:
-        Thesis section 6.6 (Adam, learning rate 5e-3, 2,000 epochs).
-    """
+    """``signatures.ArTransformerTrainer`` in torch; it trains a copy of ``params``."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
     return TorchARTrainer(config, params, lr)
@@ -142,23 +108,7 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
 
 
 def ar_gd_predict(states: torch.Tensor, steps: int, step_size: float) -> torch.Tensor:
-    """Predictions of s_{t+1} by ``steps`` steps of gradient descent on the in-context loss (6.5).
-
-    At position t the context is the pairs (s_j, s_{j+1}), j < t; starting from W = 0, each step
-    is W <- W - step_size (W S_t - C_t) with S_t = sum_{j<t} s_j s_j^T, C_t = sum_{j<t} s_{j+1} s_j^T
-    (the gradient of 1/2 sum_{j<t} ||s_{j+1} - W s_j||^2), and the prediction is W s_t.
-
-    Args:
-        states: (n, T + 1, d) states s_1 ... s_{T+1} (``backends.ar_init.ar_sequences``).
-        steps: number of gradient steps L (>= 0).
-        step_size: the fixed step size.
-
-    Returns:
-        (n, T, d) predictions of s_2 ... s_{T+1}, the dtype of ``states``.
-
-    References:
-        Thesis eq. 6.5, Proposition 6.4, section 6.6 (Fig. 6.5).
-    """
+    """``signatures.ArGdPredict`` in torch."""
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
     s, nxt = states[:, :-1], states[:, 1:]

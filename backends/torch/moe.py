@@ -1,14 +1,6 @@
-"""Sparse mixture-of-experts ViT with expert-choice routing, hard or relaxed top-k router (torch).
+"""The sparse mixture-of-experts ViT (``backends/moe_config.py``) in torch.
 
-The ViT is ``backends/torch/vit.py``'s; the MoE layer is passed as its block ``mlp`` (a block whose
-``mlp`` weights hold a ``router`` is an MoE layer, the others stay dense). With
-``MoEConfig.dispatch="sparse"`` each expert gathers the tokens its mask selects (the k of the hard
-router; the non-zeros of a relaxed mask, as many rows per expert as the widest row of the layer
-has), runs on them and scatter-adds its gate-weighted outputs; ``"dense"`` runs every expert on every
-token and lets the combine weights (gate x mask) zero the rest. Same outputs and gradients.
-
-References:
-    Thesis section 7.6 "Sparse MoEs", appendix 7.C.3, Fig. 7.7; Zhou et al. (2022).
+The sparse dispatch gathers as many rows per expert as the widest row of the layer's mask has.
 """
 
 from __future__ import annotations
@@ -19,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..moe_config import MoEConfig, init_moe_params
+from ..moe_config import MoEConfig, init_moe_params, moe_block_mlp
 from ..topk_common import pair_projection
 from ..vit_init import ViTConfig
 from .topk import hard_topk_mask, topk_mask
@@ -38,19 +30,7 @@ def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int) -> tuple[torch.Ten
 
 
 def unrolled_dykstra_mask(x: torch.Tensor, k: int, lam: float, n_iter: int) -> torch.Tensor:
-    """Relaxed top-k mask (p = 2) from exactly ``n_iter`` Dykstra iterations, differentiable by unrolling.
-
-    Args:
-        x: (..., n) float. k: int in [1, n]. lam: > 0. n_iter: Dykstra iterations (>= 1).
-
-    Returns:
-        (..., n): (s - v) / lam put back in x's order, v the ``n_iter``-th Dykstra iterate of the
-        projection of s - lam 1_k onto the decreasing cone (s = x sorted descending). Sums to k per
-        row at every iteration; equals ``topk_mask(x, k, lam=lam, solver="dykstra")`` once converged.
-
-    References:
-        Thesis Algorithm 7.7, Prop. 7.5; appendix 7.C.3 (10 iterations in the MoE router).
-    """
+    """``moe_config``'s unrolled Dykstra mask in torch."""
     shape, n = x.shape, x.shape[-1]
     rows = x.reshape(-1, n)
     perm = torch.argsort(-rows, dim=1, stable=True)
@@ -67,19 +47,7 @@ def unrolled_dykstra_mask(x: torch.Tensor, k: int, lam: float, n_iter: int) -> t
 
 
 def moe_route(logits: torch.Tensor, moe: MoEConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expert-choice routing of one MoE layer: gates, per-expert top-k selection, combine weights.
-
-    Args:
-        logits: (G, n, E) router logits of G groups of n tokens. moe: the routing configuration.
-
-    Returns:
-        combine (G, n, E) = softmax gates x selection mask, and the mask (G, E, n): each expert's
-        selection of k = ``moe.capacity(n)`` tokens (hard: k ones, no gradient; relaxed: in
-        [0, 1], summing to k, with gradient).
-
-    References:
-        Thesis 7.6 (Sparse MoEs), 7.C.3; Zhou et al. (2022) expert-choice routing.
-    """
+    """``signatures.MoeRoute`` in torch."""
     gates = torch.softmax(logits, dim=-1)
     scores = gates.transpose(-1, -2)
     k = moe.capacity(logits.shape[-2])
@@ -132,13 +100,8 @@ _EXPERTS = {"sparse": _sparse_experts, "dense": _dense_experts}
 def _moe_mlp(
     params: dict[str, torch.Tensor], x: torch.Tensor, moe: MoEConfig, record: list | None = None
 ) -> torch.Tensor:
-    """A block's MLP: dense, or the MoE layer when ``params`` holds a router; (B, T, D) -> (B, T, D)."""
-    if "router" not in params:
-        return dense_mlp(params, x)
-    combine, mask = moe_route(x @ params["router"], moe)
-    if record is not None:
-        record.append(combine)
-    return _EXPERTS[moe.dispatch](params, x, combine, mask, moe)
+    """``moe_config.moe_block_mlp`` with this backend's dense MLP, router and experts."""
+    return moe_block_mlp(params, x, moe, dense=dense_mlp, route=moe_route, experts=_EXPERTS, record=record)
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,14 +112,7 @@ def _mlp_for(moe: MoEConfig):
 def moe_vit_init(
     config: ViTConfig, moe: MoEConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> dict[str, Any]:
-    """The ``moe_vit``'s initial weights (``backends.moe_config.init_moe_params``) on ``device``.
-
-    Args:
-        config: the ViT. moe: the routing. seed: same seed, same weights in JAX. device, dtype: placement.
-
-    Returns:
-        Nested dict of tensors.
-    """
+    """``signatures.MoeVitInit`` in torch."""
 
     def to(tree):
         if isinstance(tree, dict):
@@ -171,30 +127,12 @@ def moe_vit_init(
 def moe_vit_apply(
     params: dict[str, Any], images: torch.Tensor, config: ViTConfig, moe: MoEConfig
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Forward of the ``moe_vit``: logits and the combine weights of every MoE layer.
-
-    Args:
-        params: from ``moe_vit_init``. images: (B, C, H, W). config, moe: the architecture.
-
-    Returns:
-        logits (B, num_classes) and one (B, tokens, E) combine-weight tensor per MoE layer.
-
-    References:
-        Thesis 7.6, 7.C.3.
-    """
+    """``signatures.MoeVitApply`` in torch."""
     record: list[torch.Tensor] = []
     logits, _ = vit_apply(params, images, config, functools.partial(_moe_mlp, moe=moe, record=record))
     return logits, record
 
 
 def moe_vit_trainer(config: ViTConfig, moe: MoEConfig, params: dict[str, Any], lr: float, optimizer: str = "adam"):
-    """The ViT trainer (``vit_trainer``) of the ``moe_vit``: Adam or SGD on cross-entropy.
-
-    Args:
-        config, moe: the architecture. params: from ``moe_vit_init`` (copied). lr: learning rate.
-        optimizer: ``adam`` or ``sgd``.
-
-    Returns:
-        ``vit_trainer``'s object (``compile``, ``fit_epoch``, ``predict``, ``params``).
-    """
+    """``signatures.MoeVitTrainer`` in torch."""
     return vit_trainer(config, params, lr, optimizer, mlp=_mlp_for(moe))

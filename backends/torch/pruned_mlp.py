@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..pruned_mlp_init import PrunedMLPConfig, init_params
+from ..pruned_mlp_init import PrunedMLPConfig, init_params, pruned_weights
 from ._train import classifier_epoch
 from .topk import hard_topk_mag, topk_mag
 from .vit import _leaves, _map
@@ -23,52 +23,17 @@ Params = dict[str, Any]
 def pruned_mlp_init(
     config: PrunedMLPConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> Params:
-    """The initial weights W'_i, b_i of ``config`` from ``seed`` on ``device`` (``init_params``).
-
-    Args:
-        config: widths and pruning.
-        seed: weights seed; the same seed gives the same weights in the JAX backend.
-        device: where the tensors live.
-        dtype: ``float32`` or ``float64``.
-
-    Returns:
-        {"w": [(in, out)], "b": [(out,)]} tensors.
-    """
+    """``signatures.PrunedMlpInit`` in torch."""
     return _map(init_params(config, seed, dtype), lambda a: torch.from_numpy(a).to(device))
 
 
-def _prune(w: torch.Tensor, k: int, config: PrunedMLPConfig) -> torch.Tensor:
-    if config.operator == "dense":
-        return w
-    flat = w.reshape(1, -1)
-    if config.operator == "hard":
-        return hard_topk_mag(flat, k).reshape(w.shape)
-    return topk_mag(flat, k, lam=config.lam, p=config.p).reshape(w.shape)
-
-
 def pruned_mlp_weights(params: Params, config: PrunedMLPConfig) -> list[torch.Tensor]:
-    """The effective weights W_i = topkmag(W'_i) (W'_i itself for ``dense``), each (in, out).
-
-    References:
-        Thesis section 7.6 (weight pruning), 7.4 (relaxed top-k in magnitude).
-    """
-    return [_prune(w, config.kept(i), config) for i, w in enumerate(params["w"])]
+    """``signatures.PrunedMlpWeights`` in torch."""
+    return pruned_weights(params["w"], config, topk_mag, hard_topk_mag)
 
 
 def pruned_mlp_apply(params: Params, x: torch.Tensor, config: PrunedMLPConfig) -> torch.Tensor:
-    """Logits of the MLP with pruned weights.
-
-    Args:
-        params: {"w", "b"} from ``pruned_mlp_init``.
-        x: (B, ...) inputs, flattened to (B, sizes[0]).
-        config: widths and pruning.
-
-    Returns:
-        (B, sizes[-1]) logits.
-
-    References:
-        Thesis section 7.6, Fig. 7.5 (784-32-32-10 on MNIST; 64-32-32-10 on digits here).
-    """
+    """``signatures.PrunedMlpApply`` in torch."""
     h = x.reshape(x.shape[0], -1)
     weights = pruned_mlp_weights(params, config)
     for i, (w, b) in enumerate(zip(weights, params["b"])):
@@ -116,19 +81,7 @@ class TorchPrunedMLPTrainer:
 
 
 def pruned_mlp_trainer(config: PrunedMLPConfig, params: Params, lr: float) -> TorchPrunedMLPTrainer:
-    """A trainer (SGD, no momentum, constant ``lr``) of the pruned MLP from ``params`` (copied).
-
-    Args:
-        config: widths and pruning.
-        params: initial weights (``pruned_mlp_init``); the trainer works on its own copy.
-        lr: learning rate.
-
-    Returns:
-        An object with ``compile``, ``fit_epoch``, ``predict``, ``weights`` and ``params``.
-
-    References:
-        Thesis appendix 7.C.1 (SGD, batch 128, learning rate 1e-2, 30 MNIST epochs = 14,070 steps).
-    """
+    """``signatures.PrunedMlpTrainer`` in torch; it trains a copy of ``params``."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
     return TorchPrunedMLPTrainer(config, params, lr)

@@ -25,12 +25,7 @@ Params = dict[str, Any]
 
 
 def residual_classifier_init(config: ClassifierConfig, seed: int, device: torch.device | str = "cpu") -> Params:
-    """The initial weights of ``config`` from ``seed`` on ``device`` (``init_params``; same as the JAX backend's).
-
-    Returns:
-        {"stem.weight", "stem.bias", "stem_bn.weight", "stem_bn.bias", "head.weight", "head.bias",
-        "body": name -> (sets, *shape)} tensors of ``config.dtype``.
-    """
+    """``signatures.ResidualClassifierInit`` in torch."""
     drawn = init_params(config, seed)
     out = {k: torch.from_numpy(v).to(device) for k, v in drawn.items() if k != "body"}
     out["body"] = {k: torch.from_numpy(v).to(device) for k, v in drawn["body"].items()}
@@ -47,19 +42,7 @@ def _body(config: ClassifierConfig, body: dict[str, torch.Tensor], x: torch.Tens
 
 
 def residual_classifier_apply(params: Params, x: torch.Tensor, config: ClassifierConfig) -> torch.Tensor:
-    """Logits of the classifier; its backward through the residual part is ``config.backward``'s.
-
-    Args:
-        params: from ``residual_classifier_init``.
-        x: (B, in_channels, image_size, image_size) images.
-        config: the network.
-
-    Returns:
-        (B, classes) logits.
-
-    References:
-        Thesis section 2.5.2 (5x5 conv to 16 channels, norm, ReLU, N pre-activation basic blocks).
-    """
+    """``signatures.ResidualClassifierApply`` in torch."""
     h = F.conv2d(x, params["stem.weight"], params["stem.bias"], padding=STEM_KERNEL // 2)
     h = torch.relu(batch_norm(h, params["stem_bn.weight"], params["stem_bn.bias"]))
     h = _body(config, params["body"], h)
@@ -118,13 +101,5 @@ class TorchResidualClassifierTrainer:
 def residual_classifier_trainer(
     config: ClassifierConfig, params: Params, momentum: float = 0.9, weight_decay: float = 5e-4
 ) -> TorchResidualClassifierTrainer:
-    """A trainer of the classifier from ``params`` (copied): SGD with ``momentum`` and ``weight_decay``.
-
-    Returns:
-        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``body_gradients``, ``predict``
-        and ``params``.
-
-    References:
-        Thesis appendix 2.B.1 (SGD, momentum 0.9, weight decay 5e-4, cosine learning rate).
-    """
+    """``signatures.ResidualClassifierTrainer`` in torch; it trains a copy of ``params``."""
     return TorchResidualClassifierTrainer(config, params, momentum, weight_decay)

@@ -20,7 +20,16 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..residual_config import TORCHVISION, ResidualConfig, block_shapes, init_params, make_config, with_weights
+from ..residual_config import (
+    TORCHVISION,
+    ResidualConfig,
+    block_shapes,
+    check_every,
+    check_input,
+    init_params,
+    net_config,
+    with_weights,
+)
 from ._blocks import Family, block_family
 from .adjoint import adjoint_apply, checkpoint_forward, euler_forward, euler_reverse, heun_forward, heun_reverse
 from .momentum import exact_forward as momentum_exact_forward
@@ -152,49 +161,14 @@ def residual_net(
     dtype: str = "float32",
     device: Any = "cpu",
 ) -> torch.nn.Module:
-    """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), weights from the shared initialiser.
-
-    Args:
-        model: resnet, checkpoint, momentum, momentum_reversible, adjoint_euler, adjoint_heun or revnet.
-        depth: layers N >= 1; width: d (features of the mlp, channels of the conv block).
-        hidden: hidden width of f (default: width); block: mlp, conv (or a torchvision name, torch).
-        activation: tanh or relu; tied: one weight set for every layer.
-        gamma: momentum term in [0, 1], a float or "n/d" (default 1 - 1/(50 depth), Fig. 4.2).
-        scale: step h multiplying f (default 1/depth for the Euler and Heun rules, 1 otherwise).
-        frac_bits: fixed-point fractional bits of the exact models (default by dtype).
-        image_size: side of the conv block's images (default 8).
-        backprop: plain autodiff through the same forward rule (floats), the gradient reference.
-        weights: name -> NumPy array replacing the seeded draw (shapes as ``init_params``).
-        seed: seed of the shared NumPy initialiser (same weights in both backends).
-        dtype: float32 or float64; device: where the weights live.
-
-    Returns:
-        A ``ResidualNet`` module, or for a torchvision block (resnet18 ... resnet152) the
-        torchvision model (its own depth and width; gamma defaults to 0.9 there), converted by
-        ``to_momentum`` for the momentum models.
-    """
-    if block in TORCHVISION:
+    """``signatures.ResidualNet`` in torch: a ``ResidualNet`` module, or for a torchvision block (resnet18 ...
+    resnet152) the torchvision model (its own depth and width; gamma defaults to 0.9 there), converted by
+    ``to_momentum`` for the momentum models."""
+    config = None if block in TORCHVISION else net_config(locals())
+    if config is None:
         if weights:
             raise ValueError("weights: a torchvision net takes its own weights (load a state dict)")
         return _torchvision_net(model, block, gamma, frac_bits, backprop, seed, dtype, device)
-    for field, value in (("depth", depth), ("width", width)):
-        if value is None:
-            raise ValueError(f"{field} is required for block={block!r}")
-    config = make_config(
-        model,
-        depth=depth,
-        width=width,
-        hidden=hidden,
-        block=block,
-        activation=activation,
-        tied=tied,
-        gamma=gamma,
-        scale=scale,
-        frac_bits=frac_bits,
-        image_size=image_size,
-        backprop=backprop,
-        dtype=dtype,
-    )
     return ResidualNet(config, with_weights(config, init_params(config, seed), weights), torch.device(device))
 
 
@@ -206,14 +180,7 @@ def residual_apply(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _check_input(net: torch.nn.Module, x: torch.Tensor) -> None:
     if isinstance(net, ResidualNet):
-        cfg = net.config
-        expected = cfg.input_shape(x.shape[0] if x.ndim else 0)[1:]
-        if tuple(x.shape[1:]) != expected or x.ndim != len(expected) + 1:
-            raise ValueError(
-                f"x has shape {tuple(x.shape)}; this {cfg.block} net takes (batch, {', '.join(map(str, expected))})"
-            )
-        if str(x.dtype).removeprefix("torch.") != cfg.dtype:
-            raise ValueError(f"x has dtype {x.dtype}; this net runs in {cfg.dtype}")
+        check_input(net.config, tuple(x.shape), str(x.dtype).removeprefix("torch."))
 
 
 def _groups(net: torch.nn.Module) -> list[tuple[str, list[torch.Tensor]]]:
@@ -261,8 +228,7 @@ def residual_functional(net: torch.nn.Module) -> tuple[Callable, Callable, list[
 
 
 def _keep(every: int):
-    if not isinstance(every, int) or every < 1:
-        raise ValueError(f"every={every!r} must be an integer >= 1")
+    check_every(every)
     kept: dict[int, torch.Tensor] = {}
 
     def record(n: int, x: torch.Tensor) -> None:
@@ -284,13 +250,7 @@ def _needs_config(net: torch.nn.Module, what: str) -> ResidualConfig:
 
 @torch.no_grad()
 def residual_trajectory(net: torch.nn.Module, x: torch.Tensor, every: int = 1) -> torch.Tensor:
-    """The forward activations x_n for n = 0, every, 2 every, ... <= depth (eq. 2.1, 2.8, 4.2, 4.4).
-
-    Exact models report their fixed-point state (as floats); a RevNet reports x_n (not v_n).
-
-    Returns:
-        (count, *x.shape) with count = depth // every + 1.
-    """
+    """``signatures.ResidualTrajectory`` in torch."""
     cfg = _needs_config(net, "residual_trajectory")
     _check_input(net, x)
     kept, record = _keep(every)
@@ -312,15 +272,7 @@ def residual_trajectory(net: torch.nn.Module, x: torch.Tensor, every: int = 1) -
 
 @torch.no_grad()
 def residual_reconstruct(net: torch.nn.Module, x: torch.Tensor, every: int = 1) -> torch.Tensor:
-    """The activations the model's reversal recovers from the output, as its backward does.
-
-    Runs the forward keeping only the final state, then walks back: exact for
-    momentum_reversible and revnet (fixed point), eq. 4.3 in floats for momentum (division by
-    gamma), eq. 2.6 (Euler rule) or 2.9 (Heun rule) for the others.
-
-    Returns:
-        (count, *x.shape), x~_n for n = 0, every, ... <= depth, in increasing n.
-    """
+    """``signatures.ResidualReconstruct`` in torch."""
     cfg = _needs_config(net, "residual_reconstruct")
     _check_input(net, x)
     kept, record = _keep(every)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..scaled_resnet_init import check_activation
+from ..scaled_resnet_init import check_activation, check_gd
 
 Params = dict[str, torch.Tensor]
 
@@ -56,19 +56,7 @@ def _forward(params: Params, x: torch.Tensor, activation: str, keep: bool):
 
 
 def scaled_resnet_apply(params: Params, x: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
-    """Output h_L of eq. 3.3 with A = B = identity.
-
-    Args:
-        params: {"V": (L, q, m), "W": (L, m, q)} (``backends.scaled_resnet_init``).
-        x: (n, q) inputs, the dtype of the weights.
-        activation: ``gelu`` (exact), ``relu`` or ``identity``.
-
-    Returns:
-        (n, q) outputs.
-
-    References:
-        Thesis eq. 3.3, section 3.5.1.
-    """
+    """``signatures.ScaledResnetApply`` in torch."""
     check_activation(activation)
     return _forward(params, x, activation, keep=False)[0]
 
@@ -121,27 +109,8 @@ def _one_thread(device: torch.device) -> Iterator[None]:
 def scaled_resnet_gd(
     params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, activation: str = "gelu"
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
-    """``steps`` steps of full-batch gradient descent on the mean squared error of eq. 3.3.
-
-    Args:
-        params: {"V": (L, q, m), "W": (L, m, q)}; not modified.
-        x, y: (n, q) inputs and targets.
-        lr: the step size of every weight (the thesis uses L x 1e-2: gradient flow (3.4) has a
-            factor L in front of the layers' gradients).
-        steps: number of gradient steps (>= 0).
-        activation: ``gelu``, ``relu`` or ``identity``.
-
-    Returns:
-        (new params, losses, layer_diffs): losses (steps + 1,) is the loss before the first step
-        and after each step; layer_diffs (steps + 1,) is max_k ||Z_{k+1} - Z_k||_F at the same
-        times (0 for L = 1).
-
-    References:
-        Thesis eq. 3.3-3.4, section 3.5.1, appendix 3.E, Fig. 3.1.
-    """
-    check_activation(activation)
-    if steps < 0:
-        raise ValueError(f"steps={steps} must be >= 0")
+    """``signatures.ScaledResnetGd`` in torch."""
+    check_gd(activation, steps)
     p = {k: t.clone() for k, t in params.items()}
     losses, diffs = [], []
     with _one_thread(x.device):

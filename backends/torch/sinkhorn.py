@@ -1,16 +1,10 @@
-"""Log-domain Sinkhorn normalisation and the attention that uses it (Sinkformers), in PyTorch.
+"""Log-domain Sinkhorn and Sinkhorn attention (Sinkformers) in PyTorch: ``signatures.Sinkhorn`` and ``Attention``.
 
-One iteration is one normalisation: iteration 0 normalises rows, 1 columns, 2 rows, ... (eq. 5.3),
-so ``n_iter = 1`` is the softmax and an odd ``n_iter`` ends on rows. The scalings are kept in the
-log domain (appendix 5.B, eq. 5.13) with marginals scaled so that rows sum to 1 and, for a square
-matrix, columns sum to 1 (eq. 5.13 writes 1/n). ``attention(..., impl=...)`` chooses how: ``naive``
-forms the T x T plan; the O(T)-memory impls run ``backends/sinkhorn_blocked.py``'s recursion over tiles.
-Mirrors ``backends/jax/sinkhorn.py``.
+The maths and the impls are described once in ``backends/sinkhorn_common.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 
@@ -19,7 +13,7 @@ import torch.nn.functional as F
 
 from .. import sinkhorn_blocked as driver
 from ..sinkhorn_blocked import Primitives
-from ..sinkhorn_common import check_attention, check_sinkhorn
+from ..sinkhorn_common import check_attention, check_sinkhorn, load_kernel, resolve_impl
 from . import sinkhorn_blocked
 
 IMPLS = ("naive", "blocked", "triton", "auto")
@@ -55,13 +49,7 @@ def _iterate(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None) -> to
 
 
 def _implicit_grad(plan: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Gradient w.r.t. the scores of a converged plan by the implicit function theorem.
-
-    With P = diag(e^f) e^C diag(e^g) and the marginals a = P 1, b = P^T 1 fixed, the adjoint
-    (u, v) solves [[diag(a), P], [P^T, diag(b)]] (u, v) = ((G*P) 1, (G*P)^T 1) and the gradient
-    is P * (G - u 1^T - 1 v^T). The system is singular along (1, -1); the column block is solved
-    with 1 1^T / m added, which fixes that direction without changing u_i + v_j.
-    """
+    """The implicit-function-theorem gradient w.r.t. the scores (``backends/sinkhorn_common.py``)."""
     gp = grad * plan
     x, y = gp.sum(-1), gp.sum(-2)
     a, b = plan.sum(-1), plan.sum(-2)
@@ -99,24 +87,7 @@ class _ImplicitSinkhorn(torch.autograd.Function):
 def sinkhorn(
     scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None = None, implicit: bool = False
 ) -> torch.Tensor:
-    """Sinkhorn's algorithm on ``exp(scores)`` in the log domain: ``n_iter`` row/column normalisations.
-
-    Args:
-        scores: (..., n, m) float, the cost C (attention logits).
-        n_iter: number of normalisations, >= 1; 1 is the softmax over the last axis, odd ends on rows.
-        mask: (..., n) bool padding mask, True for real tokens, broadcastable against
-            ``scores.shape[:-1]`` (square scores only). Masked queries and keys take no part in
-            either normalisation; every masked row and column of the output is 0.
-        implicit: differentiate the converged fixed point (implicit function theorem) instead of
-            back-propagating through every iteration; exact only at convergence.
-
-    Returns:
-        (..., n, m) the plan K^l: rows sum to 1; at convergence columns sum to n / m (1 when square).
-
-    References:
-        Thesis chapter 5, eq. 5.3 (iterations), appendix 5.B eq. 5.13 (log domain), section 5.3
-        (implicit differentiation), Prop. 5.1 (invariance to f_i + g_j).
-    """
+    """``signatures.Sinkhorn`` in PyTorch."""
     check_sinkhorn(
         tuple(scores.shape),
         scores.dtype,
@@ -136,31 +107,21 @@ def _kernel(q: torch.Tensor, k: torch.Tensor) -> Primitives:
     """The Triton passes of ``backends/torch/sinkhorn_triton.py``, imported on first use."""
     if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         raise ValueError(f"impl='triton': needs CUDA tensors or TRITON_INTERPRET=1, got device {q.device}")
-    if q.shape[-2] != k.shape[-2]:
-        raise ValueError(f"impl='triton': needs self-attention (Tq = Tk), got {q.shape[-2]} and {k.shape[-2]}")
-    try:
-        module = importlib.import_module(".sinkhorn_triton", __package__)
-    except ImportError as err:
-        raise ValueError(f"impl='triton': unavailable here ({err}); allowed {', '.join(IMPLS)}") from None
+    module = load_kernel("triton", __package__, q.shape[-2], k.shape[-2], IMPLS)
     return driver.kernel_primitives("triton", module)
 
 
 def _resolve(impl: str, implicit: bool, q: torch.Tensor, k: torch.Tensor) -> Primitives | None:
-    """The passes ``impl`` runs on (None: the naive impl)."""
-    if impl == "auto":
-        if implicit:
-            return None
-        if q.is_cuda and q.shape[-2] == k.shape[-2]:
-            try:
-                return _kernel(q, k)
-            except ValueError:  # the kernel module cannot load here: the pure-framework passes
-                pass
-        return sinkhorn_blocked.primitives()
-    if impl != "naive" and implicit:
-        raise ValueError(f"implicit=True: only impl='naive' or 'auto' differentiate the fixed point, got impl={impl!r}")
-    if impl == "naive":
-        return None
-    return _kernel(q, k) if impl == "triton" else sinkhorn_blocked.primitives()
+    """The passes ``impl`` runs on (None: the naive impl); ``sinkhorn_common.resolve_impl`` decides."""
+    return resolve_impl(
+        impl,
+        implicit,
+        "triton",
+        q.is_cuda,
+        q.shape[-2] == k.shape[-2],
+        lambda: _kernel(q, k),
+        sinkhorn_blocked.primitives,
+    )
 
 
 def attention(
@@ -173,24 +134,9 @@ def attention(
     implicit: bool = False,
     impl: str = "naive",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scaled dot-product attention normalised by the softmax or by Sinkhorn's algorithm.
+    """``signatures.Attention`` in PyTorch; ``triton`` needs CUDA or ``TRITON_INTERPRET=1``.
 
-    Args:
-        q, k, v: (B, H, T, d) float, one dtype (k and v may have their own T; v its own d).
-        normalization: ``softmax`` (row-stochastic) or ``sinkhorn`` (doubly stochastic in the limit).
-        sinkhorn_iters: normalisations for ``sinkhorn`` (ignored by ``softmax``).
-        mask: (B, 1 or H, T) bool padding mask, True for real tokens.
-        implicit: implicit differentiation of Sinkhorn (see ``sinkhorn``); naive impl only.
-        impl: ``naive`` materialises the T x T plan; ``blocked`` (pure torch) and ``triton`` (fused kernels,
-            CUDA or ``TRITON_INTERPRET=1``) recompute it tile by tile in O(T) memory, same output and
-            gradients; ``auto``: triton on CUDA, else blocked (naive when ``implicit``).
-
-    Returns:
-        out (B, H, T, d) and the attention matrices (B, H, T, T); None for the blocked impls, which never
-        form them.
-
-    References:
-        Thesis chapter 5, eq. 5.1 (Transformer) and eq. 5.4 (Sinkformer).
+    ``auto``: triton on CUDA, else blocked.
     """
     n_iter = check_attention(
         (tuple(q.shape), tuple(k.shape), tuple(v.shape)),

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..sinkhorn_blocked import Primitives, Steps
+from ..sinkhorn_blocked import Primitives, Steps, blocked_primitives, check_kernel_block
 
 __all__ = ["DEFAULT_BLOCK", "apply", "col_lse", "grad_qk", "primitives", "row_lse"]
 
@@ -199,11 +199,6 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _check_block(block: int) -> None:
-    if not isinstance(block, int) or isinstance(block, bool) or block < 16 or block & (block - 1):
-        raise ValueError(f"block={block!r}: expected a power of two >= 16 (Triton's dot needs 16 x 16 tiles)")
-
-
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(B, H, T, ...) -> contiguous (B * H, T, ...)."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]).contiguous()
@@ -217,7 +212,7 @@ def _flat_mask(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
 
 
 def _lse(outer: torch.Tensor, inner: torch.Tensor, pot: torch.Tensor, mask: torch.Tensor | None, block: int):
-    _check_block(block)
+    check_kernel_block(block)
     b, h, t, d = outer.shape
     out = torch.empty((b * h, t), dtype=outer.dtype, device=outer.device)
     grid = (b * h, triton.cdiv(t, block))
@@ -231,34 +226,14 @@ def _lse(outer: torch.Tensor, inner: torch.Tensor, pot: torch.Tensor, mask: torc
 def row_lse(
     q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None, *, block: int = DEFAULT_BLOCK
 ) -> torch.Tensor:
-    """Row log-sum-exps r_i = LSE_j(s q_i . k_j + g_j) over valid keys, one fused pass over key tiles.
-
-    Args:
-        q, k: (B, H, T, d) float32 or float64 (same device and dtype).
-        g: (B, H, T) column potentials.
-        mask: (B, 1 | H, T) bool padding mask, True = real token, or None.
-        block: tile size along T, a power of two >= 16.
-
-    Returns:
-        (B, H, T) r; 0 on rows with no valid pair (padded queries).
-    """
+    """``sinkhorn_blocked.RowLse`` as a fused Triton kernel (``block``: tile size along T)."""
     return _lse(q, k, g, mask, block)
 
 
 def col_lse(
     q: torch.Tensor, k: torch.Tensor, f: torch.Tensor, mask: torch.Tensor | None = None, *, block: int = DEFAULT_BLOCK
 ) -> torch.Tensor:
-    """Column log-sum-exps c_j = LSE_i(s q_i . k_j + f_i) over valid queries (``row_lse`` of the transpose).
-
-    Args:
-        q, k: (B, H, T, d) float32 or float64.
-        f: (B, H, T) row potentials.
-        mask: (B, 1 | H, T) bool padding mask or None.
-        block: tile size along T, a power of two >= 16.
-
-    Returns:
-        (B, H, T) c; 0 on columns with no valid pair (padded keys).
-    """
+    """``sinkhorn_blocked.ColLse`` as a fused Triton kernel (``block``: tile size along T)."""
     return _lse(k, q, f, mask, block)
 
 
@@ -273,20 +248,8 @@ def apply(
     *,
     block: int = DEFAULT_BLOCK,
 ) -> torch.Tensor:
-    """y = E x, or E^T x with ``transpose``, for E_ij = exp(s q_i . k_j + a_i + b_j) on valid pairs (0 elsewhere).
-
-    Args:
-        q, k: (B, H, T, d) float32 or float64.
-        a, b: (B, H, T) row and column potentials.
-        x: (B, H, T, e) the vectors E (or E^T) multiplies.
-        mask: (B, 1 | H, T) bool padding mask or None.
-        transpose: multiply by E^T (a pass over query tiles for each key block).
-        block: tile size along T, a power of two >= 16.
-
-    Returns:
-        (B, H, T, e) y.
-    """
-    _check_block(block)
+    """``sinkhorn_blocked.Apply`` as a fused Triton kernel (``block``: tile size along T)."""
+    check_kernel_block(block)
     outer, inner, pot_o, pot_i = (k, q, b, a) if transpose else (q, k, a, b)
     bsz, h, t, d = q.shape
     e = x.shape[-1]
@@ -310,21 +273,8 @@ def grad_qk(
     *,
     block: int = DEFAULT_BLOCK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the Sinkhorn attention output w.r.t. q and k, recomputing dC tile by tile (two passes).
-
-    dC_ij = P_ij (dout_i . v_j) - sum_{row steps t} w_t,i E_t,ij - sum_{column steps t} E_t,ij w_t,j, with
-    E_t = exp(S + a_t + b_t) and P = E_{N-1}; step t normalises rows when t is even, columns when odd.
-
-    Args:
-        q, k: (B, H, T, d) float32 or float64; v, dout: (B, H, T, e).
-        steps: ``Steps(a, b, w)``, each (N, B, H, T): per iteration the potentials after it and its adjoint.
-        mask: (B, 1 | H, T) bool padding mask or None.
-        block: tile size along T, a power of two >= 16.
-
-    Returns:
-        dq, dk, each (B, H, T, d): s sum_j dC_ij k_j and s sum_i dC_ij q_i.
-    """
-    _check_block(block)
+    """``sinkhorn_blocked.GradQk`` as a fused Triton kernel (``block``: tile size along T)."""
+    check_kernel_block(block)
     bsz, h, t, d = q.shape
     n, e = steps.a.shape[0], v.shape[-1]
     a, b, w = (z.reshape(n, bsz * h, t).contiguous() for z in (steps.a, steps.b, steps.w))
@@ -351,11 +301,5 @@ def grad_qk(
 @functools.cache
 def primitives(block: int = DEFAULT_BLOCK) -> Primitives:
     """The four Triton passes with ``block`` x ``block`` tiles, as the blocked driver's bundle."""
-    _check_block(block)
-    return Primitives(
-        name="triton",
-        row_lse=functools.partial(row_lse, block=block),
-        col_lse=functools.partial(col_lse, block=block),
-        apply=functools.partial(apply, block=block),
-        grad_qk=functools.partial(grad_qk, block=block),
-    )
+    check_kernel_block(block)
+    return blocked_primitives(row_lse, col_lse, apply, grad_qk, block, name="triton")

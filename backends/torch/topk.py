@@ -57,20 +57,19 @@ class _Threshold(torch.autograd.Function):
         if index is None or (op == "mag" and not bool((t > 0).all())):  # every element may be non-zero
             ctx.save_for_backward(x, t)
             return threshold_output(x, t, lam, e, op)
-        # only the selected elements can be non-zero (s_i > t): solve there, keep the non-zero prefix
-        y_top = threshold_output(x.gather(1, index), t, lam, e, op)
-        live = int((y_top != 0).sum(1).max())
-        ctx.save_for_backward(x, t, index[:, :live].clone())
-        return torch.zeros_like(x).scatter_(1, index, y_top)
+        # only the selected elements can be non-zero (s_i > t): solve and differentiate there
+        x_top = x.gather(1, index)
+        ctx.save_for_backward(x_top, t, index)
+        return x.new_zeros(x.shape).scatter_(1, index, threshold_output(x_top, t, lam, e, op))
 
     @staticmethod
     def backward(ctx, g):
         if len(ctx.saved_tensors) == 2:
             x, t = ctx.saved_tensors
             return threshold_vjp(x, t, g, *ctx.args), None, None, None, None
-        x, t, index = ctx.saved_tensors
-        grad_top = threshold_vjp(x.gather(1, index), t, g.gather(1, index), *ctx.args)
-        return torch.zeros_like(x).scatter_(1, index, grad_top), None, None, None, None
+        x_top, t, index = ctx.saved_tensors
+        grad_top = threshold_vjp(x_top, t, g.gather(1, index), *ctx.args)
+        return g.new_zeros(g.shape).scatter_(1, index, grad_top), None, None, None, None
 
 
 def _sorted_solve(x, k, lam, e, op, solver, max_iter, tol):

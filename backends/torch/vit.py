@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..vit_init import ViTConfig, init_params
+from ..vit_init import ViTConfig, check_trainer, init_params
 from ._train import classifier_epoch
 from .sinkhorn import attention
 
@@ -41,17 +41,7 @@ def _leaves(tree: Any) -> list[torch.Tensor]:
 
 
 def vit_init(config: ViTConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32") -> Params:
-    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.vit_init.init_params``).
-
-    Args:
-        config: the architecture.
-        seed: weights seed; the same seed gives the same weights in the JAX backend.
-        device: where the tensors live.
-        dtype: ``float32`` or ``float64``.
-
-    Returns:
-        Nested dict of tensors (see ``init_params``); linear weights are (in, out).
-    """
+    """``signatures.VitInit`` in torch."""
     return _map(init_params(config, seed, dtype), lambda a: torch.from_numpy(a).to(device))
 
 
@@ -74,21 +64,7 @@ def _patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 def vit_apply(
     params: Params, images: torch.Tensor, config: ViTConfig, mlp: MLP | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits of the ViT and the attention matrices of every layer.
-
-    Args:
-        params: weights from ``vit_init`` (or with each block's ``mlp`` entry replaced).
-        images: (B, C, H, W) float, H = W = ``config.image_size``.
-        config: the architecture; ``normalization`` and ``sinkhorn_iters`` pick the attention.
-        mlp: the block MLP, ``mlp(block["mlp"], x)``; ``dense_mlp`` when None. Unused when
-            ``config.mlp_dim`` is None (attention-only model).
-
-    Returns:
-        logits (B, num_classes) and one (B, heads, tokens, tokens) attention matrix per layer.
-
-    References:
-        Thesis section 5.6.4 (ViT, Sinkformer counterpart), Fig. 5.6 (attention-only model).
-    """
+    """``signatures.VitApply`` in torch."""
     mlp = dense_mlp if mlp is None else mlp
     b = images.shape[0]
     x = _patchify(images, config.patch) @ params["embed"]["w"] + params["embed"]["b"]
@@ -151,23 +127,6 @@ class TorchViTTrainer:
 def vit_trainer(
     config: ViTConfig, params: Params, lr: float, optimizer: str = "adam", mlp: MLP | None = None
 ) -> TorchViTTrainer:
-    """A trainer of the ViT ``config`` starting from ``params`` (copied), with Adam or plain SGD.
-
-    Args:
-        config: the architecture.
-        params: initial weights (``vit_init``); the trainer works on its own copy.
-        lr: learning rate, constant.
-        optimizer: ``adam`` (PyTorch defaults: betas 0.9, 0.999, eps 1e-8) or ``sgd`` (no momentum).
-        mlp: the block MLP (see ``vit_apply``).
-
-    Returns:
-        An object with ``compile``, ``fit_epoch``, ``predict``, ``attention`` and ``params``.
-
-    References:
-        Thesis appendix 5.C.4 (Adam, ViT and attention-only experiments).
-    """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r}: allowed {', '.join(OPTIMIZERS)}")
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r}: expected > 0")
+    """``signatures.VitTrainer`` in torch; it trains a copy of ``params``."""
+    check_trainer(lr, optimizer, OPTIMIZERS)
     return TorchViTTrainer(config, params, lr, optimizer, mlp)

@@ -415,6 +415,39 @@ def test_selection_grows_its_window_until_it_fits(backend, op, p):
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("op", OPS_)
+@pytest.mark.parametrize("p", [2.0, P43])
+def test_selection_solves_on_the_sorted_tail_around_rank_k(backend, op, p):
+    """k much larger than m: only ranks [k - m, k + m) are sorted and solved; t equals the full sort's per row."""
+    import importlib
+
+    solvers = importlib.import_module(f"backends.{backend}._topk_solvers")
+    x = _selection_rows(4000)
+    e = 1 if p == 2.0 else 3
+    k, lam, margin = 1500, 0.002, 200
+    for row in range(len(x)):
+        key_np = x[row : row + 1] if op == "mask" else np.abs(x[row : row + 1])
+        if backend == "torch":
+            import torch
+
+            key = torch.from_numpy(key_np)
+            t_ref = solvers.solve_threshold(torch.sort(-key, dim=1).values, k, lam, e, op).numpy()
+            t, index = solvers.select_threshold(key, k, lam, e, op, margin=margin)
+            if row == 0:  # a random row: solved by the first selection, on its tail
+                assert index is not None and index.shape == (1, k + margin)
+        else:
+            import jax.numpy as jnp
+
+            key = jnp.asarray(key_np)
+            t_ref = np.asarray(solvers.solve_threshold(jnp.sort(-key, axis=1), k, lam, e, op))
+            top = -jnp.sort(-key, axis=1)[:, : k + margin]
+            t = solvers.select_threshold(key, k, lam, e, op, margin=margin)[0]
+            if row == 0:
+                assert_close(np.asarray(solvers.solve_selected(top, k, lam, e, op)), t_ref, rtol=0, atol=1e-12)
+        assert_close(np.asarray(t), t_ref, rtol=0, atol=1e-12 * max(1.0, np.abs(t_ref).max()))
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_selection_path_rejects_non_finite_rows(backend):
     x = _selection_rows()
     for bad, where in [(np.nan, 1000), (-np.inf, 3), (np.inf, 1999)]:
