@@ -283,10 +283,27 @@ def solve_threshold(
 
 
 def threshold_vjp(
-    x: torch.Tensor, t: torch.Tensor, g: torch.Tensor, k: int, lam: float, e: int, op: str
+    x: torch.Tensor,
+    t: torch.Tensor,
+    g: torch.Tensor,
+    k: int,
+    lam: float,
+    e: int,
+    op: str,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``J^T g`` of the threshold solution (Prop. 7.8 on the one pooled block), elementwise, O(n)."""
-    y, sat, pooled, a = threshold_parts(x, t, lam, e, op)
+    """``J^T g`` of the threshold solution (Prop. 7.8 on the one pooled block), elementwise, O(n).
+
+    ``y``: the forward output at ``t`` when at hand (it saves the magnitude's head values).
+    """
+    if y is None:
+        y, sat, pooled, a = threshold_parts(x, t, lam, e, op)
+    else:
+        s = x if op == "mask" else x.abs()
+        a = _shifted(s, t).mul_(1.0 / lam).clamp_(min=0.0)
+        ae = a if e == 1 else a * a * a
+        sat = ae >= (1.0 if op == "mask" else t.to(x.dtype))
+        pooled = (ae > 0) & ~sat
     D = torch.where(pooled, (e / lam) * a ** (e - 1), 0.0)
     h = g if op == "mask" else g * torch.sign(x)
     SD = D.sum(1, keepdim=True)

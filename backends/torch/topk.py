@@ -59,16 +59,17 @@ class _Threshold(torch.autograd.Function):
             return threshold_output(x, t, lam, e, op)
         # only the selected elements can be non-zero (s_i > t): solve and differentiate there
         x_top = x.gather(1, index)
-        ctx.save_for_backward(x_top, t, index)
-        return x.new_zeros(x.shape).scatter_(1, index, threshold_output(x_top, t, lam, e, op))
+        y_top = threshold_output(x_top, t, lam, e, op)
+        ctx.save_for_backward(x_top, t, index, y_top)
+        return x.new_zeros(x.shape).scatter_(1, index, y_top)
 
     @staticmethod
     def backward(ctx, g):
         if len(ctx.saved_tensors) == 2:
             x, t = ctx.saved_tensors
             return threshold_vjp(x, t, g, *ctx.args), None, None, None, None
-        x_top, t, index = ctx.saved_tensors
-        grad_top = threshold_vjp(x_top, t, g.gather(1, index), *ctx.args)
+        x_top, t, index, y_top = ctx.saved_tensors
+        grad_top = threshold_vjp(x_top, t, g.gather(1, index), *ctx.args, y=y_top)
         return g.new_zeros(g.shape).scatter_(1, index, grad_top), None, None, None, None
 
 
