@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in backends and the ``deeperbench.backends`` entry points
 (``name = "package.module:OBJECT"`` or ``"package.module"`` exposing ``BACKEND``) into
-``harness.registry.BACKENDS``, which other packages ask by name.
+``core.registry.BACKENDS``, which other packages ask by name.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from harness.registry import BACKENDS
-
-from ._protocol import DEVICE_KINDS, Array, Backend, DeviceUnavailable, Memory, timer
+from core.backend import DEVICE_KINDS, Array, Backend, DeviceUnavailable, Memory, timer
+from core.registry import BACKENDS
 
 BUILTIN = {"torch": "backends.torch", "jax": "backends.jax"}
 

@@ -33,8 +33,8 @@ import numpy as np
 
 import backends
 from backends.datasets import load_images
-from backends.moe_config import MoEConfig
-from backends.vit_init import ViTConfig
+from backends.moe import MoEConfig
+from backends.vit import ViTConfig
 
 ROUTERS = {
     "hard": dict(router="hard"),

@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import workloads
-from harness.sweep import Trial, make_trial
-from harness.trial import Outcome
-from harness.workload import Record
+from core.trial import Outcome, Trial
+from core.workload import Record
+from harness.sweep import make_trial
 from results.compact import compact, write_generation
 from results.schema import full_schema
 from results.store import LOOSE_WRITE, Store, trial_table

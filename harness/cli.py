@@ -18,10 +18,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from harness.errors import ClusterLost, UserError
+from core.errors import ClusterLost, UserError
+from core.trial import FAILURES, STATUSES
 from harness.executors import REGISTRY as EXECUTORS
 from harness.spec import DEVICES
-from harness.trial import FAILURES, STATUSES
 from results.compare import BY, FORMATS
 
 out_console = Console(soft_wrap=True)
@@ -385,8 +385,8 @@ def compare(
 @app.command()
 def compact(directory: str = typer.Argument(..., metavar="DIR", help="results directory or URI")) -> None:
     """Merge each sweep's per-trial files into one file per workload (atomic, idempotent; runs are locked out)."""
+    from core.paths import check_out
     from harness.lock import RunLock
-    from harness.paths import check_out
     from results.compact import compact as merge
     from results.store import Store
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from harness.errors import UserError
-from harness.sweep import Trial
+from core.errors import UserError
+from core.trial import Trial
 
 PACKAGES = ("torch", "jax", "jaxlib", "ray", "numpy", "pyarrow")
 INSTALL = {
@@ -134,7 +134,7 @@ def require_here(trial: Trial) -> None:
     no backend need nothing.
     """
     import workloads
-    from harness.workload import uses_backend
+    from core.workload import uses_backend
 
     if trial.device in ("cpu", "auto") or not uses_backend(workloads.get(trial.workload)):
         return

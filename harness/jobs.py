@@ -6,7 +6,7 @@ import os
 import shlex
 from pathlib import Path
 
-from harness.errors import UserError
+from core.errors import UserError
 from harness.spec import load_specs
 
 PROJECT = Path(__file__).resolve().parents[1]

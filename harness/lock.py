@@ -29,8 +29,8 @@ import uuid
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from harness.errors import UserError
-from harness.paths import filesystem, is_remote
+from core.errors import UserError
+from core.paths import filesystem, is_remote
 
 log = logging.getLogger("deeperbench.lock")
 

@@ -11,7 +11,7 @@ import os
 import socket
 import time
 
-from harness.errors import UserError
+from core.errors import UserError
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 _SETTINGS = 0x04

@@ -16,15 +16,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from core.errors import UserError
+from core.paths import check_out
+from core.trial import FAILURES, Outcome, Trial
 from harness import executors
-from harness.errors import UserError
 from harness.executors import RayLog
 from harness.executors._base import OnDone, local_accelerator
 from harness.lock import RunLock
-from harness.paths import check_out
 from harness.spec import DEVICES, MAX_TRIALS, load_specs
-from harness.sweep import Trial, expand
-from harness.trial import FAILURES, Outcome, first_line
+from harness.sweep import expand
+from harness.trial import first_line
 from results.store import Store
 
 LOGS = "_logs"

@@ -17,15 +17,17 @@ from typing import Any
 
 from rich.console import Console
 
-from harness.errors import UserError
-from harness.paths import check_out
+from core.aggregate import reduce_records
+from core.errors import UserError
+from core.paths import check_out
+from core.trial import FAILURES, Outcome, Trial
+from core.workload import Workload, metric_map
 from harness.runner import Session
 from harness.spec import DEVICES, Range, Search, Sweep, load_specs, one_line_error
 from harness.storage import HEARTBEAT_S, Heartbeat, default_storage, fail_stale, heartbeats, open_storage, shown
-from harness.sweep import Trial, make_trial
-from harness.trial import FAILURES, Outcome, first_line
-from harness.workload import Workload, metric_map
-from results.aggregate import reduce_records
+from harness.sweep import make_trial
+from harness.trial import first_line
+from results.search_report import best_trial
 
 
 @dataclasses.dataclass
@@ -284,16 +286,3 @@ class _Asker:
             )
         finally:
             self.heartbeat.discard(asked._trial_id)
-
-
-def best_trial(study, constrained: bool):
-    """The best complete trial; with constraints, the best feasible one (None if there is none)."""
-    from optuna.trial import TrialState
-
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if constrained:
-        done = [t for t in done if all(c <= 0 for c in t.user_attrs.get("constraints", [1.0]))]
-    if not done:
-        return None
-    pick = min if study.direction.name == "MINIMIZE" else max
-    return pick(done, key=lambda t: t.value)

@@ -12,10 +12,11 @@ import yaml
 
 import backends
 import workloads
-from harness.errors import UserError, shown
-from harness.paths import NAME_MAX_CHARS, check_name
-from harness.registry import did_you_mean
-from harness.workload import Float, Workload
+from core.errors import UserError, shown
+from core.paths import NAME_MAX_CHARS, check_name
+from core.registry import did_you_mean
+from core.trial import Resources
+from core.workload import Float, Workload
 
 DEVICES = (*backends.DEVICE_KINDS, "auto")
 
@@ -39,14 +40,6 @@ SEED_MAX = (1 << 32) - 1
 
 class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
-
-
-class Resources(_Strict):
-    """What one trial asks of a node; ``cpus`` None means 1 with an accelerator, else a whole node."""
-
-    cpus: pydantic.PositiveFloat | None = None
-    gpus: pydantic.NonNegativeFloat = 0.0
-    tpus: pydantic.NonNegativeInt = 0
 
 
 class Range(_Strict):

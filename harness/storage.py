@@ -29,7 +29,7 @@ import urllib.parse
 import warnings
 from typing import Any
 
-from harness.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger("deeperbench.storage")
 

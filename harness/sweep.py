@@ -2,71 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import itertools
-import json
-import math
 from typing import Any
 
 import pydantic
 
-from harness.spec import Resources, Sweep, excluded, grid_points, normalised_rules, validate_params
-from harness.workload import Workload
+from core.trial import Resources, Trial, trial_key
+from core.workload import Workload
+from harness.spec import Sweep, excluded, grid_points, normalised_rules, validate_params
 
 DEFAULT_TIMEOUT_S = Sweep.model_fields["timeout_s"].default
 """A trial's timeout when no sweep sets one (the spec's default)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    """One run of a workload: a grid point on one backend and device, for one repeat."""
-
-    key: str
-    sweep: str
-    workload: str
-    version: int
-    backend: str
-    device: str
-    params: dict[str, Any]
-    repeat: int
-    seed: int
-    timeout_s: float
-    num_cpus: float
-    resources: Resources
-    isolation: str
-    study: str | None = None
-    trial_number: int | None = None
-
-    @property
-    def threads(self) -> int:
-        """Threads the trial's process uses: its whole CPUs, at least one."""
-        return max(1, math.floor(self.num_cpus))
-
-
-def trial_key(
-    workload: str,
-    version: int,
-    backend: str,
-    device: str,
-    params: dict[str, Any],
-    repeat: int,
-    study: str | None = None,
-    trial_number: int | None = None,
-) -> str:
-    """A stable hash of what defines a trial's result (parameters with defaults and nulls filled)."""
-    payload = {
-        "workload": workload,
-        "version": version,
-        "backend": backend,
-        "device": device,
-        "params": params,
-        "repeat": repeat,
-    }
-    if study is not None:
-        payload |= {"study": study, "trial_number": trial_number}
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def trial_cpus(resources: Resources, node_cpus: float) -> float:

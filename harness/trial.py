@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -17,26 +16,8 @@ from typing import Any
 
 import backends
 import workloads
-from harness.sweep import Trial
-from harness.workload import Context, Record, Skip, metric_map, uses_backend
-
-STATUSES = ("ok", "failed", "oom", "timeout", "crashed", "skipped")
-FAILURES = ("failed", "oom", "timeout", "crashed")
-"""The statuses that make ``run`` and ``search`` exit 1 (pytest's convention); ok and skipped do not."""
-
-
-@dataclasses.dataclass
-class Outcome:
-    """How a trial ended, its records, and where and when it ran."""
-
-    status: str
-    records: list[Record]
-    started_at: dt.datetime
-    duration_s: float
-    host: str
-    device_name: str | None = None
-    error: str | None = None
-    env: dict[str, Any] = dataclasses.field(default_factory=dict)
+from core.trial import Outcome, Trial
+from core.workload import Context, Skip, metric_map, uses_backend
 
 
 def host_env() -> dict[str, Any]:

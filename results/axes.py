@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from harness.figures import Figure
+from core.figures import Figure
 
 DIMENSIONLESS = ("", "1", "fraction")
 """Units whose axes read better as powers of ten (1e-15) than with SI prefixes (1f)."""

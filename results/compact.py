@@ -20,7 +20,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.registry import WORKLOADS
+from core.registry import WORKLOADS
 from results.schema import full_schema
 from results.store import _TMP, COMPACTED, Group, Store, generation, put
 

@@ -13,10 +13,10 @@ import math
 
 import pandas as pd
 
-from harness.errors import UserError
-from harness.registry import WORKLOADS, did_you_mean
-from harness.workload import Metric
-from results.aggregate import summarize
+from core.aggregate import summarize
+from core.errors import UserError
+from core.registry import WORKLOADS, did_you_mean
+from core.workload import Metric
 from results.store import Store
 
 BY = ("backend", "device_kind", "device_name", "workload", "tag")

@@ -1,4 +1,4 @@
-"""Draws every figure a workload declares (``harness.figures``) the same way, from ``results.aggregate.summarize``.
+"""Draws every figure a workload declares (``core.figures``) the same way, from ``core.aggregate.summarize``.
 
 Medians over repeats with their interquartile range as error bars; one colour per series label kept
 across the whole report (:class:`Styles`, as benchopt's ``get_style``); torch and JAX told apart by
@@ -20,10 +20,10 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from harness.figures import Custom, Figure
-from harness.workload import Metric
+from core.aggregate import Summaries, select, summarize
+from core.figures import Custom, Figure
+from core.workload import Metric
 from results import axes
-from results.aggregate import Summaries, select, summarize
 
 PALETTE = tuple(dict.fromkeys(qualitative.Plotly + qualitative.Dark24))
 """Colours handed out to series labels in order of first use, then reused cyclically."""
@@ -101,7 +101,7 @@ def draw(
     """The plotly figure of ``declaration`` from a workload's rows, or None when no row feeds it.
 
     Args:
-        declaration: a :class:`~harness.figures.Figure` or :class:`~harness.figures.Custom`.
+        declaration: a :class:`~core.figures.Figure` or :class:`~core.figures.Custom`.
         table: the workload's rows as the store reads them (every status; only ok rows are drawn).
         metrics: the workload's declared metrics (how each reduces, its unit).
         styles: the report's styles; a fresh set when None.

@@ -19,12 +19,12 @@ import pandas as pd
 import pyarrow.fs as pafs
 from markdown_it import MarkdownIt
 
-from harness.checks import VERDICTS, Check
-from harness.errors import UserError
-from harness.registry import WORKLOADS
-from harness.workload import settings as settings_of
+from core.aggregate import Summaries, ok_rows
+from core.checks import VERDICTS, Check
+from core.errors import UserError
+from core.registry import WORKLOADS
+from core.workload import settings as settings_of
 from results import plots
-from results.aggregate import Summaries, ok_rows
 from results.report_tables import env_html, limits_html, run_html, unfinished_html
 from results.report_tables import esc as _esc
 from results.search_report import search_html

@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from core.aggregate import ok_rows
 from results import axes
-from results.aggregate import ok_rows
 
 BAD_STATUSES = ("failed", "crashed", "oom", "timeout")
 UNFINISHED_ROWS = 300

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from harness.workload import Workload
+from core.workload import Workload
 
 BASE = pa.schema(
     [
@@ -91,13 +91,13 @@ def full_schema() -> pa.Schema:
     One schema in every file is what lets pandas, pyarrow, polars and DuckDB read a results folder
     without being told how to merge files; it is also written to ``<out>/_common_metadata``.
     """
-    from harness.registry import WORKLOADS  # loaded on first use (plugins included)
+    from core.registry import WORKLOADS  # loaded on first use (plugins included)
 
     return _full_schema(tuple(WORKLOADS.names()))
 
 
 @functools.lru_cache(maxsize=4)
 def _full_schema(names: tuple[str, ...]) -> pa.Schema:
-    from harness.registry import WORKLOADS
+    from core.registry import WORKLOADS
 
     return unified_schema([WORKLOADS.get(n) for n in names])

@@ -39,7 +39,7 @@ def search_html(df: pd.DataFrame, out: str, styles: plots.Styles | None = None) 
     import optuna
     from optuna.trial import TrialState
 
-    from harness.search import best_trial
+    pass
 
     styles = styles or plots.Styles()
     parts, n_figs = ["<h2 id=searches>Searches (Optuna)</h2>"], 0
@@ -133,3 +133,16 @@ def _sample(study, complete: list):
         optuna.logging.set_verbosity(verbosity)
     sample.add_trials([complete[i] for i in sorted(chosen)])
     return sample
+
+
+def best_trial(study, constrained: bool):
+    """The best complete trial; with constraints, the best feasible one (None if there is none)."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if constrained:
+        done = [t for t in done if all(c <= 0 for c in t.user_attrs.get("constraints", [1.0]))]
+    if not done:
+        return None
+    pick = min if study.direction.name == "MINIMIZE" else max
+    return pick(done, key=lambda t: t.value)

@@ -27,12 +27,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from harness.errors import UserError
-from harness.paths import OBJECT_STORES, check_remote, filesystem, inside, is_remote
-from harness.registry import WORKLOADS
-from harness.sweep import Trial
-from harness.trial import Outcome
-from harness.workload import Record, metric_map
+from core.errors import UserError
+from core.paths import OBJECT_STORES, check_remote, filesystem, inside, is_remote
+from core.registry import WORKLOADS
+from core.trial import Outcome, Trial
+from core.workload import Record, metric_map
 from results.schema import full_schema, param_value, unified_schema
 
 log = logging.getLogger("deeperbench.store")
@@ -51,7 +50,7 @@ QUARANTINE = ".quarantine"
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and root path for a local path or any pyarrow URI (``harness.paths.filesystem``)."""
+    """A pyarrow filesystem and root path for a local path or any pyarrow URI (``core.paths.filesystem``)."""
     return filesystem(uri)
 
 

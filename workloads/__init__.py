@@ -1,4 +1,4 @@
-"""Workload modules, one per thesis experiment; ``harness.registry.WORKLOADS`` loads them lazily by name.
+"""Workload modules, one per thesis experiment; ``core.registry.WORKLOADS`` loads them lazily by name.
 
 Third-party workloads register through the entry-point group ``deeperbench.workloads``
 (``name = "package.module"``).
@@ -10,14 +10,14 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from harness.registry import WORKLOADS
-from harness.workload import Workload, validate_module
+from core.registry import WORKLOADS
+from core.workload import Workload, validate_module
 
 BUILTIN = {m.name: f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
 """Every module of this package is a built-in workload, registered under its module name (a new one needs no edit here)."""
 
 REGISTRY = WORKLOADS
-"""The registry other packages ask by name (``harness.registry.WORKLOADS``); importing this package fills it."""
+"""The registry other packages ask by name (``core.registry.WORKLOADS``); importing this package fills it."""
 
 
 def _loader(module_name: str):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.checks import Check, all_hold, at_least, decide, distinct, paired_interval, seeds, span
-from harness.workload import Metric
-from results.aggregate import reduce_trials
+from core.aggregate import reduce_trials
+from core.checks import Check, all_hold, at_least, decide, distinct, paired_interval, seeds, span
+from core.workload import Metric
 
 ADJOINT = ("euler", "heun")
 """The schemes the adjoint reverses (Euler's and Heun's step); the others are Momentum ResNets."""

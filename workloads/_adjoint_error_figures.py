@@ -5,7 +5,7 @@ References: thesis section 2.4, Fig. 2.3c; section 2.5.2, Fig. 2.4, appendix 2.B
 
 from __future__ import annotations
 
-from harness.figures import LOG_XY, Figure, Setting, per_epoch
+from core.figures import LOG_XY, Figure, Setting, per_epoch
 from workloads._adjoint_error_checks import ADJOINT as _ADJOINT
 
 _ERRORS = {"p_train": False}

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from backends.datasets import DATASETS
-from harness.checks import Check, at_least, decide, distinct, not_measured, paired_interval, seeds
+from core.checks import Check, at_least, decide, distinct, not_measured, paired_interval, seeds
 
 _SINKHORN_ONLY = ("sinkhorn_iters", "sinkhorn_grad")
 _THESIS_STEPS_PER_EPOCH = 2000

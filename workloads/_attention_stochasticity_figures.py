@@ -5,7 +5,7 @@ References: thesis chapter 5, Fig. 5.2, Fig. 5.5, Fig. 5.6.
 
 from __future__ import annotations
 
-from harness.figures import LOG_XY, Figure, Setting, per_epoch
+from core.figures import LOG_XY, Figure, Setting, per_epoch
 
 _EPOCH_0 = "epoch (0 = initialisation)"
 _SUMS = ("colsum_q05", "colsum_q25", "colsum_q50", "colsum_q75", "colsum_q95")

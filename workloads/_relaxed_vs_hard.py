@@ -10,8 +10,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from harness.checks import paired_interval, pairs
-from harness.figures import Figure
+from core.checks import paired_interval, pairs
+from core.figures import Figure
 
 
 def gain_over_hard(

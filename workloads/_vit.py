@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Protocol
 
 from backends import Backend
 from backends.datasets import ImageData
-from harness.workload import Skip
+from core.workload import Skip
 
 
 class ViTParams(Protocol):

@@ -27,12 +27,12 @@ import pydantic
 from backends import Backend
 from backends.datasets import DATASETS, DatasetUnavailable, load_images
 from backends.init import normal
-from backends.residual_classifier_init import ClassifierConfig, cosine_lr
-from backends.residual_config import init_params, make_config
-from harness.checks import Check
-from harness.training import passes
-from harness.workload import DEFAULT, Context, Float, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
+from backends.residual_classifier import ClassifierConfig, cosine_lr
+from backends.resnets import init_params, make_config
+from core.checks import Check
+from core.training import passes
+from core.workload import DEFAULT, Context, Float, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 from workloads._adjoint_error_checks import ADJOINT as _ADJOINT
 from workloads._adjoint_error_checks import adjoint_checks
 from workloads._adjoint_error_checks import fitted_slope as fitted_slope

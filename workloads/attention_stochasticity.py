@@ -23,11 +23,11 @@ import pydantic
 
 from backends import Backend
 from backends.datasets import DatasetUnavailable, load_images
-from backends.vit_init import ViTConfig
-from harness.checks import Check
-from harness.training import passes
-from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
+from backends.vit import ViTConfig
+from core.checks import Check
+from core.training import passes
+from core.workload import Context, Float, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 from workloads._attention_stochasticity_checks import attention_checks
 from workloads._attention_stochasticity_figures import figures as figures
 from workloads._attention_stochasticity_figures import settings as settings

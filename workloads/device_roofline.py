@@ -13,11 +13,11 @@ import pydantic
 
 from backends import Backend, timer
 from backends.init import normal
-from harness.checks import Check, decide, distinct
-from harness.figures import LOG_XY, Figure
-from harness.workload import Context, Metric, Record
-from harness.workload import Params as _Params
-from results.aggregate import ok_rows, summarize
+from core.aggregate import ok_rows, summarize
+from core.checks import Check, decide, distinct
+from core.figures import LOG_XY, Figure
+from core.workload import Context, Metric, Record
+from core.workload import Params as _Params
 
 name = "device_roofline"
 version = 1

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import pydantic
 
 from backends import Backend
-from harness.checks import Check, decide
-from harness.figures import Figure
-from harness.workload import Context, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
+from core.checks import Check, decide
+from core.figures import Figure
+from core.workload import Context, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 
 if TYPE_CHECKING:  # pandas only for the report: a trial of this probe loads no data-frame library
     import pandas as pd
@@ -59,7 +59,7 @@ figures = (Figure("Time inside the trial, per mode", metric="trial_s", x="p_mode
 
 def checks(table: pd.DataFrame) -> list[Check]:
     """A no-op trial takes under a millisecond inside the trial: the harness' time is outside it."""
-    from results.aggregate import ok_rows  # pandas: loaded by the report only
+    from core.aggregate import ok_rows  # pandas: loaded by the report only
 
     rows = ok_rows(table)
     noop = rows[(rows["metric"] == "trial_s") & (rows["p_mode"] == "noop")]

@@ -19,13 +19,13 @@ import pandas as pd
 import pydantic
 
 from backends import Backend
-from backends.ar_init import ARConfig, ar_sequences, augment
-from harness.checks import Check, all_hold, decide, not_measured, paired_interval, pairs, seeds
-from harness.figures import Figure, Setting, per_epoch
-from harness.training import passes
-from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
-from results.aggregate import reduce_trials
+from backends.ar_transformer import ARConfig, ar_sequences, augment
+from core.aggregate import reduce_trials
+from core.checks import Check, all_hold, decide, not_measured, paired_interval, pairs, seeds
+from core.figures import Figure, Setting, per_epoch
+from core.training import passes
+from core.workload import Context, Float, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 
 name = "icl_autoregressive"
 version = 2

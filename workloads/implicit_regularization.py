@@ -20,12 +20,12 @@ import pandas as pd
 import pydantic
 
 from backends import Backend
-from backends.scaled_resnet_init import function_distance, gaussian_pairs, init_scaled_resnet
-from harness.checks import Check, at_least, decide, distinct, paired_interval, seeds, span
-from harness.figures import Custom, Figure, Setting, per_epoch
-from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
-from results.aggregate import reduce_trials, summarize
+from backends.scaled_resnet import function_distance, gaussian_pairs, init_scaled_resnet
+from core.aggregate import reduce_trials, summarize
+from core.checks import Check, at_least, decide, distinct, paired_interval, seeds, span
+from core.figures import Custom, Figure, Setting, per_epoch
+from core.workload import Context, Float, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 
 name = "implicit_regularization"
 version = 1

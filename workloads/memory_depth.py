@@ -19,12 +19,12 @@ import pydantic
 
 from backends import Backend, timer
 from backends.init import normal
-from backends.residual_config import MODELS, TORCHVISION
-from harness.checks import Check, decide, distinct, span
-from harness.figures import LOG_XY, Figure, Setting
-from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
-from results.aggregate import reduce_trials
+from backends.resnets import MODELS, TORCHVISION
+from core.aggregate import reduce_trials
+from core.checks import Check, decide, distinct, span
+from core.figures import LOG_XY, Figure, Setting
+from core.workload import Context, Float, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 
 name = "memory_depth"
 version = 1

@@ -21,14 +21,14 @@ import pydantic
 
 from backends import Backend
 from backends.datasets import DatasetUnavailable, load_images, with_pixel_noise
-from backends.moe_config import MoEConfig, routing_stats
-from backends.vit_init import ViTConfig
-from harness.checks import at_least, decide, paired_interval, pairs, seeds
-from harness.figures import Custom, Setting, per_epoch
-from harness.training import passes
-from harness.workload import Check, Context, Float, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
-from results.aggregate import ok_rows, summarize
+from backends.moe import MoEConfig, routing_stats
+from backends.vit import ViTConfig
+from core.aggregate import ok_rows, summarize
+from core.checks import at_least, decide, paired_interval, pairs, seeds
+from core.figures import Custom, Setting, per_epoch
+from core.training import passes
+from core.workload import Check, Context, Float, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 from workloads._relaxed_vs_hard import gain_over_hard, step_time_bars
 from workloads._vit import image_arrays, vit_input
 

@@ -22,13 +22,13 @@ import pydantic
 
 from backends import Backend
 from backends.datasets import DatasetUnavailable, load_images
-from backends.pruned_mlp_init import PrunedMLPConfig
-from harness.checks import at_least, decide, not_measured, seeds
-from harness.figures import Custom, Setting, per_epoch
-from harness.training import passes
-from harness.workload import DEFAULT, Check, Context, Float, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
-from results.aggregate import ok_rows, summarize
+from backends.pruned_mlp import PrunedMLPConfig
+from core.aggregate import ok_rows, summarize
+from core.checks import at_least, decide, not_measured, seeds
+from core.figures import Custom, Setting, per_epoch
+from core.training import passes
+from core.workload import DEFAULT, Check, Context, Float, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 from workloads._relaxed_vs_hard import gain_over_hard, step_time_bars
 
 name = "topk_pruning"

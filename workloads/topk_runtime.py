@@ -21,11 +21,11 @@ import pydantic
 
 from backends import Backend, timer
 from backends.init import normal
-from harness.checks import Check, all_hold, at_least, decide, device_in, distinct, paired_interval, seeds, span
-from harness.figures import LOG_XY, Custom, Figure, Setting
-from harness.workload import Context, Float, Metric, OnlyIf, Record, Skip
-from harness.workload import Params as _Params
-from results.aggregate import reduce_trials
+from core.aggregate import reduce_trials
+from core.checks import Check, all_hold, at_least, decide, device_in, distinct, paired_interval, seeds, span
+from core.figures import LOG_XY, Custom, Figure, Setting
+from core.workload import Context, Float, Metric, OnlyIf, Record, Skip
+from core.workload import Params as _Params
 
 name = "topk_runtime"
 version = 1

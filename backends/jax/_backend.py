@@ -12,7 +12,8 @@ import jax
 import jaxlib
 import numpy as np
 
-from .._protocol import DeviceUnavailable
+from core.backend import DeviceUnavailable
+
 from ..host import cpu_name
 from . import ops
 

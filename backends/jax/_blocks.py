@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..residual_config import ResidualConfig, block_shapes
+from backends.resnets import ResidualConfig, block_shapes
 
 _ACT = {"tanh": jnp.tanh, "relu": jax.nn.relu, "gelu": lambda a: jax.nn.gelu(a, approximate=False)}
 

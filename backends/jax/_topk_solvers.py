@@ -1,7 +1,7 @@
 """Solvers and closed-form VJPs of the relaxed top-k operators in JAX, on (B, n) rows.
 
 The same algorithms as ``backends/torch/_topk_solvers.py`` (see its docstring and
-``backends/topk_common.py``): the exact threshold (sort, prefix sums, two binary searches as
+``backends/topk.py``): the exact threshold (sort, prefix sums, two binary searches as
 ``lax.fori_loop``), Dykstra's projections (Algorithm 7.7) as one ``lax.while_loop`` with its stop
 test inside, and the VJPs of Prop. 7.8 per block (segment sums, never an n x n matrix).
 ``select_threshold`` solves on the top ``k + m`` values of ``lax.top_k``; shapes are static, so
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .. import topk_common as common
+from backends import topk as common
 
 head_value = functools.partial(common.head_value, jnp)
 head_slope = functools.partial(common.head_slope, jnp)

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..residual_config import ResidualConfig
+from backends.resnets import ResidualConfig
+
 from ._blocks import Set, add_at, add_pair_at, call, keep, keeper, take
 
 

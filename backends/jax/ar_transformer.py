@@ -1,7 +1,7 @@
 """Autoregressive in-context learning (thesis chapter 6) in JAX: the Transformer, its trainer,
 and L steps of gradient descent on the in-context loss (eq. 6.5), the baseline of Fig. 6.5.
 
-Functional like ``vit.py``: the weights are a pytree made from ``backends.ar_init`` (the same seed
+Functional like ``vit.py``: the weights are a pytree made from ``backends.ar_transformer`` (the same seed
 gives the same weights as ``backends/torch/ar_transformer.py``); an epoch is one compiled
 ``lax.scan`` over the minibatches, with the Adam of ``_optim`` (PyTorch's arithmetic).
 """
@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..ar_init import ARConfig, init_params
+from backends.ar_transformer import ARConfig, init_params
+
 from . import _optim
 from ._trainer import ScanTrainer
 

@@ -1,4 +1,4 @@
-"""The sparse mixture-of-experts ViT (``backends/moe_config.py``) in JAX.
+"""The sparse mixture-of-experts ViT (``backends/moe.py``) in JAX.
 
 The sparse dispatch of a relaxed mask, whose number of non-zeros is only known at run time, takes the
 smallest of the static sizes ``MoEConfig.dispatch_ladder(n)`` (k, 2k, ..., n) that holds its widest row,
@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..moe_config import MoEConfig, init_moe_params, moe_block_mlp
-from ..topk_common import pair_projection
-from ..vit_init import ViTConfig
+from backends.moe import MoEConfig, init_moe_params, moe_block_mlp
+from backends.topk import pair_projection
+from backends.vit import ViTConfig
+
 from .topk import hard_topk_mask, topk_mask
 from .vit import dense_mlp, vit_apply, vit_trainer
 

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..residual_config import ResidualConfig
+from backends.resnets import ResidualConfig
+
 from ._blocks import Set, add_at, call, keep, keeper, take
 from ._fixed import dequantize, div_ratio, mul_ratio, out_of_range, quantize
 

@@ -1,6 +1,6 @@
 """The pruned MLP of thesis section 7.6 in JAX: W_i = topkmag(W'_i), hard or relaxed, and its SGD trainer.
 
-Functional like ``vit.py``: weights from ``backends.pruned_mlp_init`` (the same seed gives the same
+Functional like ``vit.py``: weights from ``backends.pruned_mlp`` (the same seed gives the same
 weights as ``backends/torch/pruned_mlp.py``); the pruning is ``topk.py``'s operators on each
 flattened weight matrix; an epoch is one compiled ``lax.scan`` over the minibatches.
 """
@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..pruned_mlp_init import PrunedMLPConfig, init_params, pruned_weights
+from backends.pruned_mlp import PrunedMLPConfig, init_params, pruned_weights
+
 from . import _optim
 from ._trainer import ScanTrainer
 from .topk import hard_topk_mag, topk_mag

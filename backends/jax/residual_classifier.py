@@ -1,6 +1,6 @@
 """The classifier of thesis section 2.5.2 in JAX, trained by backprop or the adjoint backward (Fig. 2.4).
 
-Functional like ``pruned_mlp.py``: weights from ``backends.residual_classifier_init`` (the same
+Functional like ``pruned_mlp.py``: weights from ``backends.residual_classifier`` (the same
 seed gives the same weights as ``backends/torch/residual_classifier.py``); the residual part is
 ``resnets.apply_config``, whose VJP either stores the activations (backprop) or rebuilds them by
 reversing the steps (``adjoint.adjoint_apply``). A step is one compiled function, called once per
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..residual_classifier_init import STEM_KERNEL, ClassifierConfig, init_params
+from backends.residual_classifier import STEM_KERNEL, ClassifierConfig, init_params
+
 from . import _optim
 from ._blocks import batch_norm
 from ._trainer import minibatch_index

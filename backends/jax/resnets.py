@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from ..residual_config import (
+from backends.resnets import (
     TORCHVISION,
     ResidualConfig,
     check_every,
@@ -29,6 +29,7 @@ from ..residual_config import (
     param_names,
     with_weights,
 )
+
 from ._blocks import family
 from .adjoint import adjoint_apply, euler_forward, euler_reverse, heun_forward, heun_reverse
 from .momentum import exact_forward as momentum_exact_forward

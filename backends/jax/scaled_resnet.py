@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..scaled_resnet_init import check_activation, check_gd
+from backends.scaled_resnet import check_activation, check_gd
 
 Params = dict[str, jax.Array]
 

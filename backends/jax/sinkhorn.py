@@ -1,6 +1,6 @@
 """Log-domain Sinkhorn and Sinkhorn attention (Sinkformers) in JAX: ``signatures.Sinkhorn`` and ``Attention``.
 
-The maths and the impls are described once in ``backends/sinkhorn_common.py``.
+The maths and the impls are described once in ``backends/sinkhorn.py``.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import math
 import jax
 import jax.numpy as jnp
 
+from backends.sinkhorn import check_attention, check_sinkhorn, load_kernel, resolve_impl
+
 from .. import sinkhorn_blocked as driver
 from ..sinkhorn_blocked import Primitives
-from ..sinkhorn_common import check_attention, check_sinkhorn, load_kernel, resolve_impl
 from . import sinkhorn_blocked
 
 IMPLS = ("naive", "blocked", "pallas", "auto")
-"""``attention``'s impls in JAX (``backends/sinkhorn_common.py`` says what each is)."""
+"""``attention``'s impls in JAX (``backends/sinkhorn.py`` says what each is)."""
 
 
 def _concrete(*xs: jax.Array) -> bool:
@@ -63,7 +64,7 @@ def _iterate(scores: jax.Array, n_iter: int, mask: jax.Array | None) -> jax.Arra
 
 
 def _implicit_grad(plan: jax.Array, grad: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """The implicit-function-theorem gradient w.r.t. the scores (``backends/sinkhorn_common.py``)."""
+    """The implicit-function-theorem gradient w.r.t. the scores (``backends/sinkhorn.py``)."""
     one = jnp.ones((), plan.dtype)
     gp = grad * plan
     x, y = gp.sum(-1), gp.sum(-2)

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..topk_common import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
+from backends.topk import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
+
 from ._topk_solvers import (
     block_vjp,
     dykstra,

@@ -1,6 +1,6 @@
 """The small ViT and the attention-only ViT (Sinkformers, Fig. 5.6) in JAX, and their trainer.
 
-Functional: the weights are a pytree made from ``backends.vit_init`` (the same seed gives the same
+Functional: the weights are a pytree made from ``backends.vit`` (the same seed gives the same
 weights as ``backends/torch/vit.py``), the forward is ``vit_apply`` and the training loop sits
 behind ``vit_trainer``, whose object has the same methods in both backends. An epoch is one
 compiled ``lax.scan`` over the minibatches.
@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..vit_init import ViTConfig, check_trainer, init_params
+from backends.vit import ViTConfig, check_trainer, init_params
+
 from . import _optim
 from ._trainer import ScanTrainer
 from .sinkhorn import attention

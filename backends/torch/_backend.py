@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._protocol import DeviceUnavailable
+from core.backend import DeviceUnavailable
+
 from ..host import cpu_name, nvidia_driver
 from . import ops
 

@@ -1,6 +1,6 @@
 """Solvers and closed-form VJPs of the relaxed top-k operators in torch, on (B, n) rows.
 
-``backends/topk_common.py`` states the isotonic problem. With ``e = q - 1`` (1 for p = 2, 3 for
+``backends/topk.py`` states the isotonic problem. With ``e = q - 1`` (1 for p = 2, 3 for
 p = 4/3) and ``w = 1_k`` the exact solution pools one block around position k, so it is a clipped
 threshold (t found by a sort, prefix sums and two binary searches over the breakpoints):
 
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .. import topk_common as common
+from backends import topk as common
 
 head_value = functools.partial(common.head_value, torch)
 head_slope = functools.partial(common.head_slope, torch)

@@ -1,7 +1,7 @@
 """Autoregressive in-context learning (thesis chapter 6) in torch: the Transformer, its trainer,
 and L steps of gradient descent on the in-context loss (eq. 6.5), the baseline of Fig. 6.5.
 
-Functional like ``vit.py``: the weights are a nested dict made from ``backends.ar_init`` (the same
+Functional like ``vit.py``: the weights are a nested dict made from ``backends.ar_transformer`` (the same
 seed gives the same weights as ``backends/jax/ar_transformer.py``).
 """
 
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ar_init import ARConfig, init_params
+from backends.ar_transformer import ARConfig, init_params
+
 from .vit import _leaves, _map
 
 Params = dict[str, Any]

@@ -1,4 +1,4 @@
-"""The sparse mixture-of-experts ViT (``backends/moe_config.py``) in torch.
+"""The sparse mixture-of-experts ViT (``backends/moe.py``) in torch.
 
 The sparse dispatch gathers as many rows per expert as the widest row of the layer's mask has.
 """
@@ -11,9 +11,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..moe_config import MoEConfig, init_moe_params, moe_block_mlp
-from ..topk_common import pair_projection
-from ..vit_init import ViTConfig
+from backends.moe import MoEConfig, init_moe_params, moe_block_mlp
+from backends.topk import pair_projection
+from backends.vit import ViTConfig
+
 from .topk import hard_topk_mask, topk_mask
 from .vit import dense_mlp, vit_apply, vit_trainer
 

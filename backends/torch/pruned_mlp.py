@@ -1,6 +1,6 @@
 """The pruned MLP of thesis section 7.6 in torch: W_i = topkmag(W'_i), hard or relaxed, and its SGD trainer.
 
-Functional like ``vit.py``: weights from ``backends.pruned_mlp_init`` (the same seed gives the same
+Functional like ``vit.py``: weights from ``backends.pruned_mlp`` (the same seed gives the same
 weights as ``backends/jax/pruned_mlp.py``); the pruning is ``topk.py``'s operators on each
 flattened weight matrix, so the relaxed one back-propagates through its closed-form Jacobian.
 """
@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..pruned_mlp_init import PrunedMLPConfig, init_params, pruned_weights
+from backends.pruned_mlp import PrunedMLPConfig, init_params, pruned_weights
+
 from ._train import classifier_epoch
 from .topk import hard_topk_mag, topk_mag
 from .vit import _leaves, _map

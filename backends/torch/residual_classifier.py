@@ -1,6 +1,6 @@
 """The classifier of thesis section 2.5.2 in torch, trained by backprop or the adjoint backward (Fig. 2.4).
 
-Functional like ``pruned_mlp.py``: weights from ``backends.residual_classifier_init`` (the same
+Functional like ``pruned_mlp.py``: weights from ``backends.residual_classifier`` (the same
 seed gives the same weights as ``backends/jax/residual_classifier.py``), the residual blocks
 stacked along depth as in the JAX backend. The residual part runs through ``adjoint.py``: its
 backward either stores the activations (backprop) or rebuilds them by reversing the steps.
@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..residual_classifier_init import STEM_KERNEL, ClassifierConfig, init_params
-from ..residual_config import block_shapes
+from backends.residual_classifier import STEM_KERNEL, ClassifierConfig, init_params
+from backends.resnets import block_shapes
+
 from ._blocks import batch_norm, block_family
 from ._train import classifier_epoch
 from .adjoint import adjoint_apply, euler_forward, heun_forward

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..residual_config import (
+from backends.resnets import (
     TORCHVISION,
     ResidualConfig,
     block_shapes,
@@ -30,6 +30,7 @@ from ..residual_config import (
     net_config,
     with_weights,
 )
+
 from ._blocks import Family, block_family
 from .adjoint import adjoint_apply, checkpoint_forward, euler_forward, euler_reverse, heun_forward, heun_reverse
 from .momentum import exact_forward as momentum_exact_forward

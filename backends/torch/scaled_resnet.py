@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..scaled_resnet_init import check_activation, check_gd
+from backends.scaled_resnet import check_activation, check_gd
 
 Params = dict[str, torch.Tensor]
 

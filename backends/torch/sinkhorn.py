@@ -1,6 +1,6 @@
 """Log-domain Sinkhorn and Sinkhorn attention (Sinkformers) in PyTorch: ``signatures.Sinkhorn`` and ``Attention``.
 
-The maths and the impls are described once in ``backends/sinkhorn_common.py``.
+The maths and the impls are described once in ``backends/sinkhorn.py``.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import os
 import torch
 import torch.nn.functional as F
 
+from backends.sinkhorn import check_attention, check_sinkhorn, load_kernel, resolve_impl
+
 from .. import sinkhorn_blocked as driver
 from ..sinkhorn_blocked import Primitives
-from ..sinkhorn_common import check_attention, check_sinkhorn, load_kernel, resolve_impl
 from . import sinkhorn_blocked
 
 IMPLS = ("naive", "blocked", "triton", "auto")
-"""``attention``'s impls in torch (``backends/sinkhorn_common.py`` says what each is)."""
+"""``attention``'s impls in torch (``backends/sinkhorn.py`` says what each is)."""
 
 
 def _iterate(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None) -> torch.Tensor:
@@ -49,7 +50,7 @@ def _iterate(scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None) -> to
 
 
 def _implicit_grad(plan: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The implicit-function-theorem gradient w.r.t. the scores (``backends/sinkhorn_common.py``)."""
+    """The implicit-function-theorem gradient w.r.t. the scores (``backends/sinkhorn.py``)."""
     gp = grad * plan
     x, y = gp.sum(-1), gp.sum(-2)
     a, b = plan.sum(-1), plan.sum(-2)

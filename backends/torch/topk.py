@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ..topk_common import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
+from backends.topk import DEFAULT_MAX_ITER, OPERATORS, check_args, default_tol, pav
+
 from ._topk_solvers import block_vjp, dykstra, select_threshold, threshold_output, threshold_vjp
 
 _NOT_FINITE = "x contains NaN or +-inf; the relaxed top-k is defined for finite inputs only"

@@ -1,6 +1,6 @@
 """The small ViT and the attention-only ViT (Sinkformers, Fig. 5.6) in PyTorch, and their trainer.
 
-Functional: the weights are a nested dict of tensors made from ``backends.vit_init`` (the same
+Functional: the weights are a nested dict of tensors made from ``backends.vit`` (the same
 seed gives the same weights as ``backends/jax/vit.py``), the forward is ``vit_apply`` and the
 training loop sits behind ``vit_trainer``, whose object has the same methods in both backends.
 """
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..vit_init import ViTConfig, check_trainer, init_params
+from backends.vit import ViTConfig, check_trainer, init_params
+
 from ._train import classifier_epoch
 from .sinkhorn import attention
 

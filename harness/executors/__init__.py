@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from harness.errors import UserError
-from harness.registry import Registry
+from core.errors import UserError
+from core.registry import Registry
 
 from ._base import Executor, OnDone, Planner
 from ._quiet import RayLog

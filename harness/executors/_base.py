@@ -6,8 +6,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from harness.sweep import Trial
-from harness.trial import Outcome
+from core.trial import Outcome, Trial
 
 OnDone = Callable[[Trial, Outcome], None]
 

@@ -10,12 +10,12 @@ import time
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
 
+from core.errors import UserError
+from core.trial import Trial
 from harness.doctor import require_here
-from harness.errors import UserError
 from harness.executors._base import OnDone, local_accelerator
 from harness.executors._quiet import RayLog
 from harness.fate import die_with_parent
-from harness.sweep import Trial
 from harness.trial import execute, unfinished
 
 

@@ -20,14 +20,14 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
 
+from core.errors import ClusterLost, UserError
+from core.trial import Outcome, Trial
 from harness.doctor import require_here
-from harness.errors import ClusterLost, UserError
 from harness.executors._base import OnDone
 from harness.executors._quiet import RayLog
 from harness.fate import descendants, reap_when_gone
 from harness.probe import check_ray_address, loopback_only, split_address
-from harness.sweep import Trial
-from harness.trial import Outcome, execute, prepare, unfinished
+from harness.trial import execute, prepare, unfinished
 
 RETRIES = 1
 """How many times a trial whose worker died is run again on a fresh worker before it counts as crashed."""

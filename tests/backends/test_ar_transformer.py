@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import backends
-from backends.ar_init import ARConfig, ar_sequences, augment, init_params
+from backends.ar_transformer import ARConfig, ar_sequences, augment, init_params
 from tests.helpers import assert_close
 
 BACKENDS = ["torch", "jax"]

@@ -12,9 +12,9 @@ import torch
 
 import backends
 from backends.jax import moe as jmoe
-from backends.moe_config import MoEConfig, routing_stats
+from backends.moe import MoEConfig, routing_stats
 from backends.torch import moe as tmoe
-from backends.vit_init import ViTConfig
+from backends.vit import ViTConfig
 from tests.helpers import assert_close
 
 BACKENDS = ("torch", "jax")

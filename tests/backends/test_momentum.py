@@ -11,7 +11,7 @@ import pytest
 import backends
 from backends import fixed_point
 from backends.init import normal
-from backends.residual_config import init_params, make_config
+from backends.resnets import init_params, make_config
 
 GAMMAS = ["1/2", "9/10", "99/100", "1 - 1/50000"]
 RATIOS = [(1, 2), (9, 10), (99, 100), (49999, 50000), (3, 7)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import backends
-from backends.pruned_mlp_init import PrunedMLPConfig, init_params
+from backends.pruned_mlp import PrunedMLPConfig, init_params
 from tests.helpers import assert_close
 
 BACKENDS = ["torch", "jax"]

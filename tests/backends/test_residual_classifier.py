@@ -13,7 +13,7 @@ import torch
 
 import backends
 from backends.init import normal
-from backends.residual_classifier_init import ClassifierConfig
+from backends.residual_classifier import ClassifierConfig
 from tests.helpers import assert_close
 
 CASES = [(s, b) for s in ("euler", "heun") for b in ("adjoint", "backprop")]

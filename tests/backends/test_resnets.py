@@ -7,7 +7,7 @@ import pytest
 
 import backends
 from backends.init import normal
-from backends.residual_config import MODELS
+from backends.resnets import MODELS
 from tests.helpers import assert_close
 
 KW = dict(depth=6, width=5, hidden=7, dtype="float64", seed=3)

@@ -9,7 +9,7 @@ import pytest
 from scipy.special import erf
 
 import backends
-from backends.scaled_resnet_init import function_distance, gaussian_pairs, init_scaled_resnet, layer_diffs
+from backends.scaled_resnet import function_distance, gaussian_pairs, init_scaled_resnet, layer_diffs
 from tests.helpers import assert_close
 
 BACKENDS = ["torch", "jax"]

@@ -272,7 +272,7 @@ def test_jax_operators_jit_and_vmap():
 
 def test_pav_kernel_without_numba_matches_compiled(monkeypatch):
     """The plain-Python PAV (what runs where numba is absent) is the same code as the compiled one."""
-    from backends import topk_common
+    from backends import topk as topk_common
 
     s = -np.sort(-_rows(95, (2, 40)), axis=-1)
     compiled = topk_common.pav(s, 5, 0.3, 3, "mag")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import backends
-from backends.vit_init import ViTConfig, init_params
+from backends.vit import ViTConfig, init_params
 from tests.helpers import assert_close
 
 BACKENDS = ["torch", "jax"]

@@ -1,11 +1,11 @@
-"""harness.checks: the four verdicts, declared needs, and paired intervals with three outcomes."""
+"""core.checks: the four verdicts, declared needs, and paired intervals with three outcomes."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from harness.checks import UNDECIDED, all_hold, at_least, decide, device_in, distinct, paired_interval, seeds, span
+from core.checks import UNDECIDED, all_hold, at_least, decide, device_in, distinct, paired_interval, seeds, span
 
 ROWS = pd.DataFrame(
     {

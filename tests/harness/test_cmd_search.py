@@ -10,8 +10,8 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from core.errors import UserError
 from harness.cli import app
-from harness.errors import UserError
 from harness.search import run_search
 from results.report import build
 from results.store import Store

@@ -361,7 +361,7 @@ def test_a_grpc_server_that_is_not_ray_is_named_as_such():
 
     import grpc
 
-    from harness.errors import UserError
+    from core.errors import UserError
     from harness.probe import check_ray_address
 
     server = grpc.server(ThreadPoolExecutor(max_workers=1))

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from harness.errors import MAX_MESSAGE_CHARS, UserError
+from core.errors import MAX_MESSAGE_CHARS, UserError
 from harness.executors.local import LocalExecutor
 from harness.runner import plan
 from harness.spec import load_specs

@@ -84,7 +84,7 @@ from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY as KEY, GCS_AUTOSCALER
 from ray.core.generated import autoscaler_pb2
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 import workloads
-from harness.errors import UserError
+from core.errors import UserError
 from harness.executors.ray_executor import RayExecutor
 from harness.spec import Sweep
 from harness.sweep import expand

@@ -7,11 +7,12 @@ import textwrap
 import pytest
 
 import workloads
-from harness.errors import UserError
+from core.errors import UserError
+from core.trial import trial_key
 from harness.lock import RunLock
 from harness.search import run_search
 from harness.spec import Sweep
-from harness.sweep import expand, make_trial, trial_cpus, trial_key
+from harness.sweep import expand, make_trial, trial_cpus
 
 PROBE = workloads.get("harness_probe")
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from harness.errors import UserError
+from core.errors import UserError
 from harness.spec import load_specs
 from harness.sweep import expand
 
@@ -103,9 +103,9 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
-from harness.errors import MAX_MESSAGE_CHARS  # noqa: E402
+from core.errors import MAX_MESSAGE_CHARS  # noqa: E402
+from core.paths import check_name, check_out  # noqa: E402
 from harness.lock import RunLock  # noqa: E402
-from harness.paths import check_name, check_out  # noqa: E402
 from harness.spec import check_document  # noqa: E402
 
 PROBE = "name: p\nworkload: harness_probe\nbackends: [torch, jax]\ngrid: {mode: noop, index: [0, 1]}\n"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import workloads
+from core.trial import trial_key
 from harness.spec import Sweep
-from harness.sweep import expand, grid_points, trial_key
+from harness.sweep import expand, grid_points
 
 PROBE = workloads.get("harness_probe")
 ROOF = workloads.get("device_roofline")

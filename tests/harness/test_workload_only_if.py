@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import pydantic
 import pytest
 
-from harness.workload import DEFAULT, Float, OnlyIf, Params
+from core.workload import DEFAULT, Float, OnlyIf, Params
 
 
 class Solver(Params):

@@ -1,4 +1,4 @@
-"""``harness.training.passes``: the shared training loop, on the real backends' ``timed``."""
+"""``core.training.passes``: the shared training loop, on the real backends' ``timed``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import backends
-from harness.training import Pass, passes
+from core.training import Pass, passes
 
 
 @pytest.mark.parametrize("name", ["torch", "jax"])

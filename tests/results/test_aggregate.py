@@ -1,4 +1,4 @@
-"""Summaries: the vectorised group-bys of ``results.aggregate`` against a per-group reference, value for value."""
+"""Summaries: the vectorised group-bys of ``core.aggregate`` against a per-group reference, value for value."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.workload import Metric, Record
-from results.aggregate import Summaries, reduce_records, reduce_trials, select, summarize
+from core.aggregate import Summaries, reduce_records, reduce_trials, select, summarize
+from core.workload import Metric, Record
 
 METRICS = (
     Metric("time_s", "s", "lower", "median", "timing samples"),
@@ -22,7 +22,7 @@ KEYS = ["workload", "backend", "device_kind", "device_name", "params", "repeat",
 
 
 def reference_reduce(df: pd.DataFrame, metrics, *, by_step: bool = False) -> pd.DataFrame:
-    """One Python reduction per trial group, as results.aggregate did before it was vectorised."""
+    """One Python reduction per trial group, as core.aggregate did before it was vectorised."""
     how = {m.name: m.reduce for m in metrics}
     funcs = {"median": np.median, "last": lambda v: v.iloc[-1], "max": np.max, "min": np.min, "mean": np.mean}
     rows = df[(df["status"] == "ok") & df["metric"].notna()]

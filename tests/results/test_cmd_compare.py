@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 import workloads
+from core.trial import Outcome
+from core.workload import Record
 from harness.cli import app
 from harness.sweep import make_trial
-from harness.trial import Outcome
-from harness.workload import Record
 from results.compare import BY, FORMATS, _summary, against_baseline, by_columns, compare
 from results.store import Store
 

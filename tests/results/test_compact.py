@@ -16,10 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 import workloads
+from core.trial import Outcome, Trial
+from core.workload import Record
 from harness.cli import app
-from harness.sweep import Trial, make_trial
-from harness.trial import Outcome
-from harness.workload import Record
+from harness.sweep import make_trial
 from results.compact import compact
 from results.store import COMPACTED, Store
 

@@ -9,8 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from harness.figures import Custom, Figure
-from harness.workload import Metric
+from core.figures import Custom, Figure
+from core.workload import Metric
 from results import plots
 
 TIME = Metric("time_s", "s", "lower", "median")

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import workloads
-from harness.sweep import Trial, make_trial
-from harness.trial import Outcome
-from harness.workload import Record, metric_map
+from core.trial import Outcome, Trial
+from core.workload import Record, metric_map
+from harness.sweep import make_trial
 from results.schema import full_schema
 from results.store import COMMON_METADATA, Store
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 import workloads
-from harness.errors import UserError
-from harness.figures import Setting
+from core.errors import UserError
+from core.figures import Setting
 from harness.spec import Sweep
 from harness.sweep import expand
 from harness.trial import execute

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 
 import workloads
+from core.trial import Outcome
+from core.workload import Record
 from harness.spec import Sweep
 from harness.sweep import expand
-from harness.trial import Outcome
-from harness.workload import Record
 from results.store import Store
 
 PROBE = workloads.get("harness_probe")

@@ -25,8 +25,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 
+from core.errors import UserError
 from harness import lock as lock_module
-from harness.errors import UserError
 from harness.lock import LOCK_NAME, RunLock
 
 DEEPERBENCH = str(Path(sys.executable).with_name("deeperbench"))

@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 import workloads
-from harness.figures import Figure
+from core.figures import Figure
 from tests.helpers import run_rows
 
 WL = workloads.get("adjoint_error")

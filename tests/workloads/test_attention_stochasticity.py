@@ -12,9 +12,9 @@ import pytest
 
 import backends
 import workloads
-from harness.checks import Check
-from harness.figures import Figure
-from harness.workload import Context, Skip
+from core.checks import Check
+from core.figures import Figure
+from core.workload import Context, Skip
 from tests.helpers import run_rows, smoke_params
 
 W = workloads.get("attention_stochasticity")

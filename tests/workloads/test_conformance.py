@@ -11,12 +11,13 @@ import pytest
 
 import backends
 import workloads
-from harness.checks import VERDICTS, Check
-from harness.figures import Custom, Figure
+from core.checks import VERDICTS, Check
+from core.figures import Custom, Figure
+from core.trial import Trial
+from core.workload import settings
 from harness.spec import load_specs
-from harness.sweep import Trial, make_trial
+from harness.sweep import make_trial
 from harness.trial import execute
-from harness.workload import settings
 from results import plots
 from results.schema import BASE, param_fields
 from results.store import trial_table
@@ -42,7 +43,7 @@ def test_workload_declares_a_complete_interface(name):
 
 
 SUMMARY_COLUMNS = {"backend", "device_kind", "device_name", "params", "metric", "tag", "step", "unit"}
-"""Columns of ``results.aggregate.summarize`` besides the parameters (``step`` with ``by_step``)."""
+"""Columns of ``core.aggregate.summarize`` besides the parameters (``step`` with ``by_step``)."""
 
 
 @pytest.mark.parametrize("name", workloads.names())

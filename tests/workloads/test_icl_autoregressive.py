@@ -11,9 +11,9 @@ import pytest
 
 import backends
 import workloads
-from backends.ar_init import ar_sequences
-from harness.figures import Figure, Setting
-from harness.workload import Context, Skip
+from backends.ar_transformer import ar_sequences
+from core.figures import Figure, Setting
+from core.workload import Context, Skip
 from tests.helpers import run_rows, smoke_params
 
 W = workloads.get("icl_autoregressive")

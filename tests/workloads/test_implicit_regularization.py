@@ -11,8 +11,8 @@ import pytest
 
 import backends
 import workloads
-from harness.figures import Custom, Figure, Setting
-from harness.workload import Context, Skip
+from core.figures import Custom, Figure, Setting
+from core.workload import Context, Skip
 from tests.helpers import run_rows, smoke_params
 
 W = workloads.get("implicit_regularization")

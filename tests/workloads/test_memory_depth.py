@@ -6,9 +6,8 @@ import pandas as pd
 import pytest
 
 import workloads
-from harness.figures import Figure
-from harness.spec import Resources
-from harness.sweep import Trial
+from core.figures import Figure
+from core.trial import Resources, Trial
 from harness.trial import execute
 from tests.helpers import run_rows
 

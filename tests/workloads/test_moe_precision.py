@@ -12,8 +12,8 @@ import pytest
 import backends
 import workloads
 from backends.datasets import load_images, with_pixel_noise
-from harness.figures import Custom, Figure
-from harness.workload import Context
+from core.figures import Custom, Figure
+from core.workload import Context
 from tests.helpers import run_rows, smoke_params
 
 W = workloads.get("moe_precision")

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 import workloads
-from harness.checks import decide, not_measured
-from harness.figures import LOG_XY, Figure, per_epoch
-from harness.workload import Skip
+from core.checks import decide, not_measured
+from core.figures import LOG_XY, Figure, per_epoch
+from core.workload import Skip
 from workloads._relaxed_vs_hard import gain_over_hard
 from workloads._vit import vit_input
 

@@ -8,14 +8,13 @@ import pydantic
 import pytest
 
 import workloads
-from harness.checks import Check
-from harness.figures import Custom, Figure
-from harness.spec import Resources
-from harness.sweep import Trial
+from core.aggregate import summarize
+from core.checks import Check
+from core.figures import Custom, Figure
+from core.trial import Resources, Trial
+from core.workload import validate_module
 from harness.trial import execute
-from harness.workload import validate_module
 from results import plots
-from results.aggregate import summarize
 from results.store import trial_table
 
 wl = workloads.get("topk_runtime")

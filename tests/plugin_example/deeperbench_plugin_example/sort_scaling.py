@@ -12,11 +12,11 @@ import time
 import pandas as pd
 import pydantic
 
-from harness.checks import Check, decide, distinct
-from harness.figures import Figure
-from harness.workload import Context, Metric, Record
-from harness.workload import Params as _Params
-from results.aggregate import ok_rows
+from core.aggregate import ok_rows
+from core.checks import Check, decide, distinct
+from core.figures import Figure
+from core.workload import Context, Metric, Record
+from core.workload import Params as _Params
 
 name = "sort_scaling"
 version = 1

@@ -8,7 +8,11 @@ initialisation of section 3.3) or an independent draw per layer (``iid``).
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import numpy as np
+
+from core.backend import Array
 
 ACTIVATIONS = ("gelu", "relu", "identity")
 INITS = ("tied", "iid")
@@ -98,3 +102,46 @@ def check_gd(activation: str, steps: int) -> None:
     check_activation(activation)
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
+
+
+class ScaledResnetApply(Protocol):
+    """Output h_L of eq. 3.3 with A = B = identity.
+
+    Args:
+        params: {"V": (L, q, m), "W": (L, m, q)} (``backends.scaled_resnet``).
+        x: (n, q) inputs, the dtype of the weights.
+        activation: ``gelu`` (exact), ``relu`` or ``identity``.
+
+    Returns:
+        (n, q) outputs.
+
+    References:
+        Thesis eq. 3.3, section 3.5.1.
+    """
+
+    def __call__(self, params: Any, x: Array, activation: str = "gelu") -> Array: ...
+
+
+class ScaledResnetGd(Protocol):
+    """``steps`` steps of full-batch gradient descent on the mean squared error of eq. 3.3.
+
+    Args:
+        params: {"V": (L, q, m), "W": (L, m, q)}; not modified.
+        x, y: (n, q) inputs and targets.
+        lr: the step size of every weight (the thesis uses L x 1e-2: gradient flow (3.4) has a
+            factor L in front of the layers' gradients).
+        steps: number of gradient steps (>= 0).
+        activation: ``gelu``, ``relu`` or ``identity``.
+
+    Returns:
+        (new params, losses, layer_diffs): losses (steps + 1,) is the loss before the first step
+        and after each step; layer_diffs (steps + 1,) is max_k ||Z_{k+1} - Z_k||_F at the same
+        times (0 for L = 1).
+
+    References:
+        Thesis eq. 3.3-3.4, section 3.5.1, appendix 3.E, Fig. 3.1.
+    """
+
+    def __call__(
+        self, params: Any, x: Array, y: Array, lr: float, steps: int, activation: str = "gelu"
+    ) -> tuple[Any, Array, Array]: ...

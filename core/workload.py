@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Protocol
 
 import pydantic
 
-from harness.checks import Check
-from harness.figures import Custom, Figure, Setting
+from core.checks import Check
+from core.figures import Custom, Figure, Setting
 
 Direction = Literal["lower", "higher"]
 Reduction = Literal["median", "last", "max", "min", "mean"]

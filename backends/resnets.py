@@ -14,9 +14,11 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from core.backend import Array
 
 from . import fixed_point
 
@@ -343,3 +345,91 @@ def with_weights(
             raise ValueError(f"weights[{key!r}] has shape {value.shape}; expected {drawn[key].shape}")
         out[key] = value.astype(config.dtype)
     return out
+
+
+class ResidualNet(Protocol):
+    """A residual network of the memory issue (thesis eq. 2.1, 2.8, 4.2, 4.4), weights from the shared initialiser.
+
+    Args:
+        model: resnet, checkpoint, momentum, momentum_reversible, adjoint_euler, adjoint_heun or revnet.
+        depth: layers N >= 1; width: d (features of the mlp, channels of the conv block).
+        hidden: hidden width of f (default: width); block: mlp, conv (or a torchvision name, torch).
+        activation: tanh or relu; tied: one weight set for every layer.
+        gamma: momentum term in [0, 1], a float or "n/d" (default 1 - 1/(50 depth), Fig. 4.2).
+        scale: step h multiplying f (default 1/depth for the Euler and Heun rules, 1 otherwise).
+        frac_bits: fixed-point fractional bits of the exact models (default by dtype).
+        image_size: side of the conv block's images (default 8).
+        backprop: plain autodiff through the same forward rule (floats), the gradient reference.
+        weights: name -> NumPy array replacing the seeded draw (shapes as ``init_params``).
+        seed: seed of the shared NumPy initialiser (same weights in both backends).
+        dtype: float32 or float64; device: where the weights live.
+
+    Returns:
+        The network (torch: a module, or the torchvision model converted by ``to_momentum`` for a torchvision
+        block; JAX: its config and its weights, stacked along depth unless tied).
+    """
+
+    def __call__(
+        self,
+        model: str,
+        *,
+        depth: int | None = None,
+        width: int | None = None,
+        hidden: int | None = None,
+        block: str = "mlp",
+        activation: str = "tanh",
+        tied: bool = False,
+        gamma: float | str | None = None,
+        scale: float | None = None,
+        frac_bits: int | None = None,
+        image_size: int | None = None,
+        backprop: bool = False,
+        weights: dict[str, Any] | None = None,
+        seed: int = 0,
+        dtype: str = "float32",
+        device: Any = "cpu",
+    ) -> Any: ...
+
+
+class ResidualApply(Protocol):
+    """The network's output on x; its backward is the model's (stored, recomputed or reversed)."""
+
+    def __call__(self, net: Any, x: Array) -> Array: ...
+
+
+class ResidualVjp(Protocol):
+    """Gradients of <net(x), cotangent>: parameter name -> array (stacked over depth unless tied), "input"."""
+
+    def __call__(self, net: Any, x: Array, cotangent: Array) -> dict[str, Array]: ...
+
+
+class ResidualFunctional(Protocol):
+    """(forward(params, x), step(params, x, cotangent) -> gradients, params) for memory meters and timers."""
+
+    def __call__(self, net: Any) -> tuple[Any, Any, Any]: ...
+
+
+class ResidualTrajectory(Protocol):
+    """The forward activations x_n for n = 0, every, 2 every, ... <= depth (eq. 2.1, 2.8, 4.2, 4.4).
+
+    Exact models report their fixed-point state (as floats); a RevNet reports x_n (not v_n).
+
+    Returns:
+        (count, *x.shape) with count = depth // every + 1.
+    """
+
+    def __call__(self, net: Any, x: Array, every: int = 1) -> Array: ...
+
+
+class ResidualReconstruct(Protocol):
+    """The activations the model's reversal recovers from the output, as its backward does.
+
+    Runs the forward keeping only the final state, then walks back: exact for
+    momentum_reversible and revnet (fixed point), eq. 4.3 in floats for momentum (division by
+    gamma), eq. 2.6 (Euler rule) or 2.9 (Heun rule) for the others.
+
+    Returns:
+        (count, *x.shape), x~_n for n = 0, every, ... <= depth, in increasing n.
+    """
+
+    def __call__(self, net: Any, x: Array, every: int = 1) -> Array: ...

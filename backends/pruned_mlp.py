@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from core.backend import Array
 
 OPERATORS = ("dense", "hard", "relaxed")
 
@@ -75,3 +77,79 @@ def pruned_weights(
         pruned = hard_topk_mag(flat, k) if config.operator == "hard" else topk_mag(flat, k, lam=config.lam, p=config.p)
         out.append(pruned.reshape(w.shape))
     return out
+
+
+class PrunedMlpInit(Protocol):
+    """The initial weights W'_i, b_i of ``config`` from ``seed`` on ``device`` (``init_params``).
+
+    Args:
+        config: widths and pruning.
+        seed: weights seed; the same seed gives the same weights in both backends.
+        device: where the weights live (JAX: a jax.Device or a platform name such as ``cpu``).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        {"w": [(in, out)], "b": [(out,)]} arrays.
+    """
+
+    def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
+
+
+class PrunedMlpApply(Protocol):
+    """Logits of the MLP with pruned weights.
+
+    Args:
+        params: {"w", "b"} from ``pruned_mlp_init``.
+        x: (B, ...) inputs, flattened to (B, sizes[0]).
+        config: widths and pruning.
+
+    Returns:
+        (B, sizes[-1]) logits.
+
+    References:
+        Thesis section 7.6, Fig. 7.5 (784-32-32-10 on MNIST; 64-32-32-10 on digits here).
+    """
+
+    def __call__(self, params: Any, x: Array, config: Any) -> Array: ...
+
+
+class PrunedMlpWeights(Protocol):
+    """The effective weights W_i = topkmag(W'_i) (W'_i itself for ``dense``), each (in, out).
+
+    References:
+        Thesis section 7.6 (weight pruning), 7.4 (relaxed top-k in magnitude).
+    """
+
+    def __call__(self, params: Any, config: Any) -> list[Array]: ...
+
+
+class PrunedTrainerObject(Protocol):
+    """What ``pruned_mlp_trainer`` returns: the framework's SGD loop behind one interface."""
+
+    params: Any
+
+    def compile(self, x: Array, y: Array, batch: int) -> None: ...
+
+    def fit_epoch(self, x: Array, y: Array, order: Any, batch: int) -> tuple[float, float]: ...
+
+    def predict(self, x: Array, batch: int = 1024) -> Any: ...
+
+    def weights(self) -> list[Any]: ...
+
+
+class PrunedMlpTrainer(Protocol):
+    """A trainer (SGD, no momentum, constant ``lr``) of the pruned MLP from ``params``.
+
+    Args:
+        config: widths and pruning.
+        params: initial weights (``pruned_mlp_init``); torch's trainer works on a copy (JAX arrays are immutable).
+        lr: learning rate.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict``, ``weights`` and ``params``.
+
+    References:
+        Thesis appendix 7.C.1 (SGD, batch 128, learning rate 1e-2, 30 MNIST epochs = 14,070 steps).
+    """
+
+    def __call__(self, config: Any, params: Any, lr: float) -> PrunedTrainerObject: ...

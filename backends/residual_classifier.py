@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Protocol
 
 import numpy as np
 
-from .residual_config import ResidualConfig, make_config
-from .residual_config import init_params as residual_init
+from backends.resnets import ResidualConfig, make_config
+from backends.resnets import init_params as residual_init
+from core.backend import Array
 
 SCHEMES = ("euler", "heun")
 BACKWARDS = ("adjoint", "backprop")
@@ -102,3 +104,73 @@ def init_params(config: ClassifierConfig, seed: int) -> dict:
 def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
     """The learning rate of ``epoch`` (0-based) under cosine annealing from ``lr`` to 0 over ``epochs`` (appendix 2.B.1)."""
     return 0.5 * lr * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+class ResidualClassifierInit(Protocol):
+    """The initial weights of ``config`` from ``seed`` on ``device`` (``init_params``; same in both backends).
+
+    Returns:
+        {"stem.weight", "stem.bias", "stem_bn.weight", "stem_bn.bias", "head.weight", "head.bias",
+        "body": name -> (sets, *shape)} arrays of ``config.dtype``.
+    """
+
+    def __call__(self, config: Any, seed: int, device: Any = "cpu") -> Any: ...
+
+
+class ResidualClassifierApply(Protocol):
+    """Logits of the classifier; its backward through the residual part is ``config.backward``'s.
+
+    Args:
+        params: from ``residual_classifier_init``.
+        x: (B, in_channels, image_size, image_size) images.
+        config: the network.
+
+    Returns:
+        (B, classes) logits.
+
+    References:
+        Thesis section 2.5.2 (5x5 conv to 16 channels, norm, ReLU, N pre-activation basic blocks).
+    """
+
+    def __call__(self, params: Any, x: Array, config: Any) -> Array: ...
+
+
+class ClassifierTrainerObject(Protocol):
+    """What ``residual_classifier_trainer`` returns: the framework's SGD-with-momentum loop behind one interface."""
+
+    params: Any
+
+    def compile(self, x: Array, y: Array, batch: int) -> None: ...
+
+    def fit_epoch(self, x: Array, y: Array, order: Any, batch: int, lr: float) -> tuple[float, float]: ...
+
+    def body_gradients(self, x: Array, y: Array, backward: str) -> dict[str, Any]:
+        """Gradient of the mean cross-entropy on (x, y) w.r.t. the residual blocks' weights, at the current weights.
+
+        Args:
+            backward: ``adjoint`` (eq. 2.7, activations rebuilt by reversal) or ``backprop``.
+
+        Returns:
+            name -> (sets, *shape) float64 arrays, as ``params["body"]``.
+
+        References:
+            Thesis Fig. 2.3c (the adjoint's gradient against backprop's, per parameter tensor).
+        """
+
+    def predict(self, x: Array) -> Any: ...
+
+
+class ResidualClassifierTrainer(Protocol):
+    """A trainer of the classifier from ``params``: SGD with ``momentum`` and ``weight_decay``.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch(x, y, order, batch, lr)``, ``body_gradients``, ``predict``
+        and ``params``.
+
+    References:
+        Thesis appendix 2.B.1 (SGD, momentum 0.9, weight decay 5e-4, cosine learning rate).
+    """
+
+    def __call__(
+        self, config: Any, params: Any, momentum: float = 0.9, weight_decay: float = 5e-4
+    ) -> ClassifierTrainerObject: ...

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from core.backend import Array
 
 try:  # numba is optional: the kernel below is plain Python that numba compiles when present
     import numba
@@ -332,3 +334,82 @@ def pav(s: np.ndarray, k: int, lam: float, e: int, op: str) -> tuple[np.ndarray,
     if flat.size:
         _pav_rows(flat, w, float(lam), MODE[(op, e)], r, bid)
     return r.reshape(shape), bid.reshape(shape)
+
+
+class TopkMask(Protocol):
+    """Relaxed top-k mask along the last axis (thesis 7.4; solvers threshold, pav, dykstra)."""
+
+    def __call__(
+        self,
+        x: Array,
+        k: int,
+        *,
+        lam: float = 0.1,
+        p: float = 2.0,
+        solver: str = "threshold",
+        max_iter: int | None = None,
+        tol: float | None = None,
+    ) -> Array: ...
+
+
+class TopkMag(Protocol):
+    """Relaxed top-k in magnitude along the last axis (thesis 7.4, phi(x) = x^2/2)."""
+
+    def __call__(
+        self,
+        x: Array,
+        k: int,
+        *,
+        lam: float = 0.1,
+        p: float = 2.0,
+        solver: str = "threshold",
+        max_iter: int | None = None,
+        tol: float | None = None,
+    ) -> Array: ...
+
+
+class HardTopkMask(Protocol):
+    """Hard top-k mask (k ones per row) along the last axis (thesis 7.3)."""
+
+    def __call__(self, x: Array, k: int) -> Array: ...
+
+
+class HardTopkMag(Protocol):
+    """Hard top-k in magnitude ``x * topkmask(|x|)`` along the last axis (thesis 7.3)."""
+
+    def __call__(self, x: Array, k: int) -> Array: ...
+
+
+class TopkSolve(Protocol):
+    """Forward only: (output, Dykstra's iterations or None); ``solver="hard"`` gives the hard operator."""
+
+    def __call__(
+        self,
+        x: Array,
+        k: int,
+        *,
+        op: str = "mask",
+        lam: float = 0.1,
+        p: float = 2.0,
+        solver: str = "threshold",
+        max_iter: int | None = None,
+        tol: float | None = None,
+    ) -> tuple[Array, int | None]: ...
+
+
+class TopkVjp(Protocol):
+    """Forward and backward in one call: (output, cotangent^T Jacobian) (Prop. 7.8)."""
+
+    def __call__(
+        self,
+        x: Array,
+        k: int,
+        cotangent: Array,
+        *,
+        op: str = "mask",
+        lam: float = 0.1,
+        p: float = 2.0,
+        solver: str = "threshold",
+        max_iter: int | None = None,
+        tol: float | None = None,
+    ) -> tuple[Array, Array]: ...

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+from core.backend import Array
 
 P = TypeVar("P")
 
@@ -181,3 +183,67 @@ def load_kernel(name: str, package: str, tq: int, tk: int, impls: tuple[str, ...
 
 
 __all__ = ["IMPLS", "NORMALIZATIONS", "check_attention", "check_sinkhorn", "load_kernel", "resolve_impl"]
+
+
+class Sinkhorn(Protocol):
+    """Log-domain Sinkhorn: ``n_iter`` alternating row/column normalisations (thesis eq. 5.3, 5.13).
+
+    Args:
+        scores: (..., n, m) float, the cost C (attention logits).
+        n_iter: number of normalisations, >= 1; 1 is the softmax over the last axis, odd ends on rows.
+        mask: (..., n) bool padding mask, True for real tokens, broadcastable against
+            ``scores.shape[:-1]`` (square scores only). Masked queries and keys take no part in
+            either normalisation; every masked row and column of the output is 0.
+        implicit: differentiate the converged fixed point (implicit function theorem) instead of
+            back-propagating through every iteration; exact only at convergence.
+
+    Returns:
+        (..., n, m) the plan K^l: rows sum to 1; at convergence columns sum to n / m (1 when square).
+
+    References:
+        Thesis chapter 5, eq. 5.3 (iterations), appendix 5.B eq. 5.13 (log domain), section 5.3
+        (implicit differentiation), Prop. 5.1 (invariance to f_i + g_j).
+    """
+
+    def __call__(self, scores: Array, n_iter: int, mask: Array | None = None, implicit: bool = False) -> Array: ...
+
+
+class Attention(Protocol):
+    """Scaled dot-product attention normalised by the softmax or by Sinkhorn's algorithm.
+
+    Args:
+        q, k, v: (B, H, T, d) float, one dtype (k and v may have their own T; v its own d).
+        normalization: ``softmax`` (row-stochastic) or ``sinkhorn`` (doubly stochastic in the limit).
+        sinkhorn_iters: normalisations for ``sinkhorn`` (ignored by ``softmax``).
+        mask: (B, 1 or H, T) bool padding mask, True for real tokens.
+        implicit: implicit differentiation of Sinkhorn (see ``Sinkhorn``); naive impl only.
+        impl: (``backends/sinkhorn.py``'s ``IMPLS``) ``naive`` forms the T x T weights; ``blocked`` and
+            the fused kernels (``triton`` in torch, ``pallas`` in JAX) recompute them tile by tile in O(T)
+            memory, same output and gradients; ``auto`` picks the fastest O(T)-memory one for the device
+            (naive when ``implicit``).
+
+    Returns:
+        out (B, H, T, d) and the attention matrices (B, H, T, T); None for the blocked impls, which never
+        form them.
+
+    References:
+        Thesis chapter 5, eq. 5.1 (Transformer) and eq. 5.4 (Sinkformer).
+    """
+
+    def __call__(
+        self,
+        q: Array,
+        k: Array,
+        v: Array,
+        normalization: str = "softmax",
+        sinkhorn_iters: int = 3,
+        mask: Array | None = None,
+        implicit: bool = False,
+        impl: str = "naive",
+    ) -> tuple[Array, Array | None]: ...
+
+
+class FusedAttention(Protocol):
+    """The framework's fused softmax attention on (B, H, T, d) inputs (the speed baseline)."""
+
+    def __call__(self, q: Array, k: Array, v: Array) -> Array: ...

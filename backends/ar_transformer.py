@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Protocol
 
 import numpy as np
+
+from core.backend import Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,3 +131,89 @@ def augment(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = states[:, :-1]
     prev = np.concatenate([np.zeros_like(s[:, :1]), s[:, :-1]], axis=1)
     return np.concatenate([np.zeros_like(s), s, prev], axis=-1), states[:, 1:]
+
+
+class ArTransformerInit(Protocol):
+    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.ar_transformer.init_params``).
+
+    Args:
+        config: the architecture.
+        seed: weights seed; the same seed gives the same weights in both backends.
+        device: where the weights live (JAX: a jax.Device or a platform name such as ``cpu``).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        Nested dict of arrays (see ``init_params``).
+    """
+
+    def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
+
+
+class ArTransformerApply(Protocol):
+    """Predictions of s_{t+1} at every position: the first d coordinates after ``config.depth`` layers.
+
+    Args:
+        params: weights from ``ar_transformer_init``.
+        tokens: (B, T, 3 d) augmented tokens (``backends.ar_transformer.augment``).
+        config: the architecture (linear or softmax causal attention, optional MLP).
+
+    Returns:
+        (B, T, d) predictions.
+
+    References:
+        Thesis eq. 6.4 iterated with layer norm, section 6.6 (Fig. 6.5); softmax and MLP: Fig. 6.10.
+    """
+
+    def __call__(self, params: Any, tokens: Array, config: Any) -> Array: ...
+
+
+class ArTrainerObject(Protocol):
+    """What ``ar_transformer_trainer`` returns: the framework's training loop behind one interface."""
+
+    params: Any
+
+    def compile(self, tokens: Array, targets: Array, batch: int) -> None: ...
+
+    def fit_epoch(self, tokens: Array, targets: Array, order: Any, batch: int) -> float: ...
+
+    def predict(self, tokens: Array, batch: int = 1024) -> Any: ...
+
+
+class ArTransformerTrainer(Protocol):
+    """A trainer (Adam, PyTorch defaults) of the Transformer ``config`` from ``params``.
+
+    Args:
+        config: the architecture.
+        params: initial weights (``ar_transformer_init``); torch's trainer works on a copy (JAX arrays are immutable).
+        lr: Adam's learning rate, constant.
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict`` and ``params``.
+
+    References:
+        Thesis section 6.6 (Adam, learning rate 5e-3, 2,000 epochs).
+    """
+
+    def __call__(self, config: Any, params: Any, lr: float) -> ArTrainerObject: ...
+
+
+class ArGdPredict(Protocol):
+    """Predictions of s_{t+1} by ``steps`` steps of gradient descent on the in-context loss (6.5).
+
+    At position t the context is the pairs (s_j, s_{j+1}), j < t; starting from W = 0, each step
+    is W <- W - step_size (W S_t - C_t) with S_t = sum_{j<t} s_j s_j^T, C_t = sum_{j<t} s_{j+1} s_j^T
+    (the gradient of 1/2 sum_{j<t} ||s_{j+1} - W s_j||^2), and the prediction is W s_t.
+
+    Args:
+        states: (n, T + 1, d) states s_1 ... s_{T+1} (``backends.ar_transformer.ar_sequences``).
+        steps: number of gradient steps L (>= 0).
+        step_size: the fixed step size.
+
+    Returns:
+        (n, T, d) predictions of s_2 ... s_{T+1}, the dtype of ``states``.
+
+    References:
+        Thesis eq. 6.5, Proposition 6.4, section 6.6 (Fig. 6.5).
+    """
+
+    def __call__(self, states: Array, steps: int, step_size: float) -> Array: ...

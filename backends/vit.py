@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from core.backend import Array
 
 from .init import normal, uniform
 
@@ -158,3 +160,75 @@ def check_trainer(lr: float, optimizer: str, optimizers: tuple[str, ...]) -> Non
         raise ValueError(f"optimizer={optimizer!r}: allowed {', '.join(optimizers)}")
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
+
+
+class VitInit(Protocol):
+    """The initial weights of ``config`` from ``seed`` on ``device`` (``backends.vit.init_params``).
+
+    Args:
+        config: the architecture.
+        seed: weights seed; the same seed gives the same weights in both backends.
+        device: where the weights live (JAX: a jax.Device or a platform name such as ``cpu``).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        Nested dict of arrays (see ``init_params``); linear weights are (in, out).
+    """
+
+    def __call__(self, config: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
+
+
+class VitApply(Protocol):
+    """Logits of the ViT and the attention matrices of every layer.
+
+    Args:
+        params: weights from ``vit_init`` (or with each block's ``mlp`` entry replaced).
+        images: (B, C, H, W) float, H = W = ``config.image_size``.
+        config: the architecture; ``normalization`` and ``sinkhorn_iters`` pick the attention.
+        mlp: the block MLP, ``mlp(block["mlp"], x)``; ``dense_mlp`` when None. Unused when
+            ``config.mlp_dim`` is None (attention-only model).
+
+    Returns:
+        logits (B, num_classes) and one (B, heads, tokens, tokens) attention matrix per layer.
+
+    References:
+        Thesis section 5.6.4 (ViT, Sinkformer counterpart), Fig. 5.6 (attention-only model).
+    """
+
+    def __call__(self, params: Any, images: Array, config: Any, mlp: Any = None) -> tuple[Array, list[Array]]: ...
+
+
+class VitTrainerObject(Protocol):
+    """What ``vit_trainer`` returns: the framework's training loop behind one interface."""
+
+    params: Any
+
+    def compile(self, images: Array, labels: Array, batch: int) -> None: ...
+
+    def fit_epoch(self, images: Array, labels: Array, order: Any, batch: int) -> tuple[float, float]: ...
+
+    def predict(self, images: Array, batch: int = 500) -> Any: ...
+
+    def attention(self, images: Array) -> list[Any]: ...
+
+
+class VitTrainer(Protocol):
+    """A trainer of the ViT ``config`` starting from ``params``, with Adam or plain SGD.
+
+    Args:
+        config: the architecture.
+        params: initial weights (``vit_init``); torch's trainer works on a copy (JAX arrays are immutable).
+        lr: learning rate, constant.
+        optimizer: ``adam`` (PyTorch defaults: betas 0.9, 0.999, eps 1e-8) or ``sgd`` (no momentum).
+        mlp: the block MLP (see ``vit_apply``).
+
+    Returns:
+        An object with ``compile``, ``fit_epoch``, ``predict``, ``attention`` and ``params``.
+
+    References:
+        Thesis appendix 5.C.4 (Adam, ViT and attention-only experiments).
+    """
+
+    def __call__(
+        self, config: Any, params: Any, lr: float, optimizer: str = "adam", mlp: Any = None
+    ) -> VitTrainerObject: ...

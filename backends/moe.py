@@ -1,6 +1,6 @@
 """The sparse mixture-of-experts ViT's routing configuration and NumPy weights, shared by both backends.
 
-A ``moe_vit`` is the ViT of ``backends.vit_init`` whose MLP in every ``every``-th block (blocks
+A ``moe_vit`` is the ViT of ``backends.vit`` whose MLP in every ``every``-th block (blocks
 ``every - 1, 2 every - 1, ...``) is replaced by ``experts`` expert MLPs with expert-choice routing
 (Zhou et al. 2022): within a group of n tokens (one image's tokens), each expert selects
 k = ceil(n * capacity_factor / experts) tokens by a top-k over the softmax gates. The same
@@ -33,12 +33,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from backends.vit import ViTConfig, VitTrainerObject, init_params
+from core.backend import Array
+
 from .init import uniform
-from .vit_init import ViTConfig, init_params
 
 ROUTERS = ("hard", "relaxed")
 SOLVERS = ("threshold", "pav", "dykstra")
@@ -183,3 +185,65 @@ def moe_block_mlp(
     if record is not None:
         record.append(combine)
     return experts[moe.dispatch](params, x, combine, mask, moe)
+
+
+class MoeRoute(Protocol):
+    """Expert-choice routing of one MoE layer: gates, per-expert top-k selection, combine weights.
+
+    Args:
+        logits: (G, n, E) router logits of G groups of n tokens. moe: the routing configuration.
+
+    Returns:
+        combine (G, n, E) = softmax gates x selection mask, and the mask (G, E, n): each expert's
+        selection of k = ``moe.capacity(n)`` tokens (hard: k ones, no gradient; relaxed: in
+        [0, 1], summing to k, with gradient).
+
+    References:
+        Thesis 7.6 (Sparse MoEs), 7.C.3; Zhou et al. (2022) expert-choice routing.
+    """
+
+    def __call__(self, logits: Array, moe: Any) -> tuple[Array, Array]: ...
+
+
+class MoeVitInit(Protocol):
+    """The ``moe_vit``'s initial weights (``backends.moe.init_moe_params``) on ``device``.
+
+    Args:
+        config: the ViT. moe: the routing. seed: same seed, same weights in both backends. device, dtype: placement.
+
+    Returns:
+        Nested dict of arrays.
+    """
+
+    def __call__(self, config: Any, moe: Any, seed: int, device: Any = "cpu", dtype: str = "float32") -> Any: ...
+
+
+class MoeVitApply(Protocol):
+    """Forward of the ``moe_vit``: logits and the combine weights of every MoE layer.
+
+    Args:
+        params: from ``moe_vit_init``. images: (B, C, H, W). config, moe: the architecture.
+
+    Returns:
+        logits (B, num_classes) and one (B, tokens, E) combine-weight array per MoE layer.
+
+    References:
+        Thesis 7.6, 7.C.3.
+    """
+
+    def __call__(self, params: Any, images: Array, config: Any, moe: Any) -> tuple[Array, list[Array]]: ...
+
+
+class MoeVitTrainer(Protocol):
+    """The ViT trainer (``vit_trainer``) of the ``moe_vit``: Adam or SGD on cross-entropy.
+
+    Args:
+        config, moe: the architecture. params: from ``moe_vit_init`` (not changed by training).
+            lr: learning rate.
+        optimizer: ``adam`` or ``sgd``.
+
+    Returns:
+        ``vit_trainer``'s object (``compile``, ``fit_epoch``, ``predict``, ``params``).
+    """
+
+    def __call__(self, config: Any, moe: Any, params: Any, lr: float, optimizer: str = "adam") -> VitTrainerObject: ...

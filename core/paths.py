@@ -17,7 +17,7 @@ import sys
 
 import pyarrow.fs as pafs
 
-from harness.errors import UserError, shown
+from core.errors import UserError, shown
 
 NAME_MAX_CHARS = 100
 NAME_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX_CHARS - 1}}}"
@@ -115,7 +115,7 @@ def check_remote(uri: str, field: str = "--out", timeout_s: float = REACH_TIMEOU
     """
     if uri in _REACHED:
         return
-    code = f"from harness.paths import _probe; _probe({uri!r})"
+    code = f"from core.paths import _probe; _probe({uri!r})"
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:

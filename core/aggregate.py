@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.workload import Metric, Record
+from core.workload import Metric, Record
 
 TRIAL_COLUMNS = ["workload", "backend", "device_kind", "device_name", "params", "repeat", "trial_key"]
 """What identifies a trial's rows; ``params`` excludes the repeat, so repeats group together."""

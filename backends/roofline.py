@@ -1,0 +1,15 @@
+"""The roofline operators (matmul, copy): their signatures, shared by backends/torch and backends/jax."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from core.backend import Array
+
+
+class Matmul(Protocol):
+    def __call__(self, a: Array, b: Array) -> Array: ...
+
+
+class Copy(Protocol):
+    def __call__(self, x: Array) -> Array: ...
