@@ -75,7 +75,7 @@ def init_params(config: ClassifierConfig, seed: int) -> dict:
     """The classifier's initial weights, NumPy, the same for both backends.
 
     Stem and head weights and biases are uniform on +-1/sqrt(fan_in) (PyTorch's default), the stem
-    norm's weight 1 and bias 0; the residual blocks are ``residual_config.init_params`` (their last
+    norm's weight 1 and bias 0; the residual blocks are ``backends.resnets.init_params`` (their last
     norm's weight 0, so the residual part starts as the identity).
 
     Returns:

@@ -337,7 +337,20 @@ def pav(s: np.ndarray, k: int, lam: float, e: int, op: str) -> tuple[np.ndarray,
 
 
 class TopkMask(Protocol):
-    """Relaxed top-k mask along the last axis (thesis 7.4; solvers threshold, pav, dykstra)."""
+    """Relaxed top-k mask ``argmax_{y in P(1_k)} <x, y> - (lam/p) ||y||_p^p`` along the last axis.
+
+    Args:
+        x: (..., n) floating array, finite. k: int in [0, n]. lam: > 0; as lam -> 0 the mask tends
+            to the hard one. p: 2 (differentiable a.e.) or 4/3 (differentiable). solver:
+            ``threshold``, ``pav`` or ``dykstra`` (p = 2). max_iter, tol: Dykstra only (defaults
+            1000 and a few ulps of max|x|); None for the exact solvers.
+
+    Returns:
+        (..., n) of x's dtype, in [0, 1], summing to k per row, exactly 0 outside the top values.
+
+    References:
+        Thesis 7.3 (eq. 7.2), 7.4 (p-norm regularisation), 7.5 (PAV, Dykstra, Prop. 7.8).
+    """
 
     def __call__(
         self,
@@ -353,7 +366,18 @@ class TopkMask(Protocol):
 
 
 class TopkMag(Protocol):
-    """Relaxed top-k in magnitude along the last axis (thesis 7.4, phi(x) = x^2/2)."""
+    """Relaxed top-k in magnitude ``y_{phi,R}(x, 1_k)``, phi(x) = x^2/2, along the last axis.
+
+    Args:
+        x, k, lam, p, solver, max_iter, tol: as for ``topk_mask``.
+
+    Returns:
+        (..., n) of x's dtype with x's signs: at most the pooled block beyond k is non-zero; the k
+        largest |x_i| far from the boundary give Y(|x_i|) (|x_i| / (1 + lam) for p = 2).
+
+    References:
+        Thesis 7.4 (eq. 7.4, k-support norm), Prop. 7.6 (reduction on |x|), 7.A.6 (pooling step).
+    """
 
     def __call__(
         self,
@@ -369,19 +393,48 @@ class TopkMag(Protocol):
 
 
 class HardTopkMask(Protocol):
-    """Hard top-k mask (k ones per row) along the last axis (thesis 7.3)."""
+    """Hard top-k mask: 1 at the k largest entries of each row.
+
+    Args:
+        x: (..., n) floating array. k: int in [0, n].
+
+    Returns:
+        (..., n) of x's dtype with exactly k ones per row; its gradient is zero.
+
+    References:
+        Thesis 7.3 (topkmask, eq. 7.2).
+    """
 
     def __call__(self, x: Array, k: int) -> Array: ...
 
 
 class HardTopkMag(Protocol):
-    """Hard top-k in magnitude ``x * topkmask(|x|)`` along the last axis (thesis 7.3)."""
+    """Hard top-k in magnitude ``x * topkmask(|x|)``.
+
+    Args:
+        x: (..., n) floating array. k: int in [0, n].
+
+    Returns:
+        (..., n): x where |x| is among the k largest of its row, else 0.
+
+    References:
+        Thesis 7.3 (topkmag).
+    """
 
     def __call__(self, x: Array, k: int) -> Array: ...
 
 
 class TopkSolve(Protocol):
-    """Forward only: (output, Dykstra's iterations or None); ``solver="hard"`` gives the hard operator."""
+    """Forward only, with what the solver reports: (output, Dykstra's iterations or None).
+
+    Args:
+        x, k, lam, p, max_iter, tol: as for ``topk_mask``. op: ``mask`` or ``mag``. solver: as for
+            ``topk_mask``, or ``hard`` for the hard operator (lam, p, max_iter, tol ignored).
+
+    Returns:
+        The output of ``topk_mask``/``topk_mag``/the hard operator, and the iterations Dykstra
+        used (None for the other solvers).
+    """
 
     def __call__(
         self,
@@ -398,7 +451,14 @@ class TopkSolve(Protocol):
 
 
 class TopkVjp(Protocol):
-    """Forward and backward in one call: (output, cotangent^T Jacobian) (Prop. 7.8)."""
+    """Forward and backward in one call: (output, cotangent^T d output / d x).
+
+    Args:
+        x, k, op, lam, p, solver, max_iter, tol: as for ``topk_solve``. cotangent: x's shape.
+
+    Returns:
+        The output and the vector-Jacobian product (zeros for the hard mask).
+    """
 
     def __call__(
         self,

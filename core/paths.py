@@ -14,10 +14,12 @@ import posixpath
 import re
 import subprocess
 import sys
-
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING
 
 from core.errors import UserError, shown
+
+if TYPE_CHECKING:  # pyarrow is loaded where a filesystem is opened: planning a trial needs none
+    import pyarrow.fs as pafs
 
 NAME_MAX_CHARS = 100
 NAME_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX_CHARS - 1}}}"
@@ -71,6 +73,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), with the timeouts and tries above added, so an
     endpoint that stops answering fails a command instead of hanging it.
     """
+    import pyarrow.fs as pafs
+
     fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
     if fs.type_name == "s3":
         _, (options,) = fs.__reduce__()  # the options pyarrow parsed from the URI and the environment
@@ -83,6 +87,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def _probe(uri: str) -> None:
     """Exit (with the reason on stderr) unless pyarrow opens ``uri`` and its bucket exists; run in a child."""
+    import pyarrow.fs as pafs
+
     try:
         fs, path = filesystem(uri)
     except Exception as err:

@@ -18,7 +18,7 @@ Set = tuple[jax.Array, ...]
 
 
 def mlp_block(ps: Sequence[jax.Array], x: jax.Array, activation: str) -> jax.Array:
-    """The ``mlp`` block of ``residual_config.block_shapes``: (batch, width) -> (batch, width)."""
+    """The ``mlp`` block of ``backends.resnets.block_shapes``: (batch, width) -> (batch, width)."""
     w1, b1, w2, b2 = ps
     h = _ACT[activation](x @ w1.T + jnp.expand_dims(b1, 0))
     return h @ w2.T + jnp.expand_dims(b2, 0)
@@ -37,7 +37,7 @@ def _conv(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def conv_block(ps: Sequence[jax.Array], x: jax.Array, activation: str) -> jax.Array:
-    """The ``conv`` / ``conv_norm`` block of ``residual_config.block_shapes``: (batch, width, size, size) -> same."""
+    """The ``conv`` / ``conv_norm`` block of ``backends.resnets.block_shapes``: (batch, width, size, size) -> same."""
     g1, b1, c1, g2, b2, c2, *last = ps
     act = _ACT[activation]
     h = _conv(act(batch_norm(x, g1, b1)), c1)

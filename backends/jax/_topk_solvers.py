@@ -310,7 +310,7 @@ def block_vjp(r: jax.Array, bid: jax.Array, h: jax.Array, k: int, lam: float, e:
 
 
 def _half_step(v: jax.Array, d: jax.Array, offset: int, w: tuple | None) -> tuple[jax.Array, jax.Array]:
-    """Dykstra's half-step (``topk_common.pair_projection``) on ``v``'s pairs from ``offset``: (new v, new d)."""
+    """Dykstra's half-step (``backends.topk.pair_projection``) on ``v``'s pairs from ``offset``: (new v, new d)."""
     B, m = v.shape[0], d.shape[1]
     if m == 0:
         return v, d

@@ -28,7 +28,7 @@ _LN_EPS = 1e-5
 def ar_transformer_init(
     config: ARConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
 ) -> Params:
-    """``signatures.ArTransformerInit`` in JAX."""
+    """``backends.ar_transformer.ArTransformerInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed, dtype))
 
@@ -48,7 +48,7 @@ def _bias(b: jax.Array, ndim: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def ar_transformer_apply(params: Params, tokens: jax.Array, config: ARConfig) -> jax.Array:
-    """``signatures.ArTransformerApply`` in JAX."""
+    """``backends.ar_transformer.ArTransformerApply`` in JAX."""
     x = tokens
     length = x.shape[1]
     causal = jnp.expand_dims(jnp.tril(jnp.ones((length, length), dtype=bool)), 0)
@@ -115,7 +115,7 @@ class JaxARTrainer(ScanTrainer):
 
 
 def ar_transformer_trainer(config: ARConfig, params: Params, lr: float) -> JaxARTrainer:
-    """``signatures.ArTransformerTrainer`` in JAX (Adam with PyTorch's defaults and arithmetic)."""
+    """``backends.ar_transformer.ArTransformerTrainer`` in JAX (Adam with PyTorch's defaults and arithmetic)."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
     return JaxARTrainer(config, params, lr)
@@ -137,7 +137,7 @@ def _gd_predict(states: jax.Array, steps: int, step_size: jax.Array) -> jax.Arra
 
 
 def ar_gd_predict(states: jax.Array, steps: int, step_size: float) -> jax.Array:
-    """``signatures.ArGdPredict`` in JAX."""
+    """``backends.ar_transformer.ArGdPredict`` in JAX."""
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
     return _gd_predict(states, int(steps), jnp.asarray(step_size, jnp.float64))

@@ -25,7 +25,7 @@ from .vit import dense_mlp, vit_apply, vit_trainer
 
 
 def _half_step(v: jax.Array, d: jax.Array, offset: int) -> tuple[jax.Array, jax.Array]:
-    """Dykstra's half-step (``topk_common.pair_projection``) on ``v``'s pairs from ``offset``."""
+    """Dykstra's half-step (``backends.topk.pair_projection``) on ``v``'s pairs from ``offset``."""
     B, m = d.shape
     if m == 0:
         return v, d
@@ -36,7 +36,7 @@ def _half_step(v: jax.Array, d: jax.Array, offset: int) -> tuple[jax.Array, jax.
 
 
 def unrolled_dykstra_mask(x: jax.Array, k: int, lam: float, n_iter: int) -> jax.Array:
-    """``moe_config``'s unrolled Dykstra mask in JAX."""
+    """``backends.moe``'s unrolled Dykstra mask in JAX."""
     shape, n = x.shape, x.shape[-1]
     rows = x.reshape(-1, n)
     perm = jnp.argsort(-rows, axis=1, stable=True)
@@ -58,7 +58,7 @@ def unrolled_dykstra_mask(x: jax.Array, k: int, lam: float, n_iter: int) -> jax.
 
 
 def moe_route(logits: jax.Array, moe: MoEConfig) -> tuple[jax.Array, jax.Array]:
-    """``signatures.MoeRoute`` in JAX."""
+    """``backends.moe.MoeRoute`` in JAX."""
     gates = jax.nn.softmax(logits, axis=-1)
     scores = jnp.swapaxes(gates, -1, -2)
     k = moe.capacity(logits.shape[-2])
@@ -119,7 +119,7 @@ _EXPERTS = {"sparse": _sparse_experts, "dense": _dense_experts}
 
 
 def _moe_mlp(params: dict[str, jax.Array], x: jax.Array, moe: MoEConfig, record: list | None = None) -> jax.Array:
-    """``moe_config.moe_block_mlp`` with this backend's dense MLP, router and experts."""
+    """``backends.moe.moe_block_mlp`` with this backend's dense MLP, router and experts."""
     return moe_block_mlp(params, x, moe, dense=dense_mlp, route=moe_route, experts=_EXPERTS, record=record)
 
 
@@ -131,7 +131,7 @@ def _mlp_for(moe: MoEConfig):
 def moe_vit_init(
     config: ViTConfig, moe: MoEConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
 ) -> dict[str, Any]:
-    """``signatures.MoeVitInit`` in JAX."""
+    """``backends.moe.MoeVitInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_moe_params(config, moe, seed, dtype))
 
@@ -140,7 +140,7 @@ def moe_vit_init(
 def moe_vit_apply(
     params: dict[str, Any], images: jax.Array, config: ViTConfig, moe: MoEConfig
 ) -> tuple[jax.Array, list[jax.Array]]:
-    """``signatures.MoeVitApply`` in JAX."""
+    """``backends.moe.MoeVitApply`` in JAX."""
     record: list[jax.Array] = []
     # vit_apply's un-jitted body, traced inside this jit, so the recorded arrays belong to this trace.
     logits, _ = vit_apply.__wrapped__(params, images, config, functools.partial(_moe_mlp, moe=moe, record=record))
@@ -148,5 +148,5 @@ def moe_vit_apply(
 
 
 def moe_vit_trainer(config: ViTConfig, moe: MoEConfig, params: dict[str, Any], lr: float, optimizer: str = "adam"):
-    """``signatures.MoeVitTrainer`` in JAX."""
+    """``backends.moe.MoeVitTrainer`` in JAX."""
     return vit_trainer(config, params, lr, optimizer, mlp=_mlp_for(moe))

@@ -26,18 +26,18 @@ Params = dict[str, Any]
 def pruned_mlp_init(
     config: PrunedMLPConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32"
 ) -> Params:
-    """``signatures.PrunedMlpInit`` in JAX."""
+    """``backends.pruned_mlp.PrunedMlpInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed, dtype))
 
 
 def pruned_mlp_weights(params: Params, config: PrunedMLPConfig) -> list[jax.Array]:
-    """``signatures.PrunedMlpWeights`` in JAX."""
+    """``backends.pruned_mlp.PrunedMlpWeights`` in JAX."""
     return pruned_weights(params["w"], config, topk_mag, hard_topk_mag)
 
 
 def pruned_mlp_apply(params: Params, x: jax.Array, config: PrunedMLPConfig) -> jax.Array:
-    """``signatures.PrunedMlpApply`` in JAX."""
+    """``backends.pruned_mlp.PrunedMlpApply`` in JAX."""
     h = x.reshape(x.shape[0], -1)
     weights = pruned_mlp_weights(params, config)
     for i, (w, b) in enumerate(zip(weights, params["b"])):
@@ -102,7 +102,7 @@ class JaxPrunedMLPTrainer(ScanTrainer):
 
 
 def pruned_mlp_trainer(config: PrunedMLPConfig, params: Params, lr: float) -> JaxPrunedMLPTrainer:
-    """``signatures.PrunedMlpTrainer`` in JAX."""
+    """``backends.pruned_mlp.PrunedMlpTrainer`` in JAX."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
     return JaxPrunedMLPTrainer(config, params, lr)

@@ -29,13 +29,13 @@ Params = dict[str, Any]
 
 
 def residual_classifier_init(config: ClassifierConfig, seed: int, device: jax.Device | str = "cpu") -> Params:
-    """``signatures.ResidualClassifierInit`` in JAX."""
+    """``backends.residual_classifier.ResidualClassifierInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed))
 
 
 def residual_classifier_apply(params: Params, x: jax.Array, config: ClassifierConfig) -> jax.Array:
-    """``signatures.ResidualClassifierApply`` in JAX."""
+    """``backends.residual_classifier.ResidualClassifierApply`` in JAX."""
     pad = STEM_KERNEL // 2
     h = lax.conv_general_dilated(
         x, params["stem.weight"], (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NCHW", "OIHW", "NCHW")
@@ -111,5 +111,5 @@ class JaxResidualClassifierTrainer:
 def residual_classifier_trainer(
     config: ClassifierConfig, params: Params, momentum: float = 0.9, weight_decay: float = 5e-4
 ) -> JaxResidualClassifierTrainer:
-    """``signatures.ResidualClassifierTrainer`` in JAX."""
+    """``backends.residual_classifier.ResidualClassifierTrainer`` in JAX."""
     return JaxResidualClassifierTrainer(config, params, momentum, weight_decay)

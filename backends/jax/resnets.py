@@ -67,7 +67,7 @@ def residual_net(
     dtype: str = "float32",
     device: Any = "cpu",
 ) -> ResidualNet:
-    """``signatures.ResidualNet`` in JAX: its config and its weights (stacked along depth unless tied).
+    """``backends.resnets.ResidualNet`` in JAX: its config and its weights (stacked along depth unless tied).
 
     Raises:
         NotImplementedError: for a torchvision block (resnet18 ... resnet152), torch only.
@@ -150,7 +150,7 @@ def _trajectory(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array,
 
 
 def residual_trajectory(net: ResidualNet, x: jax.Array, every: int = 1) -> jax.Array:
-    """``signatures.ResidualTrajectory`` in JAX."""
+    """``backends.resnets.ResidualTrajectory`` in JAX."""
     _check_input(net, x)
     check_every(every)
     return _trajectory(net.config, net.params, x, every)
@@ -178,7 +178,7 @@ def _reconstruct(cfg: ResidualConfig, params: dict[str, jax.Array], x: jax.Array
 
 
 def residual_reconstruct(net: ResidualNet, x: jax.Array, every: int = 1) -> jax.Array:
-    """``signatures.ResidualReconstruct`` in JAX."""
+    """``backends.resnets.ResidualReconstruct`` in JAX."""
     _check_input(net, x)
     check_every(every)
     return _reconstruct(net.config, net.params, x, every)

@@ -44,7 +44,7 @@ def _apply(params: Params, x: jax.Array, activation: str) -> jax.Array:
 
 
 def scaled_resnet_apply(params: Params, x: jax.Array, activation: str = "gelu") -> jax.Array:
-    """``signatures.ScaledResnetApply`` in JAX."""
+    """``backends.scaled_resnet.ScaledResnetApply`` in JAX."""
     return _apply(params, x, check_activation(activation))
 
 
@@ -80,6 +80,6 @@ def _gd(params: Params, x: jax.Array, y: jax.Array, lr: jax.Array, steps: int, a
 def scaled_resnet_gd(
     params: Params, x: jax.Array, y: jax.Array, lr: float, steps: int, activation: str = "gelu"
 ) -> tuple[Params, jax.Array, jax.Array]:
-    """``signatures.ScaledResnetGd`` in JAX."""
+    """``backends.scaled_resnet.ScaledResnetGd`` in JAX."""
     check_gd(activation, steps)
     return _gd(params, x, y, jnp.asarray(lr, jnp.float64), int(steps), activation)

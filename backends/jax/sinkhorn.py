@@ -1,4 +1,4 @@
-"""Log-domain Sinkhorn and Sinkhorn attention (Sinkformers) in JAX: ``signatures.Sinkhorn`` and ``Attention``.
+"""Log-domain Sinkhorn and Sinkhorn attention (Sinkformers) in JAX: ``backends.sinkhorn.Sinkhorn`` and ``Attention``.
 
 The maths and the impls are described once in ``backends/sinkhorn.py``.
 """
@@ -112,7 +112,7 @@ def _sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None, implicit: 
 
 
 def sinkhorn(scores: jax.Array, n_iter: int, mask: jax.Array | None = None, implicit: bool = False) -> jax.Array:
-    """``signatures.Sinkhorn`` in JAX."""
+    """``backends.sinkhorn.Sinkhorn`` in JAX."""
     check_sinkhorn(
         tuple(scores.shape),
         scores.dtype,
@@ -133,7 +133,7 @@ def _kernel(q: jax.Array, k: jax.Array) -> Primitives:
 
 
 def _resolve(impl: str, implicit: bool, q: jax.Array, k: jax.Array) -> Primitives | None:
-    """The passes ``impl`` runs on (None: the naive impl); ``sinkhorn_common.resolve_impl`` decides."""
+    """The passes ``impl`` runs on (None: the naive impl); ``backends.sinkhorn.resolve_impl`` decides."""
     return resolve_impl(
         impl,
         implicit,
@@ -166,7 +166,7 @@ def attention(
     implicit: bool = False,
     impl: str = "naive",
 ) -> tuple[jax.Array, jax.Array | None]:
-    """``signatures.Attention`` in JAX; ``auto``: pallas on a GPU or TPU, else blocked."""
+    """``backends.sinkhorn.Attention`` in JAX; ``auto``: pallas on a GPU or TPU, else blocked."""
     n_iter = check_attention(
         (tuple(q.shape), tuple(k.shape), tuple(v.shape)),
         (q.dtype, k.dtype, v.dtype),

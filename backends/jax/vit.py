@@ -29,7 +29,7 @@ _LN_EPS = 1e-5
 
 
 def vit_init(config: ViTConfig, seed: int, device: jax.Device | str = "cpu", dtype: str = "float32") -> Params:
-    """``signatures.VitInit`` in JAX."""
+    """``backends.vit.VitInit`` in JAX."""
     dev = jax.devices(device)[0] if isinstance(device, str) else device
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev), init_params(config, seed, dtype))
 
@@ -67,7 +67,7 @@ def _patchify(images: jax.Array, patch: int) -> jax.Array:
 def vit_apply(
     params: Params, images: jax.Array, config: ViTConfig, mlp: MLP | None = None
 ) -> tuple[jax.Array, list[jax.Array]]:
-    """``signatures.VitApply`` in JAX."""
+    """``backends.vit.VitApply`` in JAX."""
     mlp = dense_mlp if mlp is None else mlp
     b = images.shape[0]
     x = _affine(_patchify(images, config.patch), params["embed"]["w"], params["embed"]["b"])
@@ -157,6 +157,6 @@ class JaxViTTrainer(ScanTrainer):
 def vit_trainer(
     config: ViTConfig, params: Params, lr: float, optimizer: str = "adam", mlp: MLP | None = None
 ) -> JaxViTTrainer:
-    """``signatures.VitTrainer`` in JAX (Adam with PyTorch's defaults and arithmetic, ``_optim``)."""
+    """``backends.vit.VitTrainer`` in JAX (Adam with PyTorch's defaults and arithmetic, ``_optim``)."""
     check_trainer(lr, optimizer, OPTIMIZERS)
     return JaxViTTrainer(config, params, lr, optimizer, mlp)

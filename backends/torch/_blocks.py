@@ -12,7 +12,7 @@ _ACT = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}
 
 
 def mlp_block(ps: Sequence[torch.Tensor], x: torch.Tensor, activation: str) -> torch.Tensor:
-    """The ``mlp`` block of ``residual_config.block_shapes``: (batch, width) -> (batch, width)."""
+    """The ``mlp`` block of ``backends.resnets.block_shapes``: (batch, width) -> (batch, width)."""
     w1, b1, w2, b2 = ps
     return F.linear(_ACT[activation](F.linear(x, w1, b1)), w2, b2)
 
@@ -23,7 +23,7 @@ def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 
 def conv_block(ps: Sequence[torch.Tensor], x: torch.Tensor, activation: str) -> torch.Tensor:
-    """The ``conv`` / ``conv_norm`` block of ``residual_config.block_shapes``: (batch, width, size, size) -> same.
+    """The ``conv`` / ``conv_norm`` block of ``backends.resnets.block_shapes``: (batch, width, size, size) -> same.
 
     A pure function of (x, theta): recomputing it in the backward gives the same bits.
     """

@@ -337,7 +337,7 @@ def block_vjp(r: torch.Tensor, bid: torch.Tensor, h: torch.Tensor, k: int, lam: 
 
 
 def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int, w: tuple | None) -> torch.Tensor:
-    """Dykstra's half-step (``topk_common.pair_projection``) in place on ``v``'s pairs from ``offset``; the new ``d``."""
+    """Dykstra's half-step (``backends.topk.pair_projection``) in place on ``v``'s pairs from ``offset``; the new ``d``."""
     B, m = v.shape[0], d.shape[1]
     pair = v[:, offset : offset + 2 * m].view(B, m, 2)
     return common.pair_projection(torch, pair[..., 0], pair[..., 1], d, w)[2]

@@ -25,7 +25,7 @@ _LN_EPS = 1e-5
 def ar_transformer_init(
     config: ARConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> Params:
-    """``signatures.ArTransformerInit`` in torch."""
+    """``backends.ar_transformer.ArTransformerInit`` in torch."""
     return _map(init_params(config, seed, dtype), lambda a: torch.from_numpy(a).to(device))
 
 
@@ -34,7 +34,7 @@ def _norm(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 
 def ar_transformer_apply(params: Params, tokens: torch.Tensor, config: ARConfig) -> torch.Tensor:
-    """``signatures.ArTransformerApply`` in torch."""
+    """``backends.ar_transformer.ArTransformerApply`` in torch."""
     x = tokens
     length = x.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
@@ -97,7 +97,7 @@ class TorchARTrainer:
 
 
 def ar_transformer_trainer(config: ARConfig, params: Params, lr: float) -> TorchARTrainer:
-    """``signatures.ArTransformerTrainer`` in torch; it trains a copy of ``params``."""
+    """``backends.ar_transformer.ArTransformerTrainer`` in torch; it trains a copy of ``params``."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
     return TorchARTrainer(config, params, lr)
@@ -109,7 +109,7 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
 
 
 def ar_gd_predict(states: torch.Tensor, steps: int, step_size: float) -> torch.Tensor:
-    """``signatures.ArGdPredict`` in torch."""
+    """``backends.ar_transformer.ArGdPredict`` in torch."""
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
     s, nxt = states[:, :-1], states[:, 1:]

@@ -20,7 +20,7 @@ from .vit import dense_mlp, vit_apply, vit_trainer
 
 
 def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dykstra's half-step (``topk_common.pair_projection``) on ``v``'s pairs from ``offset``; out of place."""
+    """Dykstra's half-step (``backends.topk.pair_projection``) on ``v``'s pairs from ``offset``; out of place."""
     B, m = d.shape
     if m == 0:
         return v, d
@@ -31,7 +31,7 @@ def _half_step(v: torch.Tensor, d: torch.Tensor, offset: int) -> tuple[torch.Ten
 
 
 def unrolled_dykstra_mask(x: torch.Tensor, k: int, lam: float, n_iter: int) -> torch.Tensor:
-    """``moe_config``'s unrolled Dykstra mask in torch."""
+    """``backends.moe``'s unrolled Dykstra mask in torch."""
     shape, n = x.shape, x.shape[-1]
     rows = x.reshape(-1, n)
     perm = torch.argsort(-rows, dim=1, stable=True)
@@ -48,7 +48,7 @@ def unrolled_dykstra_mask(x: torch.Tensor, k: int, lam: float, n_iter: int) -> t
 
 
 def moe_route(logits: torch.Tensor, moe: MoEConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``signatures.MoeRoute`` in torch."""
+    """``backends.moe.MoeRoute`` in torch."""
     gates = torch.softmax(logits, dim=-1)
     scores = gates.transpose(-1, -2)
     k = moe.capacity(logits.shape[-2])
@@ -101,7 +101,7 @@ _EXPERTS = {"sparse": _sparse_experts, "dense": _dense_experts}
 def _moe_mlp(
     params: dict[str, torch.Tensor], x: torch.Tensor, moe: MoEConfig, record: list | None = None
 ) -> torch.Tensor:
-    """``moe_config.moe_block_mlp`` with this backend's dense MLP, router and experts."""
+    """``backends.moe.moe_block_mlp`` with this backend's dense MLP, router and experts."""
     return moe_block_mlp(params, x, moe, dense=dense_mlp, route=moe_route, experts=_EXPERTS, record=record)
 
 
@@ -113,7 +113,7 @@ def _mlp_for(moe: MoEConfig):
 def moe_vit_init(
     config: ViTConfig, moe: MoEConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> dict[str, Any]:
-    """``signatures.MoeVitInit`` in torch."""
+    """``backends.moe.MoeVitInit`` in torch."""
 
     def to(tree):
         if isinstance(tree, dict):
@@ -128,12 +128,12 @@ def moe_vit_init(
 def moe_vit_apply(
     params: dict[str, Any], images: torch.Tensor, config: ViTConfig, moe: MoEConfig
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``signatures.MoeVitApply`` in torch."""
+    """``backends.moe.MoeVitApply`` in torch."""
     record: list[torch.Tensor] = []
     logits, _ = vit_apply(params, images, config, functools.partial(_moe_mlp, moe=moe, record=record))
     return logits, record
 
 
 def moe_vit_trainer(config: ViTConfig, moe: MoEConfig, params: dict[str, Any], lr: float, optimizer: str = "adam"):
-    """``signatures.MoeVitTrainer`` in torch."""
+    """``backends.moe.MoeVitTrainer`` in torch."""
     return vit_trainer(config, params, lr, optimizer, mlp=_mlp_for(moe))

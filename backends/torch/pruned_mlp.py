@@ -24,17 +24,17 @@ Params = dict[str, Any]
 def pruned_mlp_init(
     config: PrunedMLPConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> Params:
-    """``signatures.PrunedMlpInit`` in torch."""
+    """``backends.pruned_mlp.PrunedMlpInit`` in torch."""
     return _map(init_params(config, seed, dtype), lambda a: torch.from_numpy(a).to(device))
 
 
 def pruned_mlp_weights(params: Params, config: PrunedMLPConfig) -> list[torch.Tensor]:
-    """``signatures.PrunedMlpWeights`` in torch."""
+    """``backends.pruned_mlp.PrunedMlpWeights`` in torch."""
     return pruned_weights(params["w"], config, topk_mag, hard_topk_mag)
 
 
 def pruned_mlp_apply(params: Params, x: torch.Tensor, config: PrunedMLPConfig) -> torch.Tensor:
-    """``signatures.PrunedMlpApply`` in torch."""
+    """``backends.pruned_mlp.PrunedMlpApply`` in torch."""
     h = x.reshape(x.shape[0], -1)
     weights = pruned_mlp_weights(params, config)
     for i, (w, b) in enumerate(zip(weights, params["b"])):
@@ -82,7 +82,7 @@ class TorchPrunedMLPTrainer:
 
 
 def pruned_mlp_trainer(config: PrunedMLPConfig, params: Params, lr: float) -> TorchPrunedMLPTrainer:
-    """``signatures.PrunedMlpTrainer`` in torch; it trains a copy of ``params``."""
+    """``backends.pruned_mlp.PrunedMlpTrainer`` in torch; it trains a copy of ``params``."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r}: expected > 0")
     return TorchPrunedMLPTrainer(config, params, lr)

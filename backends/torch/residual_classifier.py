@@ -26,7 +26,7 @@ Params = dict[str, Any]
 
 
 def residual_classifier_init(config: ClassifierConfig, seed: int, device: torch.device | str = "cpu") -> Params:
-    """``signatures.ResidualClassifierInit`` in torch."""
+    """``backends.residual_classifier.ResidualClassifierInit`` in torch."""
     drawn = init_params(config, seed)
     out = {k: torch.from_numpy(v).to(device) for k, v in drawn.items() if k != "body"}
     out["body"] = {k: torch.from_numpy(v).to(device) for k, v in drawn["body"].items()}
@@ -43,7 +43,7 @@ def _body(config: ClassifierConfig, body: dict[str, torch.Tensor], x: torch.Tens
 
 
 def residual_classifier_apply(params: Params, x: torch.Tensor, config: ClassifierConfig) -> torch.Tensor:
-    """``signatures.ResidualClassifierApply`` in torch."""
+    """``backends.residual_classifier.ResidualClassifierApply`` in torch."""
     h = F.conv2d(x, params["stem.weight"], params["stem.bias"], padding=STEM_KERNEL // 2)
     h = torch.relu(batch_norm(h, params["stem_bn.weight"], params["stem_bn.bias"]))
     h = _body(config, params["body"], h)
@@ -102,5 +102,5 @@ class TorchResidualClassifierTrainer:
 def residual_classifier_trainer(
     config: ClassifierConfig, params: Params, momentum: float = 0.9, weight_decay: float = 5e-4
 ) -> TorchResidualClassifierTrainer:
-    """``signatures.ResidualClassifierTrainer`` in torch; it trains a copy of ``params``."""
+    """``backends.residual_classifier.ResidualClassifierTrainer`` in torch; it trains a copy of ``params``."""
     return TorchResidualClassifierTrainer(config, params, momentum, weight_decay)

@@ -162,7 +162,7 @@ def residual_net(
     dtype: str = "float32",
     device: Any = "cpu",
 ) -> torch.nn.Module:
-    """``signatures.ResidualNet`` in torch: a ``ResidualNet`` module, or for a torchvision block (resnet18 ...
+    """``backends.resnets.ResidualNet`` in torch: a ``ResidualNet`` module, or for a torchvision block (resnet18 ...
     resnet152) the torchvision model (its own depth and width; gamma defaults to 0.9 there), converted by
     ``to_momentum`` for the momentum models."""
     config = None if block in TORCHVISION else net_config(locals())
@@ -251,7 +251,7 @@ def _needs_config(net: torch.nn.Module, what: str) -> ResidualConfig:
 
 @torch.no_grad()
 def residual_trajectory(net: torch.nn.Module, x: torch.Tensor, every: int = 1) -> torch.Tensor:
-    """``signatures.ResidualTrajectory`` in torch."""
+    """``backends.resnets.ResidualTrajectory`` in torch."""
     cfg = _needs_config(net, "residual_trajectory")
     _check_input(net, x)
     kept, record = _keep(every)
@@ -273,7 +273,7 @@ def residual_trajectory(net: torch.nn.Module, x: torch.Tensor, every: int = 1) -
 
 @torch.no_grad()
 def residual_reconstruct(net: torch.nn.Module, x: torch.Tensor, every: int = 1) -> torch.Tensor:
-    """``signatures.ResidualReconstruct`` in torch."""
+    """``backends.resnets.ResidualReconstruct`` in torch."""
     cfg = _needs_config(net, "residual_reconstruct")
     _check_input(net, x)
     kept, record = _keep(every)

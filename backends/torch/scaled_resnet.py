@@ -56,7 +56,7 @@ def _forward(params: Params, x: torch.Tensor, activation: str, keep: bool):
 
 
 def scaled_resnet_apply(params: Params, x: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
-    """``signatures.ScaledResnetApply`` in torch."""
+    """``backends.scaled_resnet.ScaledResnetApply`` in torch."""
     check_activation(activation)
     return _forward(params, x, activation, keep=False)[0]
 
@@ -109,7 +109,7 @@ def _one_thread(device: torch.device) -> Iterator[None]:
 def scaled_resnet_gd(
     params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, activation: str = "gelu"
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
-    """``signatures.ScaledResnetGd`` in torch."""
+    """``backends.scaled_resnet.ScaledResnetGd`` in torch."""
     check_gd(activation, steps)
     p = {k: t.clone() for k, t in params.items()}
     losses, diffs = [], []

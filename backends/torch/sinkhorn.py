@@ -1,4 +1,4 @@
-"""Log-domain Sinkhorn and Sinkhorn attention (Sinkformers) in PyTorch: ``signatures.Sinkhorn`` and ``Attention``.
+"""Log-domain Sinkhorn and Sinkhorn attention (Sinkformers) in PyTorch: ``backends.sinkhorn.Sinkhorn`` and ``Attention``.
 
 The maths and the impls are described once in ``backends/sinkhorn.py``.
 """
@@ -88,7 +88,7 @@ class _ImplicitSinkhorn(torch.autograd.Function):
 def sinkhorn(
     scores: torch.Tensor, n_iter: int, mask: torch.Tensor | None = None, implicit: bool = False
 ) -> torch.Tensor:
-    """``signatures.Sinkhorn`` in PyTorch."""
+    """``backends.sinkhorn.Sinkhorn`` in PyTorch."""
     check_sinkhorn(
         tuple(scores.shape),
         scores.dtype,
@@ -113,7 +113,7 @@ def _kernel(q: torch.Tensor, k: torch.Tensor) -> Primitives:
 
 
 def _resolve(impl: str, implicit: bool, q: torch.Tensor, k: torch.Tensor) -> Primitives | None:
-    """The passes ``impl`` runs on (None: the naive impl); ``sinkhorn_common.resolve_impl`` decides."""
+    """The passes ``impl`` runs on (None: the naive impl); ``backends.sinkhorn.resolve_impl`` decides."""
     return resolve_impl(
         impl,
         implicit,
@@ -135,7 +135,7 @@ def attention(
     implicit: bool = False,
     impl: str = "naive",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``signatures.Attention`` in PyTorch; ``triton`` needs CUDA or ``TRITON_INTERPRET=1``.
+    """``backends.sinkhorn.Attention`` in PyTorch; ``triton`` needs CUDA or ``TRITON_INTERPRET=1``.
 
     ``auto``: triton on CUDA, else blocked.
     """

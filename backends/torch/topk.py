@@ -155,20 +155,7 @@ def topk_mask(
     max_iter: int | None = None,
     tol: float | None = None,
 ) -> torch.Tensor:
-    """Relaxed top-k mask ``argmax_{y in P(1_k)} <x, y> - (lam/p) ||y||_p^p`` along the last axis.
-
-    Args:
-        x: (..., n) floating tensor, finite. k: int in [0, n]. lam: > 0; as lam -> 0 the mask tends
-            to the hard one. p: 2 (differentiable a.e.) or 4/3 (differentiable). solver:
-            ``threshold``, ``pav`` or ``dykstra`` (p = 2). max_iter, tol: Dykstra only (defaults
-            1000 and a few ulps of max|x|); None for the exact solvers.
-
-    Returns:
-        (..., n) of x's dtype, in [0, 1], summing to k per row, exactly 0 outside the top values.
-
-    References:
-        Thesis 7.3 (eq. 7.2), 7.4 (p-norm regularisation), 7.5 (PAV, Dykstra, Prop. 7.8).
-    """
+    """``backends.topk.TopkMask`` in PyTorch."""
     return _relaxed(x, k, "mask", lam, p, solver, max_iter, tol)[0]
 
 
@@ -182,33 +169,12 @@ def topk_mag(
     max_iter: int | None = None,
     tol: float | None = None,
 ) -> torch.Tensor:
-    """Relaxed top-k in magnitude ``y_{phi,R}(x, 1_k)``, phi(x) = x^2/2, along the last axis.
-
-    Args:
-        x, k, lam, p, solver, max_iter, tol: as for ``topk_mask``.
-
-    Returns:
-        (..., n) of x's dtype with x's signs: at most the pooled block beyond k is non-zero; the k
-        largest |x_i| far from the boundary give Y(|x_i|) (|x_i| / (1 + lam) for p = 2).
-
-    References:
-        Thesis 7.4 (eq. 7.4, k-support norm), Prop. 7.6 (reduction on |x|), 7.A.6 (pooling step).
-    """
+    """``backends.topk.TopkMag`` in PyTorch."""
     return _relaxed(x, k, "mag", lam, p, solver, max_iter, tol)[0]
 
 
 def hard_topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Hard top-k mask: 1 at the k largest entries of each row (``torch.topk``'s choice on ties).
-
-    Args:
-        x: (..., n) floating tensor. k: int in [0, n].
-
-    Returns:
-        (..., n) of x's dtype with exactly k ones per row; its gradient is zero.
-
-    References:
-        Thesis 7.3 (topkmask, eq. 7.2).
-    """
+    """``backends.topk.HardTopkMask`` in PyTorch. Ties: ``torch.topk``'s choice."""
     _rows, n = _as_rows(x)
     check_args(n, k, 1.0, 2.0, "threshold", None, None)
     idx = torch.topk(x, int(k), dim=-1).indices
@@ -216,17 +182,7 @@ def hard_topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def hard_topk_mag(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Hard top-k in magnitude ``x * topkmask(|x|)``.
-
-    Args:
-        x: (..., n) floating tensor. k: int in [0, n].
-
-    Returns:
-        (..., n): x where |x| is among the k largest of its row, else 0.
-
-    References:
-        Thesis 7.3 (topkmag).
-    """
+    """``backends.topk.HardTopkMag`` in PyTorch."""
     return x * hard_topk_mask(x.detach().abs(), k)
 
 
@@ -249,16 +205,7 @@ def topk_solve(
     max_iter: int | None = None,
     tol: float | None = None,
 ) -> tuple[torch.Tensor, int | None]:
-    """Forward only, with what the solver reports: (output, Dykstra's iterations or None).
-
-    Args:
-        x, k, lam, p, max_iter, tol: as for ``topk_mask``. op: ``mask`` or ``mag``. solver: as for
-            ``topk_mask``, or ``hard`` for the hard operator (lam, p, max_iter, tol ignored).
-
-    Returns:
-        The output of ``topk_mask``/``topk_mag``/the hard operator, and the iterations Dykstra
-        used (None for the other solvers).
-    """
+    """``backends.topk.TopkSolve`` in PyTorch."""
     with torch.no_grad():
         return _dispatch(x, k, op, lam, p, solver, max_iter, tol, info=True)
 
@@ -275,14 +222,7 @@ def topk_vjp(
     max_iter: int | None = None,
     tol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward in one call: (output, cotangent^T d output / d x).
-
-    Args:
-        x, k, op, lam, p, solver, max_iter, tol: as for ``topk_solve``. cotangent: x's shape.
-
-    Returns:
-        The output and the vector-Jacobian product (zeros for the hard mask).
-    """
+    """``backends.topk.TopkVjp`` in PyTorch."""
     with torch.enable_grad():
         xx = x.detach().requires_grad_(True)
         y, _ = _dispatch(xx, k, op, lam, p, solver, max_iter, tol)

@@ -42,7 +42,7 @@ def _leaves(tree: Any) -> list[torch.Tensor]:
 
 
 def vit_init(config: ViTConfig, seed: int, device: torch.device | str = "cpu", dtype: str = "float32") -> Params:
-    """``signatures.VitInit`` in torch."""
+    """``backends.vit.VitInit`` in torch."""
     return _map(init_params(config, seed, dtype), lambda a: torch.from_numpy(a).to(device))
 
 
@@ -65,7 +65,7 @@ def _patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 def vit_apply(
     params: Params, images: torch.Tensor, config: ViTConfig, mlp: MLP | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``signatures.VitApply`` in torch."""
+    """``backends.vit.VitApply`` in torch."""
     mlp = dense_mlp if mlp is None else mlp
     b = images.shape[0]
     x = _patchify(images, config.patch) @ params["embed"]["w"] + params["embed"]["b"]
@@ -128,6 +128,6 @@ class TorchViTTrainer:
 def vit_trainer(
     config: ViTConfig, params: Params, lr: float, optimizer: str = "adam", mlp: MLP | None = None
 ) -> TorchViTTrainer:
-    """``signatures.VitTrainer`` in torch; it trains a copy of ``params``."""
+    """``backends.vit.VitTrainer`` in torch; it trains a copy of ``params``."""
     check_trainer(lr, optimizer, OPTIMIZERS)
     return TorchViTTrainer(config, params, lr, optimizer, mlp)
