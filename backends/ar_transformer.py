@@ -217,3 +217,12 @@ class ArGdPredict(Protocol):
     """
 
     def __call__(self, states: Array, steps: int, step_size: float) -> Array: ...
+
+
+OPS: dict[str, type] = {
+    "ar_transformer_init": ArTransformerInit,
+    "ar_transformer_apply": ArTransformerApply,
+    "ar_transformer_trainer": ArTransformerTrainer,
+    "ar_gd_predict": ArGdPredict,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

@@ -247,3 +247,12 @@ class MoeVitTrainer(Protocol):
     """
 
     def __call__(self, config: Any, moe: Any, params: Any, lr: float, optimizer: str = "adam") -> VitTrainerObject: ...
+
+
+OPS: dict[str, type] = {
+    "moe_route": MoeRoute,
+    "moe_vit_init": MoeVitInit,
+    "moe_vit_apply": MoeVitApply,
+    "moe_vit_trainer": MoeVitTrainer,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

@@ -153,3 +153,12 @@ class PrunedMlpTrainer(Protocol):
     """
 
     def __call__(self, config: Any, params: Any, lr: float) -> PrunedTrainerObject: ...
+
+
+OPS: dict[str, type] = {
+    "pruned_mlp_init": PrunedMlpInit,
+    "pruned_mlp_apply": PrunedMlpApply,
+    "pruned_mlp_weights": PrunedMlpWeights,
+    "pruned_mlp_trainer": PrunedMlpTrainer,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

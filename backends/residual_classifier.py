@@ -174,3 +174,11 @@ class ResidualClassifierTrainer(Protocol):
     def __call__(
         self, config: Any, params: Any, momentum: float = 0.9, weight_decay: float = 5e-4
     ) -> ClassifierTrainerObject: ...
+
+
+OPS: dict[str, type] = {
+    "residual_classifier_init": ResidualClassifierInit,
+    "residual_classifier_apply": ResidualClassifierApply,
+    "residual_classifier_trainer": ResidualClassifierTrainer,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

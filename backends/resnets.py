@@ -433,3 +433,14 @@ class ResidualReconstruct(Protocol):
     """
 
     def __call__(self, net: Any, x: Array, every: int = 1) -> Array: ...
+
+
+OPS: dict[str, type] = {
+    "residual_net": ResidualNet,
+    "residual_apply": ResidualApply,
+    "residual_vjp": ResidualVjp,
+    "residual_functional": ResidualFunctional,
+    "residual_trajectory": ResidualTrajectory,
+    "residual_reconstruct": ResidualReconstruct,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

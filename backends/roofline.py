@@ -13,3 +13,10 @@ class Matmul(Protocol):
 
 class Copy(Protocol):
     def __call__(self, x: Array) -> Array: ...
+
+
+OPS: dict[str, type] = {
+    "matmul": Matmul,
+    "copy": Copy,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

@@ -145,3 +145,10 @@ class ScaledResnetGd(Protocol):
     def __call__(
         self, params: Any, x: Array, y: Array, lr: float, steps: int, activation: str = "gelu"
     ) -> tuple[Any, Array, Array]: ...
+
+
+OPS: dict[str, type] = {
+    "scaled_resnet_apply": ScaledResnetApply,
+    "scaled_resnet_gd": ScaledResnetGd,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

@@ -1,66 +1,47 @@
-"""The operator signatures both backends export in ``ops``: one Protocol each.
+"""Every operator both backends export in ``ops``, gathered from the model families.
 
+A family is a framework-neutral module ``backends/<family>.py`` beside ``backends/torch/<family>.py``
+and ``backends/jax/<family>.py``; it declares ``OPS``, its operators' names and one Protocol each.
 ``tests/backends/test_signatures.py`` checks that ``backends.torch.ops`` and ``backends.jax.ops``
-export every name listed here with the same parameters, order and defaults.
+export every name with the same parameters, order and defaults as its Protocol.
 """
 
 from __future__ import annotations
 
-from backends.ar_transformer import ArGdPredict, ArTransformerApply, ArTransformerInit, ArTransformerTrainer
-from backends.moe import MoeRoute, MoeVitApply, MoeVitInit, MoeVitTrainer
-from backends.pruned_mlp import PrunedMlpApply, PrunedMlpInit, PrunedMlpTrainer, PrunedMlpWeights
-from backends.residual_classifier import ResidualClassifierApply, ResidualClassifierInit, ResidualClassifierTrainer
-from backends.resnets import (
-    ResidualApply,
-    ResidualFunctional,
-    ResidualNet,
-    ResidualReconstruct,
-    ResidualTrajectory,
-    ResidualVjp,
-)
-from backends.roofline import Copy, Matmul
-from backends.scaled_resnet import ScaledResnetApply, ScaledResnetGd
-from backends.sinkhorn import Attention, FusedAttention, Sinkhorn
-from backends.topk import HardTopkMag, HardTopkMask, TopkMag, TopkMask, TopkSolve, TopkVjp
-from backends.vit import VitApply, VitInit, VitTrainer
+import importlib
+from collections.abc import Callable
+from pathlib import Path
 
-OPS: dict[str, type] = {
-    "residual_net": ResidualNet,
-    "residual_apply": ResidualApply,
-    "residual_vjp": ResidualVjp,
-    "residual_functional": ResidualFunctional,
-    "residual_trajectory": ResidualTrajectory,
-    "residual_reconstruct": ResidualReconstruct,
-    "matmul": Matmul,
-    "copy": Copy,
-    "sinkhorn": Sinkhorn,
-    "attention": Attention,
-    "fused_attention": FusedAttention,
-    "vit_init": VitInit,
-    "vit_apply": VitApply,
-    "vit_trainer": VitTrainer,
-    "moe_route": MoeRoute,
-    "moe_vit_init": MoeVitInit,
-    "moe_vit_apply": MoeVitApply,
-    "moe_vit_trainer": MoeVitTrainer,
-    "topk_mask": TopkMask,
-    "topk_mag": TopkMag,
-    "hard_topk_mask": HardTopkMask,
-    "hard_topk_mag": HardTopkMag,
-    "topk_solve": TopkSolve,
-    "topk_vjp": TopkVjp,
-    "scaled_resnet_apply": ScaledResnetApply,
-    "scaled_resnet_gd": ScaledResnetGd,
-    "ar_transformer_init": ArTransformerInit,
-    "ar_transformer_apply": ArTransformerApply,
-    "ar_transformer_trainer": ArTransformerTrainer,
-    "ar_gd_predict": ArGdPredict,
-    "pruned_mlp_init": PrunedMlpInit,
-    "pruned_mlp_apply": PrunedMlpApply,
-    "pruned_mlp_weights": PrunedMlpWeights,
-    "pruned_mlp_trainer": PrunedMlpTrainer,
-    "residual_classifier_init": ResidualClassifierInit,
-    "residual_classifier_apply": ResidualClassifierApply,
-    "residual_classifier_trainer": ResidualClassifierTrainer,
-}
+_ROOT = Path(__file__).resolve().parent
+
+
+def families() -> list[str]:
+    """The model families: neutral modules that both framework packages mirror, in name order."""
+    return sorted(
+        path.stem
+        for path in _ROOT.glob("*.py")
+        if not path.stem.startswith("_") and all((_ROOT / fw / path.name).exists() for fw in ("torch", "jax"))
+    )
+
+
+def _ops() -> dict[str, type]:
+    ops: dict[str, type] = {}
+    for family in families():
+        for name, protocol in getattr(importlib.import_module(f"backends.{family}"), "OPS", {}).items():
+            if name in ops:
+                raise TypeError(f"operator {name!r} declared by two families (backends.{family} and another)")
+            ops[name] = protocol
+    return ops
+
+
+OPS: dict[str, type] = _ops()
 """Operator name -> its Protocol; every backend's ``ops`` module exports each name."""
+
+
+def collect(package: str) -> dict[str, Callable]:
+    """The functions of ``OPS`` that the framework package ``package`` (``backends.torch``, ...) defines."""
+    found: dict[str, Callable] = {}
+    for family in families():
+        module = importlib.import_module(f"{package}.{family}")
+        found.update({name: getattr(module, name) for name in OPS if hasattr(module, name)})
+    return found

@@ -182,7 +182,7 @@ def load_kernel(name: str, package: str, tq: int, tk: int, impls: tuple[str, ...
         raise ValueError(f"impl={name!r}: unavailable here ({err}); allowed {', '.join(impls)}") from None
 
 
-__all__ = ["IMPLS", "NORMALIZATIONS", "check_attention", "check_sinkhorn", "load_kernel", "resolve_impl"]
+__all__ = ["IMPLS", "NORMALIZATIONS", "OPS", "check_attention", "check_sinkhorn", "load_kernel", "resolve_impl"]
 
 
 class Sinkhorn(Protocol):
@@ -247,3 +247,11 @@ class FusedAttention(Protocol):
     """The framework's fused softmax attention on (B, H, T, d) inputs (the speed baseline)."""
 
     def __call__(self, q: Array, k: Array, v: Array) -> Array: ...
+
+
+OPS: dict[str, type] = {
+    "sinkhorn": Sinkhorn,
+    "attention": Attention,
+    "fused_attention": FusedAttention,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

@@ -473,3 +473,14 @@ class TopkVjp(Protocol):
         max_iter: int | None = None,
         tol: float | None = None,
     ) -> tuple[Array, Array]: ...
+
+
+OPS: dict[str, type] = {
+    "topk_mask": TopkMask,
+    "topk_mag": TopkMag,
+    "hard_topk_mask": HardTopkMask,
+    "hard_topk_mag": HardTopkMag,
+    "topk_solve": TopkSolve,
+    "topk_vjp": TopkVjp,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""

@@ -232,3 +232,11 @@ class VitTrainer(Protocol):
     def __call__(
         self, config: Any, params: Any, lr: float, optimizer: str = "adam", mlp: Any = None
     ) -> VitTrainerObject: ...
+
+
+OPS: dict[str, type] = {
+    "vit_init": VitInit,
+    "vit_apply": VitApply,
+    "vit_trainer": VitTrainer,
+}
+"""Operator name -> its Protocol: ``backends.torch.<family>`` and ``backends.jax.<family>`` export each name."""
